@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# One command for a whole federation on this machine.
+#
+# Default (deployment engine): a real flower-superlink and one flower-supernode
+# per site on 127.0.0.1, each with its own log, then `flwr run` streams the
+# run; every process started here is stopped at the end, on error or Ctrl-C.
+# --simulation runs the same app on Flower's simulation engine instead.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SITES=2
+ROUNDS=3
+DATA_DIR="$ROOT/sample_data"
+MODEL=cnn
+OUTPUT_DIR=""
+PORT=9191
+MODE=deployment
+EXTRA_CONFIG=""
+
+usage() {
+  cat <<USAGE
+Usage: ./run.sh [options]
+  --sites N          number of sites (SuperNodes), default $SITES
+  --rounds N         federated rounds, default $ROUNDS
+  --data-dir DIR     Kaggle layout folder (Training/, Testing/), default sample_data/
+  --model NAME       cnn or vgg16, default $MODEL
+  --output-dir DIR   where results go, default outputs/<timestamp>
+  --port N           SuperLink port on 127.0.0.1, default $PORT (SuperNodes use the next N ports)
+  --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
+  --run-config "K=V ..."  more run-config overrides, e.g. "local-epochs=2 image-size=96"
+  -h, --help         this help
+USAGE
+}
+
+need_value() { [[ $# -ge 2 && -n "$2" ]] || { echo "run.sh: error: $1 needs a value" >&2; exit 2; }; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --sites) need_value "$@"; SITES="$2"; shift 2 ;;
+    --rounds) need_value "$@"; ROUNDS="$2"; shift 2 ;;
+    --data-dir) need_value "$@"; DATA_DIR="$2"; shift 2 ;;
+    --model) need_value "$@"; MODEL="$2"; shift 2 ;;
+    --output-dir) need_value "$@"; OUTPUT_DIR="$2"; shift 2 ;;
+    --port) need_value "$@"; PORT="$2"; shift 2 ;;
+    --simulation) MODE=simulation; shift ;;
+    --run-config) need_value "$@"; EXTRA_CONFIG="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
+  esac
+done
+for setting in SITES ROUNDS PORT; do
+  [[ "${!setting}" =~ ^[0-9]+$ ]] || { echo "run.sh: error: --${setting,,} must be a whole number, got '${!setting}'" >&2; exit 2; }
+done
+
+abspath() { python3 -c 'import os,sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))' "$1"; }
+DATA_DIR="$(abspath "$DATA_DIR")"
+OUTPUT_DIR="$(abspath "${OUTPUT_DIR:-$ROOT/outputs/$(date +%Y%m%d-%H%M%S)}")"
+LOG_DIR="$OUTPUT_DIR/logs"
+CONFIG="num-server-rounds=$ROUNDS num-partitions=$SITES min-sites=$SITES model='$MODEL' data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR' $EXTRA_CONFIG"
+
+# Check settings and data, and decode the images once, before any Flower process starts.
+brainfl prepare --app-dir "$ROOT" --run-config "$CONFIG"
+mkdir -p "$LOG_DIR"
+
+PIDS=()
+FLWR_HOME="$(mktemp -d "${TMPDIR:-/tmp}/brainfl-flwr.XXXXXX")"
+export FLWR_HOME
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$FLWR_HOME"
+  echo "outputs: $OUTPUT_DIR"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for_port() {  # wait_for_port PORT PID NAME LOG
+  for _ in $(seq 1 120); do
+    if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$2" 2>/dev/null || { echo "run.sh: error: $3 exited early, see $4" >&2; tail -5 "$4" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "run.sh: error: $3 did not open port $1 within 60 s, see $4" >&2
+  exit 1
+}
+
+SUPERLINK_ARGS=(--insecure --port "$PORT" --disable-runtime-dependency-installation)
+[[ "$MODE" == simulation ]] && SUPERLINK_ARGS+=(--simulation)
+flower-superlink "${SUPERLINK_ARGS[@]}" >"$LOG_DIR/superlink.log" 2>&1 &
+PIDS+=($!)
+wait_for_port "$PORT" "${PIDS[-1]}" SuperLink "$LOG_DIR/superlink.log"
+
+if [[ "$MODE" == deployment ]]; then
+  for ((site = 0; site < SITES; site++)); do
+    flower-supernode --insecure --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
+      --node-config "partition-id=$site num-partitions=$SITES data-dir='$DATA_DIR' log-dir='$LOG_DIR'" \
+      >"$LOG_DIR/supernode_$site.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for ((site = 0; site < SITES; site++)); do
+    wait_for_port $((PORT + 1 + site)) "${PIDS[$((site + 1))]}" "SuperNode $site" "$LOG_DIR/supernode_$site.log"
+  done
+  FEDERATION_OPTIONS=""
+else
+  FEDERATION_OPTIONS="options.num-supernodes = $SITES"
+fi
+
+cat >"$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "brainfl"
+
+[superlink.brainfl]
+address = "127.0.0.1:$PORT"
+insecure = true
+$FEDERATION_OPTIONS
+TOML
+
+echo "$MODE run: $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
+flwr run "$ROOT" brainfl --stream --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log"
+grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {
+  echo "run.sh: error: the run did not finish; see $LOG_DIR/server.log and $LOG_DIR/superlink.log" >&2
+  exit 1
+}

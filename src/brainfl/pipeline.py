@@ -1,0 +1,166 @@
+"""Per-process data and model plumbing shared by the ServerApp and ClientApp.
+
+Loads (cached) images, computes a site's partition and validation split,
+builds models once per process and, for models with a frozen extractor
+(VGG-16), computes features once and caches them on disk. Simulation keeps
+its worker processes alive between rounds, so these caches make a round cost
+one pass of training, not a re-decode or a re-build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from brainfl.config import RunSettings, resolve_path
+from brainfl.data_loader import Dataset, ImageSet, default_cache_dir, load_dataset
+from brainfl.errors import BrainFLError
+from brainfl.files import write_atomically
+from brainfl.models import ModelBundle, build_model
+from brainfl.partitioning import partition_indices, split_validation
+
+
+def cache_dir(settings: RunSettings) -> Path:
+    """The decode/feature cache folder of a run."""
+    return Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset_cached(
+    data_dir: Path,
+    image_size: int,
+    channels: int,
+    cache: Path,
+    skip: bool,
+    max_per_class: int,
+    test_fraction: float,
+    seed: int,
+    class_names: tuple[str, ...] | None,
+) -> Dataset:
+    return load_dataset(
+        data_dir,
+        image_size,
+        channels,
+        cache,
+        skip,
+        max_per_class,
+        test_fraction,
+        seed,
+        list(class_names) if class_names else None,
+    )
+
+
+def load_run_dataset(
+    settings: RunSettings, data_dir: str | None = None, class_names: tuple[str, ...] | None = None
+) -> Dataset:
+    """The dataset of ``data_dir`` (default: the run's) decoded as the model needs it."""
+    return _load_dataset_cached(
+        resolve_path(data_dir or settings.data_dir, "data-dir"),
+        settings.image_size,
+        settings.channels,
+        cache_dir(settings),
+        settings.skip_unreadable,
+        settings.max_images_per_class,
+        settings.test_fraction,
+        settings.seed,
+        class_names,
+    )
+
+
+def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int) -> list[np.ndarray]:
+    """Every site's row indices, computed once and kept in the cache folder.
+
+    A SuperNode starts a fresh process for each message, so caching spares
+    each round the partitioner (and its heavy imports).
+    """
+    digest = hashlib.blake2b(train.labels.tobytes(), digest_size=12)
+    digest.update(
+        repr((num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed)).encode()
+    )
+    path = cache_dir(settings) / f"partitions-{digest.hexdigest()}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            return [cached[str(i)] for i in range(num_partitions)]
+    parts = partition_indices(
+        train.labels, num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed
+    )
+    write_atomically(path, lambda handle: np.savez(handle, **{str(i): p for i, p in enumerate(parts)}))
+    return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteData:
+    """One site's local training and validation images."""
+
+    site_id: int
+    train: ImageSet
+    val: ImageSet
+
+
+def site_data(
+    settings: RunSettings, node_config: Mapping[str, Any], class_names: tuple[str, ...]
+) -> SiteData:
+    """The images of the site described by a SuperNode's ``node_config``.
+
+    ``data-dir`` (optional) points at the site's own copy of the Kaggle
+    layout; ``partition-id`` and ``num-partitions`` (optional) select one
+    partition of it, as when several sites are emulated from one dataset.
+    """
+    dataset = load_run_dataset(settings, str(node_config.get("data-dir", "")) or None, class_names)
+    train = dataset.train
+    site_id = int(node_config.get("partition-id", -1))
+    if "num-partitions" in node_config:
+        num_partitions = int(node_config["num-partitions"])
+        if not 0 <= site_id < num_partitions:
+            raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
+        train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
+    if len(train) == 0:
+        raise BrainFLError(f"site {site_id} has no training images")
+    train_pos, val_pos = split_validation(
+        train.labels, settings.val_fraction, settings.seed + max(site_id, 0)
+    )
+    return SiteData(site_id, train.subset(train_pos), train.subset(val_pos))
+
+
+@functools.lru_cache(maxsize=2)
+def _build_cached(name: str, image_size: int, num_classes: int, vgg_weights: str, seed: int) -> ModelBundle:
+    keras.utils.set_random_seed(seed)
+    return build_model(name, image_size, num_classes, vgg_weights)
+
+
+def model_for(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
+    """This process's model for the run (built once, seeded; weights are overwritten per round)."""
+    bundle = _build_cached(
+        settings.model, settings.image_size, len(class_names), settings.vgg_weights, settings.seed
+    )
+    bundle.class_names = tuple(class_names)
+    return bundle
+
+
+def initial_weights(settings: RunSettings, class_names: tuple[str, ...]) -> list[np.ndarray]:
+    """Seeded initial weights of the trainable part (identical for a seed)."""
+    keras.utils.set_random_seed(settings.seed)
+    return build_model(
+        settings.model, settings.image_size, len(class_names), settings.vgg_weights
+    ).trainable.get_weights()
+
+
+def model_inputs(settings: RunSettings, bundle: ModelBundle, images: ImageSet) -> np.ndarray:
+    """What the trainable model consumes for ``images``: pixels, or cached extractor features."""
+    if bundle.extractor is None:
+        return images.images
+    digest = hashlib.blake2b(images.images.tobytes(), digest_size=12)
+    digest.update("\n".join([bundle.name, settings.vgg_weights, str(settings.image_size)]).encode())
+    path = cache_dir(settings) / f"features-{bundle.name}-{digest.hexdigest()}.npy"
+    if path.exists():
+        return np.load(path)
+    features = bundle.features(images.images)
+    write_atomically(path, lambda handle: np.save(handle, features))
+    return features

@@ -1,0 +1,153 @@
+"""Flower ServerApp: runs FedAvg rounds and evaluates the global model centrally.
+
+The server holds the central test set (the official ``Testing`` split, or a
+stratified hold-out of ``Training`` where there is none). Before round 1 and
+after every round it evaluates the global model on it, appends a row to
+``federated_learning_results.csv`` and the sites' rows to ``site_metrics.csv``,
+and overwrites ``checkpoint.keras``; at the end it saves ``final_model.keras``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from brainfl.config import RunSettings, settings_from_config
+from brainfl.errors import BrainFLError
+from brainfl.logs import LOG, log_to_file
+from brainfl.metrics import classification_metrics
+from brainfl.pipeline import initial_weights, load_run_dataset, model_for, model_inputs
+from brainfl.results import (
+    CHECKPOINT,
+    FINAL_MODEL,
+    RESULTS_CSV,
+    SITE_CSV,
+    SITE_FIELDS,
+    CsvAppender,
+    results_header,
+    save_model_atomically,
+    write_run_config,
+)
+from brainfl.strategy import BrainFedAvg
+from brainfl.training import predict_proba, round_learning_rate
+
+app = ServerApp()
+
+
+def resolve_output_dir(settings: RunSettings) -> Path:
+    """``output-dir`` or ``outputs/<timestamp>``, created."""
+    path = Path(settings.output_dir or f"outputs/{datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class CentralEvaluator:
+    """Evaluates each global model on the server's test set and writes the round's outputs."""
+
+    def __init__(self, settings: RunSettings, output_dir: Path, strategy: BrainFedAvg) -> None:
+        dataset = load_run_dataset(settings)
+        self.settings = settings
+        self.class_names = dataset.train.class_names
+        self.bundle = model_for(settings, self.class_names)
+        self.model = self.bundle.inference_model()
+        self.test_inputs = model_inputs(settings, self.bundle, dataset.test)
+        self.test_labels = dataset.test.labels
+        self.output_dir = output_dir
+        self.strategy = strategy
+        self.results = CsvAppender(output_dir / RESULTS_CSV, results_header(self.class_names))
+        self.sites = CsvAppender(output_dir / SITE_CSV, SITE_FIELDS)
+        self.model_metadata = {
+            "model": settings.model,
+            "class_names": list(self.class_names),
+            "image_size": settings.image_size,
+            "channels": settings.channels,
+        }
+        self.started = time.monotonic()
+        LOG.info(
+            "central test set: %d images (%s split)",
+            len(self.test_labels),
+            "official Testing" if dataset.test_is_official else "held-out Training",
+        )
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        self.bundle.trainable.set_weights(arrays.to_numpy_ndarrays())
+        probabilities = predict_proba(self.bundle.trainable, self.test_inputs)
+        metrics = classification_metrics(self.test_labels, probabilities, self.class_names)
+        record = self.strategy.record(server_round)
+        elapsed = time.monotonic() - self.started
+        row = {
+            "round": server_round,
+            **metrics,
+            **{k: record.train.get(k, "") for k in ("train_loss", "train_accuracy")},
+            **{k: record.evaluate.get(k, "") for k in ("val_loss", "val_accuracy")},
+            "sites_trained": record.sites_trained if server_round else "",
+            "sites_failed": record.sites_failed if server_round else "",
+            "elapsed_s": round(elapsed, 1),
+        }
+        self.results.append(row)
+        for site, site_metrics in sorted(record.sites.items()):
+            self.sites.append({"round": server_round, "site": site, **site_metrics})
+        save_model_atomically(self.model, self.output_dir / CHECKPOINT, self.model_metadata)
+        self._log_summary(server_round, record.sites_trained, metrics, elapsed)
+        return MetricRecord(metrics)
+
+    def _log_summary(self, server_round: int, sites: int, metrics: dict[str, float], elapsed: float) -> None:
+        total = self.settings.num_server_rounds
+        left = elapsed / server_round * (total - server_round) if server_round else float("nan")
+        LOG.info(
+            "round %d/%d | sites %d | test accuracy %.4f | loss %.4f | elapsed %.0fs | ~%.0fs left",
+            server_round,
+            total,
+            sites,
+            metrics["accuracy"],
+            metrics["loss"],
+            elapsed,
+            left,
+        )
+
+
+def run_federation(grid: Grid, settings: RunSettings, output_dir: Path) -> None:
+    """Run all rounds with :class:`BrainFedAvg` and save the final model."""
+    class_names = load_run_dataset(settings).train.class_names
+    strategy = BrainFedAvg(
+        learning_rate_for_round=lambda r: round_learning_rate(
+            settings.learning_rate, r, settings.num_server_rounds
+        ),
+        class_names=class_names,
+        fraction_train=settings.fraction_train,
+        min_train_nodes=settings.min_sites,
+        min_evaluate_nodes=settings.min_sites,
+        min_available_nodes=settings.min_sites,
+    )
+    evaluator = CentralEvaluator(settings, output_dir, strategy)
+    write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial_weights(settings, class_names)),
+        num_rounds=settings.num_server_rounds,
+        timeout=settings.round_timeout,
+        train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
+        evaluate_fn=evaluator,
+    )
+    save_model_atomically(evaluator.model, output_dir / FINAL_MODEL, evaluator.model_metadata)
+    LOG.info("outputs written to %s", output_dir)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of the ServerApp."""
+    try:
+        settings = settings_from_config(context.run_config)
+    except BrainFLError as error:
+        LOG.error("%s", error)
+        return
+    output_dir = resolve_output_dir(settings)
+    with log_to_file(output_dir / "logs" / "server.log"):
+        try:
+            run_federation(grid, settings, output_dir)
+        except BrainFLError as error:
+            LOG.error("%s", error)

@@ -1,0 +1,148 @@
+"""Custom FedAvg: example-count-weighted averaging with per-site bookkeeping.
+
+Subclasses Flower's message-API ``FedAvg``. Each round it sends the round's
+learning rate and the class names with the model, averages the sites'
+weights by their example counts, and keeps every site's training and
+validation metrics so the server can write them per round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from brainfl.logs import LOG
+
+NUM_EXAMPLES = "num-examples"
+SITE_KEYS = ("site-id", "num_train", "num_val")
+
+
+def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted average of the sites' metrics, without per-site bookkeeping keys."""
+    metrics = aggregate_metricrecords(records, weight_key)
+    return MetricRecord({key: value for key, value in metrics.items() if key not in SITE_KEYS})
+
+
+def weighted_average(
+    site_arrays: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+) -> list[np.ndarray]:
+    """Average each layer's arrays over sites, weighted by ``weights`` (example counts).
+
+    Computed in float64 and cast back to each array's dtype.
+    """
+    if not site_arrays:
+        raise ValueError("no site arrays to average")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"example counts must sum to a positive number, got {list(weights)}")
+    averaged = []
+    for layer in zip(*site_arrays, strict=True):
+        acc = np.zeros(layer[0].shape, dtype=np.float64)
+        for array, weight in zip(layer, weights, strict=True):
+            acc += np.asarray(array, dtype=np.float64) * (weight / total)
+        averaged.append(acc.astype(layer[0].dtype))
+    return averaged
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """What the sites reported in one round."""
+
+    sites: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+    train: dict[str, float] = dataclasses.field(default_factory=dict)
+    evaluate: dict[str, float] = dataclasses.field(default_factory=dict)
+    sites_trained: int = 0
+    sites_failed: int = 0
+
+
+def site_of(message: Message) -> int:
+    """The site's id: its partition id when it has one, else its Flower node id."""
+    metrics = next(iter(message.content.metric_records.values()), {})
+    site = metrics.get("site-id", -1)
+    return int(site) if site is not None and site >= 0 else int(message.metadata.src_node_id)
+
+
+class BrainFedAvg(FedAvg):
+    """FedAvg weighted by example counts that records each site's metrics per round."""
+
+    def __init__(
+        self,
+        *,
+        learning_rate_for_round: Callable[[int], float],
+        class_names: Sequence[str],
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("train_metrics_aggr_fn", aggregate_site_metrics)
+        kwargs.setdefault("evaluate_metrics_aggr_fn", aggregate_site_metrics)
+        super().__init__(weighted_by_key=NUM_EXAMPLES, **kwargs)
+        self.learning_rate_for_round = learning_rate_for_round
+        self.class_names = list(class_names)
+        self.rounds: dict[int, RoundRecord] = {}
+
+    def record(self, server_round: int) -> RoundRecord:
+        """The bookkeeping of ``server_round`` (created empty on first use)."""
+        return self.rounds.setdefault(server_round, RoundRecord())
+
+    def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        config = ConfigRecord(dict(config))
+        config["learning-rate"] = float(self.learning_rate_for_round(server_round))
+        config["class-names"] = ",".join(self.class_names)
+        return config
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global model with this round's learning rate and the class names."""
+        return super().configure_train(
+            server_round, arrays, self._with_round_settings(server_round, config), grid
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask sites to evaluate the global model on their validation splits."""
+        return super().configure_evaluate(
+            server_round, arrays, self._with_round_settings(server_round, config), grid
+        )
+
+    def _keep_site_metrics(self, server_round: int, replies: list[Message]) -> None:
+        for message in replies:
+            metrics = next(iter(message.content.metric_records.values()))
+            self.record(server_round).sites.setdefault(site_of(message), {}).update(
+                {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+            )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the sites' weights by example count; keep each site's metrics."""
+        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
+        record = self.record(server_round)
+        record.sites_trained, record.sites_failed = len(valid), len(failed)
+        if not valid:
+            LOG.warning("round %d: no site returned a model; the global model is unchanged", server_round)
+            return None, None
+        self._keep_site_metrics(server_round, valid)
+        contents = [message.content for message in valid]
+        site_arrays = [content[self.arrayrecord_key].to_numpy_ndarrays() for content in contents]
+        weights = [float(next(iter(c.metric_records.values()))[NUM_EXAMPLES]) for c in contents]
+        averaged = ArrayRecord(weighted_average(site_arrays, weights))
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        record.train = dict(metrics)
+        return averaged, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate the sites' validation metrics; keep each site's."""
+        valid, _ = self._check_and_log_replies(list(replies), is_train=False)
+        if not valid:
+            return None
+        self._keep_site_metrics(server_round, valid)
+        metrics = self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        self.record(server_round).evaluate = dict(metrics)
+        return metrics

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny image folders made in the test, the real dataset, an isolated cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = (REPO_ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test decodes into its own cache folder, never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("BRAINFL_CACHE_DIR", str(cache))
+    return cache
+
+
+def write_image(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
+    """Write a random-texture image (grayscale or RGB) to ``path``."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def make_dataset(root: Path, train_per_class: int = 4, test_per_class: int = 2) -> Path:
+    """A Kaggle-layout folder of random images, grayscale and RGB mixed."""
+    seed = 0
+    for split, count in (("Training", train_per_class), ("Testing", test_per_class)):
+        for name in CLASSES:
+            for i in range(count):
+                seed += 1
+                write_image(
+                    root / split / name / f"{split[:2]}-{name}-{i}.jpg", seed, mode="RGB" if i % 2 else "L"
+                )
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """4 training and 2 testing images per class."""
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The shared copy of the Kaggle dataset (tests that need it fail loudly without it)."""
+    assert (REAL_DATA / "Training").is_dir(), f"real dataset missing at {REAL_DATA}"
+    return REAL_DATA

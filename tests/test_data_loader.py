@@ -1,0 +1,99 @@
+"""Tests of the Kaggle-layout loader: layout, modes, hidden files, cache and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainfl import data_loader
+from brainfl.data_loader import decode_image, load_dataset, load_split
+from brainfl.errors import BrainFLError
+from conftest import CLASSES, write_image
+
+
+def test_layout_classes_sorted_and_hidden_entries_skipped(tiny_dataset):
+    write_image(tiny_dataset / "Testing" / "meningioma" / ".ipynb_checkpoints" / "x.jpg", 99)
+    write_image(tiny_dataset / "Training" / "glioma" / ".hidden.jpg", 98)
+    (tiny_dataset / "Training" / "glioma" / "notes.txt").write_text("not an image")
+    data = load_dataset(tiny_dataset, 32, 1)
+    assert data.train.class_names == CLASSES
+    assert data.train.class_counts() == [4, 4, 4, 4]
+    assert data.test.class_counts() == [2, 2, 2, 2]
+    assert data.test_is_official
+    assert not any(".ipynb" in f or ".hidden" in f for f in data.train.files + data.test.files)
+
+
+def test_mixed_modes_sizes_and_suffixes_convert_to_configured_shape(tmp_path):
+    root = tmp_path / "d"
+    write_image(root / "Training" / "a" / "gray.JPG", 1, size=50, mode="L")
+    write_image(root / "Training" / "a" / "rgb.png", 2, size=70, mode="RGB")
+    write_image(root / "Training" / "b" / "x.jpeg", 3, size=30, mode="RGB")
+    gray = load_split(root, "Training", 24, 1)
+    rgb = load_split(root, "Training", 24, 3)
+    assert gray.images.shape == (3, 24, 24, 1) and gray.images.dtype == np.uint8
+    assert rgb.images.shape == (3, 24, 24, 3)
+    assert gray.labels.tolist() == [0, 0, 1]
+
+
+def test_second_load_reuses_cache_without_decoding(tiny_dataset, monkeypatch):
+    first = load_dataset(tiny_dataset, 32, 1)
+    monkeypatch.setattr(data_loader, "decode_image", lambda *a: pytest.fail("decoded again"))
+    second = load_dataset(tiny_dataset, 32, 1)
+    assert np.array_equal(first.train.images, second.train.images)
+    assert first.test.files == second.test.files
+
+
+def test_cache_is_invalidated_when_a_file_changes(tiny_dataset):
+    before = load_split(tiny_dataset, "Training", 32, 1)
+    write_image(tiny_dataset / "Training" / "glioma" / "Tr-glioma-0.jpg", 1234)
+    after = load_split(tiny_dataset, "Training", 32, 1)
+    assert not np.array_equal(before.images[0], after.images[0])
+
+
+def test_without_testing_folder_a_stratified_split_is_made(tmp_path):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "d", train_per_class=10, test_per_class=0)
+    assert not (root / "Testing").exists()
+    data = load_dataset(root, 16, 1, test_fraction=0.2)
+    assert not data.test_is_official
+    assert data.test.class_counts() == [2, 2, 2, 2]
+    assert not set(data.train.files) & set(data.test.files)
+
+
+def test_missing_data_dir_names_the_path(tmp_path):
+    with pytest.raises(BrainFLError, match=r"data directory not found: .*nowhere"):
+        load_dataset(tmp_path / "nowhere", 32, 1)
+
+
+def test_data_dir_without_class_folders(tmp_path):
+    (tmp_path / "d" / "Training").mkdir(parents=True)
+    with pytest.raises(BrainFLError, match=r"no class folders in .*Training"):
+        load_dataset(tmp_path / "d", 32, 1)
+
+
+def test_empty_class_folder(tiny_dataset):
+    (tiny_dataset / "Training" / "zzz_empty").mkdir()
+    with pytest.raises(BrainFLError, match=r"class folder has no images: .*zzz_empty"):
+        load_dataset(tiny_dataset, 32, 1)
+
+
+def test_testing_class_missing_from_training(tiny_dataset):
+    write_image(tiny_dataset / "Testing" / "astrocytoma" / "x.jpg", 5)
+    with pytest.raises(BrainFLError, match="astrocytoma is not one of the classes"):
+        load_dataset(tiny_dataset, 32, 1)
+
+
+def test_undecodable_image_is_an_error_naming_it_unless_skipping(tiny_dataset):
+    broken = tiny_dataset / "Training" / "glioma" / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    with pytest.raises(BrainFLError, match=r"cannot decode image .*broken\.jpg.*skip-unreadable"):
+        load_dataset(tiny_dataset, 32, 1)
+    data = load_dataset(tiny_dataset, 32, 1, skip_unreadable=True)
+    assert data.train.class_counts() == [4, 4, 4, 4]
+
+
+def test_decode_real_grayscale_and_rgb_images(real_data):
+    files = sorted((real_data / "Training" / "glioma").glob("*.jpg"))[:40]
+    shapes = {decode_image(f, 64, 3).shape for f in files} | {decode_image(f, 64, 1).shape for f in files}
+    assert shapes == {(64, 64, 3), (64, 64, 1)}

@@ -1,0 +1,128 @@
+"""End to end: run.sh starts a real SuperLink and SuperNodes on loopback and trains on real data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
+
+import keras
+import pytest
+
+from brainfl.results import read_model_metadata
+from conftest import CLASSES, REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+SMALL_RUN = "max-images-per-class=40 image-size=64 batch-size=16 local-epochs=2 learning-rate=0.003"
+
+
+def free_port_block(size: int) -> int:
+    """A port P such that P..P+size-1 are free on 127.0.0.1."""
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port block")
+
+
+def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO_ROOT / "run.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def port_is_closed(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_data):
+    out = tmp_path / "run"
+    port = free_port_block(3)
+    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(real_data), "--output-dir", str(out)]
+    result = run_script(*args, "--port", str(port), "--run-config", SMALL_RUN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"outputs: {out}" in result.stdout
+
+    header = (out / "federated_learning_results.csv").read_text().splitlines()[0]
+    assert header.startswith("round,loss,accuracy,precision_macro,recall_macro,f1_macro,recall_glioma")
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [row["round"] for row in rows] == ["0", "1", "2"]
+    assert rows[2]["sites_trained"] == "2"
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+    sites = read_rows(out / "site_metrics.csv")
+    assert sorted((row["round"], row["site"]) for row in sites) == [
+        ("1", "0"),
+        ("1", "1"),
+        ("2", "0"),
+        ("2", "1"),
+    ]
+    assert all(row["val_accuracy"] and row["train_loss"] for row in sites)
+
+    server_log = (out / "logs" / "server.log").read_text()
+    assert "round 2/2 | sites 2 | test accuracy" in server_log
+    for site in (0, 1):
+        site_log = (out / "logs" / f"client_{site}.log").read_text()
+        assert f"site {site} round 2: trained on" in site_log
+        assert f"site {site} round 2: validation accuracy" in site_log
+
+    model = keras.models.load_model(out / "final_model.keras")
+    assert model.input_shape == (None, 64, 64, 1) and model.output_shape == (None, 4)
+    assert read_model_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
+    assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
+
+
+def test_simulation_engine_run_and_local_superlink_stopped(tmp_path, real_data):
+    out = tmp_path / "sim"
+    port = free_port_block(1)
+    args = [
+        "--simulation",
+        "--sites",
+        "3",
+        "--rounds",
+        "1",
+        "--data-dir",
+        str(real_data),
+        "--output-dir",
+        str(out),
+    ]
+    result = run_script(*args, "--port", str(port), "--run-config", SMALL_RUN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [row["round"] for row in rows] == ["0", "1"] and rows[1]["sites_trained"] == "3"
+    assert {p.name for p in (out / "logs").glob("client_*.log")} == {
+        "client_0.log",
+        "client_1.log",
+        "client_2.log",
+    }
+    assert port_is_closed(port)
+
+
+def test_bad_data_dir_stops_before_any_process_starts(tmp_path):
+    result = run_script(
+        "--data-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o"), timeout=300
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"brainfl: error: data directory not found: {tmp_path / 'missing'}"
+    )
+    assert not (tmp_path / "o" / "logs" / "superlink.log").exists()

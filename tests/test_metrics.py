@@ -1,0 +1,22 @@
+"""Tests of the classification metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainfl.metrics import classification_metrics
+
+
+def test_metrics_match_hand_computed_values():
+    labels = np.array([0, 0, 1, 2])
+    probabilities = np.array([[0.8, 0.2, 0.0], [0.4, 0.6, 0.0], [0.1, 0.9, 0.0], [0.0, 0.5, 0.5]])
+    metrics = classification_metrics(labels, probabilities, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(0.5)  # predictions 0, 1, 1, 1 (ties go to the first)
+    assert metrics["recall_a"] == pytest.approx(0.5)
+    assert metrics["recall_b"] == pytest.approx(1.0)
+    assert metrics["recall_c"] == pytest.approx(0.0)
+    assert metrics["recall_macro"] == pytest.approx(0.5)
+    assert metrics["precision_macro"] == pytest.approx((1.0 + 1 / 3 + 0.0) / 3)
+    expected_loss = -np.mean(np.log([0.8, 0.4, 0.9, 0.5]))
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-6)

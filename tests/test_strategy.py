@@ -1,0 +1,63 @@
+"""Tests of the custom FedAvg: weighted averaging and per-site bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app.message import make_message
+
+from brainfl.strategy import BrainFedAvg, weighted_average
+
+
+def test_weighted_average_matches_hand_computed_arrays():
+    site_a = [np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32), np.array([10.0], dtype=np.float32)]
+    site_b = [np.array([[5.0, 6.0], [7.0, 8.0]], dtype=np.float32), np.array([-2.0], dtype=np.float32)]
+    averaged = weighted_average([site_a, site_b], [30, 10])
+    # (30 * a + 10 * b) / 40 = 0.75 a + 0.25 b
+    np.testing.assert_allclose(averaged[0], [[2.0, 3.0], [4.0, 5.0]])
+    np.testing.assert_allclose(averaged[1], [7.0])
+    assert averaged[0].dtype == np.float32
+
+
+def test_weighted_average_rejects_zero_total_weight():
+    with pytest.raises(ValueError, match="positive"):
+        weighted_average([[np.ones(2)]], [0])
+
+
+def _reply(site: int, weights: list[np.ndarray], examples: int, loss: float) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(weights),
+            "metrics": MetricRecord(
+                {"num-examples": examples, "train_loss": loss, "num_train": examples, "site-id": site}
+            ),
+        }
+    )
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{site}",
+        src_node_id=site + 100,
+        dst_node_id=0,
+        reply_to_message_id="q",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type="train",
+    )
+    return make_message(metadata=metadata, content=content)
+
+
+def test_aggregate_train_weights_by_example_count_and_records_each_site():
+    strategy = BrainFedAvg(learning_rate_for_round=lambda r: 0.1, class_names=["a", "b"])
+    replies = [
+        _reply(0, [np.full((2,), 1.0, np.float32)], examples=100, loss=1.0),
+        _reply(1, [np.full((2,), 4.0, np.float32)], examples=200, loss=4.0),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], [3.0, 3.0])
+    assert metrics["train_loss"] == pytest.approx(3.0)
+    assert "site-id" not in metrics
+    record = strategy.record(1)
+    assert record.sites_trained == 2 and record.sites_failed == 0
+    assert record.sites[0]["train_loss"] == 1.0 and record.sites[1]["num_train"] == 200
