@@ -67,6 +67,7 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_data):
     assert [row["round"] for row in rows] == ["0", "1", "2"]
     assert rows[2]["sites_trained"] == "2"
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert all(0.0 <= float(row["leak_free_accuracy"]) <= 1.0 for row in rows)
 
     sites = read_rows(out / "site_metrics.csv")
     assert sorted((row["round"], row["site"]) for row in sites) == [

@@ -42,7 +42,7 @@ SITE_FIELDS = (
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
     per_class = [f"recall_{name}" for name in class_names]
-    return ["round", *METRIC_NAMES, *per_class, *ROUND_FIELDS, "elapsed_s"]
+    return ["round", *METRIC_NAMES, *per_class, "leak_free_accuracy", *ROUND_FIELDS, "elapsed_s"]
 
 
 class CsvAppender:

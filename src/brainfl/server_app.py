@@ -13,10 +13,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from brainfl.config import RunSettings, settings_from_config
+from brainfl.config import RunSettings, resolve_path, settings_from_config
+from brainfl.data_check import leak_free_test_files
+from brainfl.data_loader import Dataset
 from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
@@ -45,6 +48,16 @@ def resolve_output_dir(settings: RunSettings) -> Path:
     return path
 
 
+def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None:
+    """Which official Testing images have no exact or near copy in Training (None: no Testing split)."""
+    if not dataset.test_is_official:
+        return None
+    clean = leak_free_test_files(resolve_path(settings.data_dir, "data-dir"))
+    mask = np.array([name in clean for name in dataset.test.files], dtype=bool)
+    LOG.info("leak-free test subset: %d of %d Testing images have no copy in Training", mask.sum(), len(mask))
+    return mask if mask.any() else None
+
+
 class CentralEvaluator:
     """Evaluates each global model on the server's test set and writes the round's outputs."""
 
@@ -56,6 +69,7 @@ class CentralEvaluator:
         self.model = self.bundle.inference_model()
         self.test_inputs = model_inputs(settings, self.bundle, dataset.test)
         self.test_labels = dataset.test.labels
+        self.leak_free = leak_free_mask(settings, dataset)
         self.output_dir = output_dir
         self.strategy = strategy
         self.results = CsvAppender(output_dir / RESULTS_CSV, results_header(self.class_names))
@@ -77,6 +91,9 @@ class CentralEvaluator:
         self.bundle.trainable.set_weights(arrays.to_numpy_ndarrays())
         probabilities = predict_proba(self.bundle.trainable, self.test_inputs)
         metrics = classification_metrics(self.test_labels, probabilities, self.class_names)
+        if self.leak_free is not None:
+            predictions = probabilities.argmax(axis=1)[self.leak_free]
+            metrics["leak_free_accuracy"] = float(np.mean(predictions == self.test_labels[self.leak_free]))
         record = self.strategy.record(server_round)
         elapsed = time.monotonic() - self.started
         row = {
