@@ -16,6 +16,8 @@ OUTPUT_DIR=""
 PORT=9191
 MODE=deployment
 EXTRA_CONFIG=""
+SECURE=0
+CERTS_DIR=""
 
 usage() {
   cat <<USAGE
@@ -27,6 +29,8 @@ Usage: ./run.sh [options]
   --output-dir DIR   where results go, default outputs/<timestamp>
   --port N           SuperLink port on 127.0.0.1, default $PORT (SuperNodes use the next N ports)
   --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
+  --secure           TLS on every connection and SuperNode authentication (deployment only)
+  --certs-dir DIR    credentials from 'brainfl certs' (default: made anew in <output-dir>/certs)
   --run-config "K=V ..."  more run-config overrides, e.g. "local-epochs=2 image-size=96"
   -h, --help         this help
 USAGE
@@ -42,6 +46,8 @@ while [[ $# -gt 0 ]]; do
     --output-dir) need_value "$@"; OUTPUT_DIR="$2"; shift 2 ;;
     --port) need_value "$@"; PORT="$2"; shift 2 ;;
     --simulation) MODE=simulation; shift ;;
+    --secure) SECURE=1; shift ;;
+    --certs-dir) need_value "$@"; CERTS_DIR="$2"; shift 2 ;;
     --run-config) need_value "$@"; EXTRA_CONFIG="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
@@ -56,6 +62,10 @@ DATA_DIR="$(abspath "$DATA_DIR")"
 OUTPUT_DIR="$(abspath "${OUTPUT_DIR:-$ROOT/outputs/$(date +%Y%m%d-%H%M%S)}")"
 LOG_DIR="$OUTPUT_DIR/logs"
 CONFIG="num-server-rounds=$ROUNDS num-partitions=$SITES min-sites=$SITES model='$MODEL' data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR' $EXTRA_CONFIG"
+
+if [[ $SECURE == 1 && $MODE == simulation ]]; then
+  echo "run.sh: error: --secure applies to the deployment engine, not --simulation" >&2; exit 2
+fi
 
 # Check settings and data, and decode the images once, before any Flower process starts.
 brainfl prepare --app-dir "$ROOT" --run-config "$CONFIG"
@@ -88,15 +98,50 @@ wait_for_port() {  # wait_for_port PORT PID NAME LOG
   exit 1
 }
 
-SUPERLINK_ARGS=(--insecure --port "$PORT" --disable-runtime-dependency-installation)
+if [[ $SECURE == 1 ]]; then
+  CERTS_DIR="$(abspath "${CERTS_DIR:-$OUTPUT_DIR/certs}")"
+  [[ -f "$CERTS_DIR/ca.crt" ]] || brainfl certs --out "$CERTS_DIR" --sites "$SITES"
+  for site_file in ca.crt server.pem server.key; do
+    [[ -f "$CERTS_DIR/$site_file" ]] || { echo "run.sh: error: missing $CERTS_DIR/$site_file" >&2; exit 2; }
+  done
+  SUPERLINK_ARGS=(--ssl-ca-certfile "$CERTS_DIR/ca.crt" --ssl-certfile "$CERTS_DIR/server.pem"
+    --ssl-keyfile "$CERTS_DIR/server.key" --enable-supernode-auth)
+  CONNECTION="root-certificates = \"$CERTS_DIR/ca.crt\""
+else
+  SUPERLINK_ARGS=(--insecure)
+  CONNECTION="insecure = true"
+fi
+SUPERLINK_ARGS+=(--port "$PORT" --disable-runtime-dependency-installation)
 [[ "$MODE" == simulation ]] && SUPERLINK_ARGS+=(--simulation)
 flower-superlink "${SUPERLINK_ARGS[@]}" >"$LOG_DIR/superlink.log" 2>&1 &
 PIDS+=($!)
 wait_for_port "$PORT" "${PIDS[-1]}" SuperLink "$LOG_DIR/superlink.log"
 
 if [[ "$MODE" == deployment ]]; then
+  FEDERATION_OPTIONS=""
+else
+  FEDERATION_OPTIONS="options.num-supernodes = $SITES"
+fi
+cat >"$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "brainfl"
+
+[superlink.brainfl]
+address = "127.0.0.1:$PORT"
+$CONNECTION
+$FEDERATION_OPTIONS
+TOML
+
+if [[ "$MODE" == deployment ]]; then
+  SUPERNODE_SECURITY=(--insecure)
   for ((site = 0; site < SITES; site++)); do
-    flower-supernode --insecure --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
+    if [[ $SECURE == 1 ]]; then
+      # Only registered public keys may join: register each site's key with the SuperLink.
+      flwr supernode register "$CERTS_DIR/site_$site.pub" brainfl >>"$LOG_DIR/superlink.log" 2>&1 ||
+        { echo "run.sh: error: could not register $CERTS_DIR/site_$site.pub, see $LOG_DIR/superlink.log" >&2; exit 1; }
+      SUPERNODE_SECURITY=(--root-certificates "$CERTS_DIR/ca.crt" --auth-supernode-private-key "$CERTS_DIR/site_$site")
+    fi
+    flower-supernode "${SUPERNODE_SECURITY[@]}" --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
       --node-config "partition-id=$site num-partitions=$SITES data-dir='$DATA_DIR' log-dir='$LOG_DIR'" \
       >"$LOG_DIR/supernode_$site.log" 2>&1 &
     PIDS+=($!)
@@ -104,22 +149,9 @@ if [[ "$MODE" == deployment ]]; then
   for ((site = 0; site < SITES; site++)); do
     wait_for_port $((PORT + 1 + site)) "${PIDS[$((site + 1))]}" "SuperNode $site" "$LOG_DIR/supernode_$site.log"
   done
-  FEDERATION_OPTIONS=""
-else
-  FEDERATION_OPTIONS="options.num-supernodes = $SITES"
 fi
 
-cat >"$FLWR_HOME/config.toml" <<TOML
-[superlink]
-default = "brainfl"
-
-[superlink.brainfl]
-address = "127.0.0.1:$PORT"
-insecure = true
-$FEDERATION_OPTIONS
-TOML
-
-echo "$MODE run: $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
+echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
 flwr run "$ROOT" brainfl --stream --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log"
 grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {
   echo "run.sh: error: the run did not finish; see $LOG_DIR/server.log and $LOG_DIR/superlink.log" >&2

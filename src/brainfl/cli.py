@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainfl import data_check
+from brainfl import certs, data_check
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--run-config", default="", help='overrides as in flwr run, e.g. "num-server-rounds=5"')
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
+    certs.add_parser(commands)
     return parser
 
 
