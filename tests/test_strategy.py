@@ -61,3 +61,34 @@ def test_aggregate_train_weights_by_example_count_and_records_each_site():
     record = strategy.record(1)
     assert record.sites_trained == 2 and record.sites_failed == 0
     assert record.sites[0]["train_loss"] == 1.0 and record.sites[1]["num_train"] == 200
+
+
+def _strategy_after_configure(global_weights: list[np.ndarray]) -> BrainFedAvg:
+    strategy = BrainFedAvg(learning_rate_for_round=lambda r: 0.1, class_names=["a", "b"])
+    strategy.global_arrays = global_weights
+    return strategy
+
+
+@pytest.mark.parametrize(
+    ("bad_weights", "reason"),
+    [
+        ([np.array([np.nan, 1.0], np.float32)], "NaN or infinite"),
+        ([np.array([np.inf, 1.0], np.float32)], "NaN or infinite"),
+        ([np.ones(3, np.float32)], "shape (3,), expected (2,)"),
+        ([np.ones(2, np.float64)], "dtype float64, expected float32"),
+        ([np.ones(2, np.float32), np.ones(1, np.float32)], "2 arrays, expected 1"),
+    ],
+)
+def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, caplog):
+    strategy = _strategy_after_configure([np.zeros(2, np.float32)])
+    replies = [
+        _reply(0, [np.full((2,), 2.0, np.float32)], examples=10, loss=1.0),
+        _reply(1, bad_weights, examples=1000, loss=9.0),
+    ]
+    with caplog.at_level("WARNING", logger="flwr"):
+        arrays, _ = strategy.aggregate_train(3, replies)
+    averaged = arrays.to_numpy_ndarrays()[0]
+    np.testing.assert_array_equal(averaged, [2.0, 2.0])
+    assert np.all(np.isfinite(averaged))
+    assert strategy.record(3).sites_trained == 1 and strategy.record(3).sites_failed == 1
+    assert "dropped the reply of site 1: " in caplog.text and reason in caplog.text

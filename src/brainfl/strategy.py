@@ -15,7 +15,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_metricrecords,
+    validate_message_reply_consistency,
+)
 
 from brainfl.logs import LOG
 
@@ -48,6 +51,24 @@ def weighted_average(
             acc += np.asarray(array, dtype=np.float64) * (weight / total)
         averaged.append(acc.astype(layer[0].dtype))
     return averaged
+
+
+def reply_problem(arrays: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> str | None:
+    """Why a site's returned weights cannot be averaged (None when they can).
+
+    The reply must have the global model's number of arrays, each with the same
+    shape and a floating dtype of the same kind, and only finite values.
+    """
+    if len(arrays) != len(expected):
+        return f"{len(arrays)} arrays, expected {len(expected)}"
+    for index, (array, reference) in enumerate(zip(arrays, expected, strict=True)):
+        if array.shape != reference.shape:
+            return f"array {index} has shape {array.shape}, expected {reference.shape}"
+        if array.dtype != reference.dtype:
+            return f"array {index} has dtype {array.dtype}, expected {reference.dtype}"
+        if not np.all(np.isfinite(array)):
+            return f"array {index} contains NaN or infinite values"
+    return None
 
 
 @dataclasses.dataclass
@@ -84,6 +105,7 @@ class BrainFedAvg(FedAvg):
         self.learning_rate_for_round = learning_rate_for_round
         self.class_names = list(class_names)
         self.rounds: dict[int, RoundRecord] = {}
+        self.global_arrays: list[np.ndarray] | None = None
 
     def record(self, server_round: int) -> RoundRecord:
         """The bookkeeping of ``server_round`` (created empty on first use)."""
@@ -99,6 +121,7 @@ class BrainFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global model with this round's learning rate and the class names."""
+        self.global_arrays = arrays.to_numpy_ndarrays()
         return super().configure_train(
             server_round, arrays, self._with_round_settings(server_round, config), grid
         )
@@ -122,9 +145,12 @@ class BrainFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the sites' weights by example count; keep each site's metrics."""
-        valid, failed = self._check_and_log_replies(list(replies), is_train=True)
+        valid, failed = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        valid, rejected = self._drop_unusable(server_round, valid)
+        if valid:
+            validate_message_reply_consistency([m.content for m in valid], self.weighted_by_key, True)
         record = self.record(server_round)
-        record.sites_trained, record.sites_failed = len(valid), len(failed)
+        record.sites_trained, record.sites_failed = len(valid), len(failed) + rejected
         if not valid:
             LOG.warning("round %d: no site returned a model; the global model is unchanged", server_round)
             return None, None
@@ -136,6 +162,23 @@ class BrainFedAvg(FedAvg):
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         record.train = dict(metrics)
         return averaged, metrics
+
+    def _drop_unusable(self, server_round: int, replies: list[Message]) -> tuple[list[Message], int]:
+        """Keep the replies whose weights match the global model and are finite; log the others."""
+        if self.global_arrays is None:
+            return replies, 0
+        usable = []
+        for message in replies:
+            problem = reply_problem(
+                message.content[self.arrayrecord_key].to_numpy_ndarrays(), self.global_arrays
+            )
+            if problem is None:
+                usable.append(message)
+            else:
+                LOG.warning(
+                    "round %d: dropped the reply of site %d: %s", server_round, site_of(message), problem
+                )
+        return usable, len(replies) - len(usable)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate the sites' validation metrics; keep each site's."""
