@@ -17,6 +17,8 @@ PORT=9191
 MODE=deployment
 EXTRA_CONFIG=""
 SECURE=0
+MIN_SITES=1
+RESUME_DIR=""
 CERTS_DIR=""
 
 usage() {
@@ -27,10 +29,12 @@ Usage: ./run.sh [options]
   --data-dir DIR     Kaggle layout folder (Training/, Testing/), default sample_data/
   --model NAME       cnn or vgg16, default $MODEL
   --output-dir DIR   where results go, default outputs/<timestamp>
+  --min-sites N      rounds go on while at least N sites answer (all are awaited before round 1), default $MIN_SITES
   --port N           SuperLink port on 127.0.0.1, default $PORT (SuperNodes use the next N ports)
   --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
   --secure           TLS on every connection and SuperNode authentication (deployment only)
   --certs-dir DIR    credentials from 'brainfl certs' (default: made anew in <output-dir>/certs)
+  --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
   --run-config "K=V ..."  more run-config overrides, e.g. "local-epochs=2 image-size=96"
   -h, --help         this help
 USAGE
@@ -45,23 +49,43 @@ while [[ $# -gt 0 ]]; do
     --model) need_value "$@"; MODEL="$2"; shift 2 ;;
     --output-dir) need_value "$@"; OUTPUT_DIR="$2"; shift 2 ;;
     --port) need_value "$@"; PORT="$2"; shift 2 ;;
+    --min-sites) need_value "$@"; MIN_SITES="$2"; shift 2 ;;
     --simulation) MODE=simulation; shift ;;
     --secure) SECURE=1; shift ;;
     --certs-dir) need_value "$@"; CERTS_DIR="$2"; shift 2 ;;
     --run-config) need_value "$@"; EXTRA_CONFIG="$2"; shift 2 ;;
+    --resume) need_value "$@"; RESUME_DIR="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
   esac
 done
-for setting in SITES ROUNDS PORT; do
+for setting in SITES ROUNDS PORT MIN_SITES; do
   [[ "${!setting}" =~ ^[0-9]+$ ]] || { echo "run.sh: error: --${setting,,} must be a whole number, got '${!setting}'" >&2; exit 2; }
 done
 
 abspath() { python3 -c 'import os,sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))' "$1"; }
+
+if [[ -n "$RESUME_DIR" ]]; then
+  RESUME_DIR="$(abspath "$RESUME_DIR")"
+  [[ -f "$RESUME_DIR/run_config.json" ]] || { echo "run.sh: error: --resume: no run_config.json in $RESUME_DIR" >&2; exit 2; }
+  # The interrupted run's settings, as shell assignments (sites, rounds, data, model, the rest).
+  eval "$(python3 - "$RESUME_DIR/run_config.json" <<'PY'
+import json, shlex, sys
+config = json.load(open(sys.argv[1]))
+skip = {"class-names", "num-server-rounds", "num-partitions", "min-sites", "wait-for-sites", "model", "data-dir", "output-dir", "resume"}
+rest = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items() if k not in skip)
+print(f"SITES={config['num-partitions']} ROUNDS={config['num-server-rounds']} MIN_SITES={config['min-sites']}")
+print(f"MODEL={shlex.quote(config['model'])} DATA_DIR={shlex.quote(config['data-dir'])}")
+print(f"RESUMED_CONFIG={shlex.quote(rest)}")
+PY
+)"
+  OUTPUT_DIR="$RESUME_DIR"
+  EXTRA_CONFIG="$RESUMED_CONFIG resume=true $EXTRA_CONFIG"
+fi
 DATA_DIR="$(abspath "$DATA_DIR")"
 OUTPUT_DIR="$(abspath "${OUTPUT_DIR:-$ROOT/outputs/$(date +%Y%m%d-%H%M%S)}")"
 LOG_DIR="$OUTPUT_DIR/logs"
-CONFIG="num-server-rounds=$ROUNDS num-partitions=$SITES min-sites=$SITES model='$MODEL' data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR' $EXTRA_CONFIG"
+CONFIG="num-server-rounds=$ROUNDS num-partitions=$SITES min-sites=$MIN_SITES wait-for-sites=$SITES model='$MODEL' data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR' $EXTRA_CONFIG"
 
 if [[ $SECURE == 1 && $MODE == simulation ]]; then
   echo "run.sh: error: --secure applies to the deployment engine, not --simulation" >&2; exit 2

@@ -1,4 +1,4 @@
-"""The ``brainfl`` command: checks and preparation around a Flower run.
+"""The ``brainfl`` command: prepare and check data, make credentials, predict, report.
 
 ``brainfl prepare`` validates a run config and the data before any Flower
 process starts (``run.sh`` calls it), decoding and caching the images so
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainfl import certs, data_check
+from brainfl import certs, data_check, predict, report
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
     certs.add_parser(commands)
+    predict.add_parser(commands)
+    report.add_parser(commands)
     return parser
 
 

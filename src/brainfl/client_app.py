@@ -54,7 +54,7 @@ def train_round(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
         bundle = model_for(settings, site.train.class_names)
         bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-        server_round = int(config["server-round"])
+        server_round = int(config.get("global-round", config["server-round"]))
         metrics = train(
             bundle.trainable,
             model_inputs(settings, bundle, site.train),

@@ -44,6 +44,8 @@ class RunSettings:
     weight_decay: float = 0.0001
     fraction_train: float = 1.0
     min_sites: int = 1
+    wait_for_sites: int = 0
+    resume: bool = False
     round_timeout: float = 3600.0
 
     @property

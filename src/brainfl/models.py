@@ -64,25 +64,37 @@ class ModelBundle:
         return self.extractor.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
 
 
-def _conv_block(x, filters: int, name: str):
-    for i in (1, 2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
-        x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return keras.layers.MaxPooling2D(name=f"{name}_pool")(x)
+def _conv_bn_relu(x, filters: int, name: str):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+# (filters, convolutions) per stage; each stage ends with 2x2 max pooling.
+CNN_STAGES = ((16, 1), (32, 1), (64, 2), (128, 2))
 
 
 def build_cnn(image_size: int, channels: int, num_classes: int) -> keras.Model:
-    """Compact VGG-style CNN with batch norm, augmentation and global pooling."""
+    """Compact CNN: augmentation, per-image standardization, 4 conv stages, flatten head.
+
+    The head flattens the last feature map instead of global pooling: where a
+    tumor sits (a pituitary tumor at the sella, a meningioma at the skull's
+    edge) is part of the evidence, and global pooling would discard it.
+    """
     inputs = keras.Input((image_size, image_size, channels), name="image")
     x = keras.layers.RandomFlip("horizontal", name="aug_flip")(inputs)
     x = keras.layers.RandomRotation(0.04, fill_mode="constant", name="aug_rotate")(x)
     x = keras.layers.RandomZoom(0.1, fill_mode="constant", name="aug_zoom")(x)
+    x = keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", name="aug_shift")(x)
     x = PerImageStandardization(name="standardize")(x)
-    for stage, filters in enumerate((32, 64, 128, 256)):
-        x = _conv_block(x, filters, f"stage{stage + 1}")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(0.3, name="dropout")(x)
+    for stage, (filters, convolutions) in enumerate(CNN_STAGES, start=1):
+        for conv in range(1, convolutions + 1):
+            x = _conv_bn_relu(x, filters, f"stage{stage}_{conv}")
+        x = keras.layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.4, name="dropout")(x)
+    x = keras.layers.Dense(128, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(0.3, name="dense_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cnn")
 

@@ -9,6 +9,7 @@ half-written checkpoint.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import zipfile
@@ -18,6 +19,7 @@ from typing import Any
 
 import keras
 
+from brainfl.files import write_atomically
 from brainfl.metrics import METRIC_NAMES
 
 RESULTS_CSV = "federated_learning_results.csv"
@@ -43,6 +45,27 @@ def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
     per_class = [f"recall_{name}" for name in class_names]
     return ["round", *METRIC_NAMES, *per_class, "leak_free_accuracy", *ROUND_FIELDS, "elapsed_s"]
+
+
+def truncate_rows_after(path: Path, last_round: int) -> float:
+    """Drop rows with ``round > last_round`` from a per-round CSV; return the last ``elapsed_s`` kept."""
+    if not path.exists():
+        return 0.0
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return 0.0
+    header, body = rows[0], [row for row in rows[1:] if row and int(row[0]) <= last_round]
+    write_atomically(path, lambda f: f.write(_csv_text([header, *body]).encode()))
+    if "elapsed_s" in header and body:
+        return float(body[-1][header.index("elapsed_s")] or 0.0)
+    return 0.0
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
 
 
 class CsvAppender:

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -24,6 +25,7 @@ from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import initial_weights, load_run_dataset, model_for, model_inputs
+from brainfl.report import make_report
 from brainfl.results import (
     CHECKPOINT,
     FINAL_MODEL,
@@ -31,8 +33,10 @@ from brainfl.results import (
     SITE_CSV,
     SITE_FIELDS,
     CsvAppender,
+    read_model_metadata,
     results_header,
     save_model_atomically,
+    truncate_rows_after,
     write_run_config,
 )
 from brainfl.strategy import BrainFedAvg
@@ -81,21 +85,44 @@ class CentralEvaluator:
             "channels": settings.channels,
         }
         self.started = time.monotonic()
+        self.elapsed_before = 0.0  # wall time of rounds finished before a resume
         LOG.info(
             "central test set: %d images (%s split)",
             len(self.test_labels),
             "official Testing" if dataset.test_is_official else "held-out Training",
         )
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def resume(self) -> tuple[int, list[np.ndarray]] | None:
+        """Continue from ``checkpoint.keras``: (its round, its trainable weights), or None.
+
+        Rows after the checkpoint's round are dropped from both CSVs, so the
+        resumed run adds each later round exactly once.
+        """
+        checkpoint = self.output_dir / CHECKPOINT
+        if not checkpoint.exists():
+            return None
+        last_round = int(read_model_metadata(checkpoint).get("round", 0))
+        saved = keras.models.load_model(checkpoint)
+        if self.bundle.extractor is not None:
+            saved = saved.get_layer(self.bundle.trainable.name)
+        self.elapsed_before = truncate_rows_after(self.output_dir / RESULTS_CSV, last_round)
+        truncate_rows_after(self.output_dir / SITE_CSV, last_round)
+        self.strategy.round_offset = last_round
+        return last_round, saved.get_weights()
+
+    def __call__(self, local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        offset = self.strategy.round_offset
+        if offset and local_round == 0:
+            return None  # the resumed model was evaluated before the interruption
+        server_round = local_round + offset
         self.bundle.trainable.set_weights(arrays.to_numpy_ndarrays())
         probabilities = predict_proba(self.bundle.trainable, self.test_inputs)
         metrics = classification_metrics(self.test_labels, probabilities, self.class_names)
         if self.leak_free is not None:
             predictions = probabilities.argmax(axis=1)[self.leak_free]
             metrics["leak_free_accuracy"] = float(np.mean(predictions == self.test_labels[self.leak_free]))
-        record = self.strategy.record(server_round)
-        elapsed = time.monotonic() - self.started
+        record = self.strategy.record(local_round)
+        elapsed = self.elapsed_before + time.monotonic() - self.started
         row = {
             "round": server_round,
             **metrics,
@@ -108,13 +135,16 @@ class CentralEvaluator:
         self.results.append(row)
         for site, site_metrics in sorted(record.sites.items()):
             self.sites.append({"round": server_round, "site": site, **site_metrics})
-        save_model_atomically(self.model, self.output_dir / CHECKPOINT, self.model_metadata)
+        save_model_atomically(
+            self.model, self.output_dir / CHECKPOINT, {**self.model_metadata, "round": server_round}
+        )
         self._log_summary(server_round, record.sites_trained, metrics, elapsed)
         return MetricRecord(metrics)
 
     def _log_summary(self, server_round: int, sites: int, metrics: dict[str, float], elapsed: float) -> None:
         total = self.settings.num_server_rounds
-        left = elapsed / server_round * (total - server_round) if server_round else float("nan")
+        done = server_round - self.strategy.round_offset
+        left = (time.monotonic() - self.started) / done * (total - server_round) if done > 0 else float("nan")
         LOG.info(
             "round %d/%d | sites %d | test accuracy %.4f | loss %.4f | elapsed %.0fs | ~%.0fs left",
             server_round,
@@ -135,22 +165,36 @@ def run_federation(grid: Grid, settings: RunSettings, output_dir: Path) -> None:
             settings.learning_rate, r, settings.num_server_rounds
         ),
         class_names=class_names,
+        wait_for_sites=settings.wait_for_sites,
+        wait_timeout=settings.round_timeout,
         fraction_train=settings.fraction_train,
         min_train_nodes=settings.min_sites,
         min_evaluate_nodes=settings.min_sites,
         min_available_nodes=settings.min_sites,
     )
     evaluator = CentralEvaluator(settings, output_dir, strategy)
+    weights, rounds_done = initial_weights(settings, class_names), 0
+    resumed = evaluator.resume() if settings.resume else None
+    if resumed:
+        rounds_done, weights = resumed
+        LOG.info("resuming %s after round %d of %d", output_dir, rounds_done, settings.num_server_rounds)
+    if rounds_done >= settings.num_server_rounds:
+        LOG.info("all %d rounds are already done; outputs written to %s", rounds_done, output_dir)
+        return
     write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial_weights(settings, class_names)),
-        num_rounds=settings.num_server_rounds,
+        initial_arrays=ArrayRecord(weights),
+        num_rounds=settings.num_server_rounds - rounds_done,
         timeout=settings.round_timeout,
         train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
         evaluate_fn=evaluator,
     )
     save_model_atomically(evaluator.model, output_dir / FINAL_MODEL, evaluator.model_metadata)
+    try:
+        make_report(output_dir)
+    except Exception as error:  # a report problem must not fail a finished run
+        LOG.warning("report not written: %s", error)
     LOG.info("outputs written to %s", output_dir)
 
 

@@ -9,6 +9,7 @@ validation metrics so the server can write them per round.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -97,6 +98,8 @@ class BrainFedAvg(FedAvg):
         *,
         learning_rate_for_round: Callable[[int], float],
         class_names: Sequence[str],
+        wait_for_sites: int = 0,
+        wait_timeout: float = 600.0,
         **kwargs,
     ) -> None:
         kwargs.setdefault("train_metrics_aggr_fn", aggregate_site_metrics)
@@ -106,6 +109,9 @@ class BrainFedAvg(FedAvg):
         self.class_names = list(class_names)
         self.rounds: dict[int, RoundRecord] = {}
         self.global_arrays: list[np.ndarray] | None = None
+        self.wait_for_sites = wait_for_sites
+        self.round_offset = 0  # rounds finished before this process (a resumed run)
+        self.wait_timeout = wait_timeout
 
     def record(self, server_round: int) -> RoundRecord:
         """The bookkeeping of ``server_round`` (created empty on first use)."""
@@ -113,7 +119,8 @@ class BrainFedAvg(FedAvg):
 
     def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         config = ConfigRecord(dict(config))
-        config["learning-rate"] = float(self.learning_rate_for_round(server_round))
+        config["global-round"] = server_round + self.round_offset
+        config["learning-rate"] = float(self.learning_rate_for_round(server_round + self.round_offset))
         config["class-names"] = ",".join(self.class_names)
         return config
 
@@ -122,6 +129,8 @@ class BrainFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Send the global model with this round's learning rate and the class names."""
         self.global_arrays = arrays.to_numpy_ndarrays()
+        if self.wait_for_sites:
+            self._wait_for_sites(grid)
         return super().configure_train(
             server_round, arrays, self._with_round_settings(server_round, config), grid
         )
@@ -133,6 +142,24 @@ class BrainFedAvg(FedAvg):
         return super().configure_evaluate(
             server_round, arrays, self._with_round_settings(server_round, config), grid
         )
+
+    def _wait_for_sites(self, grid: Grid) -> None:
+        """Before the first round, wait (up to ``wait_timeout``) for ``wait_for_sites`` sites.
+
+        Later rounds go on with whoever is connected (at least ``min_available_nodes``),
+        so a site that drops out does not stop the federation.
+        """
+        deadline = time.monotonic() + self.wait_timeout
+        while (connected := len(list(grid.get_node_ids()))) < self.wait_for_sites:
+            if time.monotonic() > deadline:
+                LOG.warning(
+                    "only %d of %d sites connected; starting without the others",
+                    connected,
+                    self.wait_for_sites,
+                )
+                break
+            time.sleep(1)
+        self.wait_for_sites = 0
 
     def _keep_site_metrics(self, server_round: int, replies: list[Message]) -> None:
         for message in replies:

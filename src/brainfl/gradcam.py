@@ -1,0 +1,146 @@
+"""Grad-CAM heatmaps of a saved brainfl model, overlaid on the original scan.
+
+The model is split into a feature-map part and the rest. For a model whose
+convolutions are its own layers (the ``cnn``), the feature map is the output
+of its last convolutional stage: the last layer with a spatial (4-D) output
+that is not a pooling layer. For ``vgg16`` it is the output of the nested
+Keras ``vgg16`` base inside ``vgg16_extractor`` (after ``vgg_preprocess``).
+The gradient of the class probability with respect to the feature map,
+averaged per channel, weights the channels; the weighted sum, after a ReLU and
+normalization to [0, 1], is resized to the original image's size and drawn
+over it with a colormap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from brainfl.errors import BrainFLError
+
+COLORMAP = "jet"
+ALPHA = 0.4
+
+Stage = Callable[[object], object]
+
+
+def feature_layer(model):
+    """The layer whose output Grad-CAM explains: the last spatial, non-pooling layer of ``model``."""
+    import keras
+
+    pooling = (
+        keras.layers.MaxPooling2D,
+        keras.layers.AveragePooling2D,
+        keras.layers.GlobalAveragePooling2D,
+        keras.layers.GlobalMaxPooling2D,
+    )
+    candidates = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, (keras.layers.InputLayer, keras.Model, *pooling))
+        and len(layer.output.shape) == 4
+    ]
+    if not candidates:
+        raise BrainFLError(
+            f"Grad-CAM: model '{model.name}' has no convolutional feature map "
+            "(expected a cnn or a model with a 'vgg16_extractor')"
+        )
+    return candidates[-1]
+
+
+def split_model(model) -> tuple[Stage, Stage]:
+    """``(features, rest)``: image batch -> last conv feature maps -> class probabilities (inference mode)."""
+    import keras
+
+    names = {layer.name for layer in model.layers}
+    if "vgg16_extractor" in names:  # vgg16: preprocess + VGG-16 base, then vgg_pool + head
+        extractor = model.get_layer("vgg16_extractor")
+        preprocess = extractor.get_layer("vgg_preprocess")
+        base = extractor.get_layer("vgg16")
+        vgg_pool = extractor.get_layer("vgg_pool")
+        head = model.get_layer("vgg16_head") if "vgg16_head" in names else model.layers[-1]
+
+        def vgg_features(images):
+            return base(preprocess(images), training=False)
+
+        def vgg_rest(feature_maps):
+            return head(vgg_pool(feature_maps), training=False)
+
+        return vgg_features, vgg_rest
+    layer = feature_layer(model)  # cnn: its convolutions are its own layers
+    features = keras.Model(model.input, layer.output, name="gradcam_features")
+    rest = keras.Model(layer.output, model.output, name="gradcam_rest")
+    # training=False matters: the augmentation layers would otherwise transform the image
+    return (lambda images: features(images, training=False)), (lambda maps: rest(maps, training=False))
+
+
+def gradcam_heatmaps(model, images: np.ndarray, class_indices: np.ndarray | None = None) -> np.ndarray:
+    """Grad-CAM maps in [0, 1] (N x h x w, the feature-map grid) for ``class_indices``.
+
+    ``images`` are model inputs (N x S x S x C, 0-255); ``class_indices``
+    defaults to each image's predicted class.
+    """
+    import tensorflow as tf
+
+    features, rest = split_model(model)
+    inputs = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    feature_maps = features(inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(feature_maps)
+        probabilities = rest(feature_maps)
+        if class_indices is None:
+            class_indices = tf.argmax(probabilities, axis=1).numpy()
+        chosen = tf.gather(probabilities, np.asarray(class_indices, dtype=np.int64), axis=1, batch_dims=1)
+    gradients = tape.gradient(chosen, feature_maps)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(weights * feature_maps, axis=-1)).numpy()
+    peaks = cams.max(axis=(1, 2), keepdims=True)
+    return np.where(peaks > 0, cams / np.where(peaks > 0, peaks, 1.0), 0.0).astype(np.float32)
+
+
+def overlay(original: Image.Image, heatmap: np.ndarray, alpha: float = ALPHA) -> Image.Image:
+    """The original image (as RGB, its own size) with ``heatmap`` resized and colored over it."""
+    import matplotlib
+
+    base = np.asarray(original.convert("RGB"), dtype=np.float32)
+    height, width = base.shape[:2]
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    values = np.clip(np.asarray(resized), 0.0, 1.0)
+    colored = matplotlib.colormaps[COLORMAP](values)[..., :3] * 255.0
+    blended = (1.0 - alpha) * base + alpha * colored
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def open_original(path: Path | str) -> Image.Image:
+    """The image file as loaded (any size, grayscale or RGB), or a one-line error naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError) as error:
+        raise BrainFLError(f"cannot decode image {path}: {error.__class__.__name__}") from None
+
+
+def save_gradcam(
+    model,
+    image_path: Path | str,
+    model_input: np.ndarray,
+    out_path: Path | str,
+    class_index: int | None = None,
+) -> Path:
+    """Write the Grad-CAM overlay of one image (PNG, the input's size) for ``class_index``.
+
+    ``model_input`` is the image preprocessed as in training (S x S x C);
+    ``class_index`` defaults to the predicted class.
+    """
+    indices = None if class_index is None else np.asarray([class_index])
+    heatmap = gradcam_heatmaps(model, model_input[np.newaxis], indices)[0]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay(open_original(image_path), heatmap).save(out_path, format="PNG")
+    return out_path

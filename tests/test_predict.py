@@ -1,0 +1,236 @@
+"""Tests of ``brainfl predict`` on the committed sample images with a tiny model trained here."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from brainfl import predict
+from brainfl.data_loader import load_dataset
+from brainfl.errors import BrainFLError
+from brainfl.models import build_model
+from brainfl.results import save_model_atomically
+from brainfl.training import predict_proba, train
+from conftest import CLASSES, REPO_ROOT
+
+SAMPLE = REPO_ROOT / "sample_data"
+IMAGE_SIZE = 64
+_TRAINED: dict[str, Path] = {}
+
+
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A cnn trained for one epoch on the sample (64 px), saved with brainfl metadata; once per session."""
+    if "cnn" not in _TRAINED:
+        folder = tmp_path_factory.mktemp("tiny-model")
+        data = load_dataset(SAMPLE, IMAGE_SIZE, 1, cache_dir=folder / "cache")
+        keras.utils.set_random_seed(0)
+        bundle = build_model("cnn", IMAGE_SIZE, len(data.train.class_names))
+        train(
+            bundle.trainable,
+            data.train.images,
+            data.train.labels,
+            epochs=1,
+            batch_size=16,
+            learning_rate=3e-3,
+        )
+        path = folder / "final_model.keras"
+        metadata = {
+            "model": "cnn",
+            "class_names": list(data.train.class_names),
+            "image_size": IMAGE_SIZE,
+            "channels": 1,
+        }
+        save_model_atomically(bundle.inference_model(), path, metadata)
+        _TRAINED["cnn"] = path
+    return _TRAINED["cnn"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return tiny_model_file(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> list[Path]:
+    """Sample scans re-saved at other sizes and modes: RGB 301x207 JPEG, grayscale 150x97 PNG."""
+    folder = tmp_path_factory.mktemp("odd")
+    rgb = Image.open(SAMPLE / "Testing" / "glioma" / "Te-gl_0037.jpg").convert("RGB").resize((301, 207))
+    gray = Image.open(SAMPLE / "Testing" / "pituitary" / "Te-pi_0242.jpg").convert("L").resize((150, 97))
+    rgb.save(folder / "rgb.jpg")
+    gray.save(folder / "gray.png")
+    return [folder / "rgb.jpg", folder / "gray.png"]
+
+
+def assert_named_probabilities(table: pd.DataFrame) -> None:
+    assert list(table.columns[:2]) == ["file", "predicted_class"]
+    assert list(table.columns[2:6]) == list(CLASSES)
+    probabilities = table[list(CLASSES)].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert set(table["predicted_class"]) <= set(CLASSES)
+    assert (table["predicted_class"] == np.asarray(CLASSES)[probabilities.argmax(axis=1)]).all()
+
+
+def test_predicts_named_classes_with_probabilities_summing_to_one(model_file):
+    table = predict.predict_files(model_file, [SAMPLE / "Testing"])
+    assert len(table) == 32
+    assert_named_probabilities(table)
+
+
+def test_uses_exactly_the_training_preprocessing(model_file, tmp_path):
+    """Predictions equal the model's output on the images as the training pipeline decodes them."""
+    table = predict.predict_files(model_file, [SAMPLE / "Testing"])
+    test_set = load_dataset(SAMPLE, IMAGE_SIZE, 1, cache_dir=tmp_path).test
+    expected = predict_proba(keras.models.load_model(model_file), test_set.images)
+    by_file = {str(Path(f).relative_to(SAMPLE)): i for i, f in enumerate(table["file"])}
+    order = [by_file[f] for f in test_set.files]
+    np.testing.assert_allclose(table[list(CLASSES)].to_numpy()[order], expected, atol=1e-5)
+
+
+def test_reads_any_size_grayscale_or_rgb_and_writes_gradcam_of_the_input_size(
+    model_file, odd_images, tmp_path
+):
+    table = predict.predict_files(model_file, odd_images, gradcam_dir=tmp_path / "cams")
+    assert_named_probabilities(table)
+    for source, cam in zip(odd_images, table["gradcam"], strict=True):
+        cam = Path(cam)
+        assert cam.parent == tmp_path / "cams" and cam.suffix == ".png"
+        with Image.open(cam) as written, Image.open(source) as original:
+            assert written.format == "PNG"
+            assert written.size == original.size
+            pixels = np.asarray(written)
+        assert pixels.std() > 1.0, "Grad-CAM overlay is constant"
+
+
+def test_folders_expand_recursively_skipping_hidden_and_non_images(model_file, tmp_path):
+    root = tmp_path / "scans"
+    for name in ("a/b/one.jpg", "a/two.JPG", ".hidden/three.jpg", "a/.four.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE / "Testing" / "notumor" / "Te-no_0254.jpg", root / name)
+    (root / "a" / "notes.txt").write_text("not an image")
+    table = predict.predict_files(model_file, [root])
+    assert sorted(Path(f).relative_to(root).as_posix() for f in table["file"]) == ["a/b/one.jpg", "a/two.JPG"]
+
+
+def test_same_stems_get_distinct_gradcam_files(model_file, tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLE / "Testing" / "glioma" / "Te-gl_0037.jpg", tmp_path / folder / "scan.jpg")
+    table = predict.predict_files(model_file, [tmp_path / "x", tmp_path / "y"], gradcam_dir=tmp_path / "cams")
+    assert len(set(table["gradcam"])) == 2
+    assert all(Path(p).is_file() for p in table["gradcam"])
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(BrainFLError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_user_mistakes_are_one_clear_line(model_file, tmp_path):
+    image = SAMPLE / "Testing" / "glioma" / "Te-gl_0037.jpg"
+    assert "image file or folder not found" in one_line_error(
+        lambda: predict.predict_files(model_file, [tmp_path / "missing.jpg"])
+    )
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    assert f"cannot decode image {broken}" in one_line_error(
+        lambda: predict.predict_files(model_file, [broken])
+    )
+    (tmp_path / "empty").mkdir()
+    assert "no image files" in one_line_error(lambda: predict.predict_files(model_file, [tmp_path / "empty"]))
+    assert "model file not found" in one_line_error(
+        lambda: predict.predict_files(tmp_path / "no.keras", [image])
+    )
+    assert "not a Keras .keras file" in one_line_error(lambda: predict.predict_files(broken, [image]))
+
+
+def test_refuses_a_model_without_metadata(model_file, tmp_path):
+    bare = tmp_path / "bare.keras"
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(bare, "w") as target:
+        for item in source.infolist():
+            if item.filename != "brainfl.json":
+                target.writestr(item, source.read(item))
+    message = one_line_error(lambda: predict.predict_files(bare, [SAMPLE / "Testing" / "glioma"]))
+    assert str(bare) in message and "no brainfl metadata" in message
+
+
+def test_model_without_metadata_uses_the_run_config_beside_it(model_file, tmp_path):
+    """A model saved without metadata inside a run folder takes it from that run's run_config.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    bare = run / "final_model.keras"
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(bare, "w") as target:
+        for item in source.infolist():
+            if item.filename != "brainfl.json":
+                target.writestr(item, source.read(item))
+    (run / "run_config.json").write_text(
+        f'{{"model": "cnn", "image-size": {IMAGE_SIZE}, "class-names": {list(CLASSES)!r}}}'.replace("'", '"')
+    )
+    table = predict.predict_files(bare, [SAMPLE / "Testing" / "meningioma"])
+    assert_named_probabilities(table)
+
+
+def test_refuses_a_model_whose_input_disagrees_with_its_metadata(model_file, tmp_path):
+    wrong = tmp_path / "wrong.keras"
+    metadata = {"model": "cnn", "class_names": list(CLASSES), "image_size": 128, "channels": 1}
+    save_model_atomically(keras.models.load_model(model_file), wrong, metadata)
+    message = one_line_error(lambda: predict.predict_files(wrong, [SAMPLE / "Testing" / "glioma"]))
+    assert str(wrong) in message and "(64, 64, 1)" in message and "image_size=128" in message
+    fewer = tmp_path / "fewer.keras"
+    metadata = {"model": "cnn", "class_names": ["a", "b"], "image_size": IMAGE_SIZE, "channels": 1}
+    save_model_atomically(keras.models.load_model(model_file), fewer, metadata)
+    assert "4 outputs" in one_line_error(
+        lambda: predict.predict_files(fewer, [SAMPLE / "Testing" / "glioma"])
+    )
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="brainfl")
+    predict.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_command_prints_a_table_and_saves_csv_and_gradcams(model_file, odd_images, tmp_path, capsys):
+    csv_path, cams = tmp_path / "out" / "p.csv", tmp_path / "cams"
+    args = parse(
+        [
+            "predict",
+            *map(str, odd_images),
+            "--model",
+            str(model_file),
+            "--csv",
+            str(csv_path),
+            "--gradcam",
+            str(cams),
+        ]
+    )
+    args.handler(args)
+    out = capsys.readouterr().out
+    for name in (*CLASSES, "rgb.jpg", "gray.png"):
+        assert name in out
+    saved = pd.read_csv(csv_path)
+    assert_named_probabilities(saved)
+    assert sorted(p.name for p in cams.iterdir()) == ["gray_gradcam.png", "rgb_gradcam.png"]
+
+
+def test_cli_reports_a_mistake_with_exit_code_2(model_file, tmp_path, capsys):
+    from brainfl import cli
+
+    parser = cli.build_parser()
+    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if "predict" not in choices:
+        pytest.skip("brainfl.cli does not register the predict sub-command yet")
+    assert cli.main(["predict", str(tmp_path / "missing.jpg"), "--model", str(model_file)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "image file or folder not found" in errors[0]
