@@ -19,6 +19,7 @@ EXTRA_CONFIG=""
 SECURE=0
 MIN_SITES=1
 RESUME_DIR=""
+SITE_DATA_DIRS=""
 CERTS_DIR=""
 
 usage() {
@@ -34,6 +35,8 @@ Usage: ./run.sh [options]
   --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
   --secure           TLS on every connection and SuperNode authentication (deployment only)
   --certs-dir DIR    credentials from 'brainfl certs' (default: made anew in <output-dir>/certs)
+  --site-data-dirs "D0 D1 ..."  give each site its own data folder (all its Training images) instead of
+                     a partition of --data-dir, as real hospitals have (deployment only)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
   --run-config "K=V ..."  more run-config overrides, e.g. "local-epochs=2 image-size=96"
   -h, --help         this help
@@ -55,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     --certs-dir) need_value "$@"; CERTS_DIR="$2"; shift 2 ;;
     --run-config) need_value "$@"; EXTRA_CONFIG="$2"; shift 2 ;;
     --resume) need_value "$@"; RESUME_DIR="$2"; shift 2 ;;
+    --site-data-dirs) need_value "$@"; SITE_DATA_DIRS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
   esac
@@ -141,11 +145,8 @@ flower-superlink "${SUPERLINK_ARGS[@]}" >"$LOG_DIR/superlink.log" 2>&1 &
 PIDS+=($!)
 wait_for_port "$PORT" "${PIDS[-1]}" SuperLink "$LOG_DIR/superlink.log"
 
-if [[ "$MODE" == deployment ]]; then
-  FEDERATION_OPTIONS=""
-else
-  FEDERATION_OPTIONS="options.num-supernodes = $SITES"
-fi
+FEDERATION_ARGS=()
+[[ "$MODE" == simulation ]] && FEDERATION_ARGS=(--federation-config "num-supernodes=$SITES")
 cat >"$FLWR_HOME/config.toml" <<TOML
 [superlink]
 default = "brainfl"
@@ -153,12 +154,20 @@ default = "brainfl"
 [superlink.brainfl]
 address = "127.0.0.1:$PORT"
 $CONNECTION
-$FEDERATION_OPTIONS
 TOML
 
 if [[ "$MODE" == deployment ]]; then
   SUPERNODE_SECURITY=(--insecure)
+  read -r -a SITE_DIRS <<<"$SITE_DATA_DIRS"
+  if [[ ${#SITE_DIRS[@]} -gt 0 && ${#SITE_DIRS[@]} -ne $SITES ]]; then
+    echo "run.sh: error: --site-data-dirs names ${#SITE_DIRS[@]} folders for $SITES sites" >&2; exit 2
+  fi
   for ((site = 0; site < SITES; site++)); do
+    if [[ ${#SITE_DIRS[@]} -gt 0 ]]; then
+      NODE_DATA="partition-id=$site data-dir='$(abspath "${SITE_DIRS[$site]}")'"
+    else
+      NODE_DATA="partition-id=$site num-partitions=$SITES data-dir='$DATA_DIR'"
+    fi
     if [[ $SECURE == 1 ]]; then
       # Only registered public keys may join: register each site's key with the SuperLink.
       flwr supernode register "$CERTS_DIR/site_$site.pub" brainfl >>"$LOG_DIR/superlink.log" 2>&1 ||
@@ -166,7 +175,7 @@ if [[ "$MODE" == deployment ]]; then
       SUPERNODE_SECURITY=(--root-certificates "$CERTS_DIR/ca.crt" --auth-supernode-private-key "$CERTS_DIR/site_$site")
     fi
     flower-supernode "${SUPERNODE_SECURITY[@]}" --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
-      --node-config "partition-id=$site num-partitions=$SITES data-dir='$DATA_DIR' log-dir='$LOG_DIR'" \
+      --node-config "$NODE_DATA log-dir='$LOG_DIR'" \
       >"$LOG_DIR/supernode_$site.log" 2>&1 &
     PIDS+=($!)
   done
@@ -176,7 +185,7 @@ if [[ "$MODE" == deployment ]]; then
 fi
 
 echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
-flwr run "$ROOT" brainfl --stream --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log"
+flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log"
 grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {
   echo "run.sh: error: the run did not finish; see $LOG_DIR/server.log and $LOG_DIR/superlink.log" >&2
   exit 1

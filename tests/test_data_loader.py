@@ -97,3 +97,27 @@ def test_decode_real_grayscale_and_rgb_images(real_data):
     files = sorted((real_data / "Training" / "glioma").glob("*.jpg"))[:40]
     shapes = {decode_image(f, 64, 3).shape for f in files} | {decode_image(f, 64, 1).shape for f in files}
     assert shapes == {(64, 64, 3), (64, 64, 1)}
+
+
+def test_a_site_folder_uses_all_its_training_images_with_the_server_classes(tiny_dataset):
+    from brainfl.config import RunSettings
+    from brainfl.pipeline import site_data
+
+    (tiny_dataset / "Testing").rename(tiny_dataset.parent / "elsewhere")
+    for image in (tiny_dataset / "Training" / "glioma").iterdir():
+        image.unlink()
+    (tiny_dataset / "Training" / "glioma").rmdir()  # this hospital has no glioma cases
+    settings = RunSettings(image_size=16, val_fraction=0.25)
+    site = site_data(settings, {"data-dir": str(tiny_dataset), "partition-id": 3}, CLASSES)
+    assert site.site_id == 3
+    assert len(site.train) + len(site.val) == 12
+    assert set(site.train.labels) | set(site.val.labels) == {1, 2, 3}
+
+
+def test_a_site_with_a_class_the_server_does_not_know_fails_clearly(tiny_dataset):
+    from brainfl.config import RunSettings
+    from brainfl.pipeline import site_data
+
+    write_image(tiny_dataset / "Training" / "lymphoma" / "x.jpg", 7)
+    with pytest.raises(BrainFLError, match="lymphoma is not one of the classes"):
+        site_data(RunSettings(image_size=16), {"data-dir": str(tiny_dataset)}, CLASSES)

@@ -105,10 +105,12 @@ def test_simulation_engine_run_and_local_superlink_stopped(tmp_path, real_data):
         "--output-dir",
         str(out),
     ]
-    result = run_script(*args, "--port", str(port), "--run-config", SMALL_RUN)
+    result = run_script(*args, "--port", str(port), "--run-config", f"{SMALL_RUN} tensorboard=true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [row["round"] for row in rows] == ["0", "1"] and rows[1]["sites_trained"] == "3"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events written"
+    assert (out / "report.html").is_file() and (out / "confusion_matrix.png").is_file()
     assert {p.name for p in (out / "logs").glob("client_*.log")} == {
         "client_0.log",
         "client_1.log",

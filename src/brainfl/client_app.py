@@ -8,6 +8,7 @@ one-line reason that also reaches the server log.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,12 @@ from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
 from brainfl.training import predict_proba, train
 
 app = ClientApp()
+SITE_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s:,;'\"()]+")
+
+
+def redact_paths(text: str) -> str:
+    """Replace each file path in ``text`` by ``<site>/`` and its last component."""
+    return SITE_PATH.sub(lambda match: "<site>/" + re.split(r"[/\\]", match.group().rstrip("/\\"))[-1], text)
 
 
 def site_log_path(context: Context, settings: RunSettings) -> Path:
@@ -43,8 +50,10 @@ def site_session(msg: Message, context: Context) -> Iterator[tuple[RunSettings, 
             class_names = tuple(str(msg.content["config"]["class-names"]).split(","))
             yield settings, site_data(settings, context.node_config, class_names)
         except BrainFLError as error:
-            LOG.error("site %s: %s", context.node_config.get("partition-id", context.node_id), error)
-            raise
+            site = context.node_config.get("partition-id", context.node_id)
+            LOG.error("site %s: %s", site, error)
+            # The reply reaches the server's log: say what is wrong, not where the site keeps its files.
+            raise BrainFLError(f"site {site}: {redact_paths(str(error))}") from None
 
 
 @app.train()

@@ -46,6 +46,7 @@ class RunSettings:
     min_sites: int = 1
     wait_for_sites: int = 0
     resume: bool = False
+    tensorboard: bool = False
     round_timeout: float = 3600.0
 
     @property

@@ -20,7 +20,15 @@ import keras
 import numpy as np
 
 from brainfl.config import RunSettings, resolve_path
-from brainfl.data_loader import Dataset, ImageSet, default_cache_dir, load_dataset
+from brainfl.data_loader import (
+    TRAIN_SPLIT,
+    Dataset,
+    ImageSet,
+    default_cache_dir,
+    limit_per_class,
+    load_dataset,
+    load_split,
+)
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
 from brainfl.models import ModelBundle, build_model
@@ -109,18 +117,34 @@ def site_data(
 ) -> SiteData:
     """The images of the site described by a SuperNode's ``node_config``.
 
-    ``data-dir`` (optional) points at the site's own copy of the Kaggle
-    layout; ``partition-id`` and ``num-partitions`` (optional) select one
-    partition of it, as when several sites are emulated from one dataset.
+    With ``num-partitions`` (as when several sites are emulated from one
+    dataset) the site takes partition ``partition-id`` of the run's training
+    set, or of ``data-dir``'s. Without it, ``data-dir`` is the site's own
+    folder in the Kaggle layout and all of its ``Training`` images are used.
+    Labels always follow the server's ``class_names``.
     """
-    dataset = load_run_dataset(settings, str(node_config.get("data-dir", "")) or None, class_names)
-    train = dataset.train
     site_id = int(node_config.get("partition-id", -1))
+    site_dir = str(node_config.get("data-dir", "")) or None
     if "num-partitions" in node_config:
+        train = load_run_dataset(settings, site_dir, class_names).train
         num_partitions = int(node_config["num-partitions"])
         if not 0 <= site_id < num_partitions:
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
+    else:
+        train = limit_per_class(
+            load_split(
+                resolve_path(site_dir or settings.data_dir, "data-dir"),
+                TRAIN_SPLIT,
+                settings.image_size,
+                settings.channels,
+                list(class_names),
+                cache_dir(settings),
+                settings.skip_unreadable,
+            ),
+            settings.max_images_per_class,
+            settings.seed,
+        )
     if len(train) == 0:
         raise BrainFLError(f"site {site_id} has no training images")
     train_pos, val_pos = split_validation(

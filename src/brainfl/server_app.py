@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -86,6 +87,9 @@ class CentralEvaluator:
         }
         self.started = time.monotonic()
         self.elapsed_before = 0.0  # wall time of rounds finished before a resume
+        self.tensorboard = (
+            tf.summary.create_file_writer(str(output_dir / "tensorboard")) if settings.tensorboard else None
+        )
         LOG.info(
             "central test set: %d images (%s split)",
             len(self.test_labels),
@@ -133,6 +137,12 @@ class CentralEvaluator:
             "elapsed_s": round(elapsed, 1),
         }
         self.results.append(row)
+        if self.tensorboard is not None:
+            with self.tensorboard.as_default(step=server_round):
+                for name, value in row.items():
+                    if name != "round" and isinstance(value, int | float):
+                        tf.summary.scalar(name, value)
+            self.tensorboard.flush()
         for site, site_metrics in sorted(record.sites.items()):
             self.sites.append({"round": server_round, "site": site, **site_metrics})
         save_model_atomically(

@@ -1,0 +1,143 @@
+"""Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites.
+
+Each test runs ``run.sh`` (deployment engine) on a few real images per class
+with one local epoch, and injects the fault from outside, as an operator
+would see it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from test_e2e import free_port_block, read_rows, run_script
+
+pytestmark = pytest.mark.e2e
+TINY = "max-images-per-class=12 image-size=32 batch-size=16 local-epochs=1"
+
+
+def start_script(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(REPO_ROOT / "run.sh"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def rounds_done(out: Path) -> int:
+    path = out / "federated_learning_results.csv"
+    return len(read_rows(path)) - 1 if path.exists() else -1
+
+
+def pid_listening_as(pattern: str) -> int:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    assert found, f"no process matches {pattern!r}"
+    return int(found[0])
+
+
+def supernode(port: int, runtime_port: int, node_config: str, *security: str, log=subprocess.DEVNULL):
+    """Start a SuperNode by hand, as a hospital's operator would."""
+    command = ["flower-supernode", *(security or ["--insecure"]), "--superlink", f"127.0.0.1:{port}"]
+    command += ["--port", str(runtime_port), "--max-retries", "3", "--node-config", node_config]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_killed_supernode_is_survived_and_a_restarted_one_rejoins(tmp_path, real_data):
+    out, port = tmp_path / "run", free_port_block(4)
+    args = ["--sites", "3", "--rounds", "4", "--min-sites", "2", "--data-dir", str(real_data)]
+    script = start_script(*args, "--output-dir", str(out), "--port", str(port), "--run-config", TINY)
+    try:
+        wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
+        site2 = f"flower-supernode.*--port {port + 3}"
+        os.kill(pid_listening_as(site2), signal.SIGKILL)
+        wait_for(lambda: rounds_done(out) >= 2, 600, "round 2 without site 2")
+        node_config = f"partition-id=2 num-partitions=3 data-dir='{real_data}' log-dir='{out / 'logs'}'"
+        restarted = supernode(port, port + 3, node_config)
+        try:
+            output, _ = script.communicate(timeout=900)
+        finally:
+            restarted.terminate()
+            restarted.wait(timeout=30)
+    finally:
+        script.kill() if script.poll() is None else None
+    assert script.returncode == 0, output[-3000:]
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [r["round"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert rows[1]["sites_trained"] == "3"
+    assert any(int(r["sites_failed"] or 0) >= 1 or r["sites_trained"] == "2" for r in rows[2:])
+    sites_last_round = {r["site"] for r in read_rows(out / "site_metrics.csv") if r["round"] == "4"}
+    assert sites_last_round == {"0", "1", "2"}, "the restarted site did not rejoin"
+
+
+def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, real_data):
+    out, port = tmp_path / "run", free_port_block(3)
+    args = ["--sites", "2", "--rounds", "3", "--data-dir", str(real_data), "--port", str(port)]
+    script = start_script(*args, "--output-dir", str(out), "--run-config", TINY)
+    wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
+    subprocess.run(["pkill", "-KILL", "-f", "flwr-serverapp"], check=False)
+    output, _ = script.communicate(timeout=300)
+    assert script.returncode != 0 and "the run did not finish" in output
+    done = rounds_done(out)
+    assert done in (1, 2)
+
+    resumed = run_script("--resume", str(out), "--port", str(port))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [r["round"] for r in rows] == ["0", "1", "2", "3"]
+    assert f"resuming {out} after round {done} of 3" in (out / "logs" / "server.log").read_text()
+    assert all(r["sites_trained"] == "2" for r in rows[1:])
+
+
+def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path, real_data):
+    out, port = tmp_path / "run", free_port_block(6)
+    own_sites = [str(real_data), str(tmp_path / "no-such-hospital-folder")]
+    args = ["--secure", "--sites", "2", "--rounds", "2", "--site-data-dirs", " ".join(own_sites)]
+    args += ["--data-dir", str(real_data), "--output-dir", str(out), "--port", str(port)]
+    script = start_script(*args, "--run-config", TINY)
+    intruders: list[subprocess.Popen] = []
+    try:
+        wait_for(lambda: rounds_done(out) >= 0, 600, "the secure run to start")
+        other = tmp_path / "other-federation"
+        subprocess.run(["brainfl", "certs", "--out", str(other), "--sites", "1"], check=True)
+        attempts = {  # a key the SuperLink never registered; a CA this federation does not use
+            "unregistered": (out / "certs" / "ca.crt", other / "site_0"),
+            "untrusted-ca": (other / "ca.crt", out / "certs" / "site_0"),
+        }
+        for offset, (name, (ca, key)) in enumerate(attempts.items(), start=4):
+            log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            security = ("--root-certificates", str(ca), "--auth-supernode-private-key", str(key))
+            intruders.append(supernode(port, port + offset, f"data-dir='{real_data}'", *security, log=log))
+        output, _ = script.communicate(timeout=900)
+    finally:
+        for process in intruders:
+            process.kill()
+        script.kill() if script.poll() is None else None
+    assert script.returncode == 0, output[-3000:]
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [r["round"] for r in rows] == ["0", "1", "2"]
+    assert all(r["sites_trained"] == "1" and r["sites_failed"] == "1" for r in rows[1:]), rows
+    bad_site_log = (out / "logs" / "client_1.log").read_text()
+    assert "site 1: data folder not found" in bad_site_log and "no-such-hospital-folder" in bad_site_log
+    server_log = (out / "logs" / "server.log").read_text()
+    assert "data folder not found" in server_log
+    assert "no-such-hospital-folder" not in server_log, "a site's file path reached the server log"
+    for name in ("unregistered", "untrusted-ca"):
+        assert "round 1" not in (tmp_path / f"{name}.log").read_text()
+    site_ids = {r["site"] for r in read_rows(out / "site_metrics.csv")}
+    assert site_ids == {"0"}, f"an intruder took part: {site_ids}"

@@ -1,0 +1,51 @@
+"""Tests of run outputs: per-round CSV rows, resume truncation, model metadata."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+
+from brainfl.results import (
+    CsvAppender,
+    read_model_metadata,
+    results_header,
+    save_model_atomically,
+    truncate_rows_after,
+)
+
+
+def test_results_header_starts_with_round_loss_accuracy_and_names_classes():
+    header = results_header(["glioma", "notumor"])
+    assert header[:3] == ["round", "loss", "accuracy"]
+    assert "recall_glioma" in header and "recall_notumor" in header and "leak_free_accuracy" in header
+
+
+def test_rows_are_appended_to_an_existing_file_without_a_second_header(tmp_path):
+    path = tmp_path / "r.csv"
+    CsvAppender(path, ["round", "loss"]).append({"round": 0, "loss": 1.234567891})
+    CsvAppender(path, ["round", "loss"]).append({"round": 1})
+    assert path.read_text().splitlines() == ["round,loss", "0,1.23457", "1,"]
+
+
+def test_truncate_keeps_rounds_up_to_the_checkpoint_and_returns_elapsed(tmp_path):
+    path = tmp_path / "r.csv"
+    appender = CsvAppender(path, ["round", "accuracy", "elapsed_s"])
+    for round_number in range(5):
+        appender.append(
+            {"round": round_number, "accuracy": 0.1 * round_number, "elapsed_s": 10.0 * round_number}
+        )
+    assert truncate_rows_after(path, 2) == 20.0
+    with open(path, newline="") as handle:
+        assert [row["round"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+
+
+def test_saved_model_carries_metadata_and_loads(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / "m.keras"
+    save_model_atomically(model, path, {"class_names": ["a", "b"], "round": 4})
+    assert read_model_metadata(path) == {"class_names": ["a", "b"], "round": 4}
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.get_weights()[0], model.get_weights()[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
