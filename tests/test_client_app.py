@@ -6,7 +6,7 @@ from brainfl.client_app import redact_paths
 
 
 def test_site_paths_are_reduced_to_their_last_component():
-    message = "data folder not found: /srv/hospital-a/scans/Training (expected /srv/hospital-a/scans/Training/x)"
+    message = "data folder not found: /srv/hospital-a/Training (expected /srv/hospital-a/Training/x)"
     redacted = redact_paths(message)
     assert redacted == "data folder not found: <site>/Training (expected <site>/x)"
     assert "hospital-a" not in redacted
