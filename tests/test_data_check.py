@@ -264,3 +264,20 @@ def test_real_dataset_has_the_documented_exact_leak(real_data: Path) -> None:
     # its README: 216 of the 1,311 Testing images are byte-identical to Training images
     assert summary.loc["Testing images with a copy in Training", "exact"] == 216
     assert summary.loc["Testing images with a copy in Training", "any"] > 216
+
+
+def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tmp_path):
+    import shutil
+
+    from brainfl.config import RunSettings
+    from brainfl.data_loader import load_dataset
+    from brainfl.server_app import leak_free_mask
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "leaky", train_per_class=3, test_per_class=2)
+    copied = root / "Testing" / "glioma" / "Te-glioma-0.jpg"
+    shutil.copy(root / "Training" / "notumor" / "Tr-notumor-1.jpg", copied)
+    dataset = load_dataset(root, 16, 1)
+    mask = leak_free_mask(RunSettings(data_dir=str(root)), dataset)
+    flagged = [name for name, clean in zip(dataset.test.files, mask, strict=True) if not clean]
+    assert flagged == ["Testing/glioma/Te-glioma-0.jpg"]
