@@ -185,7 +185,10 @@ if [[ "$MODE" == deployment ]]; then
 fi
 
 echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
-flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log"
+# In the background and waited for, so that a TERM or Ctrl-C reaches the cleanup at once.
+flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log" &
+PIDS+=($!)
+wait "${PIDS[-1]}"
 grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {
   echo "run.sh: error: the run did not finish; see $LOG_DIR/server.log and $LOG_DIR/superlink.log" >&2
   exit 1

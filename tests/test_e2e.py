@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import pytest
 
+import brainfl.models  # noqa: F401 - registers the custom layers for loading
 from brainfl.results import read_model_metadata
 from conftest import CLASSES, REPO_ROOT
 

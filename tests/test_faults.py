@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows, run_script
 
 pytestmark = pytest.mark.e2e
-TINY = "max-images-per-class=12 image-size=32 batch-size=16 local-epochs=1"
+TINY = "max-images-per-class=12 image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
 
 
 def start_script(*args: str) -> subprocess.Popen:

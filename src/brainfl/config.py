@@ -43,6 +43,7 @@ class RunSettings:
     label_smoothing: float = 0.1
     weight_decay: float = 0.0001
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
     min_sites: int = 1
     wait_for_sites: int = 0
     resume: bool = False
@@ -125,6 +126,8 @@ def validate(settings: RunSettings) -> None:
             )
     if not 0 < settings.fraction_train <= 1:
         raise BrainFLError(f"setting 'fraction-train' must be in (0, 1], got {settings.fraction_train}")
+    if not 0 <= settings.fraction_evaluate <= 1:
+        raise BrainFLError(f"setting 'fraction-evaluate' must be in [0, 1], got {settings.fraction_evaluate}")
     if settings.min_sites <= 0:
         raise BrainFLError(f"setting 'min-sites' must be positive, got {settings.min_sites}")
 

@@ -178,8 +178,9 @@ def run_federation(grid: Grid, settings: RunSettings, output_dir: Path) -> None:
         wait_for_sites=settings.wait_for_sites,
         wait_timeout=settings.round_timeout,
         fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_sites,
-        min_evaluate_nodes=settings.min_sites,
+        min_evaluate_nodes=settings.min_sites if settings.fraction_evaluate else 0,
         min_available_nodes=settings.min_sites,
     )
     evaluator = CentralEvaluator(settings, output_dir, strategy)
