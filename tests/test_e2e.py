@@ -92,7 +92,7 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_data):
     assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
 
 
-def test_simulation_engine_run_and_local_superlink_stopped(tmp_path, real_data):
+def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, real_data):
     out = tmp_path / "sim"
     port = free_port_block(1)
     args = [
@@ -106,12 +106,15 @@ def test_simulation_engine_run_and_local_superlink_stopped(tmp_path, real_data):
         "--output-dir",
         str(out),
     ]
+    args += ["--model", "vgg16"]
     result = run_script(*args, "--port", str(port), "--run-config", f"{SMALL_RUN} tensorboard=true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [row["round"] for row in rows] == ["0", "1"] and rows[1]["sites_trained"] == "3"
     assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events written"
     assert (out / "report.html").is_file() and (out / "confusion_matrix.png").is_file()
+    model = keras.models.load_model(out / "final_model.keras")
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 4)
     assert {p.name for p in (out / "logs").glob("client_*.log")} == {
         "client_0.log",
         "client_1.log",
