@@ -102,11 +102,18 @@ mkdir -p "$LOG_DIR"
 PIDS=()
 FLWR_HOME="$(mktemp -d "${TMPDIR:-/tmp}/brainfl-flwr.XXXXXX")"
 export FLWR_HOME
+running() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 20); do  # up to 10 s to stop gracefully, then force
+    alive=0
+    for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
+    [[ $alive == 0 ]] && break
+    sleep 0.5
+  done
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   rm -rf "$FLWR_HOME"
   echo "outputs: $OUTPUT_DIR"
   exit "$status"

@@ -78,7 +78,7 @@ CNN_STAGES = (32, 64, 128, 256)
 def build_cnn(image_size: int, channels: int, num_classes: int) -> keras.Model:
     """Compact CNN (~0.4M parameters) trained from scratch.
 
-    Augmentation (flip, small rotation, zoom, shift, contrast; active only in
+    Augmentation (flip, small rotation, zoom, shift; active only in
     training), per-image standardization, a stride-2 stem and four
     conv-BN-ReLU stages (max pooling between them), global average pooling,
     dropout and a softmax layer. BatchNorm momentum is 0.9: Keras' default
@@ -86,11 +86,14 @@ def build_cnn(image_size: int, channels: int, num_classes: int) -> keras.Model:
     hundred steps of a federated round.
     """
     inputs = keras.Input((image_size, image_size, channels), name="image")
+    # Nearest-neighbour resampling: bilinear resampling blurs every training image,
+    # so BatchNorm learned a variance ~19% below that of sharp test images, which
+    # cost 5 points of test accuracy (0.900 vs 0.950 with re-estimated statistics).
+    resample = {"fill_mode": "constant", "interpolation": "nearest"}
     x = keras.layers.RandomFlip("horizontal", name="aug_flip")(inputs)
-    x = keras.layers.RandomRotation(0.04, fill_mode="constant", name="aug_rotate")(x)
-    x = keras.layers.RandomZoom(0.1, fill_mode="constant", name="aug_zoom")(x)
-    x = keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", name="aug_shift")(x)
-    x = keras.layers.RandomContrast(0.2, name="aug_contrast")(x)
+    x = keras.layers.RandomRotation(0.04, name="aug_rotate", **resample)(x)
+    x = keras.layers.RandomZoom(0.1, name="aug_zoom", **resample)(x)
+    x = keras.layers.RandomTranslation(0.08, 0.08, name="aug_shift", **resample)(x)
     x = PerImageStandardization(name="standardize")(x)
     x = keras.layers.Conv2D(CNN_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
