@@ -49,7 +49,7 @@ def tiny_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data() -> Path:
     """The shared copy of the Kaggle dataset (tests that need it fail loudly without it)."""
     assert (REAL_DATA / "Training").is_dir(), f"real dataset missing at {REAL_DATA}"

@@ -1,4 +1,5 @@
-"""Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites.
+"""Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites,
+a site sending NaN weights.
 
 Each test runs ``run.sh`` (deployment engine) on a few real images per class
 with one local epoch, and injects the fault from outside, as an operator
@@ -13,8 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
+import brainfl.models  # noqa: F401 - registers the custom layers for loading
 from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows, run_script
 
@@ -141,3 +145,17 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
         assert "round 1" not in (tmp_path / f"{name}.log").read_text()
     site_ids = {r["site"] for r in read_rows(out / "site_metrics.csv")}
     assert site_ids == {"0"}, f"an intruder took part: {site_ids}"
+
+
+def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, real_data):
+    out, port = tmp_path / "run", free_port_block(3)
+    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(real_data), "--output-dir", str(out)]
+    result = run_script(*args, "--port", str(port), "--run-config", f"{TINY} attack=nan attack-sites=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_rows(out / "federated_learning_results.csv")
+    assert [r["round"] for r in rows] == ["0", "1", "2"]
+    assert all((r["sites_trained"], r["sites_failed"]) == ("1", "1") for r in rows[1:]), rows
+    server_log = (out / "logs" / "server.log").read_text()
+    assert server_log.count("dropped the reply of site 0: array 0 contains NaN") == 2
+    weights = keras.models.load_model(out / "final_model.keras").get_weights()
+    assert all(np.all(np.isfinite(w)) for w in weights)

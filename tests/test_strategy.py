@@ -1,13 +1,14 @@
-"""Tests of the custom FedAvg: weighted averaging and per-site bookkeeping."""
+"""Tests of the strategies: the custom FedAvg's averaging and bookkeeping, Flower's others by name."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
-from flwr.app.message import make_message
+from flwr.app import ArrayRecord, ConfigRecord
 
-from brainfl.strategy import BrainFedAvg, weighted_average
+from brainfl.config import settings_from_config
+from brainfl.strategy import BrainFedAvg, SiteBookkeeping, build_strategy, weighted_average
+from inprocess import InProcessGrid, make_reply
 
 
 def test_weighted_average_matches_hand_computed_arrays():
@@ -25,34 +26,11 @@ def test_weighted_average_rejects_zero_total_weight():
         weighted_average([[np.ones(2)]], [0])
 
 
-def _reply(site: int, weights: list[np.ndarray], examples: int, loss: float) -> Message:
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(weights),
-            "metrics": MetricRecord(
-                {"num-examples": examples, "train_loss": loss, "num_train": examples, "site-id": site}
-            ),
-        }
-    )
-    metadata = Metadata(
-        run_id=1,
-        message_id=f"m{site}",
-        src_node_id=site + 100,
-        dst_node_id=0,
-        reply_to_message_id="q",
-        group_id="1",
-        created_at=0.0,
-        ttl=60.0,
-        message_type="train",
-    )
-    return make_message(metadata=metadata, content=content)
-
-
 def test_aggregate_train_weights_by_example_count_and_records_each_site():
     strategy = BrainFedAvg(learning_rate_for_round=lambda r: 0.1, class_names=["a", "b"])
     replies = [
-        _reply(0, [np.full((2,), 1.0, np.float32)], examples=100, loss=1.0),
-        _reply(1, [np.full((2,), 4.0, np.float32)], examples=200, loss=4.0),
+        make_reply(0, [np.full((2,), 1.0, np.float32)], examples=100, loss=1.0),
+        make_reply(1, [np.full((2,), 4.0, np.float32)], examples=200, loss=4.0),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], [3.0, 3.0])
@@ -82,8 +60,8 @@ def _strategy_after_configure(global_weights: list[np.ndarray]) -> BrainFedAvg:
 def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, caplog):
     strategy = _strategy_after_configure([np.zeros(2, np.float32)])
     replies = [
-        _reply(0, [np.full((2,), 2.0, np.float32)], examples=10, loss=1.0),
-        _reply(1, bad_weights, examples=1000, loss=9.0),
+        make_reply(0, [np.full((2,), 2.0, np.float32)], examples=10, loss=1.0),
+        make_reply(1, bad_weights, examples=1000, loss=9.0),
     ]
     with caplog.at_level("WARNING", logger="flwr"):
         arrays, _ = strategy.aggregate_train(3, replies)
@@ -92,3 +70,51 @@ def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, ca
     assert np.all(np.isfinite(averaged))
     assert strategy.record(3).sites_trained == 1 and strategy.record(3).sites_failed == 1
     assert "dropped the reply of site 1: " in caplog.text and reason in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "flower_class"),
+    [
+        ("fedavg", "FedAvg"),
+        ("fedprox", "FedProx"),
+        ("fedadam", "FedAdam"),
+        ("fedyogi", "FedYogi"),
+        ("fedavgm", "FedAvgM"),
+        ("krum", "Krum"),
+        ("multikrum", "MultiKrum"),
+        ("trimmed-mean", "FedTrimmedAvg"),
+        ("median", "FedMedian"),
+    ],
+)
+def test_strategy_setting_builds_flowers_implementation_with_site_bookkeeping(name, flower_class):
+    import flwr.serverapp.strategy as flower
+
+    settings = settings_from_config({"strategy": name, "num-partitions": 5})
+    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.1)
+    assert isinstance(strategy, getattr(flower, flower_class))
+    assert isinstance(strategy, SiteBookkeeping)
+
+
+def test_fedprox_sends_proximal_mu_and_the_round_settings():
+
+    settings = settings_from_config({"strategy": "fedprox", "proximal-mu": 0.3})
+    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.05 * r)
+    grid = InProcessGrid(2, {})
+    messages = list(strategy.configure_train(2, ArrayRecord([np.ones(2, np.float32)]), ConfigRecord(), grid))
+    config = messages[0].content["config"]
+    assert config["proximal-mu"] == pytest.approx(0.3)
+    assert config["learning-rate"] == pytest.approx(0.1) and config["class-names"] == "a,b"
+
+
+def test_robust_strategy_ignores_an_outlier_that_fedavg_follows():
+    results = {}
+    for name in ("fedavg", "median", "trimmed-mean", "krum", "multikrum"):
+        # Fresh replies each time: Flower's aggregators release the replies' arrays as they go.
+        honest = [make_reply(site, [np.full(3, 1.0 + 0.01 * site, np.float32)], 10) for site in range(4)]
+        outlier = make_reply(4, [np.full(3, -100.0, np.float32)], 10)
+        strategy = build_strategy(settings_from_config({"strategy": name, "num-partitions": 5}), ["a"], float)
+        arrays, _ = strategy.aggregate_train(1, [*honest, outlier])
+        results[name] = float(arrays.to_numpy_ndarrays()[0][0])
+    assert results["fedavg"] < -15
+    for name in ("median", "trimmed-mean", "krum", "multikrum"):
+        assert 1.0 <= results[name] <= 1.04, results

@@ -1,4 +1,4 @@
-"""The ``brainfl`` command: prepare and check data, make credentials, predict, report.
+"""The ``brainfl`` command: prepare and check data, train centrally, make credentials, predict, report.
 
 ``brainfl prepare`` validates a run config and the data before any Flower
 process starts (``run.sh`` calls it), decoding and caching the images so
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainfl import certs, data_check, predict, report
+from brainfl import centralized, certs, data_check, predict, report
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--run-config", default="", help='overrides as in flwr run, e.g. "num-server-rounds=5"')
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
+    centralized.add_parser(commands)
     certs.add_parser(commands)
     predict.add_parser(commands)
     report.add_parser(commands)

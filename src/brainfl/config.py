@@ -16,6 +16,20 @@ from brainfl.errors import BrainFLError
 
 MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
+NORMS = ("batch", "group")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedavgm",
+    "krum",
+    "multikrum",
+    "trimmed-mean",
+    "median",
+)
+DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
+ATTACKS = ("none", "sign-flip", "noise", "nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +63,22 @@ class RunSettings:
     resume: bool = False
     tensorboard: bool = False
     round_timeout: float = 3600.0
+    norm: str = "batch"
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.9
+    byzantine_sites: int = 1
+    trim_beta: float = 0.2
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+    secagg: bool = False
+    secagg_clipping_range: float = 32.0
+    attack: str = "none"
+    attack_sites: int = 1
+    deterministic: bool = False
 
     @property
     def channels(self) -> int:
@@ -130,6 +160,40 @@ def validate(settings: RunSettings) -> None:
         raise BrainFLError(f"setting 'fraction-evaluate' must be in [0, 1], got {settings.fraction_evaluate}")
     if settings.min_sites <= 0:
         raise BrainFLError(f"setting 'min-sites' must be positive, got {settings.min_sites}")
+    for key, value, choices in (
+        ("norm", settings.norm, NORMS),
+        ("strategy", settings.strategy, STRATEGIES),
+        ("dp", settings.dp, DP_MODES),
+        ("attack", settings.attack, ATTACKS),
+    ):
+        if value not in choices:
+            raise BrainFLError(f"setting '{key}': unknown '{value}' (choose one of: {', '.join(choices)})")
+    validate_privacy(settings)
+
+
+def validate_privacy(settings: RunSettings) -> None:
+    """Range checks of the differential-privacy, secure-aggregation and robustness settings."""
+    for name in ("dp_noise_multiplier", "dp_clipping_norm", "secagg_clipping_range"):
+        if getattr(settings, name) <= 0:
+            raise BrainFLError(
+                f"setting '{name.replace('_', '-')}' must be positive, got {getattr(settings, name)}"
+            )
+    if not 0 < settings.dp_delta < 1:
+        raise BrainFLError(f"setting 'dp-delta' must be in (0, 1), got {settings.dp_delta}")
+    if not 0 <= settings.trim_beta < 0.5:
+        raise BrainFLError(f"setting 'trim-beta' must be in [0, 0.5), got {settings.trim_beta}")
+    if settings.proximal_mu < 0 or settings.server_learning_rate < 0 or settings.byzantine_sites < 0:
+        raise BrainFLError("settings 'proximal-mu', 'server-learning-rate', 'byzantine-sites' must be >= 0")
+    if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
+        raise BrainFLError(
+            "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
+            "use norm=group with the cnn model"
+        )
+    if settings.secagg and (settings.dp != "none" or settings.strategy != "fedavg" or settings.resume):
+        raise BrainFLError(
+            "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
+            "it cannot be combined with dp, another strategy or resume"
+        )
 
 
 def resolve_path(value: str, setting: str) -> Path:

@@ -153,27 +153,32 @@ def site_data(
     return SiteData(site_id, train.subset(train_pos), train.subset(val_pos))
 
 
+def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
+    keras.utils.set_random_seed(settings.seed)
+    return build_model(
+        settings.model,
+        settings.image_size,
+        len(class_names),
+        settings.vgg_weights,
+        tuple(class_names),
+        settings.norm,
+    )
+
+
 @functools.lru_cache(maxsize=2)
-def _build_cached(name: str, image_size: int, num_classes: int, vgg_weights: str, seed: int) -> ModelBundle:
-    keras.utils.set_random_seed(seed)
-    return build_model(name, image_size, num_classes, vgg_weights)
+def _build_cached(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
+    return _build_seeded(settings, class_names)
 
 
 def model_for(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
-    """This process's model for the run (built once, seeded; weights are overwritten per round)."""
-    bundle = _build_cached(
-        settings.model, settings.image_size, len(class_names), settings.vgg_weights, settings.seed
-    )
-    bundle.class_names = tuple(class_names)
-    return bundle
+    """This process's model for the run (built once per settings and classes, seeded;
+    weights are overwritten per round)."""
+    return _build_cached(settings, tuple(class_names))
 
 
 def initial_weights(settings: RunSettings, class_names: tuple[str, ...]) -> list[np.ndarray]:
     """Seeded initial weights of the trainable part (identical for a seed)."""
-    keras.utils.set_random_seed(settings.seed)
-    return build_model(
-        settings.model, settings.image_size, len(class_names), settings.vgg_weights
-    ).trainable.get_weights()
+    return _build_seeded(settings, tuple(class_names)).trainable.get_weights()
 
 
 def model_inputs(settings: RunSettings, bundle: ModelBundle, images: ImageSet) -> np.ndarray:

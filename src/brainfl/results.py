@@ -44,7 +44,15 @@ SITE_FIELDS = (
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
     per_class = [f"recall_{name}" for name in class_names]
-    return ["round", *METRIC_NAMES, *per_class, "leak_free_accuracy", *ROUND_FIELDS, "elapsed_s"]
+    return ["round", *METRIC_NAMES, *per_class, "leak_free_accuracy", *ROUND_FIELDS, "epsilon", "elapsed_s"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a per-round CSV as dicts (empty when the file does not exist)."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def truncate_rows_after(path: Path, last_round: int) -> float:

@@ -1,10 +1,13 @@
-"""Flower ServerApp: runs FedAvg rounds and evaluates the global model centrally.
+"""Flower ServerApp: runs the federated rounds and evaluates the global model centrally.
 
 The server holds the central test set (the official ``Testing`` split, or a
 stratified hold-out of ``Training`` where there is none). Before round 1 and
 after every round it evaluates the global model on it, appends a row to
-``federated_learning_results.csv`` and the sites' rows to ``site_metrics.csv``,
-and overwrites ``checkpoint.keras``; at the end it saves ``final_model.keras``.
+``federated_learning_results.csv`` (with the privacy spent when DP is on) and
+the sites' rows to ``site_metrics.csv``, and overwrites ``checkpoint.keras``;
+at the end it saves ``final_model.keras`` and writes the report. The
+strategy is the one the ``strategy`` setting names, wrapped for ``dp``; with
+``secagg=true`` the rounds run on Flower's SecAgg+ workflow instead.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -26,6 +30,7 @@ from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import initial_weights, load_run_dataset, model_for, model_inputs
+from brainfl.privacy import PrivacyLedger, with_privacy
 from brainfl.report import make_report
 from brainfl.results import (
     CHECKPOINT,
@@ -35,13 +40,24 @@ from brainfl.results import (
     SITE_FIELDS,
     CsvAppender,
     read_model_metadata,
+    read_rows,
     results_header,
     save_model_atomically,
     truncate_rows_after,
     write_run_config,
 )
-from brainfl.strategy import BrainFedAvg
+from brainfl.secure_aggregation import run_secure_federation, secure_strategy
+from brainfl.strategy import RoundRecord, build_strategy
 from brainfl.training import predict_proba, round_learning_rate
+
+
+class RoundBook(Protocol):
+    """What the evaluator reads from a strategy: each round's site records and the resume offset."""
+
+    round_offset: int
+
+    def record(self, server_round: int) -> RoundRecord: ...
+
 
 app = ServerApp()
 
@@ -66,8 +82,15 @@ def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None
 class CentralEvaluator:
     """Evaluates each global model on the server's test set and writes the round's outputs."""
 
-    def __init__(self, settings: RunSettings, output_dir: Path, strategy: BrainFedAvg) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        output_dir: Path,
+        strategy: RoundBook,
+        ledger: PrivacyLedger | None = None,
+    ) -> None:
         dataset = load_run_dataset(settings)
+        self.ledger = ledger
         self.settings = settings
         self.class_names = dataset.train.class_names
         self.bundle = model_for(settings, self.class_names)
@@ -111,6 +134,9 @@ class CentralEvaluator:
             saved = saved.get_layer(self.bundle.trainable.name)
         self.elapsed_before = truncate_rows_after(self.output_dir / RESULTS_CSV, last_round)
         truncate_rows_after(self.output_dir / SITE_CSV, last_round)
+        if self.ledger is not None:  # the releases before the interruption count too
+            for row in read_rows(self.output_dir / RESULTS_CSV):
+                self.ledger.release(int(row["sites_trained"] or 0))
         self.strategy.round_offset = last_round
         return last_round, saved.get_weights()
 
@@ -126,6 +152,9 @@ class CentralEvaluator:
             predictions = probabilities.argmax(axis=1)[self.leak_free]
             metrics["leak_free_accuracy"] = float(np.mean(predictions == self.test_labels[self.leak_free]))
         record = self.strategy.record(local_round)
+        if self.ledger is not None and local_round > 0:
+            self.ledger.release(record.sites_trained)
+        epsilon = self.ledger.epsilon if self.ledger is not None else None
         elapsed = self.elapsed_before + time.monotonic() - self.started
         row = {
             "round": server_round,
@@ -134,6 +163,7 @@ class CentralEvaluator:
             **{k: record.evaluate.get(k, "") for k in ("val_loss", "val_accuracy")},
             "sites_trained": record.sites_trained if server_round else "",
             "sites_failed": record.sites_failed if server_round else "",
+            "epsilon": "" if epsilon is None else epsilon,
             "elapsed_s": round(elapsed, 1),
         }
         self.results.append(row)
@@ -167,40 +197,43 @@ class CentralEvaluator:
         )
 
 
-def run_federation(grid: Grid, settings: RunSettings, output_dir: Path) -> None:
-    """Run all rounds with :class:`BrainFedAvg` and save the final model."""
-    class_names = load_run_dataset(settings).train.class_names
-    strategy = BrainFedAvg(
-        learning_rate_for_round=lambda r: round_learning_rate(
-            settings.learning_rate, r, settings.num_server_rounds
-        ),
-        class_names=class_names,
-        wait_for_sites=settings.wait_for_sites,
-        wait_timeout=settings.round_timeout,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=settings.min_sites,
-        min_evaluate_nodes=settings.min_sites if settings.fraction_evaluate else 0,
-        min_available_nodes=settings.min_sites,
-    )
-    evaluator = CentralEvaluator(settings, output_dir, strategy)
-    weights, rounds_done = initial_weights(settings, class_names), 0
-    resumed = evaluator.resume() if settings.resume else None
-    if resumed:
-        rounds_done, weights = resumed
-        LOG.info("resuming %s after round %d of %d", output_dir, rounds_done, settings.num_server_rounds)
-    if rounds_done >= settings.num_server_rounds:
-        LOG.info("all %d rounds are already done; outputs written to %s", rounds_done, output_dir)
-        return
-    write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(weights),
-        num_rounds=settings.num_server_rounds - rounds_done,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
-        evaluate_fn=evaluator,
-    )
+def run_federation(grid: Grid, context: Context, settings: RunSettings, output_dir: Path) -> None:
+    """Run all rounds with the configured strategy and save the final model and report."""
+    dataset = load_run_dataset(settings)
+    class_names = dataset.train.class_names
+
+    def learning_rate_for_round(server_round: int) -> float:
+        return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
+
+    weights = initial_weights(settings, class_names)
+    if settings.secagg:
+        strategy = secure_strategy(settings, class_names, learning_rate_for_round, weights)
+        evaluator = CentralEvaluator(settings, output_dir, strategy)
+        write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
+        run_secure_federation(grid, context, settings, strategy, evaluator, len(dataset.train))
+    else:
+        strategy = build_strategy(settings, class_names, learning_rate_for_round)
+        ledger = PrivacyLedger(settings) if settings.dp != "none" else None
+        evaluator = CentralEvaluator(settings, output_dir, strategy, ledger)
+        rounds_done = 0
+        resumed = evaluator.resume() if settings.resume else None
+        if resumed:
+            rounds_done, weights = resumed
+            LOG.info("resuming %s after round %d of %d", output_dir, rounds_done, settings.num_server_rounds)
+        if rounds_done >= settings.num_server_rounds:
+            LOG.info("all %d rounds are already done; outputs written to %s", rounds_done, output_dir)
+            return
+        write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
+        with_privacy(strategy, settings).start(
+            grid=grid,
+            initial_arrays=ArrayRecord(weights),
+            num_rounds=settings.num_server_rounds - rounds_done,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
+            evaluate_fn=evaluator,
+        )
+        if ledger is not None:
+            LOG.info("%s", ledger.summary())
     save_model_atomically(evaluator.model, output_dir / FINAL_MODEL, evaluator.model_metadata)
     try:
         make_report(output_dir)
@@ -220,6 +253,6 @@ def main(grid: Grid, context: Context) -> None:
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / "server.log"):
         try:
-            run_federation(grid, settings, output_dir)
+            run_federation(grid, context, settings, output_dir)
         except BrainFLError as error:
             LOG.error("%s", error)

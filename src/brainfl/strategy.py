@@ -1,9 +1,14 @@
-"""Custom FedAvg: example-count-weighted averaging with per-site bookkeeping.
+"""Aggregation strategies: the custom FedAvg and Flower's others, with per-site bookkeeping.
 
-Subclasses Flower's message-API ``FedAvg``. Each round it sends the round's
-learning rate and the class names with the model, averages the sites'
-weights by their example counts, and keeps every site's training and
-validation metrics so the server can write them per round.
+:class:`SiteBookkeeping` is a mixin over any Flower message-API strategy:
+each round it sends the round's learning rate and the class names with the
+model, drops replies that cannot be aggregated (NaN, wrong shape or dtype)
+with a logged reason, and keeps every site's training and validation metrics
+so the server can write them per round. :class:`BrainFedAvg` is the
+project's FedAvg (weights averaged by each site's example count);
+:func:`build_strategy` gives the one named by the ``strategy`` setting
+(FedProx, FedAdam, FedYogi, FedAvgM, Krum, Multi-Krum, trimmed mean,
+median: Flower's implementations with the same bookkeeping).
 """
 
 from __future__ import annotations
@@ -15,12 +20,23 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 from flwr.serverapp.strategy.strategy_utils import (
     aggregate_metricrecords,
     validate_message_reply_consistency,
 )
 
+from brainfl.config import RunSettings
 from brainfl.logs import LOG
 
 NUM_EXAMPLES = "num-examples"
@@ -72,6 +88,17 @@ def reply_problem(arrays: Sequence[np.ndarray], expected: Sequence[np.ndarray]) 
     return None
 
 
+def round_settings(
+    global_round: int, learning_rate_for_round: Callable[[int], float], class_names: Sequence[str]
+) -> dict[str, int | float | str]:
+    """What every site gets with the model: the round, its learning rate and the class names."""
+    return {
+        "global-round": global_round,
+        "learning-rate": float(learning_rate_for_round(global_round)),
+        "class-names": ",".join(class_names),
+    }
+
+
 @dataclasses.dataclass
 class RoundRecord:
     """What the sites reported in one round."""
@@ -90,8 +117,15 @@ def site_of(message: Message) -> int:
     return int(site) if site is not None and site >= 0 else int(message.metadata.src_node_id)
 
 
-class BrainFedAvg(FedAvg):
-    """FedAvg weighted by example counts that records each site's metrics per round."""
+class SiteBookkeeping:
+    """Mixin for a Flower ``FedAvg``-family strategy: round settings, reply checks, site metrics.
+
+    Subclasses list it before the Flower strategy; :meth:`aggregate_arrays`
+    is the strategy's own aggregation rule applied to the usable replies.
+    """
+
+    arrayrecord_key: str
+    weighted_by_key: str
 
     def __init__(
         self,
@@ -118,11 +152,14 @@ class BrainFedAvg(FedAvg):
         return self.rounds.setdefault(server_round, RoundRecord())
 
     def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
-        config = ConfigRecord(dict(config))
-        config["global-round"] = server_round + self.round_offset
-        config["learning-rate"] = float(self.learning_rate_for_round(server_round + self.round_offset))
-        config["class-names"] = ",".join(self.class_names)
-        return config
+        return ConfigRecord(
+            {
+                **config,
+                **round_settings(
+                    server_round + self.round_offset, self.learning_rate_for_round, self.class_names
+                ),
+            }
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -183,12 +220,15 @@ class BrainFedAvg(FedAvg):
             return None, None
         self._keep_site_metrics(server_round, valid)
         contents = [message.content for message in valid]
-        site_arrays = [content[self.arrayrecord_key].to_numpy_ndarrays() for content in contents]
-        weights = [float(next(iter(c.metric_records.values()))[NUM_EXAMPLES]) for c in contents]
-        averaged = ArrayRecord(weighted_average(site_arrays, weights))
+        aggregated = self.aggregate_arrays(server_round, valid)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         record.train = dict(metrics)
-        return averaged, metrics
+        return aggregated, metrics
+
+    def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """The aggregation rule of the Flower strategy this mixin sits on."""
+        arrays, _ = super().aggregate_train(server_round, replies)
+        return arrays
 
     def _drop_unusable(self, server_round: int, replies: list[Message]) -> tuple[list[Message], int]:
         """Keep the replies whose weights match the global model and are finite; log the others."""
@@ -216,3 +256,106 @@ class BrainFedAvg(FedAvg):
         metrics = self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         self.record(server_round).evaluate = dict(metrics)
         return metrics
+
+
+class BrainFedAvg(SiteBookkeeping, FedAvg):
+    """The project's FedAvg: sites' weights averaged by their example counts.
+
+    With ``uniform=True`` every site weighs the same, as differential-privacy
+    accounting assumes (the noise is calibrated to an average of equals).
+    """
+
+    def __init__(self, *, uniform: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.uniform = uniform
+
+    def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """Average by example count (or uniformly), in float64."""
+        contents = [message.content for message in replies]
+        site_arrays = [content[self.arrayrecord_key].to_numpy_ndarrays() for content in contents]
+        weights = [
+            1.0 if self.uniform else float(next(iter(c.metric_records.values()))[NUM_EXAMPLES])
+            for c in contents
+        ]
+        return ArrayRecord(weighted_average(site_arrays, weights))
+
+
+class BrainFedProx(SiteBookkeeping, FedProx):
+    """Flower's FedProx (sends ``proximal-mu``; sites add the proximal term to their loss)."""
+
+
+class BrainFedAdam(SiteBookkeeping, FedAdam):
+    """Flower's FedAdam: Adam on the server over the averaged update."""
+
+
+class BrainFedYogi(SiteBookkeeping, FedYogi):
+    """Flower's FedYogi: Yogi on the server over the averaged update."""
+
+
+class BrainFedAvgM(SiteBookkeeping, FedAvgM):
+    """Flower's FedAvgM: server-side momentum."""
+
+
+class BrainKrum(SiteBookkeeping, Krum):
+    """Flower's Krum: keeps the one update closest to its neighbours."""
+
+
+class BrainMultiKrum(SiteBookkeeping, MultiKrum):
+    """Flower's Multi-Krum: averages the updates Krum ranks best."""
+
+
+class BrainTrimmedMean(SiteBookkeeping, FedTrimmedAvg):
+    """Flower's FedTrimmedAvg: per coordinate, the mean without the extremes."""
+
+
+class BrainMedian(SiteBookkeeping, FedMedian):
+    """Flower's FedMedian: per-coordinate median."""
+
+
+# Default server learning rates where the setting is 0 (FedAdam's own 0.1 is far too large
+# for a CNN trained from scratch; 0.01 is FedYogi's default and what adaptive FL papers use).
+SERVER_LEARNING_RATES = {"fedadam": 0.01, "fedyogi": 0.01, "fedavgm": 1.0}
+
+
+def strategy_options(settings: RunSettings, num_sites: int) -> tuple[type[SiteBookkeeping], dict]:
+    """The class and the strategy-specific arguments for ``settings.strategy``."""
+    server_lr = settings.server_learning_rate or SERVER_LEARNING_RATES.get(settings.strategy, 1.0)
+    byzantine = settings.byzantine_sites
+    return {
+        "fedavg": (BrainFedAvg, {"uniform": settings.dp != "none"}),
+        "fedprox": (BrainFedProx, {"proximal_mu": settings.proximal_mu}),
+        "fedadam": (BrainFedAdam, {"eta": server_lr}),
+        "fedyogi": (BrainFedYogi, {"eta": server_lr}),
+        "fedavgm": (
+            BrainFedAvgM,
+            {"server_learning_rate": server_lr, "server_momentum": settings.server_momentum},
+        ),
+        "krum": (BrainKrum, {"num_malicious_nodes": byzantine}),
+        "multikrum": (
+            BrainMultiKrum,
+            {"num_malicious_nodes": byzantine, "num_nodes_to_select": max(1, num_sites - byzantine)},
+        ),
+        "trimmed-mean": (BrainTrimmedMean, {"beta": settings.trim_beta}),
+        "median": (BrainMedian, {}),
+    }[settings.strategy]
+
+
+def build_strategy(
+    settings: RunSettings,
+    class_names: Sequence[str],
+    learning_rate_for_round: Callable[[int], float],
+) -> SiteBookkeeping:
+    """The strategy named by ``settings.strategy``, with the run's sampling and waiting settings."""
+    strategy_class, options = strategy_options(settings, settings.num_partitions)
+    return strategy_class(
+        learning_rate_for_round=learning_rate_for_round,
+        class_names=class_names,
+        wait_for_sites=settings.wait_for_sites,
+        wait_timeout=settings.round_timeout,
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=settings.min_sites,
+        min_evaluate_nodes=settings.min_sites if settings.fraction_evaluate else 0,
+        min_available_nodes=settings.min_sites,
+        **options,
+    )

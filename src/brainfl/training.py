@@ -3,6 +3,8 @@
 One code path trains a model for some epochs on arrays (images or cached
 features) with AdamW, label smoothing and a tf.data input pipeline; the
 optimizer is rebuilt for every call so each federated round starts fresh.
+With ``proximal_mu > 0`` the loss gains FedProx's proximal term
+``mu / 2 * ||w - w_global||^2`` over the trainable weights.
 """
 
 from __future__ import annotations
@@ -27,6 +29,32 @@ def make_dataset(
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+class ProximalModel(keras.Model):
+    """Wraps a model so training adds ``mu / 2 * ||w - w_anchor||^2`` to the loss (FedProx).
+
+    The anchors are copies of the trainable weights when the wrapper is made:
+    the global model the site received.
+    """
+
+    def __init__(self, inner: keras.Model, mu: float) -> None:
+        super().__init__(name=f"{inner.name}_proximal")
+        self.inner = inner
+        self.mu = mu
+        self.anchors = [
+            keras.Variable(weight.numpy(), trainable=False, name=f"anchor_{index}")
+            for index, weight in enumerate(inner.trainable_weights)
+        ]
+
+    def call(self, inputs, training: bool = False):
+        if training:
+            distance = sum(
+                keras.ops.sum(keras.ops.square(weight - anchor))
+                for weight, anchor in zip(self.inner.trainable_weights, self.anchors, strict=True)
+            )
+            self.add_loss(0.5 * self.mu * distance)
+        return self.inner(inputs, training=training)
+
+
 def compile_model(
     model: keras.Model, learning_rate: float, weight_decay: float, label_smoothing: float
 ) -> None:
@@ -49,12 +77,17 @@ def train(
     weight_decay: float = 1e-4,
     label_smoothing: float = 0.1,
     seed: int = 0,
+    proximal_mu: float = 0.0,
 ) -> dict[str, float]:
-    """Train in place for ``epochs``; return the last epoch's loss and accuracy."""
+    """Train in place for ``epochs``; return the last epoch's loss and accuracy.
+
+    ``proximal_mu > 0`` adds FedProx's proximal term around the starting weights.
+    """
     keras.utils.set_random_seed(seed)
-    compile_model(model, learning_rate, weight_decay, label_smoothing)
     num_classes = model.output_shape[-1]
-    history = model.fit(
+    fitted = ProximalModel(model, proximal_mu) if proximal_mu > 0 else model
+    compile_model(fitted, learning_rate, weight_decay, label_smoothing)
+    history = fitted.fit(
         make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, verbose=0
     ).history
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}

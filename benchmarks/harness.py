@@ -1,0 +1,141 @@
+"""Run ``run.sh`` for a benchmark and measure it: wall time, round latency, peak memory.
+
+Shared by the benchmark scripts. :func:`measured_run` starts ``run.sh`` with
+the given arguments, samples the resident memory of every process it
+starts (psutil, every 0.5 s): the whole tree, the server process
+(``flwr-serverapp`` or the simulation's server) and the largest single site
+process (a ``flwr-clientapp`` or Ray worker), and returns those peaks with
+the run's figures from :func:`summarize_run.summarize`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarize_run import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_MARKERS = ("flwr-serverapp", "flower-superexec", "flwr run")
+SITE_MARKERS = ("flwr-clientapp", "ray::", "default_worker.py")
+GIB = 1024**3
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of a process tree, of its server process and of its largest site process."""
+
+    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.root_pid, self.interval = root_pid, interval
+        self.peak_total = self.peak_server = self.peak_site = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                root = psutil.Process(self.root_pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                processes = []
+            processes += [p for p in psutil.process_iter() if _is_flower_worker(p)]  # Ray/SuperLink detach
+            total = server = site = 0
+            for process in {p.pid: p for p in processes}.values():
+                try:
+                    rss, command = process.memory_info().rss, " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                total += rss
+                if any(marker in command for marker in SERVER_MARKERS):
+                    server = max(server, rss)
+                if any(marker in command for marker in SITE_MARKERS):
+                    site = max(site, rss)
+            self.peak_total = max(self.peak_total, total)
+            self.peak_server, self.peak_site = max(self.peak_server, server), max(self.peak_site, site)
+            self.stopped.wait(self.interval)
+
+
+def _is_flower_worker(process: psutil.Process) -> bool:
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return any(marker in command for marker in (*SERVER_MARKERS, *SITE_MARKERS, "flower-superlink"))
+
+
+def round_latencies(output_dir: Path) -> list[float]:
+    """Seconds between consecutive central evaluations (one per round)."""
+    elapsed = pd.read_csv(output_dir / "federated_learning_results.csv")["elapsed_s"].tolist()
+    return [round(b - a, 1) for a, b in itertools.pairwise(elapsed)]
+
+
+def measured_run(args: list[str], output_dir: Path) -> dict[str, object]:
+    """Run ``run.sh args --output-dir output_dir``; return its figures and peak memory (GiB)."""
+    return measured_command([str(ROOT / "run.sh"), *args, "--output-dir", str(output_dir)], output_dir)
+
+
+def measured_command(command: list[str], output_dir: Path) -> dict[str, object]:
+    """Run a command that writes a run's outputs to ``output_dir``; return figures and peak memory."""
+    started = time.monotonic()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(output_dir.with_suffix(".log"), "w") as handle:
+        process = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        sampler = MemorySampler(process.pid)
+        sampler.start()
+        returncode = process.wait()
+        sampler.stopped.set()
+        sampler.join()
+    if returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (exit {returncode}); see {handle.name}")
+    return {
+        **summarize(output_dir),
+        "command_s": round(time.monotonic() - started, 1),
+        "round_latency_s": round_latencies(output_dir),
+        "peak_total_gib": round(sampler.peak_total / GIB, 2),
+        "peak_server_gib": round(sampler.peak_server / GIB, 2),
+        "peak_site_gib": round(sampler.peak_site / GIB, 2),
+    }
+
+
+def table_row(name: str, figures: dict[str, object], output_dir: Path) -> dict[str, object]:
+    """One benchmark table row: final figures of a run, its timings and peak memory."""
+    results = pd.read_csv(output_dir / "federated_learning_results.csv")
+    last = results.iloc[-1]
+    recall_columns = [c for c in results.columns if c.startswith("recall_") and c != "recall_macro"]
+    recalls = "/".join(f"{last[c]:.2f}" for c in recall_columns)
+    latencies = figures["round_latency_s"] or [0.0]
+    leak_free = last.get("leak_free_accuracy")
+    return {
+        "setting": name,
+        "accuracy": round(float(last["accuracy"]), 4),
+        "leak_free": "" if pd.isna(leak_free) else round(float(leak_free), 4),
+        "f1_macro": round(float(last["f1_macro"]), 4),
+        "recall (g/m/n/p)": recalls,
+        "wall_s": figures["wall_s"],
+        "s_to_95": figures["s_to_95"],
+        "s_to_97": figures["s_to_97"],
+        "mean_round_s": round(sum(latencies) / len(latencies), 1),
+        "peak_server_gib": figures["peak_server_gib"],
+        "peak_site_gib": figures["peak_site_gib"],
+        "peak_total_gib": figures["peak_total_gib"],
+        "epsilon": "" if pd.isna(last.get("epsilon")) else f"{float(last['epsilon']):.3g}",
+    }
+
+
+def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    """A Markdown table of ``columns`` from ``rows``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Benchmark suite: centralized vs federated settings, same model, data and passes over the data.
+
+One command runs every setting one after the other on this machine (so the
+ratios are fair), then prints a Markdown table (official and leak-free
+accuracy, macro F1, per-class recall, wall time, time to 95% / 97%, peak
+memory of the server and of one site, federated / centralized wall-time
+ratio), writes it to ``<out>/suite.md`` with the commands, and plots accuracy
+per round for every setting (``<out>/suite_accuracy.png``).
+
+    python3 benchmarks/suite.py --data-dir ../shared/data/brain-tumor-mri --epochs 12 --local-epochs 2
+    python3 benchmarks/suite.py --data-dir ../shared/data/brain-tumor-mri --tiny   # CI: seconds, not hours
+
+Settings: centralized; 4 sites IID; 4 sites Dirichlet alpha 1.0 and 0.3;
+10 sites Dirichlet 0.3; on 4 sites alpha 0.3 also FedProx, FedAvgM and
+GroupNorm; and a scale run of 50 simulated sites (round time, total memory).
+``--only`` picks some by name. ``--tiny`` uses a few dozen images at 32 px
+for one round and the first three settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # picks a non-interactive backend on a headless machine
+import pandas as pd
+
+from harness import ROOT, markdown_table, measured_command, measured_run, table_row
+
+DIR03 = "partitioning=dirichlet dirichlet-alpha=0.3"
+SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
+    "centralized": (0, ""),
+    "4 IID": (4, "partitioning=iid"),
+    "10 Dir 0.3": (10, DIR03),
+    "4 Dir 1.0": (4, "partitioning=dirichlet dirichlet-alpha=1.0"),
+    "4 Dir 0.3": (4, DIR03),
+    "4 Dir 0.3 FedProx": (4, f"{DIR03} strategy=fedprox proximal-mu=0.01"),
+    "4 Dir 0.3 FedAvgM": (4, f"{DIR03} strategy=fedavgm server-momentum=0.9"),
+    "4 Dir 0.3 GroupNorm": (4, f"{DIR03} norm=group"),
+    "50 sites (scale)": (50, "partitioning=iid fraction-evaluate=0"),
+}
+TINY_SETTINGS = ("centralized", "4 IID", "10 Dir 0.3")
+TINY = "max-images-per-class=12 image-size=32 batch-size=16"
+COLUMNS = [
+    "setting",
+    "accuracy",
+    "leak_free",
+    "f1_macro",
+    "recall (g/m/n/p)",
+    "wall_s",
+    "s_to_95",
+    "s_to_97",
+    "mean_round_s",
+    "peak_server_gib",
+    "peak_site_gib",
+    "peak_total_gib",
+    "fed/central wall",
+]
+
+
+def command_for(name: str, args: argparse.Namespace, output_dir: Path) -> tuple[list[str], bool]:
+    """The command of one setting and whether it goes through ``run.sh``."""
+    sites, config = SETTINGS[name]
+    common = f"{TINY if args.tiny else ''} {config}".strip()
+    if sites == 0:  # centralized: every epoch is one evaluated "round"
+        overrides = f"num-server-rounds={args.epochs} local-epochs=1 data-dir={args.data_dir} {common}"
+        overrides += f" output-dir={output_dir}"
+        return ["brainfl", "centralized", "--app-dir", str(ROOT), "--run-config", overrides], False
+    rounds = 1 if name.startswith("50") and not args.tiny else max(1, args.epochs // args.local_epochs)
+    local = f"local-epochs={args.local_epochs} {common}"
+    run = ["--simulation", "--sites", str(sites), "--rounds", str(rounds), "--data-dir", args.data_dir]
+    return [*run, "--run-config", local], True
+
+
+def per_round_accuracy(output_dir: Path) -> pd.Series:
+    results = pd.read_csv(output_dir / "federated_learning_results.csv")
+    return results.set_index("round")["accuracy"]
+
+
+def plot(curves: dict[str, pd.Series], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, accuracy in curves.items():
+        axis.plot(accuracy.index, accuracy.values, marker="o", label=name)
+    axis.set_xlabel("round (centralized: epoch)")
+    axis.set_ylabel("official Testing accuracy")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--epochs", type=int, default=12, help="passes over the data, every setting")
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-suite-")))
+    parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
+    parser.add_argument("--tiny", action="store_true", help="a few dozen images, one round (CI)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.epochs, args.local_epochs = 1, 1
+    names = args.only or (TINY_SETTINGS if args.tiny else list(SETTINGS))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, curves, commands = [], {}, []
+    for name in names:
+        output_dir = args.out / name.replace(" ", "_").replace(".", "").replace("(", "").replace(")", "")
+        command, via_run_script = command_for(name, args, output_dir)
+        commands.append(("./run.sh " if via_run_script else "") + " ".join(command))
+        if via_run_script:
+            figures = measured_run(command, output_dir)
+        else:
+            figures = measured_command(command, output_dir)
+        rows.append(table_row(name, figures, output_dir))
+        curves[name] = per_round_accuracy(output_dir)
+        print(json.dumps({"setting": name, **figures}), flush=True)
+    central = next((r["wall_s"] for r in rows if r["setting"] == "centralized"), None)
+    for row in rows:
+        row["fed/central wall"] = round(row["wall_s"] / central, 2) if central else ""
+    plot(curves, args.out / "suite_accuracy.png")
+    machine = f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    text = "\n".join(
+        [
+            f"Machine: {machine}. Epochs: {args.epochs} ({args.local_epochs} local per round).",
+            "",
+            markdown_table(rows, COLUMNS),
+            "",
+            "Commands:",
+            *[f"    {c}" for c in commands],
+        ]
+    )
+    (args.out / "suite.md").write_text(text + "\n")
+    print(text)
+    print(f"table: {args.out / 'suite.md'}  plot: {args.out / 'suite_accuracy.png'}")
+
+
+if __name__ == "__main__":
+    main()

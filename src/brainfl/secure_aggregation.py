@@ -1,0 +1,143 @@
+"""SecAgg+ secure aggregation on Flower's legacy workflow path (``secagg=true``).
+
+Flower implements SecAgg+ only as a workflow of its legacy server API, so
+this module runs the same model, data, round settings and central evaluator
+as the Message-API path through ``DefaultWorkflow(SecAggPlusWorkflow)``. The
+sites (``client_app``) train with the same function and Flower's
+``secaggplus_mod`` masks and quantizes their updates; the server only ever
+unmasks the sum. :class:`SecAggFedAvg` checks and logs that what reaches
+the strategy is that sum alone: every result carries the same arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, Context
+from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid
+
+from brainfl.config import RunSettings
+from brainfl.logs import LOG
+from brainfl.strategy import RoundRecord, round_settings
+
+Evaluator = Callable[[int, ArrayRecord], object]
+QUANTIZATION_RANGE = 2**22  # Flower's default: steps of 2 * clipping-range / 2**22
+
+
+def same_arrays(results: Sequence[FitRes]) -> bool:
+    """Whether every result carries identical arrays (SecAgg+ hands the unmasked sum to each)."""
+    first = parameters_to_ndarrays(results[0].parameters)
+    return all(
+        all(np.array_equal(a, b) for a, b in zip(first, parameters_to_ndarrays(r.parameters), strict=True))
+        for r in results[1:]
+    )
+
+
+class SecAggFedAvg(LegacyFedAvg):
+    """Flower's legacy FedAvg with the project's round settings and per-site bookkeeping."""
+
+    def __init__(
+        self,
+        *,
+        learning_rate_for_round: Callable[[int], float],
+        class_names: Sequence[str],
+        local_epochs: int,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            on_fit_config_fn=lambda r: {
+                **round_settings(r, learning_rate_for_round, class_names),
+                "local-epochs": local_epochs,
+            },
+            **kwargs,
+        )
+        self.rounds: dict[int, RoundRecord] = {}
+        self.round_offset = 0
+
+    def record(self, server_round: int) -> RoundRecord:
+        """The bookkeeping of ``server_round`` (created empty on first use)."""
+        return self.rounds.setdefault(server_round, RoundRecord())
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list,
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Keep the sites' metrics; the arrays are already the unmasked weighted average."""
+        record = self.record(server_round)
+        record.sites_trained, record.sites_failed = len(results), len(failures)
+        if results:
+            only_sum = same_arrays([fit_res for _, fit_res in results])
+            LOG.info(
+                "secagg round %d: the strategy received %s from %d sites",
+                server_round,
+                "only the unmasked aggregate (identical arrays)" if only_sum else "DISTINCT per-site arrays",
+                len(results),
+            )
+        for _, fit_res in results:
+            metrics = {k: float(v) for k, v in fit_res.metrics.items() if isinstance(v, int | float)}
+            record.sites.setdefault(int(metrics.get("site-id", -1)), {}).update(metrics)
+        return super().aggregate_fit(server_round, results, failures)
+
+
+def run_secure_federation(
+    grid: Grid,
+    context: Context,
+    settings: RunSettings,
+    strategy: SecAggFedAvg,
+    evaluator: Evaluator,
+    max_site_examples: int,
+) -> None:
+    """All rounds through ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow)``.
+
+    ``max_site_examples`` bounds a site's example count (SecAgg+ quantizes each
+    site's weight ``n / max_weight``, which must stay at most 1).
+    """
+
+    def evaluate(server_round: int, weights: list[np.ndarray], _config: dict) -> tuple[float, dict] | None:
+        metrics = evaluator(server_round, ArrayRecord(weights))
+        return (float(metrics["loss"]), dict(metrics)) if metrics else None
+
+    strategy.evaluate_fn = evaluate
+    legacy_context = LegacyContext(
+        context=context, config=ServerConfig(num_rounds=settings.num_server_rounds), strategy=strategy
+    )
+    workflow = DefaultWorkflow(
+        fit_workflow=SecAggPlusWorkflow(
+            num_shares=1.0,  # every sampled site shares its key with every other
+            reconstruction_threshold=0.67,
+            clipping_range=settings.secagg_clipping_range,
+            quantization_range=QUANTIZATION_RANGE,
+            max_weight=float(max_site_examples),
+            timeout=settings.round_timeout,
+        )
+    )
+    workflow(grid, legacy_context)
+
+
+def secure_strategy(
+    settings: RunSettings,
+    class_names: Sequence[str],
+    learning_rate_for_round: Callable[[int], float],
+    weights: list[np.ndarray],
+) -> SecAggFedAvg:
+    """The legacy FedAvg for a SecAgg+ run, starting from ``weights``; central evaluation only."""
+    sites = max(settings.min_sites, settings.wait_for_sites, 2)
+    return SecAggFedAvg(
+        learning_rate_for_round=learning_rate_for_round,
+        class_names=class_names,
+        local_epochs=settings.local_epochs,
+        fraction_fit=settings.fraction_train,
+        fraction_evaluate=0.0,
+        min_fit_clients=sites,
+        min_evaluate_clients=0,
+        min_available_clients=sites,
+        initial_parameters=ndarrays_to_parameters(weights),
+    )
