@@ -133,6 +133,16 @@ wait_for_port() {  # wait_for_port PORT PID NAME LOG
   exit 1
 }
 
+# Another federation (or anything else) on our ports would take our SuperNodes or our `flwr run`.
+last_port=$PORT
+[[ "$MODE" == deployment ]] && last_port=$((PORT + SITES))
+for ((port = PORT; port <= last_port; port++)); do
+  if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$port" 2>/dev/null; then
+    echo "run.sh: error: port $port on 127.0.0.1 is in use (another run?); choose others with --port" >&2
+    exit 2
+  fi
+done
+
 if [[ $SECURE == 1 ]]; then
   CERTS_DIR="$(abspath "${CERTS_DIR:-$OUTPUT_DIR/certs}")"
   [[ -f "$CERTS_DIR/ca.crt" ]] || brainfl certs --out "$CERTS_DIR" --sites "$SITES"

@@ -11,6 +11,8 @@ the run's figures from :func:`summarize_run.summarize`.
 from __future__ import annotations
 
 import itertools
+import random
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +37,7 @@ class MemorySampler(threading.Thread):
     def __init__(self, root_pid: int, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.root_pid, self.interval = root_pid, interval
+        self.started = time.time() - 1.0  # processes older than the run are not the run's
         self.peak_total = self.peak_server = self.peak_site = 0
         self.stopped = threading.Event()
 
@@ -45,7 +48,9 @@ class MemorySampler(threading.Thread):
                 processes = [root, *root.children(recursive=True)]
             except psutil.Error:
                 processes = []
-            processes += [p for p in psutil.process_iter() if _is_flower_worker(p)]  # Ray/SuperLink detach
+            processes += [  # the simulation's SuperLink and Ray workers detach from the tree
+                p for p in psutil.process_iter() if _is_flower_worker(p) and _started_after(p, self.started)
+            ]
             total = server = site = 0
             for process in {p.pid: p for p in processes}.values():
                 try:
@@ -70,14 +75,38 @@ def _is_flower_worker(process: psutil.Process) -> bool:
     return any(marker in command for marker in (*SERVER_MARKERS, *SITE_MARKERS, "flower-superlink"))
 
 
+def _started_after(process: psutil.Process, moment: float) -> bool:
+    try:
+        return process.create_time() >= moment
+    except psutil.Error:
+        return False
+
+
 def round_latencies(output_dir: Path) -> list[float]:
     """Seconds between consecutive central evaluations (one per round)."""
     elapsed = pd.read_csv(output_dir / "federated_learning_results.csv")["elapsed_s"].tolist()
     return [round(b - a, 1) for a, b in itertools.pairwise(elapsed)]
 
 
+def free_port_block(size: int) -> int:
+    """A port P such that P..P+size-1 are free on 127.0.0.1 (run.sh uses one per site after P)."""
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port block on 127.0.0.1")
+
+
 def measured_run(args: list[str], output_dir: Path) -> dict[str, object]:
-    """Run ``run.sh args --output-dir output_dir``; return its figures and peak memory (GiB)."""
+    """Run ``run.sh args --output-dir output_dir`` on free ports; return its figures and peak memory (GiB)."""
+    if "--port" not in args:  # several runs (benchmarks, tests) may share the machine
+        sites = int(args[args.index("--sites") + 1]) if "--sites" in args else 2
+        args = [*args, "--port", str(free_port_block(sites + 2))]
     return measured_command([str(ROOT / "run.sh"), *args, "--output-dir", str(output_dir)], output_dir)
 
 

@@ -21,16 +21,16 @@ from pathlib import Path
 from harness import markdown_table, measured_run, table_row
 
 COLUMNS = ["setting", "accuracy", "leak_free", "f1_macro", "epsilon", "wall_s", "mean_round_s"]
-POISON = "attack=sign-flip attack-sites=1"
+POISON = "attack='sign-flip' attack-sites=1"
 
 
 def privacy_settings(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
-    dp = f"norm=group dp=server-fixed dp-clipping-norm={args.clipping_norm}"
+    dp = f"norm='group' dp='server-fixed' dp-clipping-norm={args.clipping_norm}"
     return {
         "no DP, BatchNorm": (4, ""),
-        "no DP, GroupNorm": (4, "norm=group"),
+        "no DP, GroupNorm": (4, "norm='group'"),
         **{f"DP z={z:g}, C={args.clipping_norm:g}": (4, f"{dp} dp-noise-multiplier={z}") for z in args.noise},
-        "SecAgg+ (BatchNorm)": (4, "secagg=true wait-for-sites=4"),
+        "SecAgg+ (BatchNorm)": (4, "secagg=true"),
     }
 
 
@@ -38,7 +38,7 @@ def poison_settings() -> dict[str, tuple[int, str]]:
     return {
         "clean, fedavg": (5, ""),
         **{
-            f"1 of 5 poisoned, {s}": (5, f"{POISON} strategy={s}")
+            f"1 of 5 poisoned, {s}": (5, f"{POISON} strategy='{s}'")
             for s in ("fedavg", "krum", "multikrum", "trimmed-mean", "median")
         },
     }
@@ -46,7 +46,8 @@ def poison_settings() -> dict[str, tuple[int, str]]:
 
 def run_table(settings: dict[str, tuple[int, str]], args: argparse.Namespace) -> tuple[str, list[str]]:
     rows, commands = [], []
-    for name, (sites, config) in settings.items():
+    chosen = {name: value for name, value in settings.items() if args.match in name}
+    for name, (sites, config) in chosen.items():
         output_dir = args.out / "".join(ch if ch.isalnum() else "_" for ch in name)
         overrides = f"{args.workload} local-epochs={args.local_epochs} {config}".strip()
         command = ["--simulation", "--sites", str(sites), "--rounds", str(args.rounds)]
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--clipping-norm", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-privacy-")))
     parser.add_argument("--only", choices=("privacy", "poison"), default=None)
+    parser.add_argument("--match", default="", help="run only the settings whose name contains this")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []

@@ -30,17 +30,17 @@ import pandas as pd
 
 from harness import ROOT, markdown_table, measured_command, measured_run, table_row
 
-DIR03 = "partitioning=dirichlet dirichlet-alpha=0.3"
+DIR03 = "partitioning='dirichlet' dirichlet-alpha=0.3"
 SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
     "centralized": (0, ""),
-    "4 IID": (4, "partitioning=iid"),
+    "4 IID": (4, "partitioning='iid'"),
     "10 Dir 0.3": (10, DIR03),
-    "4 Dir 1.0": (4, "partitioning=dirichlet dirichlet-alpha=1.0"),
+    "4 Dir 1.0": (4, "partitioning='dirichlet' dirichlet-alpha=1.0"),
     "4 Dir 0.3": (4, DIR03),
-    "4 Dir 0.3 FedProx": (4, f"{DIR03} strategy=fedprox proximal-mu=0.01"),
-    "4 Dir 0.3 FedAvgM": (4, f"{DIR03} strategy=fedavgm server-momentum=0.9"),
-    "4 Dir 0.3 GroupNorm": (4, f"{DIR03} norm=group"),
-    "50 sites (scale)": (50, "partitioning=iid fraction-evaluate=0"),
+    "4 Dir 0.3 FedProx": (4, f"{DIR03} strategy='fedprox' proximal-mu=0.01"),
+    "4 Dir 0.3 FedAvgM": (4, f"{DIR03} strategy='fedavgm' server-momentum=0.9"),
+    "4 Dir 0.3 GroupNorm": (4, f"{DIR03} norm='group'"),
+    "50 sites (scale)": (50, "partitioning='iid' fraction-evaluate=0"),
 }
 TINY_SETTINGS = ("centralized", "4 IID", "10 Dir 0.3")
 TINY = "max-images-per-class=12 image-size=32 batch-size=16"
@@ -66,8 +66,8 @@ def command_for(name: str, args: argparse.Namespace, output_dir: Path) -> tuple[
     sites, config = SETTINGS[name]
     common = f"{TINY if args.tiny else ''} {config}".strip()
     if sites == 0:  # centralized: every epoch is one evaluated "round"
-        overrides = f"num-server-rounds={args.epochs} local-epochs=1 data-dir={args.data_dir} {common}"
-        overrides += f" output-dir={output_dir}"
+        overrides = f'num-server-rounds={args.epochs} local-epochs=1 data-dir="{args.data_dir}" {common}'
+        overrides += f' output-dir="{output_dir}"'
         return ["brainfl", "centralized", "--app-dir", str(ROOT), "--run-config", overrides], False
     rounds = 1 if name.startswith("50") and not args.tiny else max(1, args.epochs // args.local_epochs)
     local = f"local-epochs={args.local_epochs} {common}"

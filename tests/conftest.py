@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # tests reuse the benchmark helpers (free ports)
 REAL_DATA = (REPO_ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import socket
 import subprocess
 from pathlib import Path
@@ -15,25 +14,12 @@ import pytest
 import brainfl.models  # noqa: F401 - registers the custom layers for loading
 from brainfl.results import read_model_metadata
 from conftest import CLASSES, REPO_ROOT
+from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
 
 pytestmark = pytest.mark.e2e
 SMALL_RUN = "max-images-per-class=40 image-size=64 batch-size=16 local-epochs=2 learning-rate=0.003"
 # Enough local steps per round (45) for BatchNorm's moving statistics to settle on a tiny subset.
 DEPLOY_RUN = "max-images-per-class=40 image-size=32 batch-size=8 local-epochs=5 learning-rate=0.002"
-
-
-def free_port_block(size: int) -> int:
-    """A port P such that P..P+size-1 are free on 127.0.0.1."""
-    for _ in range(50):
-        base = random.randint(20000, 40000)
-        try:
-            for port in range(base, base + size):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port block")
 
 
 def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -150,7 +150,7 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
 def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, real_data):
     out, port = tmp_path / "run", free_port_block(3)
     args = ["--sites", "2", "--rounds", "2", "--data-dir", str(real_data), "--output-dir", str(out)]
-    result = run_script(*args, "--port", str(port), "--run-config", f"{TINY} attack=nan attack-sites=1")
+    result = run_script(*args, "--port", str(port), "--run-config", f"{TINY} attack='nan' attack-sites=1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [r["round"] for r in rows] == ["0", "1", "2"]

@@ -20,3 +20,11 @@ def test_metrics_match_hand_computed_values():
     assert metrics["precision_macro"] == pytest.approx((1.0 + 1 / 3 + 0.0) / 3)
     expected_loss = -np.mean(np.log([0.8, 0.4, 0.9, 0.5]))
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_non_finite_outputs_count_as_wrong_with_infinite_loss():
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
+    metrics = classification_metrics(np.array([0, 1, 1]), probabilities, ["a", "b"])
+    assert metrics["loss"] == float("inf")
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["recall_b"] == pytest.approx(0.5)

@@ -108,3 +108,11 @@ def test_robust_strategies_get_no_epsilon_and_say_why():
 def test_dp_with_batchnorm_is_refused_with_one_line():
     with pytest.raises(BrainFLError, match="norm=group"):
         settings_from_config({"dp": "server-fixed"})
+
+
+@pytest.mark.parametrize("mode", ["server-adaptive", "client-adaptive", "server-fixed"])
+def test_every_dp_mode_completes_a_round_and_reports_epsilon(tmp_path, mode):
+    run_in_process(3, {**DP_RUN, "output-dir": str(tmp_path), "dp": mode, "dp-noise-multiplier": 0.8})
+    rows = read_rows(tmp_path / "federated_learning_results.csv")
+    assert rows[1]["sites_trained"] == "3"
+    assert np.isfinite(float(rows[1]["loss"])) and float(rows[1]["epsilon"]) > 0

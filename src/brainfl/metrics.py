@@ -14,10 +14,13 @@ def classification_metrics(
     """Cross-entropy, accuracy, macro precision/recall/F1 and per-class recall.
 
     Keys: ``loss, accuracy, precision_macro, recall_macro, f1_macro`` then
-    ``recall_<class>`` for each class, in class order.
+    ``recall_<class>`` for each class, in class order. A model whose outputs
+    are not finite (a broken global model, e.g. after a poisoned round) gets
+    loss ``inf`` and those images count as wrong, rather than failing the run.
     """
     class_ids = list(range(len(class_names)))
-    predictions = probabilities.argmax(axis=1)
+    broken = ~np.all(np.isfinite(probabilities), axis=1)
+    predictions = np.where(broken, -1, np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1))
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predictions, labels=class_ids, average="macro", zero_division=0
     )
@@ -25,7 +28,9 @@ def classification_metrics(
         labels, predictions, labels=class_ids, average=None, zero_division=0
     )[1]
     result = {
-        "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=class_ids)),
+        "loss": float("inf")
+        if broken.any()
+        else float(log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=class_ids)),
         "accuracy": float(accuracy_score(labels, predictions)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),

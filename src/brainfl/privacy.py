@@ -57,11 +57,14 @@ def with_privacy(strategy: Strategy, settings: RunSettings) -> Strategy:
         return DifferentialPrivacyServerSideFixedClipping(strategy, noise, norm, sites)
     if settings.dp == "client-fixed":
         return DifferentialPrivacyClientSideFixedClipping(strategy, noise, norm, sites)
+    # Adaptive clipping also noises the count of clipped updates (std sigma_b); Flower's default
+    # sigma_b = sites / 20 is too small for a few sites. With sigma_b = max(sites / 20, z) the
+    # update noise becomes (z^-2 - (2 sigma_b)^-2)^-1/2 and the total privacy stays that of z
+    # (Andrew et al., 2021), which is what the ledger accounts.
+    adaptive = {"initial_clipping_norm": norm, "clipped_count_stddev": max(sites / 20, noise)}
     if settings.dp == "server-adaptive":
-        return DifferentialPrivacyServerSideAdaptiveClipping(
-            strategy, noise, sites, initial_clipping_norm=norm
-        )
-    return DifferentialPrivacyClientSideAdaptiveClipping(strategy, noise, sites, initial_clipping_norm=norm)
+        return DifferentialPrivacyServerSideAdaptiveClipping(strategy, noise, sites, **adaptive)
+    return DifferentialPrivacyClientSideAdaptiveClipping(strategy, noise, sites, **adaptive)
 
 
 def accounting_problem(settings: RunSettings) -> str | None:
@@ -117,7 +120,7 @@ class PrivacyLedger:
 
     @property
     def epsilon(self) -> float | None:
-        """Epsilon at ``dp-delta`` so far (``inf`` before any release is 0; None when not accounted)."""
+        """Epsilon at ``dp-delta`` so far (0 before any release; None when not accounted)."""
         if self.accountant is None:
             return None
         if self.accountant.num_releases == 0:
