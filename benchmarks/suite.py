@@ -64,7 +64,7 @@ COLUMNS = [
 def command_for(name: str, args: argparse.Namespace, output_dir: Path) -> tuple[list[str], bool]:
     """The command of one setting and whether it goes through ``run.sh``."""
     sites, config = SETTINGS[name]
-    common = f"{TINY if args.tiny else ''} {config}".strip()
+    common = f"{TINY if args.tiny else args.workload} {config}".strip()
     if sites == 0:  # centralized: every epoch is one evaluated "round"
         overrides = f'num-server-rounds={args.epochs} local-epochs=1 data-dir="{args.data_dir}" {common}'
         overrides += f' output-dir="{output_dir}"'
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="passes over the data, every setting")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-suite-")))
+    parser.add_argument("--workload", default="", help='run-config for every setting, e.g. "image-size=64"')
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
     parser.add_argument("--tiny", action="store_true", help="a few dozen images, one round (CI)")
     args = parser.parse_args()
@@ -126,7 +127,8 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     text = "\n".join(
         [
-            f"Machine: {machine}. Epochs: {args.epochs} ({args.local_epochs} local per round).",
+            f"Machine: {machine}. Epochs: {args.epochs} ({args.local_epochs} local per round). "
+            f"Workload: {args.workload or 'defaults'}.",
             "",
             markdown_table(rows, COLUMNS),
             "",

@@ -149,7 +149,8 @@ class CentralEvaluator:
         probabilities = predict_proba(self.bundle.trainable, self.test_inputs)
         metrics = classification_metrics(self.test_labels, probabilities, self.class_names)
         if self.leak_free is not None:
-            predictions = probabilities.argmax(axis=1)[self.leak_free]
+            finite = np.all(np.isfinite(probabilities), axis=1)  # NaN outputs count as wrong
+            predictions = np.where(finite, np.nan_to_num(probabilities).argmax(axis=1), -1)[self.leak_free]
             metrics["leak_free_accuracy"] = float(np.mean(predictions == self.test_labels[self.leak_free]))
         record = self.strategy.record(local_round)
         if self.ledger is not None and local_round > 0:
