@@ -1,4 +1,4 @@
-"""Local training: FedProx's proximal term and the learning-rate schedule over rounds."""
+"""Local training: FedProx's proximal term, precise BatchNorm statistics, the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl.training import round_learning_rate, train
+from brainfl.training import recalibrate_batchnorm, round_learning_rate, train
 
 
 def _distance_after_training(mu: float) -> float:
@@ -28,3 +28,36 @@ def test_learning_rate_decays_from_base_to_floor_over_rounds():
     assert round_learning_rate(0.01, 1, 10) == pytest.approx(0.01)
     assert round_learning_rate(0.01, 10, 10) == pytest.approx(0.0002)
     assert round_learning_rate(0.01, 5, 10) < round_learning_rate(0.01, 4, 10)
+
+
+def _augmented_bn_model() -> keras.Model:
+    inputs = keras.Input((6,))
+    x = keras.layers.GaussianNoise(0.9, name="aug_noise")(inputs)  # on only in training, like augmentation
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_precise_batchnorm_sets_moving_statistics_from_unaugmented_batches():
+    model = _augmented_bn_model()
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(loc=3.0, scale=0.5, size=(96, 6)).astype("float32")
+    train(model, inputs, rng.integers(0, 3, 96), epochs=1, batch_size=32, learning_rate=0.01)
+    assert recalibrate_batchnorm(model, inputs, batch_size=32) == 1
+    batches = inputs.reshape(3, 32, 6)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batches.mean(axis=1).mean(axis=0), rtol=1e-5)
+    # The training noise (std 0.9) inflated the moving variance; precise BN measures the clean inputs.
+    np.testing.assert_allclose(bn.moving_variance.numpy(), batches.var(axis=1).mean(axis=0), rtol=1e-4)
+
+
+def test_precise_batchnorm_leaves_models_without_a_layer_chain_or_batchnorm_alone():
+    inputs = keras.Input((4,))
+    branch = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
+    two_paths = keras.Model(inputs, keras.layers.Add()([branch, inputs]))
+    no_norm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    data = np.ones((8, 4), dtype="float32")
+    before = [w.copy() for w in two_paths.get_weights()]
+    assert recalibrate_batchnorm(two_paths, data, 4) == 0
+    assert recalibrate_batchnorm(no_norm, data, 4) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, two_paths.get_weights(), strict=True))

@@ -23,7 +23,7 @@ from brainfl.pipeline import initial_weights, load_run_dataset, model_inputs
 from brainfl.report import make_report
 from brainfl.results import FINAL_MODEL, save_model_atomically, write_run_config
 from brainfl.strategy import RoundRecord
-from brainfl.training import round_learning_rate, train
+from brainfl.training import recalibrate_batchnorm, round_learning_rate, train
 
 
 class PooledData:
@@ -63,6 +63,8 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
             label_smoothing=settings.label_smoothing,
             seed=settings.seed + 1000 * epoch,
         )
+        if settings.precise_bn:
+            recalibrate_batchnorm(model, inputs, settings.batch_size)
         weights = model.get_weights()
         evaluator(epoch, ArrayRecord(weights))
     save_model_atomically(evaluator.model, output_dir / FINAL_MODEL, evaluator.model_metadata)

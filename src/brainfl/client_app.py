@@ -38,7 +38,7 @@ from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
-from brainfl.training import predict_proba, train
+from brainfl.training import predict_proba, recalibrate_batchnorm, train
 
 LEGACY_PARAMETERS = "fitins.parameters"
 ATTACK_SCALE = 10.0
@@ -93,7 +93,9 @@ def site_session(config: Mapping[str, Any], context: Context) -> Iterator[tuple[
             raise BrainFLError(f"site {site}: {redact_paths(str(error))}") from None
 
 
-def attacked(settings: RunSettings, site: SiteData, received: list[np.ndarray], trained: list[np.ndarray]):
+def attacked(
+    settings: RunSettings, site: SiteData, received: list[np.ndarray], trained: list[np.ndarray]
+) -> list[np.ndarray]:
     """The update a poisoned site sends (``attack`` setting; the first ``attack-sites`` sites)."""
     if settings.attack == "none" or not 0 <= site.site_id < settings.attack_sites:
         return trained
@@ -124,9 +126,10 @@ def train_site(
         bundle = model_for(settings, site.train.class_names)
         bundle.trainable.set_weights(weights)
         server_round = int(config.get("global-round", config.get("server-round", 0)))
+        inputs = model_inputs(settings, bundle, site.train)
         metrics = train(
             bundle.trainable,
-            model_inputs(settings, bundle, site.train),
+            inputs,
             site.train.labels,
             epochs=int(config.get("local-epochs", settings.local_epochs)),
             batch_size=settings.batch_size,
@@ -136,6 +139,8 @@ def train_site(
             seed=settings.seed + 1000 * server_round + max(site.site_id, 0),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
         )
+        if settings.precise_bn:
+            recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)
         LOG.info(
             "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f",
             site.site_id,

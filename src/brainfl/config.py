@@ -64,6 +64,7 @@ class RunSettings:
     tensorboard: bool = False
     round_timeout: float = 3600.0
     norm: str = "batch"
+    precise_bn: bool = True
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.0
@@ -140,11 +141,6 @@ def validate(settings: RunSettings) -> None:
         raise BrainFLError(
             f"setting 'model': unknown model '{settings.model}' (choose one of: {', '.join(MODEL_NAMES)})"
         )
-    if settings.partitioning not in PARTITIONINGS:
-        raise BrainFLError(
-            f"setting 'partitioning': unknown '{settings.partitioning}' "
-            f"(choose one of: {', '.join(PARTITIONINGS)})"
-        )
     if settings.learning_rate <= 0:
         raise BrainFLError(f"setting 'learning-rate' must be positive, got {settings.learning_rate}")
     if settings.dirichlet_alpha <= 0:
@@ -161,6 +157,7 @@ def validate(settings: RunSettings) -> None:
     if settings.min_sites <= 0:
         raise BrainFLError(f"setting 'min-sites' must be positive, got {settings.min_sites}")
     for key, value, choices in (
+        ("partitioning", settings.partitioning, PARTITIONINGS),
         ("norm", settings.norm, NORMS),
         ("strategy", settings.strategy, STRATEGIES),
         ("dp", settings.dp, DP_MODES),

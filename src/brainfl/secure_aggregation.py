@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from brainfl.config import RunSettings
 from brainfl.logs import LOG
-from brainfl.strategy import RoundRecord, round_settings
+from brainfl.strategy import RoundBook, round_settings
 
 Evaluator = Callable[[int, ArrayRecord], object]
 QUANTIZATION_RANGE = 2**22  # Flower's default: steps of 2 * clipping-range / 2**22
@@ -39,7 +39,7 @@ def same_arrays(results: Sequence[FitRes]) -> bool:
     )
 
 
-class SecAggFedAvg(LegacyFedAvg):
+class SecAggFedAvg(RoundBook, LegacyFedAvg):
     """Flower's legacy FedAvg with the project's round settings and per-site bookkeeping."""
 
     def __init__(
@@ -57,12 +57,6 @@ class SecAggFedAvg(LegacyFedAvg):
             },
             **kwargs,
         )
-        self.rounds: dict[int, RoundRecord] = {}
-        self.round_offset = 0
-
-    def record(self, server_round: int) -> RoundRecord:
-        """The bookkeeping of ``server_round`` (created empty on first use)."""
-        return self.rounds.setdefault(server_round, RoundRecord())
 
     def aggregate_fit(
         self,
@@ -82,8 +76,7 @@ class SecAggFedAvg(LegacyFedAvg):
                 len(results),
             )
         for _, fit_res in results:
-            metrics = {k: float(v) for k, v in fit_res.metrics.items() if isinstance(v, int | float)}
-            record.sites.setdefault(int(metrics.get("site-id", -1)), {}).update(metrics)
+            self.keep_site_metrics(server_round, int(fit_res.metrics.get("site-id", -1)), fit_res.metrics)
         return super().aggregate_fit(server_round, results, failures)
 
 

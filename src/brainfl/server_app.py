@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import keras
 import numpy as np
@@ -47,17 +46,8 @@ from brainfl.results import (
     write_run_config,
 )
 from brainfl.secure_aggregation import run_secure_federation, secure_strategy
-from brainfl.strategy import RoundRecord, build_strategy
+from brainfl.strategy import RoundBook, build_strategy
 from brainfl.training import predict_proba, round_learning_rate
-
-
-class RoundBook(Protocol):
-    """What the evaluator reads from a strategy: each round's site records and the resume offset."""
-
-    round_offset: int
-
-    def record(self, server_round: int) -> RoundRecord: ...
-
 
 app = ServerApp()
 
@@ -207,24 +197,24 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
 
     weights = initial_weights(settings, class_names)
+    ledger = PrivacyLedger(settings) if settings.dp != "none" else None
     if settings.secagg:
         strategy = secure_strategy(settings, class_names, learning_rate_for_round, weights)
-        evaluator = CentralEvaluator(settings, output_dir, strategy)
-        write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
-        run_secure_federation(grid, context, settings, strategy, evaluator, len(dataset.train))
     else:
         strategy = build_strategy(settings, class_names, learning_rate_for_round)
-        ledger = PrivacyLedger(settings) if settings.dp != "none" else None
-        evaluator = CentralEvaluator(settings, output_dir, strategy, ledger)
-        rounds_done = 0
-        resumed = evaluator.resume() if settings.resume else None
-        if resumed:
-            rounds_done, weights = resumed
-            LOG.info("resuming %s after round %d of %d", output_dir, rounds_done, settings.num_server_rounds)
-        if rounds_done >= settings.num_server_rounds:
-            LOG.info("all %d rounds are already done; outputs written to %s", rounds_done, output_dir)
-            return
-        write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
+    evaluator = CentralEvaluator(settings, output_dir, strategy, ledger)
+    rounds_done = 0
+    resumed = evaluator.resume() if settings.resume else None
+    if resumed:
+        rounds_done, weights = resumed
+        LOG.info("resuming %s after round %d of %d", output_dir, rounds_done, settings.num_server_rounds)
+    if rounds_done >= settings.num_server_rounds:
+        LOG.info("all %d rounds are already done; outputs written to %s", rounds_done, output_dir)
+        return
+    write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
+    if settings.secagg:
+        run_secure_federation(grid, context, settings, strategy, evaluator, len(dataset.train))
+    else:
         with_privacy(strategy, settings).start(
             grid=grid,
             initial_arrays=ArrayRecord(weights),

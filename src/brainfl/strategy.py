@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -117,7 +117,29 @@ def site_of(message: Message) -> int:
     return int(site) if site is not None and site >= 0 else int(message.metadata.src_node_id)
 
 
-class SiteBookkeeping:
+class RoundBook:
+    """Mixin keeping what the sites reported each round (read by the server's evaluator).
+
+    ``round_offset`` counts the rounds finished before this process (a resumed run).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rounds: dict[int, RoundRecord] = {}
+        self.round_offset = 0
+
+    def record(self, server_round: int) -> RoundRecord:
+        """The bookkeeping of ``server_round`` (created empty on first use)."""
+        return self.rounds.setdefault(server_round, RoundRecord())
+
+    def keep_site_metrics(self, server_round: int, site: int, metrics: Mapping[str, object]) -> None:
+        """Add a site's numeric metrics to its entry for ``server_round``."""
+        self.record(server_round).sites.setdefault(site, {}).update(
+            {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+        )
+
+
+class SiteBookkeeping(RoundBook):
     """Mixin for a Flower ``FedAvg``-family strategy: round settings, reply checks, site metrics.
 
     Subclasses list it before the Flower strategy; :meth:`aggregate_arrays`
@@ -141,15 +163,9 @@ class SiteBookkeeping:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **kwargs)
         self.learning_rate_for_round = learning_rate_for_round
         self.class_names = list(class_names)
-        self.rounds: dict[int, RoundRecord] = {}
         self.global_arrays: list[np.ndarray] | None = None
         self.wait_for_sites = wait_for_sites
-        self.round_offset = 0  # rounds finished before this process (a resumed run)
         self.wait_timeout = wait_timeout
-
-    def record(self, server_round: int) -> RoundRecord:
-        """The bookkeeping of ``server_round`` (created empty on first use)."""
-        return self.rounds.setdefault(server_round, RoundRecord())
 
     def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         return ConfigRecord(
@@ -200,9 +216,8 @@ class SiteBookkeeping:
 
     def _keep_site_metrics(self, server_round: int, replies: list[Message]) -> None:
         for message in replies:
-            metrics = next(iter(message.content.metric_records.values()))
-            self.record(server_round).sites.setdefault(site_of(message), {}).update(
-                {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+            self.keep_site_metrics(
+                server_round, site_of(message), next(iter(message.content.metric_records.values()))
             )
 
     def aggregate_train(

@@ -9,6 +9,8 @@ With ``proximal_mu > 0`` the loss gains FedProx's proximal term
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -91,6 +93,54 @@ def train(
         make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, verbose=0
     ).history
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}
+
+
+PRECISE_BN_IMAGES = 1024
+
+
+def _is_chain(model: keras.Model) -> bool:
+    """Whether each layer of a functional model consumes the previous layer's output alone."""
+    layers = model.layers
+    return all(current.input is previous.output for previous, current in itertools.pairwise(layers))
+
+
+def recalibrate_batchnorm(
+    model: keras.Model, inputs: np.ndarray, batch_size: int, max_images: int = PRECISE_BN_IMAGES
+) -> int:
+    """Precise BatchNorm: set every BN layer's moving statistics from ``inputs``; return the layer count.
+
+    Keras keeps exponential moving averages of the last few dozen training
+    batches, taken on augmented images while the weights were still moving;
+    after FedAvg they are an average of the sites' stale averages. Here the
+    final weights see ``inputs`` without augmentation (as at test time), each
+    BN layer normalizes with the batch's statistics (as in training), and its
+    moving mean and variance become the averages over all batches ("precise
+    BN", Wu & Johnson 2021), from at most ``max_images`` images (channel
+    statistics need few; the pass costs a forward pass over them). Models that
+    are not a plain chain of layers, or have no BN layer, are left as they are.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms or not _is_chain(model):
+        return 0
+    @tf.function
+    def batch_moments(x):
+        moments = []
+        for layer in model.layers[1:]:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                moments.append(tf.nn.moments(x, axes=list(range(len(x.shape) - 1))))
+                x = layer(x, training=True)  # normalize with the batch's statistics, as in training
+            else:
+                x = layer(x, training=False)  # augmentation and dropout off, as at test time
+        return moments
+
+    per_batch = [
+        batch_moments(tf.cast(inputs[start : start + batch_size], tf.float32))
+        for start in range(0, min(len(inputs), max_images), batch_size)
+    ]
+    for index, layer in enumerate(norms):
+        layer.moving_mean.assign(np.mean([moments[index][0] for moments in per_batch], axis=0))
+        layer.moving_variance.assign(np.mean([moments[index][1] for moments in per_batch], axis=0))
+    return len(norms)
 
 
 def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
