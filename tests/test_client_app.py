@@ -7,6 +7,7 @@ import pytest
 
 from brainfl.client_app import redact_paths
 from brainfl.config import settings_from_config
+from brainfl.data_loader import find_classes
 from brainfl.models import build_cnn
 from brainfl.pipeline import site_data
 from brainfl.training import recalibrate_batchnorm
@@ -54,7 +55,7 @@ def test_site_reply_carries_precise_batchnorm_statistics_only_when_enabled(tmp_p
     model = build_cnn(settings.image_size, 1, 4)
     model.set_weights(reply.content["arrays"].to_numpy_ndarrays())
     sent = _moving_statistics(model)
-    class_names = tuple(sorted(p.name for p in (REPO_ROOT / "sample_data" / "Training").iterdir()))
+    class_names = tuple(find_classes(REPO_ROOT / "sample_data" / "Training"))
     site = site_data(settings, {"partition-id": 0, "num-partitions": 2}, class_names)
     recalibrate_batchnorm(model, site.train.images, settings.batch_size)
     matches = all(

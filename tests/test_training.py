@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl.training import recalibrate_batchnorm, round_learning_rate, train
+from brainfl.training import _batch_moments_function, recalibrate_batchnorm, round_learning_rate, train
 
 
 def _distance_after_training(mu: float) -> float:
@@ -41,14 +41,26 @@ def _augmented_bn_model() -> keras.Model:
 def test_precise_batchnorm_sets_moving_statistics_from_unaugmented_batches():
     model = _augmented_bn_model()
     rng = np.random.default_rng(1)
-    inputs = rng.normal(loc=3.0, scale=0.5, size=(96, 6)).astype("float32")
-    train(model, inputs, rng.integers(0, 3, 96), epochs=1, batch_size=32, learning_rate=0.01)
+    inputs = rng.normal(loc=3.0, scale=0.5, size=(80, 6)).astype("float32")
+    train(model, inputs, rng.integers(0, 3, 80), epochs=1, batch_size=32, learning_rate=0.01)
     assert recalibrate_batchnorm(model, inputs, batch_size=32) == 1
-    batches = inputs.reshape(3, 32, 6)
+    batches, sizes = np.split(inputs, [32, 64]), [32, 32, 16]  # the last, partial batch weighs half
     bn = model.get_layer("bn")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), batches.mean(axis=1).mean(axis=0), rtol=1e-5)
+    means = [batch.mean(axis=0) for batch in batches]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.average(means, axis=0, weights=sizes), rtol=1e-5)
     # The training noise (std 0.9) inflated the moving variance; precise BN measures the clean inputs.
-    np.testing.assert_allclose(bn.moving_variance.numpy(), batches.var(axis=1).mean(axis=0), rtol=1e-4)
+    variances = [batch.var(axis=0) for batch in batches]
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), np.average(variances, axis=0, weights=sizes), rtol=1e-4
+    )
+
+
+def test_precise_batchnorm_traces_its_forward_pass_once_per_model():
+    model = _augmented_bn_model()
+    inputs = np.random.default_rng(2).normal(size=(40, 6)).astype("float32")
+    for batch_size in (32, 16, 8):  # full and partial batches of several sizes
+        recalibrate_batchnorm(model, inputs, batch_size)
+    assert _batch_moments_function(model).experimental_get_tracing_count() == 1
 
 
 def test_precise_batchnorm_leaves_models_without_a_layer_chain_or_batchnorm_alone():

@@ -5,11 +5,15 @@ features) with AdamW, label smoothing and a tf.data input pipeline; the
 optimizer is rebuilt for every call so each federated round starts fresh.
 With ``proximal_mu > 0`` the loss gains FedProx's proximal term
 ``mu / 2 * ||w - w_global||^2`` over the trainable weights.
+:func:`recalibrate_batchnorm` ("precise BN") resets BatchNorm's moving
+statistics from one forward pass over a site's un-augmented images, run after
+local training so the averaged statistics describe the final weights.
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import keras
 import numpy as np
@@ -122,25 +126,37 @@ def recalibrate_batchnorm(
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms or not _is_chain(model):
         return 0
-    @tf.function
-    def batch_moments(x):
-        moments = []
-        for layer in model.layers[1:]:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                moments.append(tf.nn.moments(x, axes=list(range(len(x.shape) - 1))))
-                x = layer(x, training=True)  # normalize with the batch's statistics, as in training
-            else:
-                x = layer(x, training=False)  # augmentation and dropout off, as at test time
-        return moments
-
-    per_batch = [
-        batch_moments(tf.cast(inputs[start : start + batch_size], tf.float32))
-        for start in range(0, min(len(inputs), max_images), batch_size)
-    ]
+    batch_moments = _batch_moments_function(model)
+    starts = range(0, min(len(inputs), max_images), batch_size)
+    per_batch = [batch_moments(tf.cast(inputs[start : start + batch_size], tf.float32)) for start in starts]
+    sizes = [len(inputs[start : start + batch_size]) for start in starts]
     for index, layer in enumerate(norms):
-        layer.moving_mean.assign(np.mean([moments[index][0] for moments in per_batch], axis=0))
-        layer.moving_variance.assign(np.mean([moments[index][1] for moments in per_batch], axis=0))
+        layer.moving_mean.assign(np.average([m[index][0] for m in per_batch], axis=0, weights=sizes))
+        layer.moving_variance.assign(np.average([m[index][1] for m in per_batch], axis=0, weights=sizes))
     return len(norms)
+
+
+_BATCH_MOMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_moments_function(model: keras.Model):
+    """A ``tf.function`` (traced once per model, any batch size) returning each BN layer's input moments."""
+    if model not in _BATCH_MOMENTS:
+        model_ref = weakref.ref(model)  # the cache must not keep the model alive
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+        def batch_moments(x):
+            moments = []
+            for layer in model_ref().layers[1:]:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    moments.append(tf.nn.moments(x, axes=list(range(len(x.shape) - 1))))
+                    x = layer(x, training=True)  # normalize with the batch's statistics, as in training
+                else:
+                    x = layer(x, training=False)  # augmentation and dropout off, as at test time
+            return moments
+
+        _BATCH_MOMENTS[model] = batch_moments
+    return _BATCH_MOMENTS[model]
 
 
 def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
