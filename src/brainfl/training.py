@@ -127,9 +127,10 @@ def recalibrate_batchnorm(
     if not norms or not _is_chain(model):
         return 0
     batch_moments = _batch_moments_function(model)
-    starts = range(0, min(len(inputs), max_images), batch_size)
-    per_batch = [batch_moments(tf.cast(inputs[start : start + batch_size], tf.float32)) for start in starts]
-    sizes = [len(inputs[start : start + batch_size]) for start in starts]
+    used = inputs[:max_images]
+    batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
+    per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
+    sizes = [len(batch) for batch in batches]
     for index, layer in enumerate(norms):
         layer.moving_mean.assign(np.average([m[index][0] for m in per_batch], axis=0, weights=sizes))
         layer.moving_variance.assign(np.average([m[index][1] for m in per_batch], axis=0, weights=sizes))
