@@ -43,8 +43,9 @@ def test_precise_batchnorm_sets_moving_statistics_from_unaugmented_batches():
     rng = np.random.default_rng(1)
     inputs = rng.normal(loc=3.0, scale=0.5, size=(80, 6)).astype("float32")
     train(model, inputs, rng.integers(0, 3, 80), epochs=1, batch_size=32, learning_rate=0.01)
-    assert recalibrate_batchnorm(model, inputs, batch_size=32) == 1
-    batches, sizes = np.split(inputs, [32, 64]), [32, 32, 16]  # the last, partial batch weighs half
+    assert recalibrate_batchnorm(model, inputs, batch_size=32, seed=7) == 1
+    shuffled = inputs[np.random.default_rng(7).permutation(80)]  # the seeded sample, in its order
+    batches, sizes = np.split(shuffled, [32, 64]), [32, 32, 16]  # the last, partial batch weighs half
     bn = model.get_layer("bn")
     means = [batch.mean(axis=0) for batch in batches]
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.average(means, axis=0, weights=sizes), rtol=1e-5)
@@ -53,6 +54,20 @@ def test_precise_batchnorm_sets_moving_statistics_from_unaugmented_batches():
     np.testing.assert_allclose(
         bn.moving_variance.numpy(), np.average(variances, axis=0, weights=sizes), rtol=1e-4
     )
+
+
+def test_precise_batchnorm_describes_the_class_mix_of_class_sorted_inputs():
+    # Stored datasets are sorted by class: two classes with means 0 and 10, 200 images each.
+    rng = np.random.default_rng(3)
+    classes = [rng.normal(mean, 1.0, (200, 6)) for mean in (0.0, 10.0)]
+    inputs = np.concatenate(classes).astype("float32")
+    model = _augmented_bn_model()
+    recalibrate_batchnorm(model, inputs, batch_size=20, max_images=100)
+    bn = model.get_layer("bn")
+    # The mix's statistics (mean 5, variance 1 + 25), not the first class's (0, 1) nor
+    # one-class batches' (variance 1).
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 5.0, atol=1.5)
+    assert np.all(bn.moving_variance.numpy() > 15.0)
 
 
 def test_precise_batchnorm_traces_its_forward_pass_once_per_model():

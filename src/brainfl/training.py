@@ -109,7 +109,11 @@ def _is_chain(model: keras.Model) -> bool:
 
 
 def recalibrate_batchnorm(
-    model: keras.Model, inputs: np.ndarray, batch_size: int, max_images: int = PRECISE_BN_IMAGES
+    model: keras.Model,
+    inputs: np.ndarray,
+    batch_size: int,
+    max_images: int = PRECISE_BN_IMAGES,
+    seed: int = 0,
 ) -> int:
     """Precise BatchNorm: set every BN layer's moving statistics from ``inputs``; return the layer count.
 
@@ -120,14 +124,18 @@ def recalibrate_batchnorm(
     BN layer normalizes with the batch's statistics (as in training), and its
     moving mean and variance become the averages over all batches ("precise
     BN", Wu & Johnson 2021), from at most ``max_images`` images (channel
-    statistics need few; the pass costs a forward pass over them). Models that
+    statistics need few; the pass costs a forward pass over them). The images
+    are a random sample (``seed``) in random order: datasets are stored sorted
+    by class, and the first images, or batches of one class, would describe
+    one class instead of the mix the model is trained and tested on. Models that
     are not a plain chain of layers, or have no BN layer, are left as they are.
     """
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms or not _is_chain(model):
         return 0
     batch_moments = _batch_moments_function(model)
-    used = inputs[:max_images]
+    order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]
+    used = inputs[order]
     batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
     per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
     sizes = [len(batch) for batch in batches]
