@@ -24,6 +24,26 @@ def test_proximal_term_keeps_local_weights_near_the_global_model():
     assert held < 0.5 * free, (free, held)
 
 
+def test_each_call_trains_with_a_fresh_optimizer_on_the_step_traced_once():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
+    start = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.normal(size=(40, 8)).astype("float32"), rng.integers(0, 4, 40)
+    train(model, inputs, labels, epochs=2, batch_size=16, learning_rate=0.05, seed=3)
+    first, traced_step = model.get_weights(), model.train_function
+    model.set_weights(start)  # the next round starts from the same global weights
+    train(model, inputs, labels, epochs=2, batch_size=16, learning_rate=0.05, seed=3)
+    assert model.train_function is traced_step  # not compiled nor traced again
+    assert int(model.optimizer.iterations) == 6  # this call's 2 x 3 steps only: state was zeroed
+    for again, once in zip(model.get_weights(), first, strict=True):  # the same moments: a fresh AdamW
+        np.testing.assert_allclose(again, once, rtol=1e-5, atol=1e-6)
+    before = model.get_weights()
+    train(model, inputs, labels, epochs=1, batch_size=16, learning_rate=0.0, seed=3)
+    for after, was in zip(model.get_weights(), before, strict=True):  # the new learning rate is used
+        np.testing.assert_array_equal(after, was)
+
+
 def test_learning_rate_decays_from_base_to_floor_over_rounds():
     assert round_learning_rate(0.01, 1, 10) == pytest.approx(0.01)
     assert round_learning_rate(0.01, 10, 10) == pytest.approx(0.0002)
