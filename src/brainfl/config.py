@@ -37,11 +37,11 @@ class RunSettings:
     """All settings of one run; field names mirror the run-config keys."""
 
     num_server_rounds: int = 3
-    local_epochs: int = 1
+    local_epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 0.002
     model: str = "cnn"
-    image_size: int = 128
+    image_size: int = 64
     num_partitions: int = 2
     partitioning: str = "iid"
     dirichlet_alpha: float = 1.0
