@@ -131,7 +131,7 @@ def run_recipe(recipe: str, data, passes: int, sites_default: int, seed: int) ->
                 learning_rate=learning_rate,
                 seed=seed + 1000 * server_round + site,
             )
-            recalibrate_batchnorm(model, inputs, 32)
+            recalibrate_batchnorm(model, inputs, batch_size)
             site_weights.append(model.get_weights())
         if kind == "central":
             weights = site_weights[0]

@@ -93,7 +93,7 @@ def _ready_to_fit(
         compile_model(fitted, learning_rate, weight_decay, label_smoothing)
         return fitted
     recipe = (weight_decay, label_smoothing)
-    cached = _COMPILED_RECIPE.get(model)
+    cached = _COMPILED_RECIPE.get(model)  # (an uncompiled model has no optimizer attribute)
     if cached is None or cached != (recipe, model.optimizer):  # never compiled here, or since elsewhere
         compile_model(model, learning_rate, weight_decay, label_smoothing)
         _COMPILED_RECIPE[model] = (recipe, model.optimizer)
