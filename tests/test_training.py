@@ -1,4 +1,4 @@
-"""Local training: FedProx's proximal term, precise BatchNorm statistics, the learning-rate schedule."""
+"""Local training: FedProx's proximal term, balanced softmax, precise BatchNorm statistics, LR schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl.training import _batch_moments_function, recalibrate_batchnorm, round_learning_rate, train
+from brainfl.training import (
+    PriorAdjustedCrossEntropy,
+    _batch_moments_function,
+    recalibrate_batchnorm,
+    round_learning_rate,
+    site_class_prior,
+    train,
+)
 
 
 def _distance_after_training(mu: float) -> float:
@@ -42,6 +49,64 @@ def test_each_call_trains_with_a_fresh_optimizer_on_the_step_traced_once():
     train(model, inputs, labels, epochs=1, batch_size=16, learning_rate=0.0, seed=3)
     for after, was in zip(model.get_weights(), before, strict=True):  # the new learning rate is used
         np.testing.assert_array_equal(after, was)
+
+
+def test_prior_adjusted_loss_is_cross_entropy_of_logits_shifted_by_the_log_prior():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), 6).astype("float32")
+    targets = np.eye(4, dtype="float32")[rng.integers(0, 4, 6)]
+    loss = PriorAdjustedCrossEntropy(4, label_smoothing=0.1)
+    plain = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    assert float(loss(targets, probabilities)) == pytest.approx(
+        float(plain(targets, probabilities)), rel=1e-5
+    )
+    prior = np.array([0.7, 0.2, 0.05, 0.05], dtype="float32")
+    loss.prior.assign(prior)
+    shifted = keras.ops.softmax(np.log(probabilities) + np.log(prior))
+    assert float(loss(targets, probabilities)) == pytest.approx(float(plain(targets, shifted)), rel=1e-4)
+
+
+def test_site_class_prior_is_smoothed_frequencies():
+    np.testing.assert_allclose(site_class_prior(np.array([0, 0, 0, 1]), 3), [4 / 7, 2 / 7, 1 / 7])
+
+
+def _absent_class_probability(balanced: bool) -> float:
+    """Mean probability a model gives classes 2 and 3 after training at a site that holds only 0 and 1."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.normal(size=(128, 8)).astype("float32"), rng.integers(0, 2, 128)
+    prior = site_class_prior(labels, 4) if balanced else None
+    train(model, inputs, labels, epochs=5, batch_size=16, learning_rate=0.05, class_prior=prior)
+    return float(model.predict(inputs, verbose=0)[:, 2:].sum(axis=1).mean())
+
+
+def test_balanced_softmax_does_not_teach_a_model_to_rule_out_classes_a_site_lacks():
+    plain, balanced = _absent_class_probability(False), _absent_class_probability(True)
+    assert plain < 0.2 < balanced, (plain, balanced)  # 0.5 before training
+
+
+def _reported_train_accuracy(prior: list[float] | None) -> float:
+    """Training accuracy reported for a model that outputs [0.1, 0.6, 0.15, 0.15] on class-0 images."""
+    bias = keras.initializers.Constant(np.log([0.1, 0.6, 0.15, 0.15]))
+    output = keras.layers.Dense(4, "softmax", kernel_initializer="zeros", bias_initializer=bias)
+    model = keras.Sequential([keras.Input((3,)), output])
+    inputs, labels = np.ones((16, 3), dtype="float32"), np.zeros(16, dtype="int64")
+    metrics = train(model, inputs, labels, epochs=1, batch_size=8, learning_rate=1e-9, class_prior=prior)
+    return metrics["train_accuracy"]
+
+
+def test_train_accuracy_is_that_of_the_prediction_adjusted_to_the_site_prior():
+    assert _reported_train_accuracy(None) == 0.0  # the raw output says class 1
+    assert _reported_train_accuracy([0.97, 0.01, 0.01, 0.01]) == 1.0  # p * prior says class 0
+
+
+def test_a_call_without_prior_trains_with_plain_cross_entropy_again():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="softmax")])
+    inputs, labels = np.ones((8, 3), dtype="float32"), np.array([0] * 8)
+    train(model, inputs, labels, epochs=1, batch_size=8, learning_rate=0.01, class_prior=[0.7, 0.1, 0.1, 0.1])
+    train(model, inputs, labels, epochs=1, batch_size=8, learning_rate=0.01)
+    np.testing.assert_allclose(model.loss.prior.numpy(), [0.25] * 4)
 
 
 def test_learning_rate_decays_from_base_to_floor_over_rounds():

@@ -38,7 +38,7 @@ from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
-from brainfl.training import predict_proba, recalibrate_batchnorm, train
+from brainfl.training import predict_proba, recalibrate_batchnorm, site_class_prior, train
 
 LEGACY_PARAMETERS = "fitins.parameters"
 ATTACK_SCALE = 10.0
@@ -138,6 +138,9 @@ def train_site(
             label_smoothing=settings.label_smoothing,
             seed=settings.seed + 1000 * server_round + max(site.site_id, 0),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
+            class_prior=site_class_prior(site.train.labels, len(site.train.class_names))
+            if settings.balanced_softmax
+            else None,
         )
         if settings.precise_bn:
             recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)

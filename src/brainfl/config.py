@@ -65,6 +65,7 @@ class RunSettings:
     round_timeout: float = 3600.0
     norm: str = "batch"
     precise_bn: bool = True
+    balanced_softmax: bool = False
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.0

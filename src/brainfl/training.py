@@ -5,7 +5,11 @@ features) with AdamW, label smoothing and a tf.data input pipeline; the
 optimizer starts fresh at every call, so each federated round does too (its
 state is zeroed, the compiled model and its traced training step are kept).
 With ``proximal_mu > 0`` the loss gains FedProx's proximal term
-``mu / 2 * ||w - w_global||^2`` over the trainable weights.
+``mu / 2 * ||w - w_global||^2`` over the trainable weights. With a
+``class_prior`` (a site's own class frequencies) the loss is the balanced
+softmax: the model is trained as if its outputs were re-weighted by that
+prior, so a site that holds few images of a class does not teach the shared
+model to rule that class out.
 :func:`recalibrate_batchnorm` ("precise BN") resets BatchNorm's moving
 statistics from one forward pass over a site's un-augmented images, run after
 local training so the averaged statistics describe the final weights.
@@ -52,6 +56,11 @@ class ProximalModel(keras.Model):
             for index, weight in enumerate(inner.trainable_weights)
         ]
 
+    @property
+    def output_shape(self) -> tuple:
+        """The wrapped model's output shape (a subclassed model has none of its own)."""
+        return self.inner.output_shape
+
     def call(self, inputs, training: bool = False):
         if training:
             distance = sum(
@@ -62,14 +71,81 @@ class ProximalModel(keras.Model):
         return self.inner(inputs, training=training)
 
 
+@keras.saving.register_keras_serializable(package="brainfl")
+class PriorAdjustedCrossEntropy(keras.losses.Loss):
+    """Label-smoothed cross-entropy of ``p * prior / sum(p * prior)`` (balanced softmax, Ren et al. 2020).
+
+    With softmax outputs ``p = softmax(z)`` this is the cross-entropy of
+    ``softmax(z + log prior)``: training fits ``z`` to the class-balanced
+    posterior while the site's own label mix is explained by the prior.
+    Against label skew across sites this is the logit adjustment of FedLC
+    (Zhang et al. 2022). ``prior`` is a variable, set before each training
+    call without re-tracing; a uniform prior (the default) is plain
+    cross-entropy.
+    """
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, name: str = "prior_adjusted_ce"):
+        super().__init__(name=name)
+        self.label_smoothing = label_smoothing
+        self.prior = keras.Variable(
+            np.full(num_classes, 1.0 / num_classes), trainable=False, dtype="float32", name="prior"
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "num_classes": int(self.prior.shape[0]),
+            "label_smoothing": self.label_smoothing,
+            "name": self.name,
+        }
+
+    def call(self, y_true, y_pred):
+        adjusted = adjust_to_prior(y_pred, self.prior)
+        return keras.losses.categorical_crossentropy(y_true, adjusted, label_smoothing=self.label_smoothing)
+
+
+def adjust_to_prior(probabilities, prior):
+    """``p * prior / sum(p * prior)``: class probabilities re-weighted by a class prior."""
+    weighted = probabilities * keras.ops.cast(prior, probabilities.dtype)
+    return weighted / keras.ops.sum(weighted, axis=-1, keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class PriorAdjustedAccuracy(keras.metrics.MeanMetricWrapper):
+    """Training accuracy of the prediction the loss trains: the outputs adjusted to ``prior``.
+
+    Under the balanced softmax a skewed site fits ``p * prior``, not ``p``;
+    the accuracy of ``p`` alone on its own (skewed) images says little, and
+    can be near zero while the shared model improves. ``prior`` is the loss's
+    variable; without one (a loaded model) this is plain accuracy.
+    """
+
+    def __init__(self, prior: keras.Variable | None = None, name: str = "accuracy", dtype=None):
+        super().__init__(fn=self._adjusted_accuracy, name=name, dtype=dtype)
+        self.prior = prior
+
+    def _adjusted_accuracy(self, y_true, y_pred):
+        adjusted = y_pred if self.prior is None else adjust_to_prior(y_pred, self.prior)
+        return keras.metrics.categorical_accuracy(y_true, adjusted)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def site_class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A site's class frequencies, add-one smoothed (a class it lacks keeps a small prior)."""
+    counts = np.bincount(labels, minlength=num_classes) + 1.0
+    return counts / counts.sum()
+
+
 def compile_model(
     model: keras.Model, learning_rate: float, weight_decay: float, label_smoothing: float
 ) -> None:
-    """Compile with a fresh AdamW optimizer and label-smoothed cross-entropy."""
+    """Compile with a fresh AdamW optimizer and label-smoothed (prior-adjusted) cross-entropy."""
+    loss = PriorAdjustedCrossEntropy(model.output_shape[-1], label_smoothing=label_smoothing)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=[PriorAdjustedAccuracy(loss.prior)],
     )
 
 
@@ -116,17 +192,22 @@ def train(
     label_smoothing: float = 0.1,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    class_prior: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Train in place for ``epochs`` with a fresh AdamW; return the last epoch's loss and accuracy.
 
-    ``proximal_mu > 0`` adds FedProx's proximal term around the starting weights.
+    ``proximal_mu > 0`` adds FedProx's proximal term around the starting
+    weights; ``class_prior`` turns the loss into the balanced softmax for that
+    prior (None: plain cross-entropy).
     """
     keras.utils.set_random_seed(seed)
     num_classes = model.output_shape[-1]
     fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu)
+    prior = np.full(num_classes, 1.0 / num_classes) if class_prior is None else np.asarray(class_prior)
+    fitted.loss.prior.assign(prior.astype("float32"))
     history = fitted.fit(
-        make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, verbose=0
-    ).history
+        make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, shuffle=False, verbose=0
+    ).history  # (the dataset shuffles itself each epoch)
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}
 
 
