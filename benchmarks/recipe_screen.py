@@ -11,7 +11,13 @@ after each round (or epoch). A recipe is a name with ``:key=value`` options:
 - ``central`` (options ``bs``, ``lr``): one epoch per evaluation;
 - ``fedavg`` (options ``sites``, ``local`` epochs per round, ``bs``, ``lr``,
   ``slr`` server learning rate, ``beta`` server momentum, ``fedexp=1``
-  FedExP's adaptive server step): ``passes / local`` rounds.
+  FedExP's adaptive server step, ``alpha`` Dirichlet label skew instead of
+  IID sites, ``bsm=1`` the balanced-softmax loss with each site's class
+  prior): ``passes / local`` rounds.
+
+Each score is recorded three ways: official Testing accuracy, the same with
+horizontal-flip test-time augmentation (the mean of the probabilities of
+each image and its mirror image) and the leak-free subset's accuracy.
 
 Results are appended as JSON lines to ``--out``::
 
@@ -29,11 +35,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from brainfl.data_check import leak_free_test_files
 from brainfl.data_loader import ImageSet, load_dataset
 from brainfl.models import build_cnn
 from brainfl.partitioning import partition_indices, split_validation
 from brainfl.strategy import weighted_average
-from brainfl.training import predict_proba, recalibrate_batchnorm, round_learning_rate, train
+from brainfl.training import (
+    predict_proba,
+    recalibrate_batchnorm,
+    round_learning_rate,
+    site_class_prior,
+    train,
+)
 
 OPTION_TYPES = {
     "sites": int,
@@ -43,6 +56,8 @@ OPTION_TYPES = {
     "slr": float,
     "beta": float,
     "fedexp": int,
+    "alpha": float,
+    "bsm": int,
 }
 
 
@@ -60,10 +75,15 @@ def parse_recipe(recipe: str) -> tuple[str, dict[str, float]]:
     return kind, parsed
 
 
-def site_rows(train_set: ImageSet, num_sites: int, seed: int) -> list[np.ndarray]:
-    """Each site's training rows: its IID partition less its validation hold-out (as in the app)."""
+def site_rows(train_set: ImageSet, num_sites: int, seed: int, alpha: float = 0.0) -> list[np.ndarray]:
+    """Each site's training rows: its partition (IID, or Dirichlet ``alpha`` > 0) less its hold-out.
+
+    The same partitions and hold-outs as the app's sites.
+    """
+    partitioning = "dirichlet" if alpha > 0 else "iid"
     rows = []
-    for site, part in enumerate(partition_indices(train_set.labels, num_sites, "iid", seed=seed)):
+    parts = partition_indices(train_set.labels, num_sites, partitioning, alpha=alpha or 1.0, seed=seed)
+    for site, part in enumerate(parts):
         train_pos, _ = split_validation(train_set.labels[part], 0.1, seed + site)
         rows.append(part[train_pos])
     return rows
@@ -100,22 +120,27 @@ def server_step(
     return new_weights
 
 
-def run_recipe(recipe: str, data, passes: int, sites_default: int, seed: int) -> dict[str, object]:
+def run_recipe(
+    recipe: str, data, passes: int, sites_default: int, seed: int, leak_free: np.ndarray | None = None
+) -> dict[str, object]:
     """Train one recipe; return its accuracy after every round (or epoch)."""
     kind, options = parse_recipe(recipe)
     batch_size, peak_lr = int(options.get("bs", 32)), float(options.get("lr", 0.002))
     if kind == "central":  # the images the default sites train on, pooled
         rows, local = [np.concatenate(site_rows(data.train, sites_default, seed))], 1
     else:
-        rows = site_rows(data.train, int(options.get("sites", sites_default)), seed)
+        num_sites = int(options.get("sites", sites_default))
+        rows = site_rows(data.train, num_sites, seed, float(options.get("alpha", 0.0)))
         local = int(options.get("local", 1))
     rounds = max(1, passes // local)
     keras.utils.set_random_seed(seed)
-    model = build_cnn(data.train.images.shape[1], 1, len(data.train.class_names))
+    num_classes = len(data.train.class_names)
+    model = build_cnn(data.train.images.shape[1], 1, num_classes)
     is_statistic = ["moving_" in weight.path for weight in model.weights]
     weights = model.get_weights()
     momentum = [np.zeros_like(w) for w in weights]
-    accuracies, start = [], time.perf_counter()
+    scores: dict[str, list[float]] = {"accuracy": [], "flip_tta": [], "leak_free": []}
+    start = time.perf_counter()
     for server_round in range(1, rounds + 1):
         learning_rate = round_learning_rate(peak_lr, server_round, rounds)
         site_weights = []
@@ -130,6 +155,7 @@ def run_recipe(recipe: str, data, passes: int, sites_default: int, seed: int) ->
                 batch_size=batch_size,
                 learning_rate=learning_rate,
                 seed=seed + 1000 * server_round + site,
+                class_prior=site_class_prior(labels, num_classes) if options.get("bsm") else None,
             )
             recalibrate_batchnorm(model, inputs, batch_size)
             site_weights.append(model.get_weights())
@@ -140,18 +166,39 @@ def run_recipe(recipe: str, data, passes: int, sites_default: int, seed: int) ->
                 weights, site_weights, [len(r) for r in rows], is_statistic, momentum, options
             )
         model.set_weights(weights)
-        predicted = predict_proba(model, data.test.images).argmax(axis=1)
-        accuracies.append(round(float(np.mean(predicted == data.test.labels)), 4))
-        print(f"{recipe} round {server_round}/{rounds}: accuracy {accuracies[-1]}", flush=True)
+        for name, value in score_model(model, data.test, leak_free).items():
+            scores[name].append(round(value, 4))
+        latest = ", ".join(f"{name} {values[-1]}" for name, values in scores.items())
+        print(f"{recipe} round {server_round}/{rounds}: {latest}", flush=True)
     return {
         "recipe": recipe,
         "passes": passes,
         "image_size": int(data.train.images.shape[1]),
-        "accuracy": accuracies,
-        "final": accuracies[-1],
-        "best": max(accuracies),
+        **scores,
+        "final": scores["accuracy"][-1],
+        "best": max(scores["accuracy"]),
         "wall_s": round(time.perf_counter() - start, 1),
     }
+
+
+def score_model(model: keras.Model, test: ImageSet, leak_free: np.ndarray | None) -> dict[str, float]:
+    """Official accuracy, with horizontal-flip test-time augmentation, and on the leak-free subset."""
+    probabilities = predict_proba(model, test.images)
+    mirrored = predict_proba(model, test.images[:, :, ::-1])
+    predicted = probabilities.argmax(axis=1)
+    correct = predicted == test.labels
+    return {
+        "accuracy": float(np.mean(correct)),
+        "flip_tta": float(np.mean((probabilities + mirrored).argmax(axis=1) == test.labels)),
+        "leak_free": float(np.mean(correct[leak_free])) if leak_free is not None else float("nan"),
+    }
+
+
+def leak_free_rows(data_dir: Path, test: ImageSet) -> np.ndarray | None:
+    """Which Testing images have no exact or near copy in Training (None if none does)."""
+    clean = leak_free_test_files(data_dir)
+    mask = np.array([name in clean for name in test.files], dtype=bool)
+    return mask if mask.any() else None
 
 
 def main() -> None:
@@ -174,9 +221,10 @@ def main() -> None:
     data = load_dataset(
         args.data_dir, args.image_size, 1, args.cache_dir, max_images_per_class=args.max_images_per_class
     )
+    leak_free = leak_free_rows(args.data_dir, data.test)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for recipe in recipes:
-        result = run_recipe(recipe, data, args.passes, args.sites, args.seed)
+        result = run_recipe(recipe, data, args.passes, args.sites, args.seed, leak_free)
         print(json.dumps(result), flush=True)
         with args.out.open("a") as handle:
             handle.write(json.dumps(result) + "\n")

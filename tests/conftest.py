@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,3 +57,11 @@ def real_data() -> Path:
     """The shared copy of the Kaggle dataset (tests that need it fail loudly without it)."""
     assert (REAL_DATA / "Training").is_dir(), f"real dataset missing at {REAL_DATA}"
     return REAL_DATA
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` with this interpreter; fail the test with its output if it fails."""
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

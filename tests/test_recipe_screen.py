@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import recipe_screen
 from brainfl.strategy import weighted_average
-from conftest import REPO_ROOT
+from conftest import run_benchmark
 
 
 def _sites() -> tuple[list[np.ndarray], list[list[np.ndarray]], list[int]]:
@@ -66,22 +63,11 @@ def test_recipe_typos_stop_with_a_clear_message():
 
 def test_tiny_screen_on_real_images_records_every_round(tmp_path, real_data):
     out = tmp_path / "screen.jsonl"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "benchmarks" / "recipe_screen.py"),
-        "--data-dir",
-        str(real_data),
-    ]
     options = ["--max-images-per-class", "12", "--image-size", "32", "--passes", "2", "--out", str(out)]
-    result = subprocess.run(
-        [*command, *options, "--recipes", "central,fedavg:local=2:sites=2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "BRAINFL_CACHE_DIR": str(tmp_path / "cache")},
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    recipes = ["--recipes", "central,fedavg:local=2:sites=2"]
+    run_benchmark("recipe_screen.py", "--data-dir", str(real_data), *options, *recipes, timeout=600)
     central, fedavg = (json.loads(line) for line in out.read_text().splitlines())
     assert central["recipe"] == "central" and len(central["accuracy"]) == 2  # one score per epoch
     assert len(fedavg["accuracy"]) == 1  # 2 passes as 1 round of 2 local epochs
     assert all(0.0 <= accuracy <= 1.0 for accuracy in central["accuracy"] + fedavg["accuracy"])
+    assert len(central["flip_tta"]) == len(central["leak_free"]) == 2  # every score, every epoch
