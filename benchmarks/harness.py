@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 
@@ -156,6 +157,7 @@ def table_row(name: str, figures: dict[str, object], output_dir: Path) -> dict[s
         "s_to_95": figures["s_to_95"],
         "s_to_97": figures["s_to_97"],
         "mean_round_s": round(sum(latencies) / len(latencies), 1),
+        "median_round_s": round(float(np.median(latencies)), 1),
         "peak_server_gib": figures["peak_server_gib"],
         "peak_site_gib": figures["peak_site_gib"],
         "peak_total_gib": figures["peak_total_gib"],
