@@ -4,8 +4,8 @@ In one process (or, with ``--ray``, inside a Ray worker of 2 CPUs, where
 Flower's simulation engine runs a ClientApp) this times, on the same
 decoded images and compiled CNN, ``--epochs`` centralized epochs over the
 whole training set against one round of the same epochs at ``--sites``
-IID sites, each training on its 90% (the app holds 10% out for site
-validation) in a ``train()`` call of its own. It prints both, their ratio
+IID sites, each training on its partition less the 10% the app holds out
+for site validation, in a ``train()`` call of its own. It prints both, their ratio
 and the CPU cores used, and appends them as a JSON line to ``--out``::
 
     python3 benchmarks/fit_overhead.py --data-dir ../shared/data/brain-tumor-mri --epochs 4 --sites 4
@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-VALIDATION_SHARE = 0.1
-
 
 def timed(work) -> tuple[float, float]:
     """Wall seconds of ``work()`` and the CPU cores it kept busy on average."""
@@ -42,19 +40,17 @@ def measure(data_dir: str, image_size: int, epochs: int, sites: int, max_per_cla
     from brainfl.config import settings_from_config
     from brainfl.pipeline import load_run_dataset, model_for, model_inputs
     from brainfl.training import train
+    from recipe_screen import site_rows
 
     settings = settings_from_config(
         {"data-dir": data_dir, "image-size": image_size, "max-images-per-class": max_per_class}
     )
     dataset = load_run_dataset(settings)
     bundle = model_for(settings, dataset.train.class_names)
-    model, inputs, labels = (
-        bundle.trainable,
-        model_inputs(settings, bundle, dataset.train),
-        dataset.train.labels,
-    )
+    model, labels = bundle.trainable, dataset.train.labels
+    inputs = model_inputs(settings, bundle, dataset.train)
+    slices = site_rows(dataset.train, sites, settings.seed)  # the app's IID sites less their hold-outs
     order = np.random.default_rng(settings.seed).permutation(len(labels))
-    slices = [part[: int((1 - VALIDATION_SHARE) * len(part))] for part in np.array_split(order, sites)]
 
     def fit(rows: np.ndarray) -> None:
         train(

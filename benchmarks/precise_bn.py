@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from brainfl.data_check import leak_free_test_files
+from brainfl.data_check import leak_free_test_mask
 from brainfl.data_loader import load_dataset
 from brainfl.models import build_cnn
 from brainfl.partitioning import partition_indices
@@ -52,8 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load_dataset(args.data_dir, args.image_size, 1, cache_dir=args.cache_dir)
-    clean_files = leak_free_test_files(args.data_dir)
-    clean = np.array([name in clean_files for name in data.test.files])
+    clean = leak_free_test_mask(args.data_dir, data.test.files)
     sites = partition_indices(data.train.labels, args.sites, "iid", seed=args.seed)
     keras.utils.set_random_seed(args.seed)
     global_model = build_cnn(args.image_size, 1, len(data.train.class_names))

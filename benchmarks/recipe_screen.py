@@ -35,7 +35,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from brainfl.data_check import leak_free_test_files
+from brainfl.data_check import leak_free_test_mask
 from brainfl.data_loader import ImageSet, load_dataset
 from brainfl.models import build_cnn
 from brainfl.partitioning import partition_indices, split_validation
@@ -194,13 +194,6 @@ def score_model(model: keras.Model, test: ImageSet, leak_free: np.ndarray | None
     }
 
 
-def leak_free_rows(data_dir: Path, test: ImageSet) -> np.ndarray | None:
-    """Which Testing images have no exact or near copy in Training (None if none does)."""
-    clean = leak_free_test_files(data_dir)
-    mask = np.array([name in clean for name in test.files], dtype=bool)
-    return mask if mask.any() else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -221,7 +214,8 @@ def main() -> None:
     data = load_dataset(
         args.data_dir, args.image_size, 1, args.cache_dir, max_images_per_class=args.max_images_per_class
     )
-    leak_free = leak_free_rows(args.data_dir, data.test)
+    leak_free = leak_free_test_mask(args.data_dir, data.test.files)
+    leak_free = leak_free if leak_free.any() else None  # no Testing image is leak-free: no such score
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for recipe in recipes:
         result = run_recipe(recipe, data, args.passes, args.sites, args.seed, leak_free)

@@ -21,6 +21,7 @@ from brainfl.data_check import (
     find_duplicates,
     hash_images,
     leak_free_test_files,
+    leak_free_test_mask,
     near_pairs,
     summarize,
 )
@@ -143,6 +144,11 @@ def test_near_copy_needs_the_threshold(dataset: Path) -> None:
 
 def test_leak_free_test_files_excludes_exactly_the_copies(dataset: Path) -> None:
     assert leak_free_test_files(dataset) == {"Testing/glioma/te_new.jpg", "Testing/notumor/te_new.jpg"}
+
+
+def test_leak_free_mask_marks_exactly_the_leak_free_files(dataset: Path) -> None:
+    files = ["Testing/glioma/te_new.jpg", "Testing/glioma/missing.jpg", "Testing/notumor/te_new.jpg"]
+    assert leak_free_test_mask(dataset, files).tolist() == [True, False, True]
 
 
 def test_leak_free_paths_match_the_data_loader(dataset: Path) -> None:

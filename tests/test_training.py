@@ -61,7 +61,7 @@ def test_prior_adjusted_loss_is_cross_entropy_of_logits_shifted_by_the_log_prior
         float(plain(targets, probabilities)), rel=1e-5
     )
     prior = np.array([0.7, 0.2, 0.05, 0.05], dtype="float32")
-    loss.prior.assign(prior)
+    loss.use_prior(prior)
     shifted = keras.ops.softmax(np.log(probabilities) + np.log(prior))
     assert float(loss(targets, probabilities)) == pytest.approx(float(plain(targets, shifted)), rel=1e-4)
 

@@ -273,6 +273,12 @@ def leak_free_test_files(data_dir: Path, threshold: int = NEAR_DUPLICATE_THRESHO
     return leak_free_files(table, find_duplicates(table, threshold))
 
 
+def leak_free_test_mask(data_dir: Path, test_files: Iterable[str]) -> np.ndarray:
+    """For each Testing image (relative path, as in ``ImageSet.files``): whether it is leak-free."""
+    clean = leak_free_test_files(data_dir)
+    return np.array([name in clean for name in test_files], dtype=bool)
+
+
 def summarize(pairs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Counts by category (rows) and kind (columns ``exact``, ``near``, ``any``).
 

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from brainfl.config import RunSettings, resolve_path, settings_from_config
-from brainfl.data_check import leak_free_test_files
+from brainfl.data_check import leak_free_test_mask
 from brainfl.data_loader import Dataset
 from brainfl.errors import BrainFLError
 from brainfl.logs import LOG, log_to_file
@@ -63,8 +63,7 @@ def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None
     """Which official Testing images have no exact or near copy in Training (None: no Testing split)."""
     if not dataset.test_is_official:
         return None
-    clean = leak_free_test_files(resolve_path(settings.data_dir, "data-dir"))
-    mask = np.array([name in clean for name in dataset.test.files], dtype=bool)
+    mask = leak_free_test_mask(resolve_path(settings.data_dir, "data-dir"), dataset.test.files)
     LOG.info("leak-free test subset: %d of %d Testing images have no copy in Training", mask.sum(), len(mask))
     return mask if mask.any() else None
 

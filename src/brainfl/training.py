@@ -87,9 +87,14 @@ class PriorAdjustedCrossEntropy(keras.losses.Loss):
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, name: str = "prior_adjusted_ce"):
         super().__init__(name=name)
         self.label_smoothing = label_smoothing
-        self.prior = keras.Variable(
-            np.full(num_classes, 1.0 / num_classes), trainable=False, dtype="float32", name="prior"
-        )
+        self.prior = keras.Variable(np.zeros(num_classes), trainable=False, dtype="float32", name="prior")
+        self.use_prior(None)
+
+    def use_prior(self, prior: np.ndarray | None) -> None:
+        """Train with ``prior`` from now on (None: uniform, plain cross-entropy)."""
+        num_classes = int(self.prior.shape[0])
+        values = np.full(num_classes, 1.0 / num_classes) if prior is None else np.asarray(prior)
+        self.prior.assign(values.astype("float32"))
 
     def get_config(self) -> dict:
         return {
@@ -203,8 +208,7 @@ def train(
     keras.utils.set_random_seed(seed)
     num_classes = model.output_shape[-1]
     fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu)
-    prior = np.full(num_classes, 1.0 / num_classes) if class_prior is None else np.asarray(class_prior)
-    fitted.loss.prior.assign(prior.astype("float32"))
+    fitted.loss.use_prior(class_prior)
     history = fitted.fit(
         make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, shuffle=False, verbose=0
     ).history  # (the dataset shuffles itself each epoch)
