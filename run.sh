@@ -5,19 +5,24 @@
 # per site on 127.0.0.1, each with its own log, then `flwr run` streams the
 # run; every process started here is stopped at the end, on error or Ctrl-C.
 # --simulation runs the same app on Flower's simulation engine instead.
+#
+# The run's settings: pyproject.toml's defaults, then each --run-config (a conf
+# file or "key=value" pairs, later ones winning), then this script's options.
+# `brainfl prepare` checks them (and the data) and writes them to one TOML file
+# that `flwr run` reads (Flower takes one file or pairs, not both).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SITES=2
-ROUNDS=3
+SITES=""      # empty: from the run config (num-partitions)
+ROUNDS=""     # empty: from the run config (num-server-rounds)
 DATA_DIR="$ROOT/sample_data"
-MODEL=cnn
+MODEL=""      # empty: from the run config (model)
 OUTPUT_DIR=""
 PORT=9191
 MODE=deployment
-EXTRA_CONFIG=""
+RUN_CONFIGS=()
 SECURE=0
-MIN_SITES=1
+MIN_SITES=""  # empty: from the run config (min-sites)
 RESUME_DIR=""
 SITE_DATA_DIRS=""
 CERTS_DIR=""
@@ -25,12 +30,13 @@ CERTS_DIR=""
 usage() {
   cat <<USAGE
 Usage: ./run.sh [options]
-  --sites N          number of sites (SuperNodes), default $SITES
-  --rounds N         federated rounds, default $ROUNDS
+  --sites N          number of sites (SuperNodes), sets num-partitions (default: the run config's, 2)
+  --rounds N         federated rounds, sets num-server-rounds (default: the run config's, 3)
   --data-dir DIR     Kaggle layout folder (Training/, Testing/), default sample_data/
-  --model NAME       cnn or vgg16, default $MODEL
+  --model NAME       cnn or vgg16 (default: the run config's, cnn)
   --output-dir DIR   where results go, default outputs/<timestamp>
-  --min-sites N      rounds go on while at least N sites answer (all are awaited before round 1), default $MIN_SITES
+  --min-sites N      rounds go on while at least N sites answer (all are awaited before round 1),
+                     sets min-sites (default: the run config's, 1)
   --port N           SuperLink port on 127.0.0.1, default $PORT (SuperNodes use the next N ports)
   --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
   --secure           TLS on every connection and SuperNode authentication (deployment only)
@@ -38,7 +44,9 @@ Usage: ./run.sh [options]
   --site-data-dirs "D0 D1 ..."  give each site its own data folder (all its Training images) instead of
                      a partition of --data-dir, as real hospitals have (deployment only)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
-  --run-config "K=V ..."  more run-config overrides, e.g. "local-epochs=2 image-size=96"
+  --run-config CONF  a conf file, e.g. conf/dirichlet-0.3.toml, or "K=V ..." overrides, e.g.
+                     "local-epochs=2 image-size=96"; may be repeated (later ones win); the options
+                     above win over it. Every setting: docs/settings.md
   -h, --help         this help
 USAGE
 }
@@ -56,7 +64,7 @@ while [[ $# -gt 0 ]]; do
     --simulation) MODE=simulation; shift ;;
     --secure) SECURE=1; shift ;;
     --certs-dir) need_value "$@"; CERTS_DIR="$2"; shift 2 ;;
-    --run-config) need_value "$@"; EXTRA_CONFIG="$2"; shift 2 ;;
+    --run-config) need_value "$@"; RUN_CONFIGS+=("$2"); shift 2 ;;
     --resume) need_value "$@"; RESUME_DIR="$2"; shift 2 ;;
     --site-data-dirs) need_value "$@"; SITE_DATA_DIRS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -64,7 +72,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 for setting in SITES ROUNDS PORT MIN_SITES; do
-  [[ "${!setting}" =~ ^[0-9]+$ ]] || { echo "run.sh: error: --${setting,,} must be a whole number, got '${!setting}'" >&2; exit 2; }
+  option="${setting,,}"
+  [[ -z "${!setting}" || "${!setting}" =~ ^[0-9]+$ ]] || {
+    echo "run.sh: error: --${option//_/-} must be a whole number, got '${!setting}'" >&2; exit 2
+  }
 done
 
 abspath() { python3 -c 'import os,sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))' "$1"; }
@@ -72,36 +83,55 @@ abspath() { python3 -c 'import os,sys; print(os.path.abspath(os.path.expanduser(
 if [[ -n "$RESUME_DIR" ]]; then
   RESUME_DIR="$(abspath "$RESUME_DIR")"
   [[ -f "$RESUME_DIR/run_config.json" ]] || { echo "run.sh: error: --resume: no run_config.json in $RESUME_DIR" >&2; exit 2; }
-  # The interrupted run's settings, as shell assignments (sites, rounds, data, model, the rest).
-  eval "$(python3 - "$RESUME_DIR/run_config.json" <<'PY'
-import json, shlex, sys
+  # The interrupted run's settings, as shell assignments (sites, rounds, data, model, the rest);
+  # keys this version of the app no longer declares are left out.
+  eval "$(python3 - "$RESUME_DIR/run_config.json" "$ROOT/pyproject.toml" <<'PY'
+import json, shlex, sys, tomllib
 config = json.load(open(sys.argv[1]))
-skip = {"class-names", "num-server-rounds", "num-partitions", "min-sites", "wait-for-sites", "model", "data-dir", "output-dir", "resume"}
-rest = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items() if k not in skip)
+declared = tomllib.load(open(sys.argv[2], "rb"))["tool"]["flwr"]["app"]["config"]
+skip = {"num-server-rounds", "num-partitions", "min-sites", "wait-for-sites", "model", "data-dir", "output-dir", "resume"}
+rest = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items() if k in declared and k not in skip)
 print(f"SITES={config['num-partitions']} ROUNDS={config['num-server-rounds']} MIN_SITES={config['min-sites']}")
 print(f"MODEL={shlex.quote(config['model'])} DATA_DIR={shlex.quote(config['data-dir'])}")
 print(f"RESUMED_CONFIG={shlex.quote(rest)}")
 PY
 )"
   OUTPUT_DIR="$RESUME_DIR"
-  EXTRA_CONFIG="$RESUMED_CONFIG resume=true $EXTRA_CONFIG"
+  RUN_CONFIGS=("$RESUMED_CONFIG resume=true" "${RUN_CONFIGS[@]}")
 fi
 DATA_DIR="$(abspath "$DATA_DIR")"
 OUTPUT_DIR="$(abspath "${OUTPUT_DIR:-$ROOT/outputs/$(date +%Y%m%d-%H%M%S)}")"
 LOG_DIR="$OUTPUT_DIR/logs"
-CONFIG="num-server-rounds=$ROUNDS num-partitions=$SITES min-sites=$MIN_SITES wait-for-sites=$SITES model='$MODEL' data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR' $EXTRA_CONFIG"
+# This script's options, applied after every --run-config.
+OPTIONS="data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR'"
+[[ -n "$SITES" ]] && OPTIONS+=" num-partitions=$SITES"
+[[ -n "$ROUNDS" ]] && OPTIONS+=" num-server-rounds=$ROUNDS"
+[[ -n "$MIN_SITES" ]] && OPTIONS+=" min-sites=$MIN_SITES"
+[[ -n "$MODEL" ]] && OPTIONS+=" model='$MODEL'"
+CONFIG_ARGS=()
+for run_config in "${RUN_CONFIGS[@]}"; do CONFIG_ARGS+=(--run-config "$run_config"); done
 
 if [[ $SECURE == 1 && $MODE == simulation ]]; then
   echo "run.sh: error: --secure applies to the deployment engine, not --simulation" >&2; exit 2
 fi
 
-# Check settings and data, and decode the images once, before any Flower process starts.
-brainfl prepare --app-dir "$ROOT" --run-config "$CONFIG"
-mkdir -p "$LOG_DIR"
-
 PIDS=()
 FLWR_HOME="$(mktemp -d "${TMPDIR:-/tmp}/brainfl-flwr.XXXXXX")"
 export FLWR_HOME
+trap 'rm -rf "$FLWR_HOME"' EXIT
+RUN_CONFIG_FILE="$FLWR_HOME/run_config.toml"
+
+# Check settings and data, and decode the images once, before any Flower process starts;
+# every site is awaited before round 1 (wait-for-sites = num-partitions).
+brainfl prepare --app-dir "$ROOT" "${CONFIG_ARGS[@]}" --run-config "$OPTIONS" \
+  --await-all-sites --write-run-config "$RUN_CONFIG_FILE"
+eval "$(python3 - "$RUN_CONFIG_FILE" <<'PY'
+import shlex, sys, tomllib
+config = tomllib.load(open(sys.argv[1], "rb"))
+print(f"SITES={config['num-partitions']} ROUNDS={config['num-server-rounds']} MODEL={shlex.quote(config['model'])}")
+PY
+)"
+mkdir -p "$LOG_DIR"
 running() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
 cleanup() {
   local status=$?
@@ -203,7 +233,7 @@ fi
 
 echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
 # In the background and waited for, so that a TERM or Ctrl-C reaches the cleanup at once.
-flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$CONFIG" 2>&1 | tee "$LOG_DIR/flwr_run.log" &
+flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$RUN_CONFIG_FILE" 2>&1 | tee "$LOG_DIR/flwr_run.log" &
 PIDS+=($!)
 wait "${PIDS[-1]}"
 grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {

@@ -1,21 +1,30 @@
-"""Tests of ``brainfl prepare``: bad input ends with one line and exit code 2, no traceback."""
+"""Tests of ``brainfl prepare`` and ``--run-config``: conf files, pairs, strict one-line errors."""
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
+import tomllib
 
 import pytest
+from flwr.common.config import parse_config_args
 
+from brainfl import cli
+from brainfl import run_config as run_configs
 from conftest import REPO_ROOT
 
+CONF = REPO_ROOT / "conf"
 
-def run_prepare(run_config: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["brainfl", "prepare", "--app-dir", str(REPO_ROOT), "--run-config", run_config],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+def run_prepare(capsys, *run_configs: str, extra: tuple[str, ...] = ()) -> tuple[int, str, list[str]]:
+    """(exit code, stdout, the ``brainfl: error:`` lines) of ``brainfl prepare`` on the sample data."""
+    argv = ["prepare", "--app-dir", str(REPO_ROOT), "--run-config", f"data-dir='{REPO_ROOT / 'sample_data'}'"]
+    for run_config in run_configs:
+        argv += ["--run-config", run_config]
+    code = cli.main([*argv, *extra])
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.startswith("brainfl: error:")]
 
 
 @pytest.mark.parametrize(
@@ -25,21 +34,110 @@ def run_prepare(run_config: str) -> subprocess.CompletedProcess:
         ("model='resnet'", "unknown model 'resnet'"),
         ("num-server-rounds=0", "'num-server-rounds' must be positive"),
         ("num-partitions=1000", "1000 sites but only 80 training images"),
-        ("numserverrounds=3", "unknown setting 'numserverrounds'"),
+        ("numserverrounds=3", "unknown setting 'numserverrounds'; did you mean 'num-server-rounds'?"),
+        ("local-epochs 1", "'local-epochs' is not key=value"),
+        ("local-epochs=1 seed", "'seed' is not key=value"),
+        ("model=vgg16", "model=vgg16: not a TOML value (quote text: model='vgg16')"),
+        ("proximal-mu=0.1", "'proximal-mu'=0.1 has no effect unless strategy=fedprox"),
+        ("conf/no-such-recipe.toml", "conf file not found: conf/no-such-recipe.toml"),
     ],
 )
-def test_user_mistakes_give_one_clear_line(run_config, expected):
-    result = run_prepare(run_config)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("brainfl: error:")]
-    assert len(errors) == 1 and expected in errors[0]
+def test_user_mistakes_give_one_clear_line_and_exit_code_2(capsys, run_config, expected):
+    code, _, errors = run_prepare(capsys, run_config)
+    assert code == 2
+    assert len(errors) == 1 and expected in errors[0], errors
 
 
-def test_prepare_accepts_the_sample_and_reports_it():
-    result = run_prepare("num-partitions=2")
-    assert result.returncode == 0, result.stderr
-    assert (
-        "80 training images in 4 classes (glioma, meningioma, notumor, pituitary), 32 test images"
-        in result.stdout
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("local-epochs = 2\nattack = 'nan'\n", "unknown setting 'attack'"),
+        ("local-epochs = \n", "cannot read"),
+        ("[model]\nname = 'cnn'\n", "unknown setting 'model.name'"),
+        ("seed = [1, 2]\n", "setting 'seed' must be a bool, number or text"),
+    ],
+)
+def test_a_bad_conf_file_is_named_in_one_line(capsys, tmp_path, text, expected):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    code, _, errors = run_prepare(capsys, str(conf))
+    assert code == 2
+    assert len(errors) == 1 and expected in errors[0] and ("bad.toml" in errors[0]), errors
+
+
+def test_prepare_accepts_the_sample_and_reports_it(capsys):
+    code, out, errors = run_prepare(capsys, "num-partitions=2")
+    assert code == 0, errors
+    assert "80 training images in 4 classes (glioma, meningioma, notumor, pituitary), 32 test images" in out
+
+
+def test_conf_file_and_pairs_combine_and_the_written_config_is_what_flower_reads(capsys, tmp_path):
+    written = tmp_path / "run_config.toml"
+    code, out, errors = run_prepare(
+        capsys,
+        str(CONF / "dirichlet-0.3.toml"),
+        "local-epochs=2",
+        extra=("--await-all-sites", "--write-run-config", str(written)),
     )
+    assert code == 0, errors
+    assert 'partitioning="dirichlet"' in out and "dirichlet-alpha=0.3" in out and "local-epochs=2" in out
+    config = tomllib.loads(written.read_text())
+    assert config["partitioning"] == "dirichlet" and config["balanced-softmax"] is True
+    assert config["local-epochs"] == 2 and config["wait-for-sites"] == config["num-partitions"]
+    assert parse_config_args([str(written)]) == config  # `flwr run --run-config FILE` reads the same
+    assert set(config) == set(run_configs.default_run_config(REPO_ROOT))
+
+
+def test_later_run_configs_win(capsys, tmp_path):
+    written = tmp_path / "run_config.toml"
+    extra = ("--write-run-config", str(written))
+    code, _, errors = run_prepare(capsys, str(CONF / "iid-4-sites.toml"), "num-server-rounds=2", extra=extra)
+    assert code == 0, errors
+    config = tomllib.loads(written.read_text())
+    assert (config["num-server-rounds"], config["num-partitions"]) == (2, 4)
+
+
+def test_pairs_take_quoted_text_with_spaces_and_flowers_value_types():
+    parsed = run_configs.parse_pairs("""model='cnn' data-dir="/a b/c" seed=3 dp-delta=1e-5 resume=true""")
+    assert parsed == {"model": "cnn", "data-dir": "/a b/c", "seed": 3, "dp-delta": 1e-5, "resume": True}
+    assert parsed == parse_config_args(["""model='cnn' data-dir="/a b/c" seed=3 dp-delta=1e-5 resume=true"""])
+
+
+def test_written_toml_round_trips_any_text():
+    config = {"data-dir": 'we"ird\\path\tx é', "seed": 1, "dp-delta": 1e-5, "resume": False}
+    assert tomllib.loads(run_configs.to_toml(config)) == config
+
+
+def _run_sh(*args: str) -> subprocess.CompletedProcess:
+    """``run.sh`` from the repository root (conf paths are relative to the working directory)."""
+    return subprocess.run(
+        [str(REPO_ROOT / "run.sh"), *args], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+
+
+def test_run_sh_hands_a_conf_file_to_brainfl_prepare(tmp_path):
+    """run.sh checks the conf file with `brainfl prepare`, then stops at its port check (port taken)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["--output-dir", str(tmp_path / "out"), "--port", str(port)]
+        result = _run_sh("--run-config", "conf/dirichlet-0.3.toml", *options)
+    assert 'settings: partitioning="dirichlet"' in result.stdout, result.stderr
+    assert "data ok: 80 training images" in result.stdout
+    assert result.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("run_config", "expected"),
+    [
+        ("conf/missing.toml", "conf file not found: conf/missing.toml"),
+        ("local-epochs 1", "'local-epochs' is not key=value"),
+    ],
+)
+def test_run_sh_stops_on_a_bad_run_config_with_one_line(tmp_path, run_config, expected):
+    result = _run_sh("--run-config", run_config, "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if re.match(r"(brainfl|run\.sh): error:", line)]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr

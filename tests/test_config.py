@@ -1,20 +1,63 @@
-"""Tests of run settings: defaults agree with pyproject.toml, bad values are one-line errors."""
+"""Tests of run settings: defaults written once (pyproject.toml), documented once, checked once."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
+from pathlib import Path
 
 import pytest
+from flwr.common.config import fuse_dicts, parse_config_args
 
-from brainfl.config import RunSettings, settings_from_config
+from brainfl.config import (
+    SETTING_KEYS,
+    RunSettings,
+    check_overrides_apply,
+    default_run_config,
+    settings_from_config,
+    settings_with,
+)
 from brainfl.errors import BrainFLError
+from brainfl.run_config import settings_from_args
 from conftest import REPO_ROOT
 
+CONF_FILES = sorted((REPO_ROOT / "conf").glob("*.toml"))
 
-def test_defaults_match_the_flower_app_config():
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    declared = pyproject["tool"]["flwr"]["app"]["config"]
-    assert declared == RunSettings().to_config()
+
+def declared_config(app_dir: Path = REPO_ROOT) -> dict:
+    return tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_settings_are_the_declared_keys_and_carry_no_defaults_of_their_own():
+    assert list(SETTING_KEYS) == list(declared_config())
+    assert all(field.default is dataclasses.MISSING for field in dataclasses.fields(RunSettings))
+    assert settings_from_config({}).to_config() == declared_config() == default_run_config()
+
+
+def test_a_default_changed_in_pyproject_changes_it_everywhere(tmp_path):
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    changed = re.sub(r"(?m)^local-epochs = \d+$", "local-epochs = 9", text)
+    assert changed != text
+    (tmp_path / "pyproject.toml").write_text(changed)
+    assert default_run_config(tmp_path)["local-epochs"] == 9
+    assert settings_from_config({}, app_dir=tmp_path).local_epochs == 9
+    assert settings_with(tmp_path, seed=5).local_epochs == 9
+    assert settings_from_args(tmp_path, "seed=5").local_epochs == 9
+
+
+def test_removed_test_only_settings_are_gone():
+    for key in ("attack", "attack-sites", "deterministic", "precise-bn", "max-images-per-class", "cache-dir"):
+        assert key not in declared_config()
+
+
+def test_partial_configs_and_keyword_overrides_fill_in_the_defaults():
+    settings = settings_with(num_partitions=3, image_size=16)
+    assert (settings.num_partitions, settings.image_size) == (3, 16)
+    assert settings.local_epochs == declared_config()["local-epochs"]
+    assert settings_from_config({"num-partitions": 3, "image-size": 16}) == settings
+    with pytest.raises(TypeError, match="no field 'imagesize'"):
+        settings_with(imagesize=16)
 
 
 def test_kebab_case_keys_are_parsed_and_typed():
@@ -22,6 +65,10 @@ def test_kebab_case_keys_are_parsed_and_typed():
     assert settings.num_server_rounds == 7
     assert settings.learning_rate == 1.0 and isinstance(settings.learning_rate, float)
     assert settings.skip_unreadable is True
+
+
+def test_keys_that_are_not_settings_are_ignored_as_in_a_runs_saved_config():
+    assert settings_from_config({"class-names": ["a", "b"], "seed": 3}).seed == 3
 
 
 @pytest.mark.parametrize(
@@ -32,9 +79,93 @@ def test_kebab_case_keys_are_parsed_and_typed():
         ({"model": "resnet"}, "unknown model 'resnet'"),
         ({"partitioning": "random"}, "'partitioning': unknown 'random'"),
         ({"batch-size": "many"}, "'batch-size': expected int"),
+        ({"batch-size": True}, "'batch-size': expected int"),
         ({"val-fraction": 1.5}, "'val-fraction' must be in"),
+        ({"test-fraction": 0}, "'test-fraction' must be in"),
+        ({"round-timeout": 0}, "'round-timeout' must be positive"),
     ],
 )
 def test_bad_settings_name_the_setting(config, message):
     with pytest.raises(BrainFLError, match=message):
         settings_from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dp": "server-fixed"}, "use norm=group"),
+        ({"secagg": True, "strategy": "median"}, "cannot be combined with dp, another strategy or resume"),
+        ({"secagg": True, "num-partitions": 1}, "SecAgg\\+ needs at least 2 sites"),
+        ({"min-sites": 3, "num-partitions": 2}, "'min-sites'=3 exceeds num-partitions=2"),
+        ({"wait-for-sites": 4, "num-partitions": 3}, "'wait-for-sites'=4 exceeds num-partitions=3"),
+        ({"resume": True}, "'resume': needs 'output-dir'"),
+        ({"model": "vgg16", "image-size": 24}, "24 px is too small for model vgg16 \\(at least 32\\)"),
+        ({"image-size": 8}, "too small for model cnn"),
+    ],
+)
+def test_settings_that_cannot_work_together_are_refused(config, message):
+    with pytest.raises(BrainFLError, match=message):
+        settings_from_config(config)
+
+
+def test_a_changed_setting_that_would_have_no_effect_is_refused():
+    defaults = default_run_config()
+    ignored = settings_from_config({"proximal-mu": 0.1})
+    with pytest.raises(BrainFLError, match=r"'proximal-mu'=0\.1 has no effect unless strategy=fedprox"):
+        check_overrides_apply({"proximal-mu": 0.1}, ignored, defaults)
+    used = settings_from_config({"proximal-mu": 0.1, "strategy": "fedprox"})
+    check_overrides_apply({"proximal-mu": 0.1, "strategy": "fedprox"}, used, defaults)
+    # A full config (as a resumed run passes it) restates defaults: nothing to refuse.
+    full = settings_from_config(defaults)
+    check_overrides_apply(defaults, full, defaults)
+    message = "'dirichlet-alpha'=0.3 has no effect unless partitioning=dirichlet"
+    with pytest.raises(BrainFLError, match=re.escape(message)):
+        settings_from_args(REPO_ROOT, "dirichlet-alpha=0.3")
+
+
+def documented_settings() -> dict[str, str]:
+    """``key: default`` of the settings table in docs/settings.md."""
+    text = (REPO_ROOT / "docs" / "settings.md").read_text()
+    table = text.split("## Every setting", 1)[1]
+    rows = re.findall(r"(?m)^\| `([a-z0-9-]+)` \| `([^`]*)` \|", table)
+    assert len(rows) == len(set(dict(rows))), "a key is documented twice"
+    return dict(rows)
+
+
+def test_the_settings_table_lists_every_declared_key_with_its_default():
+    documented = documented_settings()
+    declared = declared_config()
+    assert sorted(documented) == sorted(declared), "docs/settings.md and pyproject.toml list different keys"
+    for key, default in documented.items():
+        assert tomllib.loads(f"v = {default}")["v"] == declared[key], f"'{key}' default in docs/settings.md"
+
+
+def test_the_named_experiments_exist_and_are_documented():
+    names = {path.name for path in CONF_FILES}
+    assert {"dirichlet-0.3.toml", "iid-4-sites.toml", "privacy-dp.toml", "robust-krum.toml"} <= names
+    documented = (REPO_ROOT / "docs" / "settings.md").read_text()
+    assert all(f"`conf/{name}`" in documented for name in names)
+
+
+@pytest.mark.parametrize("conf", CONF_FILES, ids=lambda path: path.name)
+def test_every_conf_file_gives_valid_settings_by_brainfl_and_by_flower(conf):
+    settings = settings_from_args(REPO_ROOT, str(conf))
+    values = tomllib.loads(conf.read_text())
+    assert values and all(settings.to_config()[key] == value for key, value in values.items())
+    # Machine-specific paths come from run.sh's options or the command line, not from a recipe.
+    assert not {"data-dir", "output-dir", "resume"} & set(values)
+    # What `flwr run --run-config conf/<name>.toml` does: read the file, fuse it with the declared keys.
+    flower = parse_config_args([str(conf)])
+    assert flower == values
+    fuse_dicts(declared_config(), flower)  # raises on a key the app does not declare
+
+
+def test_conf_file_values_are_what_the_recipes_promise():
+    dirichlet = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "dirichlet-0.3.toml"))
+    assert dirichlet.partitioning == "dirichlet" and dirichlet.dirichlet_alpha == 0.3
+    assert dirichlet.balanced_softmax
+    iid = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "iid-4-sites.toml"))
+    assert (iid.partitioning, iid.num_server_rounds, iid.num_partitions) == ("iid", 40, 4)
+    private = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "privacy-dp.toml"))
+    assert private.dp != "none" and private.norm == "group"
+    assert settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "robust-krum.toml")).strategy == "krum"

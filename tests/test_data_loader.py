@@ -100,14 +100,14 @@ def test_decode_real_grayscale_and_rgb_images(real_data):
 
 
 def test_a_site_folder_uses_all_its_training_images_with_the_server_classes(tiny_dataset):
-    from brainfl.config import RunSettings
+    from brainfl.config import settings_with
     from brainfl.pipeline import site_data
 
     (tiny_dataset / "Testing").rename(tiny_dataset.parent / "elsewhere")
     for image in (tiny_dataset / "Training" / "glioma").iterdir():
         image.unlink()
     (tiny_dataset / "Training" / "glioma").rmdir()  # this hospital has no glioma cases
-    settings = RunSettings(image_size=16, val_fraction=0.25)
+    settings = settings_with(image_size=16, val_fraction=0.25)
     site = site_data(settings, {"data-dir": str(tiny_dataset), "partition-id": 3}, CLASSES)
     assert site.site_id == 3
     assert len(site.train) + len(site.val) == 12
@@ -115,9 +115,20 @@ def test_a_site_folder_uses_all_its_training_images_with_the_server_classes(tiny
 
 
 def test_a_site_with_a_class_the_server_does_not_know_fails_clearly(tiny_dataset):
-    from brainfl.config import RunSettings
+    from brainfl.config import settings_with
     from brainfl.pipeline import site_data
 
     write_image(tiny_dataset / "Training" / "lymphoma" / "x.jpg", 7)
     with pytest.raises(BrainFLError, match="lymphoma is not one of the classes"):
-        site_data(RunSettings(image_size=16), {"data-dir": str(tiny_dataset)}, CLASSES)
+        site_data(settings_with(image_size=16), {"data-dir": str(tiny_dataset)}, CLASSES)
+
+
+def test_every_cache_goes_to_brainfl_cache_dir(tiny_dataset, isolated_cache):
+    from brainfl.config import settings_with
+    from brainfl.pipeline import site_data
+
+    settings = settings_with(image_size=16, data_dir=str(tiny_dataset), num_partitions=2)
+    site = site_data(settings, {"partition-id": 1, "num-partitions": 2}, CLASSES)
+    assert len(site.train) + len(site.val) == 8
+    cached = sorted(path.name.split("-")[0] for path in isolated_cache.iterdir())
+    assert cached == ["partitions", "testing", "training"]

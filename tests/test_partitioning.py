@@ -23,6 +23,16 @@ def test_partitions_are_disjoint_complete_and_deterministic(partitioning):
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
 
 
+@pytest.mark.parametrize("partitioning", ["iid", "dirichlet"])
+def test_partitions_depend_on_the_seed_alone(partitioning):
+    np.random.seed(1)
+    first = partition_indices(LABELS, 4, partitioning, alpha=0.5, seed=7)
+    np.random.seed(2)  # another global random state, as another process would have
+    np.random.random(100)
+    second = partition_indices(LABELS, 4, partitioning, alpha=0.5, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def _class_share_spread(parts):
     shares = np.array([np.bincount(LABELS[p], minlength=4) / len(p) for p in parts])
     return float(shares.std(axis=0).mean())

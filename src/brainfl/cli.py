@@ -4,41 +4,24 @@
 process starts (``run.sh`` calls it), decoding and caching the images so
 that the sites and the server start training at once. A user mistake ends
 with one line on stderr and exit code 2, never a traceback.
+
+``--run-config`` values are read by :mod:`brainfl.run_config`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from brainfl import centralized, certs, data_check, predict, report
-from brainfl.config import RunSettings, settings_from_config
+from brainfl.config import default_run_config
 from brainfl.errors import BrainFLError
+from brainfl.files import write_atomically
+from brainfl.run_config import settings_from_args, to_toml, toml_value
 
 EXIT_USER_ERROR = 2
-
-
-def run_config_from_args(app_dir: Path, overrides: str) -> dict[str, Any]:
-    """The app's default run config from ``pyproject.toml`` with ``k=v`` overrides."""
-    from flwr.common.config import get_fused_config_from_dir, parse_config_args
-
-    pyproject = app_dir / "pyproject.toml"
-    if not pyproject.is_file():
-        raise BrainFLError(f"no pyproject.toml in app directory {app_dir}")
-    try:
-        parsed = parse_config_args([overrides]) if overrides.strip() else {}
-    except Exception as error:  # flwr raises click/toml errors for malformed strings
-        raise BrainFLError(f"--run-config {overrides!r}: {error}") from None
-    known = {key.replace("_", "-") for key in RunSettings.__dataclass_fields__}
-    unknown = sorted(set(parsed) - known)
-    if unknown:
-        raise BrainFLError(
-            f"--run-config: unknown setting '{unknown[0]}' (known: {', '.join(sorted(known))})"
-        )
-    return dict(get_fused_config_from_dir(app_dir, parsed))
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -46,7 +29,12 @@ def prepare(args: argparse.Namespace) -> None:
     from brainfl.partitioning import partition_indices
     from brainfl.pipeline import load_run_dataset
 
-    settings = settings_from_config(run_config_from_args(args.app_dir, args.run_config))
+    settings = settings_from_args(args.app_dir, args.run_config)
+    if args.await_all_sites:
+        settings = dataclasses.replace(settings, wait_for_sites=settings.num_partitions)
+    defaults = default_run_config(args.app_dir)
+    changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
+    print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     dataset = load_run_dataset(settings)
     parts = partition_indices(
         dataset.train.labels,
@@ -60,17 +48,38 @@ def prepare(args: argparse.Namespace) -> None:
         f"({', '.join(dataset.train.class_names)}), {len(dataset.test)} test images; "
         f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
     )
+    if args.write_run_config:
+        text = to_toml(settings.to_config())
+        write_atomically(Path(args.write_run_config), lambda handle: handle.write(text.encode()))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``brainfl`` command and its sub-commands."""
+    from brainfl import centralized, certs, data_check, predict, report
+
     parser = argparse.ArgumentParser(prog="brainfl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prepare", help="validate settings and data, and cache decoded images")
     prep.add_argument(
         "--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml (default: .)"
     )
-    prep.add_argument("--run-config", default="", help='overrides as in flwr run, e.g. "num-server-rounds=5"')
+    prep.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        help='a conf file (conf/NAME.toml) or "key=value ..." overrides as in flwr run; '
+        "repeat to combine (later ones win)",
+    )
+    prep.add_argument(
+        "--write-run-config",
+        metavar="FILE",
+        help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
+    )
+    prep.add_argument(
+        "--await-all-sites",
+        action="store_true",
+        help="set wait-for-sites to num-partitions: round 1 waits for every site (run.sh)",
+    )
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
     centralized.add_parser(commands)

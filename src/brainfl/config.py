@@ -1,14 +1,23 @@
-"""Typed run settings parsed and validated from Flower's run config.
+"""Typed run settings, their defaults and their checks.
 
-The keys are the kebab-case ones declared in ``pyproject.toml`` under
-``[tool.flwr.app.config]``; every consumer (server, client, CLI, benchmarks)
-reads them through :func:`settings_from_config`, so validation happens once.
+The settings are the kebab-case keys declared in the app's ``pyproject.toml``
+under ``[tool.flwr.app.config]``, which is also the only place their default
+values are written: Flower merges a run's overrides into that table and hands
+the result to the apps as ``context.run_config``, and
+:func:`default_run_config` reads the same table for everything else (the
+``brainfl`` command, tests, benchmarks). :class:`RunSettings` only names and
+types the keys; :func:`settings_from_config` fills missing keys from the
+defaults, converts the values and checks them, so validation happens once.
+The keys and their meaning are listed in ``docs/settings.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,70 +26,64 @@ from brainfl.errors import BrainFLError
 MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
-STRATEGIES = (
-    "fedavg",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedavgm",
-    "krum",
-    "multikrum",
-    "trimmed-mean",
-    "median",
-)
+SERVER_STEPS = ("fedadam", "fedyogi", "fedavgm")
+STRATEGIES = ("fedavg", "fedprox", *SERVER_STEPS, "krum", "multikrum", "trimmed-mean", "median")
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
-ATTACKS = ("none", "sign-flip", "noise", "nan")
+# Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
+# poolings), Keras' VGG-16 refuses inputs under 32 x 32.
+MIN_IMAGE_SIZE = {"cnn": 15, "vgg16": 32}
+# Where the app's pyproject.toml is when no app folder is given: the source tree (editable
+# install, or the app folder Flower unpacks), else a copy packaged beside this module.
+DEFAULT_APP_DIRS = (Path(__file__).resolve().parents[2], Path(__file__).resolve().parent)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-    """All settings of one run; field names mirror the run-config keys."""
+    """All settings of one run; field names mirror the run-config keys.
 
-    num_server_rounds: int = 3
-    local_epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 0.002
-    model: str = "cnn"
-    image_size: int = 64
-    num_partitions: int = 2
-    partitioning: str = "iid"
-    dirichlet_alpha: float = 1.0
-    data_dir: str = "sample_data"
-    output_dir: str = ""
-    cache_dir: str = ""
-    seed: int = 42
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    max_images_per_class: int = 0
-    skip_unreadable: bool = False
-    vgg_weights: str = "none"
-    label_smoothing: float = 0.1
-    weight_decay: float = 0.0001
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    min_sites: int = 1
-    wait_for_sites: int = 0
-    resume: bool = False
-    tensorboard: bool = False
-    round_timeout: float = 3600.0
-    norm: str = "batch"
-    precise_bn: bool = True
-    balanced_softmax: bool = False
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01
-    server_learning_rate: float = 0.0
-    server_momentum: float = 0.9
-    byzantine_sites: int = 1
-    trim_beta: float = 0.2
-    dp: str = "none"
-    dp_noise_multiplier: float = 1.0
-    dp_clipping_norm: float = 1.0
-    dp_delta: float = 1e-5
-    secagg: bool = False
-    secagg_clipping_range: float = 32.0
-    attack: str = "none"
-    attack_sites: int = 1
-    deterministic: bool = False
+    The fields have no defaults on purpose: those live in ``pyproject.toml``.
+    Build settings with :func:`settings_from_config` or :func:`settings_with`.
+    """
+
+    num_server_rounds: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    model: str
+    image_size: int
+    num_partitions: int
+    partitioning: str
+    dirichlet_alpha: float
+    data_dir: str
+    output_dir: str
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    skip_unreadable: bool
+    vgg_weights: str
+    label_smoothing: float
+    weight_decay: float
+    fraction_train: float
+    fraction_evaluate: float
+    min_sites: int
+    wait_for_sites: int
+    resume: bool
+    tensorboard: bool
+    round_timeout: float
+    norm: str
+    balanced_softmax: bool
+    strategy: str
+    proximal_mu: float
+    server_learning_rate: float
+    server_momentum: float
+    byzantine_sites: int
+    trim_beta: float
+    dp: str
+    dp_noise_multiplier: float
+    dp_clipping_norm: float
+    dp_delta: float
+    secagg: bool
+    secagg_clipping_range: float
 
     @property
     def channels(self) -> int:
@@ -92,12 +95,37 @@ class RunSettings:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(RunSettings)}
+_TYPES: dict[str, type] = typing.get_type_hints(RunSettings)
+SETTING_KEYS = tuple(f.name.replace("_", "-") for f in dataclasses.fields(RunSettings))
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Convert a raw config value to the type of the field's default."""
-    kind = type(default)
+def pyproject_path(app_dir: Path | str | None = None) -> Path:
+    """The app's ``pyproject.toml``: in ``app_dir``, else in :data:`DEFAULT_APP_DIRS`."""
+    folders = [Path(app_dir).expanduser()] if app_dir is not None else DEFAULT_APP_DIRS
+    for folder in folders:
+        if (folder / "pyproject.toml").is_file():
+            return (folder / "pyproject.toml").resolve()
+    raise BrainFLError(f"no pyproject.toml in {folders[0]} (pass the app folder with --app-dir)")
+
+
+@functools.lru_cache(maxsize=8)
+def _declared_config(path: Path, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
+        raise BrainFLError(f"cannot read [tool.flwr.app.config] from {path}: {error}") from None
+    return tuple(table.items())
+
+
+def default_run_config(app_dir: Path | str | None = None) -> dict[str, Any]:
+    """The app's declared run config (every key with its default), from ``pyproject.toml``."""
+    path = pyproject_path(app_dir)
+    return dict(_declared_config(path, path.stat().st_mtime_ns))
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a raw config value to the field's type, or fail naming the setting."""
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -107,81 +135,117 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
-        if kind is int and isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
         raise BrainFLError(f"setting '{key}': expected {kind.__name__}, got {value!r}") from None
 
 
-def settings_from_config(config: Mapping[str, Any]) -> RunSettings:
-    """Build validated :class:`RunSettings` from a run-config mapping.
+def settings_from_config(config: Mapping[str, Any], app_dir: Path | str | None = None) -> RunSettings:
+    """Build validated :class:`RunSettings` from a (possibly partial) run-config mapping.
 
-    Unknown keys are ignored (Flower adds its own); every known key is
-    type-checked and range-checked with a one-line :class:`BrainFLError`.
+    Missing keys take the app's defaults (read from ``app_dir``'s
+    ``pyproject.toml`` only when a key is missing); keys that are not
+    settings are ignored (a run's ``run_config.json`` also holds
+    ``class-names``). Every value is type-checked and range-checked with a
+    one-line :class:`BrainFLError`.
     """
-    values: dict[str, Any] = {}
-    for key, raw in config.items():
-        name = key.replace("-", "_")
-        if name in _FIELDS:
-            values[name] = _coerce(key, raw, _FIELDS[name].default)
+    merged = dict(config)
+    if any(key not in merged for key in SETTING_KEYS):
+        merged = {**default_run_config(app_dir), **merged}
+        missing = [key for key in SETTING_KEYS if key not in merged]
+        if missing:
+            raise BrainFLError(f"setting '{missing[0]}' is not declared in {pyproject_path(app_dir)}")
+    values = {
+        key.replace("-", "_"): _coerce(key, merged[key], _TYPES[key.replace("-", "_")])
+        for key in SETTING_KEYS
+    }
     settings = RunSettings(**values)
     validate(settings)
     return settings
 
 
-def validate(settings: RunSettings) -> None:
-    """Raise :class:`BrainFLError` naming the first setting out of range."""
-    positive = ("num_server_rounds", "local_epochs", "batch_size", "image_size", "num_partitions")
-    for name in positive:
+def settings_with(app_dir: Path | str | None = None, **overrides: Any) -> RunSettings:
+    """The app's default settings with some fields changed, e.g. ``settings_with(image_size=16)``."""
+    unknown = sorted(set(overrides) - set(_TYPES))
+    if unknown:
+        raise TypeError(f"RunSettings has no field '{unknown[0]}'")
+    return settings_from_config({k.replace("_", "-"): v for k, v in overrides.items()}, app_dir)
+
+
+def _positive(settings: RunSettings, *names: str) -> None:
+    for name in names:
         if getattr(settings, name) <= 0:
             raise BrainFLError(
                 f"setting '{name.replace('_', '-')}' must be positive, got {getattr(settings, name)}"
             )
-    if settings.model not in MODEL_NAMES:
-        raise BrainFLError(
-            f"setting 'model': unknown model '{settings.model}' (choose one of: {', '.join(MODEL_NAMES)})"
-        )
-    if settings.learning_rate <= 0:
-        raise BrainFLError(f"setting 'learning-rate' must be positive, got {settings.learning_rate}")
-    if settings.dirichlet_alpha <= 0:
-        raise BrainFLError(f"setting 'dirichlet-alpha' must be positive, got {settings.dirichlet_alpha}")
-    for name in ("val_fraction", "test_fraction"):
-        if not 0 <= getattr(settings, name) < 1:
-            raise BrainFLError(
-                f"setting '{name.replace('_', '-')}' must be in [0, 1), got {getattr(settings, name)}"
-            )
-    if not 0 < settings.fraction_train <= 1:
-        raise BrainFLError(f"setting 'fraction-train' must be in (0, 1], got {settings.fraction_train}")
-    if not 0 <= settings.fraction_evaluate <= 1:
-        raise BrainFLError(f"setting 'fraction-evaluate' must be in [0, 1], got {settings.fraction_evaluate}")
-    if settings.min_sites <= 0:
-        raise BrainFLError(f"setting 'min-sites' must be positive, got {settings.min_sites}")
+
+
+def _within(settings: RunSettings, name: str, low: float, high: float, closed: str) -> None:
+    """``closed`` says which ends are included: ``"[)"``, ``"(]"``, ``"[]"`` or ``"()"``."""
+    value = getattr(settings, name)
+    above = value >= low if closed[0] == "[" else value > low
+    below = value <= high if closed[1] == "]" else value < high
+    if not (above and below):
+        interval = f"{closed[0]}{low:g}, {high:g}{closed[1]}"
+        raise BrainFLError(f"setting '{name.replace('_', '-')}' must be in {interval}, got {value}")
+
+
+def validate(settings: RunSettings) -> None:
+    """Raise :class:`BrainFLError` naming the first setting out of range or in conflict."""
+    _positive(settings, "num_server_rounds", "local_epochs", "batch_size", "image_size", "num_partitions")
+    _positive(settings, "learning_rate", "dirichlet_alpha", "min_sites", "round_timeout")
     for key, value, choices in (
+        ("model", settings.model, MODEL_NAMES),
         ("partitioning", settings.partitioning, PARTITIONINGS),
         ("norm", settings.norm, NORMS),
         ("strategy", settings.strategy, STRATEGIES),
         ("dp", settings.dp, DP_MODES),
-        ("attack", settings.attack, ATTACKS),
     ):
         if value not in choices:
-            raise BrainFLError(f"setting '{key}': unknown '{value}' (choose one of: {', '.join(choices)})")
+            what = "model " if key == "model" else ""
+            raise BrainFLError(
+                f"setting '{key}': unknown {what}'{value}' (choose one of: {', '.join(choices)})"
+            )
+    _within(settings, "val_fraction", 0, 1, "[)")
+    _within(settings, "test_fraction", 0, 1, "()")
+    _within(settings, "fraction_train", 0, 1, "(]")
+    _within(settings, "fraction_evaluate", 0, 1, "[]")
+    _within(settings, "label_smoothing", 0, 1, "[)")
+    if settings.weight_decay < 0 or settings.wait_for_sites < 0:
+        raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
     validate_privacy(settings)
+    validate_combinations(settings)
 
 
 def validate_privacy(settings: RunSettings) -> None:
     """Range checks of the differential-privacy, secure-aggregation and robustness settings."""
-    for name in ("dp_noise_multiplier", "dp_clipping_norm", "secagg_clipping_range"):
-        if getattr(settings, name) <= 0:
-            raise BrainFLError(
-                f"setting '{name.replace('_', '-')}' must be positive, got {getattr(settings, name)}"
-            )
-    if not 0 < settings.dp_delta < 1:
-        raise BrainFLError(f"setting 'dp-delta' must be in (0, 1), got {settings.dp_delta}")
-    if not 0 <= settings.trim_beta < 0.5:
-        raise BrainFLError(f"setting 'trim-beta' must be in [0, 0.5), got {settings.trim_beta}")
+    _positive(settings, "dp_noise_multiplier", "dp_clipping_norm", "secagg_clipping_range")
+    _within(settings, "dp_delta", 0, 1, "()")
+    _within(settings, "trim_beta", 0, 0.5, "[)")
+    _within(settings, "server_momentum", 0, 1, "[)")
     if settings.proximal_mu < 0 or settings.server_learning_rate < 0 or settings.byzantine_sites < 0:
         raise BrainFLError("settings 'proximal-mu', 'server-learning-rate', 'byzantine-sites' must be >= 0")
+
+
+def validate_combinations(settings: RunSettings) -> None:
+    """Settings that are each valid but cannot work together."""
+    smallest = MIN_IMAGE_SIZE[settings.model]
+    if settings.image_size < smallest:
+        raise BrainFLError(
+            f"setting 'image-size': {settings.image_size} px is too small for model "
+            f"{settings.model} (at least {smallest})"
+        )
+    for name in ("min_sites", "wait_for_sites"):
+        if getattr(settings, name) > settings.num_partitions:
+            raise BrainFLError(
+                f"setting '{name.replace('_', '-')}'={getattr(settings, name)} exceeds "
+                f"num-partitions={settings.num_partitions}, the number of sites: the server would wait "
+                "for sites that never come"
+            )
+    if settings.resume and not settings.output_dir:
+        raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
     if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
         raise BrainFLError(
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
@@ -192,6 +256,39 @@ def validate_privacy(settings: RunSettings) -> None:
             "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
             "it cannot be combined with dp, another strategy or resume"
         )
+    if settings.secagg and settings.num_partitions < 2:
+        raise BrainFLError("setting 'secagg': SecAgg+ needs at least 2 sites (num-partitions >= 2)")
+
+
+# Settings that only act under some other setting: (when they act, in words, and the test).
+_ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
+    "proximal-mu": ("strategy=fedprox", lambda s: s.strategy == "fedprox"),
+    "server-learning-rate": ("strategy is fedadam/fedyogi/fedavgm", lambda s: s.strategy in SERVER_STEPS),
+    "server-momentum": ("strategy=fedavgm", lambda s: s.strategy == "fedavgm"),
+    "byzantine-sites": ("strategy is krum/multikrum", lambda s: s.strategy in ("krum", "multikrum")),
+    "trim-beta": ("strategy=trimmed-mean", lambda s: s.strategy == "trimmed-mean"),
+    "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.partitioning == "dirichlet"),
+    "vgg-weights": ("model=vgg16", lambda s: s.model == "vgg16"),
+    "dp-noise-multiplier": ("dp is not none", lambda s: s.dp != "none"),
+    "dp-clipping-norm": ("dp is not none", lambda s: s.dp != "none"),
+    "dp-delta": ("dp is not none", lambda s: s.dp != "none"),
+    "secagg-clipping-range": ("secagg=true", lambda s: s.secagg),
+}
+
+
+def check_overrides_apply(
+    overrides: Mapping[str, Any], settings: RunSettings, defaults: Mapping[str, Any]
+) -> None:
+    """Refuse an override that changes a setting the other settings make Flower or brainfl ignore.
+
+    E.g. ``proximal-mu=0.1`` with ``strategy=fedavg`` would be silently
+    without effect. Only keys the user set to a value other than the default
+    are checked, so a full run config (a resumed run's) passes.
+    """
+    config = settings.to_config()
+    for key, (when, applies) in _ONLY_WHEN.items():
+        if key in overrides and config[key] != defaults.get(key) and not applies(settings):
+            raise BrainFLError(f"setting '{key}'={config[key]} has no effect unless {when}")
 
 
 def resolve_path(value: str, setting: str) -> Path:

@@ -4,8 +4,9 @@ Layout: ``<data-dir>/Training/<class>/*`` and ``<data-dir>/Testing/<class>/*``.
 Class names and their order come from the Training folders, sorted; hidden
 files and folders are skipped; .jpg/.jpeg/.png in any case are read, grayscale
 or RGB, any size, and converted to the configured size and channels. Decoded
-arrays are cached on disk, keyed by the file list, sizes, mtimes and the
-preprocessing, so a second run does not decode again.
+arrays are cached on disk (:func:`default_cache_dir`), keyed by the file
+list, sizes, mtimes and the preprocessing, so a second run does not decode
+again.
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ class ImageSet:
 
 
 def default_cache_dir() -> Path:
-    """Cache folder: ``$BRAINFL_CACHE_DIR`` or ``~/.cache/brainfl``."""
-    return Path(os.environ.get("BRAINFL_CACHE_DIR", Path.home() / ".cache" / "brainfl"))
+    """The cache folder: ``$BRAINFL_CACHE_DIR`` or ``~/.cache/brainfl`` (the only cache setting).
+
+    Decoded images, partitions, image hashes and model features all go there.
+    """
+    return Path(os.environ.get("BRAINFL_CACHE_DIR") or Path.home() / ".cache" / "brainfl").expanduser()
 
 
 def _is_hidden(path: Path) -> bool:
@@ -178,20 +182,6 @@ def load_split(
     return ImageSet(images, labels, tuple(files), tuple(class_names))
 
 
-def limit_per_class(images: ImageSet, max_per_class: int, seed: int) -> ImageSet:
-    """Keep at most ``max_per_class`` images of each class (seeded choice); 0 keeps all."""
-    if max_per_class <= 0:
-        return images
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in range(len(images.class_names)):
-        members = np.flatnonzero(images.labels == label)
-        if len(members) > max_per_class:
-            members = np.sort(rng.choice(members, size=max_per_class, replace=False))
-        keep.append(members)
-    return images.subset(np.concatenate(keep))
-
-
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """The training images (split across sites) and the server's test set."""
@@ -207,7 +197,6 @@ def load_dataset(
     channels: int,
     cache_dir: Path | None = None,
     skip_unreadable: bool = False,
-    max_images_per_class: int = 0,
     test_fraction: float = 0.2,
     seed: int = 42,
     class_names: list[str] | None = None,
@@ -231,12 +220,8 @@ def load_dataset(
         official = True
     else:
         train_idx, test_idx = train_test_split(
-            np.arange(len(train)), test_size=test_fraction or 0.2, stratify=train.labels, random_state=seed
+            np.arange(len(train)), test_size=test_fraction, stratify=train.labels, random_state=seed
         )
         train, test = train.subset(np.sort(train_idx)), train.subset(np.sort(test_idx))
         official = False
-    return Dataset(
-        limit_per_class(train, max_images_per_class, seed),
-        limit_per_class(test, max_images_per_class, seed),
-        official,
-    )
+    return Dataset(train, test, official)

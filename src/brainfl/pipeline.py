@@ -4,7 +4,8 @@ Loads (cached) images, computes a site's partition and validation split,
 builds models once per process and, for models with a frozen extractor
 (VGG-16), computes features once and caches them on disk. Simulation keeps
 its worker processes alive between rounds, so these caches make a round cost
-one pass of training, not a re-decode or a re-build.
+one pass of training, not a re-decode or a re-build. Every on-disk cache goes
+to :func:`brainfl.data_loader.default_cache_dir` (``$BRAINFL_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -20,24 +21,11 @@ import keras
 import numpy as np
 
 from brainfl.config import RunSettings, resolve_path
-from brainfl.data_loader import (
-    TRAIN_SPLIT,
-    Dataset,
-    ImageSet,
-    default_cache_dir,
-    limit_per_class,
-    load_dataset,
-    load_split,
-)
+from brainfl.data_loader import TRAIN_SPLIT, Dataset, ImageSet, default_cache_dir, load_dataset, load_split
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
 from brainfl.models import ModelBundle, build_model
 from brainfl.partitioning import partition_indices, split_validation
-
-
-def cache_dir(settings: RunSettings) -> Path:
-    """The decode/feature cache folder of a run."""
-    return Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
 
 
 @functools.lru_cache(maxsize=4)
@@ -47,7 +35,6 @@ def _load_dataset_cached(
     channels: int,
     cache: Path,
     skip: bool,
-    max_per_class: int,
     test_fraction: float,
     seed: int,
     class_names: tuple[str, ...] | None,
@@ -58,7 +45,6 @@ def _load_dataset_cached(
         channels,
         cache,
         skip,
-        max_per_class,
         test_fraction,
         seed,
         list(class_names) if class_names else None,
@@ -73,9 +59,8 @@ def load_run_dataset(
         resolve_path(data_dir or settings.data_dir, "data-dir"),
         settings.image_size,
         settings.channels,
-        cache_dir(settings),
+        default_cache_dir(),
         settings.skip_unreadable,
-        settings.max_images_per_class,
         settings.test_fraction,
         settings.seed,
         class_names,
@@ -92,7 +77,7 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
     digest.update(
         repr((num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed)).encode()
     )
-    path = cache_dir(settings) / f"partitions-{digest.hexdigest()}.npz"
+    path = default_cache_dir() / f"partitions-{digest.hexdigest()}.npz"
     if path.exists():
         with np.load(path) as cached:
             return [cached[str(i)] for i in range(num_partitions)]
@@ -132,18 +117,14 @@ def site_data(
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
     else:
-        train = limit_per_class(
-            load_split(
-                resolve_path(site_dir or settings.data_dir, "data-dir"),
-                TRAIN_SPLIT,
-                settings.image_size,
-                settings.channels,
-                list(class_names),
-                cache_dir(settings),
-                settings.skip_unreadable,
-            ),
-            settings.max_images_per_class,
-            settings.seed,
+        train = load_split(
+            resolve_path(site_dir or settings.data_dir, "data-dir"),
+            TRAIN_SPLIT,
+            settings.image_size,
+            settings.channels,
+            list(class_names),
+            default_cache_dir(),
+            settings.skip_unreadable,
         )
     if len(train) == 0:
         raise BrainFLError(f"site {site_id} has no training images")
@@ -187,7 +168,7 @@ def model_inputs(settings: RunSettings, bundle: ModelBundle, images: ImageSet) -
         return images.images
     digest = hashlib.blake2b(images.images.tobytes(), digest_size=12)
     digest.update("\n".join([bundle.name, settings.vgg_weights, str(settings.image_size)]).encode())
-    path = cache_dir(settings) / f"features-{bundle.name}-{digest.hexdigest()}.npy"
+    path = default_cache_dir() / f"features-{bundle.name}-{digest.hexdigest()}.npy"
     if path.exists():
         return np.load(path)
     features = bundle.features(images.images)
