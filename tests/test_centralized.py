@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from brainfl.centralized import run_centralized
 from brainfl.config import settings_from_config
-from brainfl.results import FINAL_MODEL, RESULTS_CSV, read_rows
+from brainfl.model_files import FINAL_MODEL
+from brainfl.results import RESULTS_CSV, read_rows
 
 
-def test_centralized_run_writes_one_evaluated_row_per_epoch(tmp_path, real_data):
+@pytest.mark.realdata
+def test_centralized_run_writes_one_evaluated_row_per_epoch(tmp_path, real_subset):
     settings = settings_from_config(
         {
-            "data-dir": str(real_data),
-            "max-images-per-class": 150,
+            "data-dir": str(real_subset(150)),
             "image-size": 32,
             "num-server-rounds": 3,
             "learning-rate": 0.003,

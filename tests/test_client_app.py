@@ -1,28 +1,50 @@
-"""A site's replies: precise BatchNorm statistics, balanced softmax, failure reasons without paths."""
+"""A site's training replies: precise BatchNorm statistics, balanced softmax, class counts, and
+failure reasons without paths.
+
+The replies come from the project's ClientApp, sent one round of train
+messages by an in-process grid (no server).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from flwr.app import Message
 
-from brainfl import client_app
+from brainfl import site_training
+from brainfl.batch_norm import recalibrate_batchnorm
 from brainfl.client_app import redact_paths
 from brainfl.config import settings_from_config
 from brainfl.data_loader import find_classes
 from brainfl.models import build_cnn
-from brainfl.pipeline import site_data
-from brainfl.training import recalibrate_batchnorm, site_class_prior, train
+from brainfl.pipeline import SiteData, initial_weights, site_data
+from brainfl.site_training import CLASS_COUNT_PREFIX
+from brainfl.strategy import round_settings
+from brainfl.training import site_class_prior, train
 from conftest import REPO_ROOT
-from inprocess import run_in_process
+from inprocess import InProcessGrid, send_train_round
 
+SITES = 2
 ONE_ROUND = {
     "data-dir": str(REPO_ROOT / "sample_data"),
     "image-size": 32,
-    "num-partitions": 2,
-    "num-server-rounds": 1,
-    "fraction-evaluate": 0.0,
+    "num-partitions": SITES,
     "learning-rate": 0.01,
+    "local-epochs": 2,
 }
+CLASS_NAMES = tuple(find_classes(REPO_ROOT / "sample_data" / "Training"))
+
+
+def train_replies(run_config: dict) -> dict[int, Message]:
+    """Each site's reply to one train message carrying the run's initial weights."""
+    settings = settings_from_config(run_config)
+    config = round_settings(1, lambda r: settings.learning_rate, CLASS_NAMES)
+    return send_train_round(InProcessGrid(SITES, run_config), initial_weights(settings, CLASS_NAMES), config)
+
+
+def local_site(run_config: dict, site: int) -> SiteData:
+    settings = settings_from_config(run_config)
+    return site_data(settings, {"partition-id": site, "num-partitions": SITES}, CLASS_NAMES)
 
 
 def test_site_paths_are_reduced_to_their_last_component():
@@ -42,23 +64,20 @@ def _moving_statistics(model) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("precise", [True, False])
-def test_site_reply_carries_precise_batchnorm_statistics_only_when_enabled(tmp_path, precise):
-    config = {
-        **ONE_ROUND,
-        "output-dir": str(tmp_path),
-        "cache-dir": str(tmp_path / "cache"),
-        "precise-bn": precise,
-    }
-    replies = []
-    run_in_process(2, config, tap=replies.append)
+def test_site_reply_carries_batchnorm_statistics_measured_on_the_sites_own_images(
+    tmp_path, monkeypatch, precise
+):
+    # Without the recalibration step (precise=False) the moving statistics are the ones training
+    # accumulated on augmented batches: the comparison below tells the two apart.
+    if not precise:
+        monkeypatch.setattr(site_training, "recalibrate_batchnorm", lambda *args, **kwargs: 0)
+    config = {**ONE_ROUND, "output-dir": str(tmp_path)}
+    reply = train_replies(config)[0]
     settings = settings_from_config(config)
-    reply = next(r for r in replies if r.content["metrics"]["site-id"] == 0)
-    model = build_cnn(settings.image_size, 1, 4)
+    model = build_cnn(settings.image_size, 1, len(CLASS_NAMES))
     model.set_weights(reply.content["arrays"].to_numpy_ndarrays())
     sent = _moving_statistics(model)
-    class_names = tuple(find_classes(REPO_ROOT / "sample_data" / "Training"))
-    site = site_data(settings, {"partition-id": 0, "num-partitions": 2}, class_names)
-    recalibrate_batchnorm(model, site.train.images, settings.batch_size)
+    recalibrate_batchnorm(model, local_site(config, 0).train.images, settings.batch_size)
     matches = all(
         np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(sent, _moving_statistics(model), strict=True)
     )
@@ -73,20 +92,25 @@ def test_balanced_softmax_trains_each_site_with_its_own_class_prior(tmp_path, mo
         priors.append(kwargs["class_prior"])
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(client_app, "train", spy_train)
-    config = {**ONE_ROUND, "output-dir": str(tmp_path), "cache-dir": str(tmp_path / "cache")}
-    run_in_process(2, {**config, "balanced-softmax": balanced})
+    monkeypatch.setattr(site_training, "train", spy_train)
+    config = {**ONE_ROUND, "output-dir": str(tmp_path), "balanced-softmax": balanced}
+    train_replies(config)
     if not balanced:
-        assert priors == [None, None]
+        assert priors == [None] * SITES
         return
-    settings = settings_from_config(config)
-    class_names = tuple(find_classes(REPO_ROOT / "sample_data" / "Training"))
-    expected = [
-        site_class_prior(
-            site_data(settings, {"partition-id": i, "num-partitions": 2}, class_names).train.labels, 4
-        )
-        for i in range(2)
-    ]
-    assert len(priors) == 2
+    expected = [site_class_prior(local_site(config, i).train.labels, len(CLASS_NAMES)) for i in range(SITES)]
+    assert len(priors) == SITES
     for got, want in zip(sorted(priors, key=tuple), sorted(expected, key=tuple), strict=True):
         np.testing.assert_allclose(got, want)
+
+
+def test_training_reply_carries_the_sites_image_count_per_class(tmp_path):
+    config = {**ONE_ROUND, "output-dir": str(tmp_path), "local-epochs": 1}
+    for site, reply in train_replies(config).items():
+        metrics = reply.content["metrics"]
+        counts = [int(metrics[f"{CLASS_COUNT_PREFIX}{i}"]) for i in range(len(CLASS_NAMES))]
+        labels = local_site(config, site).train.labels
+        assert counts == np.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
+        assert sum(counts) == metrics["num_train"] == len(labels) > 0
+        per_class = sorted(key for key in metrics if key.startswith(CLASS_COUNT_PREFIX))
+        assert per_class == sorted(f"{CLASS_COUNT_PREFIX}{i}" for i in range(len(CLASS_NAMES)))

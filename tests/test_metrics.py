@@ -28,3 +28,17 @@ def test_non_finite_outputs_count_as_wrong_with_infinite_loss():
     assert metrics["loss"] == float("inf")
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["recall_b"] == pytest.approx(0.5)
+
+
+def test_score_counts_non_finite_rows_as_wrong_everywhere_including_leak_free():
+    import numpy as np
+
+    from brainfl.metrics import LEAK_FREE, predicted_classes, score
+
+    probabilities = np.array([[0.9, 0.1], [np.nan, 0.5], [0.2, 0.8], [np.inf, 0.0]])
+    labels = np.array([0, 0, 1, 0])
+    np.testing.assert_array_equal(predicted_classes(probabilities), [0, -1, 1, -1])
+    scores = score(labels, probabilities, ["a", "b"], leak_free=np.array([True, True, False, False]))
+    assert scores["accuracy"] == 0.5 and scores[LEAK_FREE] == 0.5
+    assert scores["loss"] == float("inf")
+    assert LEAK_FREE not in score(labels, probabilities, ["a", "b"], leak_free=np.zeros(4, bool))

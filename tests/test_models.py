@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from brainfl import pipeline
-from brainfl.config import RunSettings
+from brainfl.config import settings_with
 from brainfl.data_loader import load_dataset
 from brainfl.errors import BrainFLError
 from brainfl.models import build_model, build_vgg16_extractor
@@ -52,7 +52,7 @@ def test_unknown_model_name():
 
 
 def test_vgg16_features_are_computed_once_and_cached(tiny_dataset, monkeypatch):
-    settings = RunSettings(model="vgg16", image_size=32)
+    settings = settings_with(model="vgg16", image_size=32)
     images = load_dataset(tiny_dataset, 32, 3).train
     bundle = build_model("vgg16", 32, 4)
     first = pipeline.model_inputs(settings, bundle, images)

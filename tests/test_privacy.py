@@ -14,7 +14,7 @@ from brainfl.errors import BrainFLError
 from brainfl.privacy import PrivacyLedger, accounting_problem, with_privacy
 from brainfl.results import read_rows
 from brainfl.strategy import build_strategy
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cache_at
 from inprocess import make_reply, run_in_process, train_messages
 
 SAMPLE = str(REPO_ROOT / "sample_data")
@@ -54,8 +54,8 @@ def real_round(tmp_path_factory):
     """The global model and the three sites' replies of one plain round of the real app."""
     replies = []
     out = tmp_path_factory.mktemp("plain")
-    cache = tmp_path_factory.mktemp("cache")  # module scope: set up before the per-test cache
-    grid = run_in_process(3, {**DP_RUN, "output-dir": str(out), "cache-dir": str(cache)}, tap=replies.append)
+    with cache_at(tmp_path_factory.mktemp("cache")):
+        grid = run_in_process(3, {**DP_RUN, "output-dir": str(out)}, tap=replies.append)
     global_arrays = train_messages(grid)[0].content["arrays"].to_numpy_ndarrays()
     return global_arrays, [r.content["arrays"].to_numpy_ndarrays() for r in replies]
 

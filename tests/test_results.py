@@ -7,11 +7,10 @@ import csv
 import keras
 import numpy as np
 
+from brainfl.model_files import save_model, stored_metadata
 from brainfl.results import (
     CsvAppender,
-    read_model_metadata,
     results_header,
-    save_model_atomically,
     truncate_rows_after,
 )
 
@@ -44,8 +43,8 @@ def test_truncate_keeps_rounds_up_to_the_checkpoint_and_returns_elapsed(tmp_path
 def test_saved_model_carries_metadata_and_loads(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     path = tmp_path / "m.keras"
-    save_model_atomically(model, path, {"class_names": ["a", "b"], "round": 4})
-    assert read_model_metadata(path) == {"class_names": ["a", "b"], "round": 4}
+    save_model(model, path, {"class_names": ["a", "b"], "round": 4})
+    assert stored_metadata(path) == {"class_names": ["a", "b"], "round": 4}
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.get_weights()[0], model.get_weights()[0])
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 import brainfl.client_app as client_app
-from brainfl.results import FINAL_MODEL, read_rows
+from brainfl.model_files import FINAL_MODEL
+from brainfl.results import read_rows
 from brainfl.secure_aggregation import QUANTIZATION_RANGE
 from conftest import REPO_ROOT
 from inprocess import run_in_process

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
+from brainfl.aggregation import SiteBookkeeping, SiteReport
 from brainfl.config import settings_from_config
-from brainfl.strategy import BrainFedAvg, SiteBookkeeping, build_strategy, weighted_average
+from brainfl.strategy import BrainFedAvg, build_strategy, weighted_average
 from inprocess import InProcessGrid, make_reply
 
 
@@ -26,8 +27,14 @@ def test_weighted_average_rejects_zero_total_weight():
         weighted_average([[np.ones(2)]], [0])
 
 
-def test_aggregate_train_weights_by_example_count_and_records_each_site():
-    strategy = BrainFedAvg(learning_rate_for_round=lambda r: 0.1, class_names=["a", "b"])
+def test_aggregate_train_weights_by_example_count_and_reports_each_site():
+    reports: list[tuple[int, SiteReport]] = []
+    strategy = BrainFedAvg(
+        learning_rate_for_round=lambda r: 0.1,
+        class_names=["a", "b"],
+        report=lambda r, report: reports.append((r, report)),
+        round_offset=5,
+    )
     replies = [
         make_reply(0, [np.full((2,), 1.0, np.float32)], examples=100, loss=1.0),
         make_reply(1, [np.full((2,), 4.0, np.float32)], examples=200, loss=4.0),
@@ -36,13 +43,19 @@ def test_aggregate_train_weights_by_example_count_and_records_each_site():
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], [3.0, 3.0])
     assert metrics["train_loss"] == pytest.approx(3.0)
     assert "site-id" not in metrics
-    record = strategy.record(1)
-    assert record.sites_trained == 2 and record.sites_failed == 0
-    assert record.sites[0]["train_loss"] == 1.0 and record.sites[1]["num_train"] == 200
+    [(server_round, report)] = reports
+    assert server_round == 6  # the strategy's round 1 after 5 rounds done before a resume
+    assert report.stage == "train" and report.sites_replied == 2 and report.sites_failed == 0
+    assert report.sites[0]["train_loss"] == 1.0 and report.sites[1]["num_train"] == 200
+    assert report.aggregate["train_loss"] == pytest.approx(3.0)
 
 
-def _strategy_after_configure(global_weights: list[np.ndarray]) -> BrainFedAvg:
-    strategy = BrainFedAvg(learning_rate_for_round=lambda r: 0.1, class_names=["a", "b"])
+def _strategy_after_configure(global_weights: list[np.ndarray], reports: list) -> BrainFedAvg:
+    strategy = BrainFedAvg(
+        learning_rate_for_round=lambda r: 0.1,
+        class_names=["a", "b"],
+        report=lambda _round, report: reports.append(report),
+    )
     strategy.global_arrays = global_weights
     return strategy
 
@@ -58,7 +71,8 @@ def _strategy_after_configure(global_weights: list[np.ndarray]) -> BrainFedAvg:
     ],
 )
 def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, caplog):
-    strategy = _strategy_after_configure([np.zeros(2, np.float32)])
+    reports: list[SiteReport] = []
+    strategy = _strategy_after_configure([np.zeros(2, np.float32)], reports)
     replies = [
         make_reply(0, [np.full((2,), 2.0, np.float32)], examples=10, loss=1.0),
         make_reply(1, bad_weights, examples=1000, loss=9.0),
@@ -68,7 +82,7 @@ def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, ca
     averaged = arrays.to_numpy_ndarrays()[0]
     np.testing.assert_array_equal(averaged, [2.0, 2.0])
     assert np.all(np.isfinite(averaged))
-    assert strategy.record(3).sites_trained == 1 and strategy.record(3).sites_failed == 1
+    assert reports[0].sites_replied == 1 and reports[0].sites_failed == 1
     assert "dropped the reply of site 1: " in caplog.text and reason in caplog.text
 
 
@@ -118,3 +132,37 @@ def test_robust_strategy_ignores_an_outlier_that_fedavg_follows():
     assert results["fedavg"] < -15
     for name in ("median", "trimmed-mean", "krum", "multikrum"):
         assert 1.0 <= results[name] <= 1.04, results
+
+
+def _fedavgm_round(strategy, server_round: int, global_arrays, site_arrays) -> list[np.ndarray]:
+    strategy.configure_train(server_round, ArrayRecord(global_arrays), ConfigRecord(), InProcessGrid(2, {}))
+    replies = [make_reply(site, arrays, 10) for site, arrays in enumerate(site_arrays)]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return arrays.to_numpy_ndarrays()
+
+
+def test_server_momentum_steps_weights_but_averages_batchnorm_statistics_plainly():
+    """FedAvgM (momentum 0.9): statistics stay the sites' average instead of overshooting."""
+    settings = settings_from_config({"strategy": "fedavgm", "server-momentum": 0.9})
+    with_mask = build_strategy(settings, ["a"], float, statistics_mask=[False, True])
+    without_mask = build_strategy(settings, ["a"], float)
+    start = [np.zeros(2, np.float32), np.ones(2, np.float32)]  # a weight, a moving variance
+    sites = [[np.full(2, 1.0, np.float32), np.full(2, 2.0, np.float32)]] * 2
+    masked, plain_flower = list(start), list(start)
+    for server_round in range(1, 4):
+        masked = _fedavgm_round(with_mask, server_round, masked, sites)
+        plain_flower = _fedavgm_round(without_mask, server_round, plain_flower, sites)
+    np.testing.assert_allclose(masked[1], [2.0, 2.0])  # the sites' variance, every round
+    np.testing.assert_allclose(masked[0], plain_flower[0])  # the weight takes the momentum step
+    assert plain_flower[1][0] > 2.5  # momentum pushes the statistic past what any site reported
+
+
+def test_statistics_mask_marks_the_batchnorm_moving_statistics():
+    from brainfl.models import build_model
+    from brainfl.server_app import statistics_mask
+
+    model = build_model("cnn", 32, 4).trainable
+    mask = statistics_mask(model)
+    names = [v.path for v, is_statistic in zip(model.weights, mask, strict=True) if is_statistic]
+    assert names and all("moving_mean" in n or "moving_variance" in n for n in names)
+    assert len(mask) == len(model.get_weights())

@@ -6,10 +6,9 @@ import keras
 import numpy as np
 import pytest
 
+from brainfl.batch_norm import _batch_moments_function, recalibrate_batchnorm
 from brainfl.training import (
     PriorAdjustedCrossEntropy,
-    _batch_moments_function,
-    recalibrate_batchnorm,
     round_learning_rate,
     site_class_prior,
     train,
@@ -173,3 +172,25 @@ def test_precise_batchnorm_leaves_models_without_a_layer_chain_or_batchnorm_alon
     assert recalibrate_batchnorm(two_paths, data, 4) == 0
     assert recalibrate_batchnorm(no_norm, data, 4) == 0
     assert all(np.array_equal(a, b) for a, b in zip(before, two_paths.get_weights(), strict=True))
+
+
+def test_train_is_reproducible_for_a_seed_whatever_ran_before() -> None:
+    """Same weights, data and seed give the same update, even after other training in the process."""
+    import numpy as np
+
+    from brainfl.models import build_model
+    from brainfl.training import train
+
+    model = build_model("cnn", 32, 2).trainable
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (32, 32, 32, 1), dtype=np.uint8), np.arange(32) % 2
+    start = model.get_weights()
+    kwargs = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3}
+    train(model, images, labels, seed=7, **kwargs)
+    first = model.get_weights()
+    model.set_weights(start)
+    train(model, images, labels, seed=99, **kwargs)  # advances the random layers' state
+    model.set_weights(start)
+    train(model, images, labels, seed=7, **kwargs)
+    for a, b in zip(first, model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

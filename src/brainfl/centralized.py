@@ -4,10 +4,12 @@
 label smoothing, cosine learning rate over epochs, augmentation) on the
 whole training set, pooled as if the sites shared their scans, and evaluates
 it on the server's test set after every epoch with the server's own
-evaluator. Its outputs have the federated run's format: one
-``federated_learning_results.csv`` row per epoch (``round`` = epoch),
-``checkpoint.keras``, ``final_model.keras``, ``run_config.json``,
-``logs/server.log`` and the report, so benchmarks compare them directly.
+evaluator, through the same site update (:func:`brainfl.site_training.local_update`)
+and the same recorder as a federated run, so its outputs have the federated
+run's format: one ``federated_learning_results.csv`` row per epoch (``round``
+= epoch; the pooled set is site 0), ``checkpoint.keras``,
+``final_model.keras``, ``run_config.json``, ``logs/server.log`` and the
+report, and benchmarks compare them directly.
 """
 
 from __future__ import annotations
@@ -15,68 +17,57 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flwr.app import ArrayRecord
-
-from brainfl.config import RunSettings, settings_from_config
+from brainfl.aggregation import SiteReport
+from brainfl.config import RunSettings
+from brainfl.evaluation import CentralEvaluator
 from brainfl.logs import LOG, log_to_file
+from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
 from brainfl.pipeline import initial_weights, load_run_dataset, model_inputs
+from brainfl.recorder import RunRecorder
 from brainfl.report import make_report
-from brainfl.results import FINAL_MODEL, save_model_atomically, write_run_config
-from brainfl.strategy import RoundRecord
-from brainfl.training import recalibrate_batchnorm, round_learning_rate, train
+from brainfl.results import resolve_output_dir, write_run_config
+from brainfl.site_training import CLASS_COUNT_PREFIX, class_counts, local_update
+from brainfl.training import round_learning_rate
 
-
-class PooledData:
-    """The evaluator's view of a centralized run: one 'site' holding every training image."""
-
-    round_offset = 0
-
-    def record(self, server_round: int) -> RoundRecord:
-        """Epoch ``server_round`` trained on all images (no site metrics)."""
-        return RoundRecord(sites_trained=1 if server_round else 0)
+POOLED_SITE = 0  # the one "site" of a centralized run: every training image
 
 
 def run_centralized(settings: RunSettings, output_dir: Path) -> None:
     """Train for ``num-server-rounds`` epochs on the pooled training set; evaluate after each."""
-    from brainfl.server_app import CentralEvaluator  # the server's evaluator, unchanged
-
     dataset = load_run_dataset(settings)
     class_names = dataset.train.class_names
-    evaluator = CentralEvaluator(settings, output_dir, PooledData())
-    model = evaluator.bundle.trainable
-    weights = initial_weights(settings, class_names)
+    evaluator = CentralEvaluator(settings, dataset)
+    bundle = evaluator.bundle
+    writer = ModelWriter(
+        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+    )
+    recorder = RunRecorder(output_dir, evaluator.test_set, writer, total_rounds=settings.num_server_rounds)
     write_run_config(
         output_dir, {**settings.to_config(), "class-names": list(class_names), "centralized": True}
     )
-    evaluator(0, ArrayRecord(weights))
-    inputs = model_inputs(settings, evaluator.bundle, dataset.train)
+    weights = initial_weights(settings, class_names)
+    recorder.round_done(0, weights, evaluator(weights))
+    inputs, labels = model_inputs(settings, bundle, dataset.train), dataset.train.labels
+    counts = {f"{CLASS_COUNT_PREFIX}{i}": n for i, n in enumerate(class_counts(labels, len(class_names)))}
     for epoch in range(1, settings.num_server_rounds + 1):
-        model.set_weights(weights)
-        train(
-            model,
-            inputs,
-            dataset.train.labels,
-            epochs=settings.local_epochs,
-            batch_size=settings.batch_size,
-            learning_rate=round_learning_rate(settings.learning_rate, epoch, settings.num_server_rounds),
-            weight_decay=settings.weight_decay,
-            label_smoothing=settings.label_smoothing,
-            seed=settings.seed + 1000 * epoch,
+        bundle.trainable.set_weights(weights)
+        learning_rate = round_learning_rate(settings.learning_rate, epoch, settings.num_server_rounds)
+        metrics = local_update(
+            settings, bundle, inputs, labels, learning_rate=learning_rate, server_round=epoch
         )
-        if settings.precise_bn:
-            recalibrate_batchnorm(model, inputs, settings.batch_size)
-        weights = model.get_weights()
-        evaluator(epoch, ArrayRecord(weights))
-    save_model_atomically(evaluator.model, output_dir / FINAL_MODEL, evaluator.model_metadata)
+        weights = bundle.trainable.get_weights()
+        site = {**metrics, **counts, "num_train": float(len(labels)), "num_val": 0.0}
+        recorder.site_report(epoch, SiteReport("train", {POOLED_SITE: site}, metrics, 1, 0))
+        recorder.round_done(epoch, weights, evaluator(weights))
+    writer.write(output_dir / FINAL_MODEL, weights)
     make_report(output_dir)
 
 
 def run(args: argparse.Namespace) -> None:
     """The ``brainfl centralized`` command."""
-    from brainfl.cli import run_config_from_args
-    from brainfl.server_app import resolve_output_dir
+    from brainfl.run_config import settings_from_args
 
-    settings = settings_from_config(run_config_from_args(args.app_dir, args.run_config))
+    settings = settings_from_args(args.app_dir, args.run_config)
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / "server.log"):
         run_centralized(settings, output_dir)
@@ -95,7 +86,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     parser.add_argument("--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml")
     parser.add_argument(
-        "--run-config", default="", help='overrides, e.g. "num-server-rounds=10 data-dir=..."'
+        "--run-config",
+        action="append",
+        default=[],
+        help='a conf file (conf/NAME.toml) or "key=value ..." overrides; repeatable, later ones win',
     )
     parser.set_defaults(handler=run)
     return parser

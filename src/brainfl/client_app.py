@@ -9,8 +9,10 @@ One training function serves both of Flower's paths: the Message API's
 train messages, and the legacy ``FitIns`` messages of the SecAgg+ workflow
 (``secagg=true``), where Flower's ``secaggplus_mod`` masks the reply. With
 client-side DP, Flower's clipping mods clip the update before it leaves.
-The ``attack`` setting (tests and benchmarks only) makes the first
-``attack-sites`` sites send poisoned updates.
+:func:`client_app_with` builds the same app with extra mods in front (the
+robustness tests and benchmark install a poisoning mod that way).
+A training reply carries the site's image counts per class (its row of the
+run's partition table) next to its metrics.
 """
 
 from __future__ import annotations
@@ -22,26 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
+from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
+from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
-from brainfl.training import predict_proba, recalibrate_batchnorm, site_class_prior, train
+from brainfl.site_training import CLASS_COUNT_PREFIX, class_counts, local_update
+from brainfl.training import predict_proba
 
 LEGACY_PARAMETERS = "fitins.parameters"
-ATTACK_SCALE = 10.0
 
 
 def privacy_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -55,12 +55,12 @@ def privacy_mods(msg: Message, context: Context, call_next: ClientAppCallable) -
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``secaggplus_mod`` for the messages of the SecAgg+ workflow (others pass through)."""
-    if RECORD_KEY_CONFIGS in msg.content.config_records:
+    if SECAGG_CONFIGS_KEY in msg.content.config_records:
         return secaggplus_mod(msg, context, call_next)
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[secure_aggregation_mod, privacy_mods])
+STANDARD_MODS = (secure_aggregation_mod, privacy_mods)
 SITE_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s:,;'\"()]+")
 
 
@@ -93,57 +93,25 @@ def site_session(config: Mapping[str, Any], context: Context) -> Iterator[tuple[
             raise BrainFLError(f"site {site}: {redact_paths(str(error))}") from None
 
 
-def attacked(
-    settings: RunSettings, site: SiteData, received: list[np.ndarray], trained: list[np.ndarray]
-) -> list[np.ndarray]:
-    """The update a poisoned site sends (``attack`` setting; the first ``attack-sites`` sites)."""
-    if settings.attack == "none" or not 0 <= site.site_id < settings.attack_sites:
-        return trained
-    LOG.warning(
-        "site %d: sending a '%s' update (attack setting, for tests only)", site.site_id, settings.attack
-    )
-    rng = np.random.default_rng(settings.seed + site.site_id)
-    poisoned = []
-    for start, end in zip(received, trained, strict=True):
-        update = end.astype(np.float64) - start
-        if settings.attack == "sign-flip":
-            update = -ATTACK_SCALE * update
-        elif settings.attack == "noise":
-            update = rng.normal(0.0, ATTACK_SCALE * (update.std() + 1e-3), size=update.shape)
-        else:  # nan
-            update = np.full(update.shape, np.nan)
-        poisoned.append((start + update).astype(end.dtype))
-    return poisoned
-
-
 def train_site(
     weights: list[np.ndarray], config: Mapping[str, Any], context: Context
 ) -> tuple[list[np.ndarray], dict[str, float | int]]:
     """Train ``weights`` on this site's training split; return the new weights and the metrics."""
     with site_session(config, context) as (settings, site):
-        if settings.deterministic:
-            tf.config.experimental.enable_op_determinism()
         bundle = model_for(settings, site.train.class_names)
         bundle.trainable.set_weights(weights)
         server_round = int(config.get("global-round", config.get("server-round", 0)))
-        inputs = model_inputs(settings, bundle, site.train)
-        metrics = train(
-            bundle.trainable,
-            inputs,
+        metrics = local_update(
+            settings,
+            bundle,
+            model_inputs(settings, bundle, site.train),
             site.train.labels,
-            epochs=int(config.get("local-epochs", settings.local_epochs)),
-            batch_size=settings.batch_size,
             learning_rate=float(config["learning-rate"]),
-            weight_decay=settings.weight_decay,
-            label_smoothing=settings.label_smoothing,
-            seed=settings.seed + 1000 * server_round + max(site.site_id, 0),
+            server_round=server_round,
+            site_id=site.site_id,
+            epochs=int(config.get("local-epochs", settings.local_epochs)),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
-            class_prior=site_class_prior(site.train.labels, len(site.train.class_names))
-            if settings.balanced_softmax
-            else None,
         )
-        if settings.precise_bn:
-            recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)
         LOG.info(
             "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f",
             site.site_id,
@@ -152,17 +120,21 @@ def train_site(
             metrics["train_loss"],
             metrics["train_accuracy"],
         )
-        trained = attacked(settings, site, weights, bundle.trainable.get_weights())
-        return trained, {
-            **metrics,
-            "num-examples": len(site.train),
-            "num_train": len(site.train),
-            "num_val": len(site.val),
-            "site-id": site.site_id,
-        }
+        return bundle.trainable.get_weights(), {**metrics, **site_counts(site)}
 
 
-@app.train()
+def site_counts(site: SiteData) -> dict[str, int]:
+    """The site's id, image counts and training images per class, as sent with every training reply."""
+    counts = class_counts(site.train.labels, len(site.train.class_names))
+    return {
+        "num-examples": len(site.train),
+        "num_train": len(site.train),
+        "num_val": len(site.val),
+        "site-id": site.site_id,
+        **{f"{CLASS_COUNT_PREFIX}{index}": count for index, count in enumerate(counts)},
+    }
+
+
 def train_round(msg: Message, context: Context) -> Message:
     """Train the received global model on this site's training split."""
     if LEGACY_PARAMETERS in msg.content.array_records:
@@ -185,7 +157,6 @@ def train_legacy_round(msg: Message, context: Context) -> Message:
     return Message(content=compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
 
 
-@app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's validation split."""
     with site_session(msg.content["config"], context) as (settings, site):
@@ -210,3 +181,14 @@ def evaluate_round(msg: Message, context: Context) -> Message:
             }
         )
     return Message(content=RecordDict({"metrics": reply}), reply_to=msg)
+
+
+def client_app_with(*extra_mods) -> ClientApp:
+    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods."""
+    client_app = ClientApp(mods=[*extra_mods, *STANDARD_MODS])
+    client_app.train()(train_round)
+    client_app.evaluate()(evaluate_round)
+    return client_app
+
+
+app = client_app_with()

@@ -1,9 +1,12 @@
-"""Run outputs: per-round CSVs flushed as each round ends, and model files.
+"""Run outputs: per-round CSVs flushed as each round ends, and the run config.
 
 ``federated_learning_results.csv`` gets one row per round (round 0 is the
-model before training); ``site_metrics.csv`` one row per site and round.
-Models are written to a temporary file and renamed, so a crash never leaves a
-half-written checkpoint.
+model before training); ``site_metrics.csv`` one row per site and round;
+``partition.csv`` one row per site (its image counts per class, as the site
+reported them); ``test_predictions.csv`` the latest global model's
+probabilities for every test image (rewritten each round). The report is
+made from these files alone.
+Model files are :mod:`brainfl.model_files`' job.
 """
 
 from __future__ import annotations
@@ -12,22 +15,20 @@ import csv
 import io
 import json
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import keras
-
+from brainfl.config import RunSettings
 from brainfl.files import write_atomically
-from brainfl.metrics import METRIC_NAMES
+from brainfl.metrics import LEAK_FREE, METRIC_NAMES
+from brainfl.model_files import RUN_CONFIG
 
 RESULTS_CSV = "federated_learning_results.csv"
 SITE_CSV = "site_metrics.csv"
-CHECKPOINT = "checkpoint.keras"
-FINAL_MODEL = "final_model.keras"
-RUN_CONFIG = "run_config.json"
-MODEL_METADATA = "brainfl.json"
+PARTITION_CSV = "partition.csv"
+PREDICTIONS_CSV = "test_predictions.csv"
 ROUND_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "sites_trained", "sites_failed")
 SITE_FIELDS = (
     "round",
@@ -44,7 +45,7 @@ SITE_FIELDS = (
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
     per_class = [f"recall_{name}" for name in class_names]
-    return ["round", *METRIC_NAMES, *per_class, "leak_free_accuracy", *ROUND_FIELDS, "epsilon", "elapsed_s"]
+    return ["round", *METRIC_NAMES, *per_class, LEAK_FREE, *ROUND_FIELDS, "epsilon", "elapsed_s"]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -99,29 +100,34 @@ def _format(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def save_model_atomically(model: keras.Model, path: Path, metadata: Mapping[str, Any]) -> None:
-    """Save a Keras model with brainfl metadata, via a temporary file and an atomic rename.
-
-    ``metadata`` (class names, image size, channels, model name) is stored in
-    the ``.keras`` archive itself as ``brainfl.json``, so the model file alone
-    says what its outputs mean and how to preprocess an image for it.
-    """
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(MODEL_METADATA, json.dumps(dict(metadata), indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_model_metadata(path: Path) -> dict[str, Any]:
-    """The brainfl metadata stored in a saved ``.keras`` model."""
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read(MODEL_METADATA))
-
-
 def write_run_config(output_dir: Path, config: Mapping[str, Any]) -> None:
     """Record the run's settings (and extras such as class names) as JSON."""
     (output_dir / RUN_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def partition_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of ``partition.csv``: the site, its image counts, its training images per class."""
+    return ["site", "num_train", "num_val", *class_names]
+
+
+def write_predictions(
+    path: Path,
+    files: Sequence[str],
+    labels: Sequence[int],
+    leak_free: Sequence[bool] | None,
+    probabilities: Any,
+    class_names: Sequence[str],
+) -> None:
+    """Write ``test_predictions.csv``: file, true label, leak-free flag, one probability per class."""
+    rows = [["file", "label", "leak_free", *class_names]]
+    for index, (file, label) in enumerate(zip(files, labels, strict=True)):
+        flag = "" if leak_free is None else int(bool(leak_free[index]))
+        rows.append([file, int(label), flag, *(f"{float(p):.6g}" for p in probabilities[index])])
+    write_atomically(path, lambda handle: handle.write(_csv_text(rows).encode()))
+
+
+def resolve_output_dir(settings: RunSettings) -> Path:
+    """``output-dir`` or ``outputs/<timestamp>``, created with its ``logs`` folder."""
+    path = Path(settings.output_dir or f"outputs/{datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    return path

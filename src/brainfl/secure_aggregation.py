@@ -22,9 +22,9 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
+from brainfl.aggregation import SiteReport, numeric_metrics, round_settings
 from brainfl.config import RunSettings
 from brainfl.logs import LOG
-from brainfl.strategy import RoundBook, round_settings
 
 Evaluator = Callable[[int, ArrayRecord], object]
 QUANTIZATION_RANGE = 2**22  # Flower's default: steps of 2 * clipping-range / 2**22
@@ -39,8 +39,10 @@ def same_arrays(results: Sequence[FitRes]) -> bool:
     )
 
 
-class SecAggFedAvg(RoundBook, LegacyFedAvg):
-    """Flower's legacy FedAvg with the project's round settings and per-site bookkeeping."""
+class SecAggFedAvg(LegacyFedAvg):
+    """Flower's legacy FedAvg with the project's round settings, reporting the sites' metrics."""
+
+    report: Callable[[int, SiteReport], None] = staticmethod(lambda _round, _report: None)
 
     def __init__(
         self,
@@ -65,8 +67,6 @@ class SecAggFedAvg(RoundBook, LegacyFedAvg):
         failures: list,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Keep the sites' metrics; the arrays are already the unmasked weighted average."""
-        record = self.record(server_round)
-        record.sites_trained, record.sites_failed = len(results), len(failures)
         if results:
             only_sum = same_arrays([fit_res for _, fit_res in results])
             LOG.info(
@@ -75,9 +75,11 @@ class SecAggFedAvg(RoundBook, LegacyFedAvg):
                 "only the unmasked aggregate (identical arrays)" if only_sum else "DISTINCT per-site arrays",
                 len(results),
             )
-        for _, fit_res in results:
-            self.keep_site_metrics(server_round, int(fit_res.metrics.get("site-id", -1)), fit_res.metrics)
-        return super().aggregate_fit(server_round, results, failures)
+        sites = {int(res.metrics.get("site-id", -1)): numeric_metrics(res.metrics) for _, res in results}
+        parameters, metrics = super().aggregate_fit(server_round, results, failures)
+        report = SiteReport("train", sites, numeric_metrics(metrics), len(results), len(failures))
+        self.report(server_round, report)
+        return parameters, metrics
 
 
 def run_secure_federation(
@@ -87,14 +89,17 @@ def run_secure_federation(
     strategy: SecAggFedAvg,
     evaluator: Evaluator,
     max_site_examples: int,
-) -> None:
+) -> list[np.ndarray]:
     """All rounds through ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow)``.
 
     ``max_site_examples`` bounds a site's example count (SecAgg+ quantizes each
-    site's weight ``n / max_weight``, which must stay at most 1).
+    site's weight ``n / max_weight``, which must stay at most 1). Returns the
+    final global weights.
     """
+    latest: list[list[np.ndarray]] = []
 
     def evaluate(server_round: int, weights: list[np.ndarray], _config: dict) -> tuple[float, dict] | None:
+        latest[:] = [weights]
         metrics = evaluator(server_round, ArrayRecord(weights))
         return (float(metrics["loss"]), dict(metrics)) if metrics else None
 
@@ -113,6 +118,7 @@ def run_secure_federation(
         )
     )
     workflow(grid, legacy_context)
+    return latest[0]
 
 
 def secure_strategy(

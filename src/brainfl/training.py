@@ -10,14 +10,13 @@ With ``proximal_mu > 0`` the loss gains FedProx's proximal term
 softmax: the model is trained as if its outputs were re-weighted by that
 prior, so a site that holds few images of a class does not teach the shared
 model to rule that class out.
-:func:`recalibrate_batchnorm` ("precise BN") resets BatchNorm's moving
-statistics from one forward pass over a site's un-augmented images, run after
-local training so the averaged statistics describe the final weights.
+Random layers (augmentation, dropout) restart from the call's seed, so an
+update depends on its seed, not on what the process trained before. Precise
+BatchNorm statistics are :mod:`brainfl.batch_norm`'s job.
 """
 
 from __future__ import annotations
 
-import itertools
 import weakref
 
 import keras
@@ -185,6 +184,18 @@ def _ready_to_fit(
     return model
 
 
+def reseed_random_layers(model: keras.Model, seed: int) -> None:
+    """Restart the random state of augmentation and dropout layers from ``seed``.
+
+    Keras keeps each random layer's state in the model and advances it with
+    every call, so without this a site's update would depend on what the
+    same process trained before, not on the seed alone.
+    """
+    states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for index, state in enumerate(states):
+        state.assign(np.array([seed + index, 0], dtype=state.dtype))
+
+
 def train(
     model: keras.Model,
     inputs: np.ndarray,
@@ -206,6 +217,7 @@ def train(
     prior (None: plain cross-entropy).
     """
     keras.utils.set_random_seed(seed)
+    reseed_random_layers(model, seed)
     num_classes = model.output_shape[-1]
     fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu)
     fitted.loss.use_prior(class_prior)
@@ -213,75 +225,6 @@ def train(
         make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, shuffle=False, verbose=0
     ).history  # (the dataset shuffles itself each epoch)
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}
-
-
-PRECISE_BN_IMAGES = 1024
-
-
-def _is_chain(model: keras.Model) -> bool:
-    """Whether each layer of a functional model consumes the previous layer's output alone."""
-    layers = model.layers
-    return all(current.input is previous.output for previous, current in itertools.pairwise(layers))
-
-
-def recalibrate_batchnorm(
-    model: keras.Model,
-    inputs: np.ndarray,
-    batch_size: int,
-    max_images: int = PRECISE_BN_IMAGES,
-    seed: int = 0,
-) -> int:
-    """Precise BatchNorm: set every BN layer's moving statistics from ``inputs``; return the layer count.
-
-    Keras keeps exponential moving averages of the last few dozen training
-    batches, taken on augmented images while the weights were still moving;
-    after FedAvg they are an average of the sites' stale averages. Here the
-    final weights see ``inputs`` without augmentation (as at test time), each
-    BN layer normalizes with the batch's statistics (as in training), and its
-    moving mean and variance become the averages over all batches ("precise
-    BN", Wu & Johnson 2021), from at most ``max_images`` images (channel
-    statistics need few; the pass costs a forward pass over them). The images
-    are a random sample (``seed``) in random order: datasets are stored sorted
-    by class, and the first images, or batches of one class, would describe
-    one class instead of the mix the model is trained and tested on. Models that
-    are not a plain chain of layers, or have no BN layer, are left as they are.
-    """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not norms or not _is_chain(model):
-        return 0
-    batch_moments = _batch_moments_function(model)
-    order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]
-    used = inputs[order]
-    batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
-    per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
-    sizes = [len(batch) for batch in batches]
-    for index, layer in enumerate(norms):
-        layer.moving_mean.assign(np.average([m[index][0] for m in per_batch], axis=0, weights=sizes))
-        layer.moving_variance.assign(np.average([m[index][1] for m in per_batch], axis=0, weights=sizes))
-    return len(norms)
-
-
-_BATCH_MOMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _batch_moments_function(model: keras.Model):
-    """A ``tf.function`` (traced once per model, any batch size) returning each BN layer's input moments."""
-    if model not in _BATCH_MOMENTS:
-        model_ref = weakref.ref(model)  # the cache must not keep the model alive
-
-        @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
-        def batch_moments(x):
-            moments = []
-            for layer in model_ref().layers[1:]:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    moments.append(tf.nn.moments(x, axes=list(range(len(x.shape) - 1))))
-                    x = layer(x, training=True)  # normalize with the batch's statistics, as in training
-                else:
-                    x = layer(x, training=False)  # augmentation and dropout off, as at test time
-            return moments
-
-        _BATCH_MOMENTS[model] = batch_moments
-    return _BATCH_MOMENTS[model]
 
 
 def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""The server's central evaluation: a global model's scores and probabilities on the test set.
+
+:class:`CentralEvaluator` holds the server's test set (the official
+``Testing`` split, or a stratified hold-out of ``Training`` where there is
+none) and its leak-free subset (Testing images with no exact or near copy in
+Training). Calling it with a model's weights returns an :class:`Evaluation`:
+the metrics of :func:`brainfl.metrics.score` and the probabilities they came
+from. It writes nothing: :mod:`brainfl.recorder` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from brainfl.config import RunSettings, resolve_path
+from brainfl.data_check import leak_free_test_mask
+from brainfl.data_loader import Dataset
+from brainfl.logs import LOG
+from brainfl.metrics import score
+from brainfl.pipeline import model_for, model_inputs
+from brainfl.training import predict_proba
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One global model on the server's test set."""
+
+    metrics: dict[str, float]
+    probabilities: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class CentralTestSet:
+    """What the server evaluates on: files, true labels, class names and the leak-free mask."""
+
+    files: list[str]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    leak_free: np.ndarray | None
+    official: bool
+
+
+def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None:
+    """Which official Testing images have no exact or near copy in Training (None: no Testing split)."""
+    if not dataset.test_is_official:
+        return None
+    mask = leak_free_test_mask(resolve_path(settings.data_dir, "data-dir"), dataset.test.files)
+    LOG.info("leak-free test subset: %d of %d Testing images have no copy in Training", mask.sum(), len(mask))
+    return mask if mask.any() else None
+
+
+class CentralEvaluator:
+    """Scores global models on the server's test set."""
+
+    def __init__(self, settings: RunSettings, dataset: Dataset) -> None:
+        self.bundle = model_for(settings, dataset.train.class_names)
+        self.inputs = model_inputs(settings, self.bundle, dataset.test)
+        self.test_set = CentralTestSet(
+            files=list(dataset.test.files),
+            labels=dataset.test.labels,
+            class_names=tuple(dataset.train.class_names),
+            leak_free=leak_free_mask(settings, dataset),
+            official=dataset.test_is_official,
+        )
+        LOG.info(
+            "central test set: %d images (%s split)",
+            len(self.test_set.labels),
+            "official Testing" if dataset.test_is_official else "held-out Training",
+        )
+
+    def __call__(self, weights: list[np.ndarray]) -> Evaluation:
+        """Score the model with ``weights`` (NaN outputs count as wrong)."""
+        self.bundle.trainable.set_weights(weights)
+        probabilities = predict_proba(self.bundle.trainable, self.inputs)
+        test = self.test_set
+        return Evaluation(score(test.labels, probabilities, test.class_names, test.leak_free), probabilities)

@@ -1,0 +1,61 @@
+"""One site's local update: the training step every engine, baseline and benchmark shares.
+
+:func:`local_update` trains a model's weights on a site's images for the
+round's local epochs (AdamW, the round's learning rate, optional proximal
+term and balanced-softmax prior) and then sets its BatchNorm statistics from
+the site's own un-augmented images (precise BN). The ClientApp, the
+centralized baseline (one "site" holding all the data) and the benchmarks'
+one-process federations call it, so they train exactly alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainfl.batch_norm import recalibrate_batchnorm
+from brainfl.config import RunSettings
+from brainfl.models import ModelBundle
+from brainfl.training import site_class_prior, train
+
+CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class
+
+
+def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
+    """The shuffling/augmentation seed of one site in one round (differs per site and round)."""
+    return settings.seed + 1000 * server_round + max(site_id, 0)
+
+
+def local_update(
+    settings: RunSettings,
+    bundle: ModelBundle,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    learning_rate: float,
+    server_round: int,
+    site_id: int = 0,
+    epochs: int | None = None,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Train ``bundle.trainable`` in place on ``inputs``/``labels``; return the training metrics."""
+    num_classes = bundle.trainable.output_shape[-1]
+    metrics = train(
+        bundle.trainable,
+        inputs,
+        labels,
+        epochs=settings.local_epochs if epochs is None else epochs,
+        batch_size=settings.batch_size,
+        learning_rate=learning_rate,
+        weight_decay=settings.weight_decay,
+        label_smoothing=settings.label_smoothing,
+        seed=update_seed(settings, server_round, site_id),
+        proximal_mu=proximal_mu,
+        class_prior=site_class_prior(labels, num_classes) if settings.balanced_softmax else None,
+    )
+    recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)
+    return metrics
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """How many images of each class a site holds (its row of the partition table)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes].tolist()

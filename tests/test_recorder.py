@@ -1,0 +1,106 @@
+"""The recorder writes each round's outputs from what the strategy and the evaluator hand it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from brainfl.aggregation import SiteReport
+from brainfl.evaluation import CentralTestSet, Evaluation
+from brainfl.metrics import score
+from brainfl.model_files import CHECKPOINT, ModelWriter, model_metadata, stored_metadata
+from brainfl.models import build_model
+from brainfl.recorder import RunRecorder, resume_point
+from brainfl.results import PARTITION_CSV, PREDICTIONS_CSV, RESULTS_CSV, SITE_CSV, read_rows
+
+CLASSES = ("a", "b")
+
+
+@pytest.fixture(scope="module")
+def writer() -> ModelWriter:
+    bundle = build_model("cnn", 32, len(CLASSES))
+    return ModelWriter(bundle, model_metadata("cnn", CLASSES, 32, 1))
+
+
+def _test_set() -> CentralTestSet:
+    return CentralTestSet(
+        ["x.png", "y.png", "z.png"], np.array([0, 1, 1]), CLASSES, np.array([True, False, True]), True
+    )
+
+
+def _evaluation(probabilities: np.ndarray) -> Evaluation:
+    test = _test_set()
+    return Evaluation(score(test.labels, probabilities, CLASSES, test.leak_free), probabilities)
+
+
+def _train_report(sites: dict[int, tuple[int, int]]) -> SiteReport:
+    metrics = {
+        site: {
+            "train_loss": 0.5 + site,
+            "num_train": a + b,
+            "num_val": 1,
+            "class-count-0": a,
+            "class-count-1": b,
+        }
+        for site, (a, b) in sites.items()
+    }
+    return SiteReport("train", metrics, {"train_loss": 0.7, "train_accuracy": 0.8}, len(sites), 1)
+
+
+def test_a_round_is_written_from_the_site_reports_and_the_evaluation(tmp_path, writer, caplog) -> None:
+    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=3)
+    weights = writer.bundle.trainable.get_weights()
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        recorder.round_done(0, weights, _evaluation(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])))
+    assert "nan" not in caplog.text and "left" not in caplog.text  # no time estimate before round 1
+    recorder.site_report(1, _train_report({0: (3, 1), 1: (0, 4)}))
+    recorder.site_report(1, SiteReport("evaluate", {0: {"val_accuracy": 1.0}}, {"val_accuracy": 0.5}, 2, 0))
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.1, 0.9]])
+    recorder.round_done(1, weights, _evaluation(probabilities))
+
+    rows = read_rows(tmp_path / RESULTS_CSV)
+    assert [row["round"] for row in rows] == ["0", "1"]
+    assert float(rows[1]["accuracy"]) == pytest.approx(2 / 3)  # the NaN row counts as wrong
+    assert float(rows[1]["leak_free_accuracy"]) == 1.0
+    assert rows[1]["sites_trained"] == "2" and rows[1]["sites_failed"] == "1"
+    assert float(rows[1]["train_loss"]) == 0.7 and float(rows[1]["val_accuracy"]) == 0.5
+    sites = read_rows(tmp_path / SITE_CSV)
+    assert [(r["site"], r["train_loss"], r["val_accuracy"]) for r in sites] == [
+        ("0", "0.5", "1"),
+        ("1", "1.5", ""),
+    ]
+    partition = read_rows(tmp_path / PARTITION_CSV)
+    assert [(r["site"], r["a"], r["b"], r["num_train"]) for r in partition] == [
+        ("0", "3", "1", "4"),
+        ("1", "0", "4", "4"),
+    ]
+    predictions = read_rows(tmp_path / PREDICTIONS_CSV)
+    assert [p["file"] for p in predictions] == ["x.png", "y.png", "z.png"]
+    assert [p["leak_free"] for p in predictions] == ["1", "0", "1"]
+    assert predictions[1]["a"] == "nan" and float(predictions[2]["b"]) == 0.9
+    assert stored_metadata(tmp_path / CHECKPOINT)["round"] == 1
+
+
+def test_a_site_enters_the_partition_table_once(tmp_path, writer) -> None:
+    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=2)
+    weights = writer.bundle.trainable.get_weights()
+    for server_round in (1, 2):
+        recorder.site_report(server_round, _train_report({0: (2, 2)}))
+        recorder.round_done(server_round, weights, _evaluation(np.full((3, 2), 0.5)))
+    assert len(read_rows(tmp_path / PARTITION_CSV)) == 1
+
+
+def test_resume_point_returns_the_checkpoint_and_drops_later_rows(tmp_path, writer) -> None:
+    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=5)
+    trained = [w + 1.0 for w in writer.bundle.trainable.get_weights()]
+    for server_round in (1, 2):
+        recorder.site_report(server_round, _train_report({0: (2, 2)}))
+        recorder.round_done(server_round, trained, _evaluation(np.full((3, 2), 0.5)))
+    recorder.results.append({"round": 3, "accuracy": 0.1, "elapsed_s": 99.0})  # a round the checkpoint lacks
+    last_round, weights, elapsed = resume_point(tmp_path, writer)
+    assert last_round == 2
+    np.testing.assert_allclose(weights[0], trained[0])
+    assert [row["round"] for row in read_rows(tmp_path / RESULTS_CSV)] == ["1", "2"]
+    assert elapsed < 99.0
