@@ -1,14 +1,25 @@
-"""Tests of the run report: figures and report.html from a small recorded run, checked in a real browser."""
+"""Tests of the run report, made from a run folder written by hand (no training, no Flower).
+
+The folder holds what the server saves: ``run_config.json`` (its data-dir
+points nowhere), the per-round and per-site CSVs, ``partition.csv``,
+``test_predictions.csv`` (the committed sample's test images, with made-up
+probabilities, one row all NaN) and a tiny model for the Grad-CAM examples.
+The report runs with the data pipeline made unimportable and data decoding
+and evaluation refused, so everything it shows comes from those files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,62 +28,132 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import report
-from brainfl.config import RunSettings
+from brainfl import data_loader, report, training
+from brainfl.config import default_run_config
 from brainfl.errors import BrainFLError
-from brainfl.predict import predict_files
+from brainfl.report_data import PARTITION_CSV, PREDICTIONS_CSV
 from brainfl.results import RESULTS_CSV, SITE_CSV, SITE_FIELDS, CsvAppender, results_header
 from conftest import CLASSES
 from test_predict import IMAGE_SIZE, SAMPLE, tiny_model_file
 
 CHROMIUM = Path("/usr/bin/chromium")
+PARTITION = pd.DataFrame(
+    {
+        "site": ["0", "1", "2"],
+        "num_train": [30, 20, 25],
+        "num_val": [4, 3, 2],
+        "glioma": [10, 2, 13],
+        "meningioma": [5, 8, 2],
+        "notumor": [10, 5, 5],
+        "pituitary": [5, 5, 5],
+    }
+)
+ACCURACIES = (0.25, 0.75, 0.71875)  # the last is the predictions' accuracy, 23 of 32
+CHANGED = {"num-server-rounds": 2, "num-partitions": 3, "partitioning": "dirichlet", "learning-rate": 0.01}
 
 
-def record_run(
-    out: Path, model_file: Path, cache: Path, leak_free: bool = False, partitions: bool = True
-) -> Path:
-    """A run's output folder written by hand as the ServerApp would (3 rounds, 2 sites), no Flower."""
+def sample_test_images() -> list[tuple[Path, int, int]]:
+    """(image, true class, j): the sample's 8 test images per class."""
+    return [
+        (path, label, j)
+        for label, name in enumerate(CLASSES)
+        for j, path in enumerate(sorted((SAMPLE / "Testing" / name).iterdir()))
+    ]
+
+
+def predicted_class(label: int, j: int) -> int:
+    """What the made-up model predicts: right for j < 5 and j == 7, the next class for j = 5, 6;
+    image 7 of class 0 has NaN probabilities (-1: no prediction)."""
+    if j in (5, 6):
+        return (label + 1) % len(CLASSES)
+    return -1 if (label, j) == (0, 7) else label
+
+
+def probabilities(label: int, j: int) -> list[float]:
+    guess = predicted_class(label, j)
+    if guess < 0:
+        return [float("nan")] * len(CLASSES)
+    top = 0.55 + 0.05 * j  # a later image is a more confident prediction
+    return [top if k == guess else (1 - top) / 3 for k in range(len(CLASSES))]
+
+
+def write_predictions(out: Path, files: list[tuple[Path, int, int]], leak_free: bool = True) -> None:
+    rows = [
+        {
+            "file": str(path),
+            "label": label,
+            "leak_free": (int(j % 2 == 0) if leak_free else ""),
+            **dict(zip(CLASSES, probabilities(label, j), strict=True)),
+        }
+        for path, label, j in files
+    ]
+    pd.DataFrame(rows).to_csv(out / PREDICTIONS_CSV, index=False)
+
+
+def record_run(out: Path, model_file: Path | None, extra: dict | None = None) -> Path:
+    """A run folder as the server writes it: 3 rows (rounds 0-2), 3 sites, site 2 missing round 2."""
     out.mkdir(parents=True)
-    shutil.copy(model_file, out / "final_model.keras")
-    config = RunSettings(
-        num_server_rounds=2,
-        image_size=IMAGE_SIZE,
-        num_partitions=2,
-        data_dir=str(SAMPLE),
-        output_dir=str(out),
-        cache_dir=str(cache),
-    ).to_config()
-    if not partitions:
-        del config["num-partitions"]
-    (out / "run_config.json").write_text(json.dumps({**config, "class-names": list(CLASSES)}, indent=2))
-    header = results_header(CLASSES)
-    if "leak_free_accuracy" not in header:
-        header.insert(header.index("train_loss"), "leak_free_accuracy")
-    results = CsvAppender(out / RESULTS_CSV, header)
+    if model_file is not None:
+        shutil.copy(model_file, out / "final_model.keras")
+    config = {
+        **default_run_config(),
+        "image-size": IMAGE_SIZE,
+        "data-dir": str(out / "no-such-data"),
+        "output-dir": str(out),
+        **CHANGED,
+        "class-names": list(CLASSES),
+        **(extra or {}),
+    }
+    (out / "run_config.json").write_text(json.dumps(config, indent=2))
+    results = CsvAppender(out / RESULTS_CSV, results_header(CLASSES))
     sites = CsvAppender(out / SITE_CSV, SITE_FIELDS)
-    for round_, accuracy in enumerate((0.25, 0.41, 0.53)):
-        row = {"round": round_, "loss": 1.5 - 0.2 * round_, "accuracy": accuracy, "f1_macro": accuracy - 0.05}
-        row.update({f"recall_{name}": accuracy for name in CLASSES}, elapsed_s=10.0 * round_)
-        if leak_free:
-            row["leak_free_accuracy"] = accuracy - 0.07
+    for round_, accuracy in enumerate(ACCURACIES):
+        row = {
+            "round": round_,
+            "loss": 1.5 - 0.2 * round_,
+            "accuracy": accuracy,
+            "f1_macro": round(accuracy - 0.05, 3),
+        }
+        row.update({f"recall_{name}": accuracy for name in CLASSES}, elapsed_s=[0.0, 60.0, 125.5][round_])
+        row["leak_free_accuracy"] = round(accuracy - 0.07, 3)
         if round_:
-            row.update(train_loss=1.4, train_accuracy=0.5, val_loss=1.3, val_accuracy=0.45, sites_trained=2)
-            row["sites_failed"] = 0
-            for site in (0, 1):
+            row.update(train_loss=1.4, train_accuracy=0.5, val_loss=1.3, val_accuracy=0.45, sites_trained=3)
+            for site in (0, 1, 2) if round_ == 1 else (0, 1):
                 sites.append(
                     {
+                        **PARTITION.iloc[site][["num_train", "num_val"]].astype(int).to_dict(),
                         "round": round_,
                         "site": site,
-                        "num_train": 36,
-                        "num_val": 4,
-                        "train_loss": 1.4 - 0.1 * site,
+                        "train_loss": 1.4,
                         "train_accuracy": 0.5,
-                        "val_loss": 1.3 - 0.1 * round_ - 0.05 * site,
-                        "val_accuracy": 0.3 + 0.1 * round_ + 0.05 * site,
+                        "val_loss": 1.3 - 0.1 * round_,
+                        "val_accuracy": 0.3 + 0.1 * round_ + 0.01 * site,
                     }
                 )
         results.append(row)
+    PARTITION.to_csv(out / PARTITION_CSV, index=False)
+    write_predictions(out, sample_test_images())
     return out
+
+
+@contextlib.contextmanager
+def no_pipeline() -> Iterator[None]:
+    """The data pipeline unimportable; decoding the data set and evaluating a model refused."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report must not decode the data set nor evaluate a model")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("brainfl.pipeline", "brainfl.partitioning"):
+            patch.setitem(sys.modules, name, None)  # `import` raises ImportError
+        patch.setattr(data_loader, "load_dataset", refuse)
+        patch.setattr(training, "predict_proba", refuse)
+        yield
+
+
+def make_report(run: Path) -> str:
+    with no_pipeline():
+        return report.make_report(run).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -82,31 +163,35 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory, model_file) -> Path:
-    tmp = tmp_path_factory.mktemp("report")
-    run = record_run(tmp / "run", model_file, tmp / "cache")
-    report.make_report(run)
+    run = record_run(tmp_path_factory.mktemp("report") / "run", model_file, {"note": "<script>x</script>"})
+    make_report(run)
     return run
 
 
+@pytest.fixture(scope="module")
+def page(recorded_run) -> str:
+    return (recorded_run / report.REPORT_HTML).read_text()
+
+
 class _Tables(HTMLParser):
-    """Every <table> of a page as rows of cell texts (the standard library; pandas.read_html needs lxml)."""
+    """Every <table> of a page as (its class, rows of cell texts)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.tables: list[list[list[str]]] = []
+        self.tables: list[tuple[str, list[list[str]]]] = []
         self.cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag == "table":
-            self.tables.append([])
+            self.tables.append((dict(attrs).get("class") or "", []))
         elif tag == "tr" and self.tables:
-            self.tables[-1].append([])
+            self.tables[-1][1].append([])
         elif tag in ("td", "th"):
             self.cell = []
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self.cell is not None:
-            self.tables[-1][-1].append("".join(self.cell).strip())
+            self.tables[-1][1][-1].append("".join(self.cell).strip())
             self.cell = None
 
     def handle_data(self, data):
@@ -114,28 +199,25 @@ class _Tables(HTMLParser):
             self.cell.append(data)
 
 
-def read_tables(page: str) -> list[pd.DataFrame]:
-    """The page's tables, first row as header, the first column named 'index' when it has no name."""
+def read_table(page: str, cls: str) -> pd.DataFrame:
+    """The page's table of class ``cls``, first row as header, numbers as numbers, first column as index."""
     parser = _Tables()
     parser.feed(page)
-    frames = []
-    for rows in parser.tables:
-        header = [name or "index" for name in rows[0]]
-        frame = pd.DataFrame(rows[1:], columns=header)
-        frames.append(_numeric(frame))
-    return frames
-
-
-def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
-    for column in frame.columns:
+    rows = next(rows for found, rows in parser.tables if found == cls)
+    frame = pd.DataFrame(rows[1:], columns=rows[0])
+    for column in frame.columns[1:]:
         converted = pd.to_numeric(frame[column], errors="coerce")
         if converted.notna().all():
             frame[column] = converted
-    return frame
+    return frame.set_index(frame.columns[0])
 
 
 def image_sources(page: str) -> list[str]:
     return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
+
+
+def headline(page: str) -> dict[str, str]:
+    return dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", page))
 
 
 def test_writes_the_figures_as_png(recorded_run):
@@ -150,82 +232,164 @@ def test_writes_the_figures_as_png(recorded_run):
             assert np.asarray(figure.convert("L")).std() > 5
 
 
-def test_report_is_self_contained_with_all_sections(recorded_run):
-    page = (recorded_run / report.REPORT_HTML).read_text()
+def test_page_is_self_contained_and_escaped(page):
     sources = image_sources(page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     for source in sources:
         Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
     assert not re.search(r"(src|href)=\"(?!data:)", page), "the page refers to an external resource"
-    for text in (
-        "Run configuration",
-        "dirichlet-alpha",
-        "Partition: images per class per site",
-        "Per-round results",
-        "precision_macro",
-        "per-class precision, recall and F1",
-        "macro avg",
-        "32 images (official Testing split)",
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x" not in page
+
+
+def test_headline_numbers_come_first_and_settings_last(page):
+    assert headline(page) == {
+        "final test accuracy (round 2)": "0.7188",
+        "best test accuracy (round 1)": "0.7500",
+        "leak-free test accuracy (round 2)": "0.6490",
+        "macro F1 (round 2)": "0.6690",
+        "rounds": "2",
+        "wall time": "2 min 06 s",
+    }
+    order = [
+        '<dl class="headline">',
+        "Accuracy and loss per round",
+        "Confusion matrix",
+        "Per-class precision, recall and F1",
+        "<h2>Sites</h2>",
+        "Partition: training images",
         "Grad-CAM examples",
-        *CLASSES,
-    ):
-        assert text in page, text
-    assert "leak_free_accuracy" not in page and "leak-free" not in page
+        "Settings that differ from the defaults",
+        "<details><summary>All settings",
+    ]
+    positions = [page.index(text) for text in order]
+    assert positions == sorted(positions)
+    assert "Note:" not in page  # every artefact is there
 
 
-def test_partition_table_counts_every_training_image_per_class_and_site(recorded_run):
-    tables = read_tables((recorded_run / report.REPORT_HTML).read_text())
-    partition = next(t for t in tables if "total" in t.columns and "glioma" in t.columns)
-    assert len(partition) == 2
-    assert partition[list(CLASSES)].to_numpy().sum(axis=0).tolist() == [20, 20, 20, 20]
-    assert partition["total"].sum() == 80
-    assert (partition["train"] + partition["val"] == partition["total"]).all()
-
-
-def test_per_class_metrics_and_gradcam_examples_match_the_model(recorded_run, model_file):
-    predictions = predict_files(model_file, [SAMPLE / "Testing"])
-    truth = np.asarray([Path(f).parent.name for f in predictions["file"]])
-    predicted = predictions["predicted_class"].to_numpy()
-    tables = read_tables((recorded_run / report.REPORT_HTML).read_text())
-    per_class = next(t for t in tables if "f1" in t.columns).set_index("index")
-    for name in CLASSES:
-        hits = np.sum((truth == name) & (predicted == name))
+def test_confusion_and_per_class_numbers_come_from_the_saved_predictions(recorded_run, page):
+    files = sample_test_images()
+    truth = np.asarray([label for _, label, _ in files])
+    guess = np.asarray([predicted_class(label, j) for _, label, j in files])
+    counts, normalized, no_prediction = report_data_confusion(recorded_run)
+    expected = np.zeros((4, 5), dtype=int)
+    for t, p in zip(truth, guess, strict=True):
+        expected[t, p] += 1  # -1: the last column, no prediction
+    assert no_prediction and counts.tolist() == expected.tolist()
+    assert normalized[0].tolist() == pytest.approx([5 / 8, 2 / 8, 0, 0, 1 / 8])
+    per_class = read_table(page, "per-class")
+    for k, name in enumerate(CLASSES):
+        hits = np.sum((truth == k) & (guess == k))
+        precision, recall = hits / np.sum(guess == k), hits / np.sum(truth == k)
         assert per_class.loc[name, "support"] == 8
-        assert per_class.loc[name, "recall"] == pytest.approx(hits / 8, abs=1e-4)
-    expected = sum(
-        int(np.any((truth == name) & (predicted == name)))
-        + int(np.any((truth == name) & (predicted != name)))
-        for name in CLASSES
-    )
-    cams = sorted((recorded_run / report.GRADCAM_DIR).glob("*.png"))
-    assert len(cams) == expected
-    for cam in cams:
+        assert per_class.loc[name, "recall"] == pytest.approx(recall, abs=1e-4)
+        assert per_class.loc[name, "precision"] == pytest.approx(precision, abs=1e-4)
+        assert per_class.loc[name, "f1"] == pytest.approx(
+            2 * precision * recall / (precision + recall), abs=1e-4
+        )
+    assert per_class.loc["glioma", "recall"] == pytest.approx(5 / 8)  # the NaN row is wrong, not glioma
+    assert per_class.loc["macro avg", "support"] == 32
+    leak_free = np.asarray([j % 2 == 0 for _, _, j in files])
+    assert "32 images, accuracy 0.7188" in page
+    assert f"Leak-free accuracy {np.mean(truth[leak_free] == guess[leak_free]):.4f} on the 16" in page
+    assert "1 of 32 images have non-finite probabilities" in page
+
+
+def report_data_confusion(run: Path):
+    from brainfl.report_data import confusion, read_run
+
+    return confusion(read_run(run).predictions, len(CLASSES))
+
+
+def test_site_table_is_partition_csv_with_each_sites_last_validation(page):
+    sites = read_table(page, "sites")
+    expected = PARTITION.set_index("site")
+    assert sites.index.tolist() == ["0", "1", "2"]
+    assert sites[expected.columns].astype(int).equals(expected.astype(int))
+    assert sites["rounds reported"].tolist() == [2, 2, 1]
+    assert sites["last val accuracy"].tolist() == pytest.approx([0.5, 0.51, 0.42])
+
+
+def test_short_settings_table_lists_only_what_differs(recorded_run, page):
+    defaults = default_run_config()
+    assert all(defaults[key] != value for key, value in CHANGED.items())
+    assert defaults["image-size"] == IMAGE_SIZE
+    differing = read_table(page, "settings-differing")
+    expected = {*CHANGED, "data-dir", "output-dir", "class-names", "note"}
+    assert set(differing.index) == expected
+    assert differing.loc["partitioning", "value"] == "dirichlet"
+    assert differing.loc["partitioning", "default"] == "iid"
+    assert differing.loc["class-names", "value"] == ", ".join(CLASSES)
+    every = read_table(page, "settings-all")
+    assert set(every.index) == set(json.loads((recorded_run / "run_config.json").read_text()))
+    assert page.index("settings-differing") < page.index("<details><summary>All settings")
+
+
+def test_gradcam_examples_are_the_most_confident_right_and_wrong_per_class(recorded_run, page):
+    names = {cam.name for cam in (recorded_run / report.GRADCAM_DIR).glob("*.png")}
+    expected = set()
+    for label, name in enumerate(CLASSES):
+        images = sorted((SAMPLE / "Testing" / name).iterdir())
+        expected.add(f"{name}_correct_{images[4 if label == 0 else 7].stem}.png")  # class 0's 7 is NaN
+        expected.add(f"{name}_wrong_{images[6].stem}.png")
+    assert names == expected
+    for cam in (recorded_run / report.GRADCAM_DIR).glob("*.png"):
         with Image.open(cam) as image:
             assert image.size == (224, 224)
-    page = (recorded_run / report.REPORT_HTML).read_text()
-    assert len(image_sources(page)) == 3 + expected
-    assert page.count(">correct: true ") + page.count(">wrong: true ") == expected
+    assert len(image_sources(page)) == 3 + len(expected)
+    assert page.count(">correct: true ") == 4 and page.count(">wrong: true ") == 4
+    assert ">wrong: true glioma, predicted meningioma (p=0.85), " in page
 
 
-def test_leak_free_column_is_shown_and_partitions_fall_back_to_site_metrics(tmp_path, model_file):
-    run = record_run(tmp_path / "run", model_file, tmp_path / "cache", leak_free=True, partitions=False)
-    page = report.make_report(run).read_text()
-    assert "leak-free accuracy <b>0.4600</b>" in page
-    assert "leak_free_accuracy" in page
-    assert "partition sizes from site_metrics.csv" in page
-    tables = read_tables(page)
-    partition = next(t for t in tables if "total" in t.columns)
-    assert partition["total"].tolist() == [40, 40]
+def test_missing_artefacts_give_notes_not_errors(tmp_path, recorded_run):
+    run = record_run(tmp_path / "run", None)
+    (run / PARTITION_CSV).unlink()
+    (run / PREDICTIONS_CSV).unlink()
+    shutil.copy(recorded_run / report.FIGURE_CONFUSION, run)  # of an earlier report: must go
+    page = make_report(run)
+    assert "no test_predictions.csv: no confusion matrix, per-class metrics or Grad-CAM" in page
+    assert "no partition.csv: the partition figure shows each site&#39;s training images" in page
+    assert not (run / report.FIGURE_CONFUSION).exists()
+    assert (run / report.FIGURE_PARTITION).is_file()
+    sites = read_table(page, "sites")
+    assert sites["num_train"].tolist() == PARTITION["num_train"].tolist()
+    assert len(image_sources(page)) == 2
+    assert page.index("Note:") < page.index('<dl class="headline">')
 
 
-def test_report_without_model_or_data_still_writes_a_page(tmp_path, model_file):
-    run = record_run(tmp_path / "run", model_file, tmp_path / "cache")
-    (run / "final_model.keras").unlink()
+def test_grad_cam_without_model_or_images_is_a_note_and_relative_paths_use_data_dir(tmp_path, model_file):
+    run = record_run(tmp_path / "run", None)
+    page = make_report(run)
+    assert "no final_model.keras: no Grad-CAM examples" in page
+    assert "Confusion matrix of the latest" in page
+    shutil.copy(model_file, run / "final_model.keras")
+    moved = [(tmp_path / "moved" / path.name, label, j) for path, label, j in sample_test_images()]
+    write_predictions(run, moved, leak_free=False)
+    page = make_report(run)
+    assert "8 of 8 Grad-CAM example images not found" in page
+    assert "Leak-free flags unknown (no official Testing split)" in page
+    relative = [(path.relative_to(SAMPLE), label, j) for path, label, j in sample_test_images()]
+    write_predictions(run, relative)  # image paths relative to the data-dir
     config = json.loads((run / "run_config.json").read_text())
-    (run / "run_config.json").write_text(json.dumps({**config, "data-dir": str(tmp_path / "moved")}))
-    page = report.make_report(run).read_text()
-    assert "no final_model.keras" in page and "not found" in page
-    assert (run / report.FIGURE_CURVES).is_file() and (run / report.FIGURE_PARTITION).is_file()
+    (run / "run_config.json").write_text(json.dumps({**config, "data-dir": str(SAMPLE)}))
+    page = make_report(run)
+    assert "Note:" not in page and page.count(">correct: true ") == 4
+
+
+def test_centralized_run_without_site_files(tmp_path):
+    run = record_run(tmp_path / "run", None, {"centralized": True})
+    for name in (SITE_CSV, PARTITION_CSV):
+        (run / name).unlink()
+    page = make_report(run)
+    assert "no partition.csv and no per-site results" in page
+    assert "No per-site results." in page
+    assert not (run / report.FIGURE_PARTITION).exists()
+
+
+def test_unusable_predictions_are_a_note(tmp_path):
+    run = record_run(tmp_path / "run", None)
+    table = pd.read_csv(run / PREDICTIONS_CSV).drop(columns="pituitary")
+    table.to_csv(run / PREDICTIONS_CSV, index=False)
+    assert "test_predictions.csv unusable (no column pituitary)" in make_report(run)
 
 
 def test_not_a_run_folder_is_one_clear_line(tmp_path):
@@ -242,7 +406,8 @@ def test_report_command(recorded_run, capsys):
     parser = argparse.ArgumentParser(prog="brainfl")
     report.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", str(recorded_run)])
-    args.handler(args)
+    with no_pipeline():
+        args.handler(args)
     assert f"report written to {recorded_run / report.REPORT_HTML}" in capsys.readouterr().out
 
 
@@ -298,8 +463,7 @@ def images_check(page: str, folder: Path) -> dict[str, str]:
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium; CI has it)"
 )
-def test_report_renders_in_headless_chromium_with_every_image_loaded(recorded_run, tmp_path):
-    page = (recorded_run / report.REPORT_HTML).read_text()
+def test_report_renders_in_headless_chromium_with_every_image_loaded(page, tmp_path):
     expected = len(image_sources(page))
     found = images_check(page, tmp_path / "report")
     assert found == {"data-images-ok": "true", "data-images-count": str(expected), "data-images-broken": "0"}

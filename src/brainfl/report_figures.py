@@ -1,0 +1,130 @@
+"""The run report's figures (matplotlib, no display needed), saved as PNG and embeddable as data URIs.
+
+- accuracy and loss per round: the server's test set, the leak-free test
+  accuracy when recorded, and each site's validation;
+- the confusion matrix of the saved test predictions, counts and row-normalized;
+- the partition: training images per class per site, stacked bars.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainfl.metrics import LEAK_FREE
+
+FIGURE_DPI = 110
+
+
+def data_uri(path: Path) -> str:
+    """A PNG file as a ``data:`` URI, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display
+
+    return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    """Infinite values (the loss of a broken model) as gaps in the line."""
+    return values.replace([np.inf, -np.inf], np.nan)
+
+
+def plot_curves(results: pd.DataFrame, sites: pd.DataFrame, path: Path) -> Path:
+    """Accuracy and loss per round: server test set, leak-free test set, each site's validation."""
+    figure = _new_figure(11, 4.2)
+    acc_axis, loss_axis = figure.subplots(1, 2)
+    rounds = results["round"] if "round" in results else pd.Series(dtype=float)
+    for axis, metric, site_metric, title in (
+        (acc_axis, "accuracy", "val_accuracy", "Accuracy"),
+        (loss_axis, "loss", "val_loss", "Loss"),
+    ):
+        if metric in results and results[metric].notna().any():
+            axis.plot(rounds, _finite(results[metric]), "o-", color="black", lw=2.2, label="server test set")
+        if metric == "accuracy" and LEAK_FREE in results and results[LEAK_FREE].notna().any():
+            axis.plot(rounds, results[LEAK_FREE], "s:", color="tab:red", lw=2, label="leak-free test set")
+        if not sites.empty and site_metric in sites:
+            for site, rows in sites.sort_values("round").groupby("site"):
+                axis.plot(
+                    rows["round"],
+                    _finite(rows[site_metric]),
+                    ".--",
+                    lw=1.2,
+                    alpha=0.85,
+                    label=f"site {site} val",
+                )
+        elif site_metric in results and results[site_metric].notna().any():
+            axis.plot(rounds, _finite(results[site_metric]), ".--", label="sites' validation (mean)")
+        axis.set_title(title)
+        axis.set_xlabel("round")
+        axis.grid(alpha=0.3)
+        if metric == "accuracy":
+            axis.set_ylim(0, 1.02)
+        if rounds.notna().any():
+            axis.set_xticks(sorted({int(r) for r in rounds.dropna()}))
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _cells(matrix: np.ndarray) -> Iterator[tuple[int, int, float]]:
+    for row in range(matrix.shape[0]):
+        for col in range(matrix.shape[1]):
+            yield row, col, matrix[row, col]
+
+
+def plot_confusion(
+    counts: np.ndarray, normalized: np.ndarray, class_names: Sequence[str], path: Path, no_prediction: bool
+) -> Path:
+    """Confusion matrix, counts and row-normalized side by side (an extra column of
+    non-finite rows when ``no_prediction``)."""
+    columns = [*class_names, "no prediction"] if no_prediction else list(class_names)
+    figure = _new_figure(11.5 if no_prediction else 11, 4.8)
+    for axis, matrix, title, fmt in zip(
+        figure.subplots(1, 2),
+        (counts, normalized),
+        ("Counts", "Row-normalized (recall on the diagonal)"),
+        ("{:.0f}", "{:.2f}"),
+        strict=True,
+    ):
+        scale = matrix.max() if matrix.max() > 0 else 1
+        image = axis.imshow(matrix, cmap="Blues", vmin=0, vmax=scale)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+        axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+        axis.set_yticks(range(len(class_names)), class_names)
+        axis.set_xlabel("predicted class")
+        axis.set_ylabel("true class")
+        axis.set_title(title)
+        for row, col, value in _cells(matrix):
+            color = "white" if value > scale * 0.6 else "black"
+            axis.text(col, row, fmt.format(value), ha="center", va="center", color=color, fontsize=9)
+    figure.savefig(path, format="png")
+    return path
+
+
+def plot_partition(table: pd.DataFrame, stacks: Sequence[str], path: Path) -> Path:
+    """Training images per site as bars stacked by ``stacks`` (the classes, or one total)."""
+    figure = _new_figure(max(5.0, 1.2 * len(table) + 3), 4.2)
+    axis = figure.subplots()
+    positions = np.arange(len(table))
+    bottom = np.zeros(len(table))
+    for name in stacks:
+        values = table[name].fillna(0).to_numpy(dtype=float)
+        axis.bar(positions, values, bottom=bottom, label=name)
+        bottom += values
+    for x, total in zip(positions, bottom, strict=True):
+        axis.text(x, total, f"{int(total)}", ha="center", va="bottom", fontsize=9)
+    axis.set_xticks(positions, [f"site {s}" for s in table.index])
+    axis.set_ylabel("training images")
+    axis.set_title("Training images per site" + (" and class" if len(stacks) > 1 else ""))
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axis.margins(y=0.12)
+    figure.savefig(path, format="png")
+    return path
