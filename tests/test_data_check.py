@@ -1,4 +1,4 @@
-"""Tests of the duplicate / leakage check on tiny synthetic image folders."""
+"""Tests of the duplicate / leakage check (brainfl.duplicates, `brainfl check-data`) on tiny folders."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from brainfl import data_check
-from brainfl.data_check import (
+from brainfl import data_check, duplicates
+from brainfl.data_check import add_parser, check_data, summarize
+from brainfl.duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
-    add_parser,
-    check_data,
+    PAIR_COLUMNS,
     find_duplicates,
     hash_images,
     leak_free_test_files,
     leak_free_test_mask,
     near_pairs,
-    summarize,
 )
 from brainfl.errors import BrainFLError
 
@@ -113,7 +112,7 @@ def test_hash_images_one_row_per_visible_image(dataset: Path) -> None:
 
 def test_find_duplicates_exact_near_and_unrelated(dataset: Path) -> None:
     pairs = find_duplicates(hash_images(dataset))
-    assert list(pairs.columns) == data_check.PAIR_COLUMNS
+    assert list(pairs.columns) == PAIR_COLUMNS
     assert pair_set(pairs, "exact") == {
         ("Training/glioma/g0.jpg", "Training/glioma/g0_copy.jpg"),
         ("Training/glioma/g0.jpg", "Testing/notumor/te_conflict.jpg"),
@@ -172,7 +171,7 @@ def test_summary_counts_and_label_conflicts(dataset: Path) -> None:
 
 
 def test_near_pairs_match_brute_force_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_check, "BLOCK_ROWS", 7)  # many blocks, a ragged last one
+    monkeypatch.setattr(duplicates, "BLOCK_ROWS", 7)  # many blocks, a ragged last one
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2, 256, dtype=np.uint8)
     bits = np.tile(base, (30, 1))
@@ -198,7 +197,7 @@ def test_hashes_are_cached_and_refreshed_when_a_file_changes(
     def fail(path: Path) -> tuple[str, str]:
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(data_check, "hash_image", fail)
+    monkeypatch.setattr(duplicates, "hash_image", fail)
     pd.testing.assert_frame_equal(hash_images(dataset), first)
     save(phantom(99), dataset / "Testing" / "glioma" / "te_new.jpg")
     with pytest.raises(AssertionError, match="decoded"):
@@ -220,7 +219,7 @@ def test_missing_folders_and_bad_threshold_are_user_errors(tmp_path: Path, datas
     with pytest.raises(BrainFLError, match="threshold"):
         check_data(dataset, tmp_path / "out", threshold=-1)
     with pytest.raises(BrainFLError, match="threshold"):
-        find_duplicates(hash_images(dataset), threshold=data_check.MAX_THRESHOLD + 1)
+        find_duplicates(hash_images(dataset), threshold=duplicates.MAX_THRESHOLD + 1)
 
 
 def test_without_testing_folder_nothing_is_leak_free(dataset: Path) -> None:
@@ -236,7 +235,7 @@ def test_check_data_prints_and_writes(dataset: Path, tmp_path: Path, capsys: pyt
     assert "label conflicts across Training/Testing" in printed
     assert "leak-free Testing images" in printed
     written = pd.read_csv(out / "duplicates.csv")
-    assert list(written.columns) == data_check.PAIR_COLUMNS
+    assert list(written.columns) == PAIR_COLUMNS
     assert len(written) == summary["any"].iloc[:3].sum() == 5
     assert (out / "leak_free_test_files.txt").read_text().splitlines() == [
         "Testing/glioma/te_new.jpg",
@@ -249,6 +248,14 @@ def test_check_data_defaults_to_cwd(dataset: Path, tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     check_data(dataset, None)
     assert (tmp_path / "data_check" / "duplicates.csv").is_file()
+
+
+def test_old_names_stay_importable_from_data_check() -> None:
+    """server_app and the benchmarks import the leak-free mask from brainfl.data_check."""
+    for name in data_check.__all__:
+        assert hasattr(data_check, name), name
+    assert data_check.leak_free_test_mask is leak_free_test_mask
+    assert data_check.find_duplicates is find_duplicates
 
 
 def test_add_parser_wires_the_subcommand(dataset: Path, tmp_path: Path) -> None:
@@ -277,7 +284,7 @@ def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tm
 
     from brainfl.config import RunSettings
     from brainfl.data_loader import load_dataset
-    from brainfl.server_app import leak_free_mask
+    from brainfl.evaluation import leak_free_mask
     from conftest import make_dataset
 
     root = make_dataset(tmp_path / "leaky", train_per_class=3, test_per_class=2)

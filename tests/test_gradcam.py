@@ -11,8 +11,8 @@ from PIL import Image
 
 from brainfl import gradcam
 from brainfl.errors import BrainFLError
+from brainfl.model_files import load_model
 from brainfl.models import build_model
-from brainfl.predict import load_model
 from conftest import REPO_ROOT
 from test_predict import tiny_model_file
 
@@ -87,10 +87,20 @@ def test_overlay_has_the_original_size_in_rgb(mode, size):
 def test_save_gradcam_writes_a_png_of_the_input_size(loaded, tmp_path):
     source = tmp_path / "scan.png"
     Image.open(SCAN).convert("L").resize((211, 173)).save(source)
-    out = gradcam.save_gradcam(loaded.model, source, loaded.preprocess(source), tmp_path / "cam" / "scan.png")
+    out = gradcam.save_gradcam(loaded, source, tmp_path / "cam" / "scan.png")
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (211, 173)
         assert np.asarray(image).std() > 1.0
+
+
+def test_write_gradcams_names_files_by_stem_and_refuses_no_class(loaded, tmp_path):
+    files = [SCAN, SCAN]
+    inputs = np.stack([loaded.preprocess(path) for path in files])
+    written = gradcam.write_gradcams(loaded, files, inputs, [0, 3], tmp_path / "cams")
+    assert [p.name for p in written] == ["Te-me_0077_gradcam.png", "Te-me_0077_2_gradcam.png"]
+    assert all(p.is_file() for p in written)
+    with pytest.raises(ValueError, match="class indices"):
+        gradcam.write_gradcams(loaded, files, inputs, [0, -1], tmp_path / "none")
 
 
 def test_unknown_model_layout_is_a_clear_error():

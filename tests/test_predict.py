@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import predict
+from brainfl import predict, training
 from brainfl.data_loader import load_dataset
 from brainfl.errors import BrainFLError
+from brainfl.model_files import read_metadata, save_model
 from brainfl.models import build_model
-from brainfl.results import save_model_atomically
 from brainfl.training import predict_proba, train
 from conftest import CLASSES, REPO_ROOT
 
@@ -48,7 +48,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
             "image_size": IMAGE_SIZE,
             "channels": 1,
         }
-        save_model_atomically(bundle.inference_model(), path, metadata)
+        save_model(bundle.inference_model(), path, metadata)
         _TRAINED["cnn"] = path
     return _TRAINED["cnn"]
 
@@ -184,15 +184,68 @@ def test_model_without_metadata_uses_the_run_config_beside_it(model_file, tmp_pa
 def test_refuses_a_model_whose_input_disagrees_with_its_metadata(model_file, tmp_path):
     wrong = tmp_path / "wrong.keras"
     metadata = {"model": "cnn", "class_names": list(CLASSES), "image_size": 128, "channels": 1}
-    save_model_atomically(keras.models.load_model(model_file), wrong, metadata)
+    save_model(keras.models.load_model(model_file), wrong, metadata)
     message = one_line_error(lambda: predict.predict_files(wrong, [SAMPLE / "Testing" / "glioma"]))
     assert str(wrong) in message and "(64, 64, 1)" in message and "image_size=128" in message
     fewer = tmp_path / "fewer.keras"
     metadata = {"model": "cnn", "class_names": ["a", "b"], "image_size": IMAGE_SIZE, "channels": 1}
-    save_model_atomically(keras.models.load_model(model_file), fewer, metadata)
+    save_model(keras.models.load_model(model_file), fewer, metadata)
     assert "4 outputs" in one_line_error(
         lambda: predict.predict_files(fewer, [SAMPLE / "Testing" / "glioma"])
     )
+
+
+@pytest.fixture(scope="module")
+def nan_model_file(model_file, tmp_path_factory) -> Path:
+    """The tiny model with a NaN output bias: every output is NaN, as after a poisoned round."""
+    model = keras.models.load_model(model_file, compile=False)
+    head = model.layers[-1]
+    head.set_weights([*head.get_weights()[:-1], np.full_like(head.get_weights()[-1], np.nan)])
+    path = tmp_path_factory.mktemp("nan-model") / "final_model.keras"
+    save_model(model, path, read_metadata(model_file))
+    return path
+
+
+def test_a_model_with_nan_outputs_predicts_no_class(nan_model_file, tmp_path, capsys):
+    table = predict.predict_files(
+        nan_model_file, [SAMPLE / "Testing" / "glioma"], gradcam_dir=tmp_path / "cams"
+    )
+    assert len(table) > 0
+    assert np.isnan(table[list(CLASSES)].to_numpy()).all()
+    assert (table["predicted_class"] == predict.INVALID).all()  # not class 0 (glioma), as argmax gives
+    assert (table["gradcam"] == "").all() and list((tmp_path / "cams").iterdir()) == []
+    args = parse(["predict", str(SAMPLE / "Testing" / "glioma"), "--model", str(nan_model_file)])
+    args.handler(args)
+    out = capsys.readouterr().out
+    assert predict.INVALID in out and "not finite" in out
+    rows = [[cell.strip() for cell in line.split("│")] for line in out.splitlines() if "Te-gl" in line]
+    assert len(rows) == len(table) and all(row[2] == predict.INVALID for row in rows)  # the class column
+
+
+def test_only_the_images_with_finite_outputs_get_a_class_and_an_overlay(model_file, tmp_path, monkeypatch):
+    real = training.predict_proba
+
+    def first_row_nan(*args, **kwargs):
+        probabilities = real(*args, **kwargs)
+        probabilities[0] = np.nan
+        return probabilities
+
+    monkeypatch.setattr(training, "predict_proba", first_row_nan)
+    files = sorted((SAMPLE / "Testing" / "pituitary").iterdir())[:3]
+    table = predict.predict_files(model_file, files, gradcam_dir=tmp_path / "cams")
+    assert table["predicted_class"].tolist()[0] == predict.INVALID
+    assert set(table["predicted_class"].tolist()[1:]) <= set(CLASSES)
+    expected = [f"{f.stem}_gradcam.png" for f in files[1:]]
+    assert table["gradcam"].tolist()[0] == ""
+    assert [Path(p).name for p in table["gradcam"].tolist()[1:]] == expected
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == sorted(expected)
+
+
+def test_write_gradcams_stays_importable_from_predict():
+    from brainfl import gradcam
+    from brainfl.predict import write_gradcams
+
+    assert write_gradcams is gradcam.write_gradcams
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -8,21 +8,25 @@ Keras ``vgg16`` base inside ``vgg16_extractor`` (after ``vgg_preprocess``).
 The gradient of the class probability with respect to the feature map,
 averaged per channel, weights the channels; the weighted sum, after a ReLU and
 normalization to [0, 1], is resized to the original image's size and drawn
-over it with a colormap.
+over it with a colormap. The functions that write overlay files take a
+:class:`brainfl.model_files.LoadedModel`, so the image is preprocessed exactly
+as the model was trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from brainfl.errors import BrainFLError
+from brainfl.model_files import LoadedModel
 
 COLORMAP = "jet"
 ALPHA = 0.4
+BATCH_SIZE = 32  # images per Grad-CAM pass when writing overlays
 
 Stage = Callable[[object], object]
 
@@ -127,20 +131,65 @@ def open_original(path: Path | str) -> Image.Image:
 
 
 def save_gradcam(
-    model,
-    image_path: Path | str,
-    model_input: np.ndarray,
-    out_path: Path | str,
-    class_index: int | None = None,
+    loaded: LoadedModel, image_path: Path | str, out_path: Path | str, class_index: int | None = None
 ) -> Path:
-    """Write the Grad-CAM overlay of one image (PNG, the input's size) for ``class_index``.
+    """Write the Grad-CAM overlay of one image file (PNG, the file's size) for ``class_index``.
 
-    ``model_input`` is the image preprocessed as in training (S x S x C);
+    The image is preprocessed as the model was trained (``loaded.preprocess``);
     ``class_index`` defaults to the predicted class.
     """
     indices = None if class_index is None else np.asarray([class_index])
-    heatmap = gradcam_heatmaps(model, model_input[np.newaxis], indices)[0]
+    heatmap = gradcam_heatmaps(loaded.model, loaded.preprocess(image_path)[np.newaxis], indices)[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     overlay(open_original(image_path), heatmap).save(out_path, format="PNG")
     return out_path
+
+
+def gradcam_names(files: Sequence[Path]) -> list[str]:
+    """``<stem>_gradcam.png`` per file, numbered where two files share a stem."""
+    names: list[str] = []
+    used: set[str] = set()
+    for path in files:
+        name, n = f"{path.stem}_gradcam.png", 1
+        while name in used:
+            n += 1
+            name = f"{path.stem}_{n}_gradcam.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def write_gradcams(
+    loaded: LoadedModel,
+    files: Sequence[Path],
+    inputs: np.ndarray,
+    class_indices: Sequence[int] | np.ndarray,
+    out_dir: Path,
+    names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Grad-CAM overlays of ``files`` for ``class_indices``, as PNGs in ``out_dir``.
+
+    ``inputs`` are the files preprocessed by ``loaded.preprocess``. Each class
+    index must be a class of the model (not the ``-1`` that
+    :func:`brainfl.metrics.predicted_classes` gives a non-finite output);
+    ``names`` are the PNG file names (default :func:`gradcam_names`).
+    """
+    class_indices = np.asarray(class_indices, dtype=np.int64)
+    if ((class_indices < 0) | (class_indices >= len(loaded.class_names))).any():
+        raise ValueError(f"Grad-CAM class indices must be 0..{len(loaded.class_names) - 1}")
+    out_dir = Path(out_dir).expanduser()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BrainFLError(f"Grad-CAM: cannot create folder {out_dir}: {error.strerror}") from None
+    written: list[Path] = []
+    names = list(names) if names is not None else gradcam_names(files)
+    for start in range(0, len(files), BATCH_SIZE):
+        end = start + BATCH_SIZE
+        heatmaps = gradcam_heatmaps(loaded.model, inputs[start:end], class_indices[start:end])
+        for path, name, heatmap in zip(files[start:end], names[start:end], heatmaps, strict=True):
+            target = out_dir / name
+            overlay(open_original(path), heatmap).save(target, format="PNG")
+            written.append(target)
+    return written
