@@ -1,32 +1,43 @@
-"""Run ``run.sh`` for a benchmark and measure it: wall time, round latency, peak memory.
+"""Run ``run.sh`` for a benchmark and measure it: wall time, round latency, peak memory; keep results.
 
 Shared by the benchmark scripts. :func:`measured_run` starts ``run.sh`` with
 the given arguments, samples the resident memory of every process it
 starts (psutil, every 0.5 s): the whole tree, the server process
 (``flwr-serverapp`` or the simulation's server) and the largest single site
 process (a ``flwr-clientapp`` or Ray worker), and returns those peaks with
-the run's figures from :func:`summarize_run.summarize`.
+the run's figures from :func:`summarize_run.summarize` and the exact command.
+:func:`keep_result` copies a run's small result files (never models, logs or
+images) to ``benchmarks/results/<name>/`` with the command that made them.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psutil
 
+from brainfl.model_files import RUN_CONFIG
+from brainfl.results import RESULTS_CSV, SITE_CSV
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summarize_run import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+KEPT_FILES = (RESULTS_CSV, SITE_CSV, RUN_CONFIG)
+COMMAND_FILE = "command.txt"
 SERVER_MARKERS = ("flwr-serverapp", "flower-superexec", "flwr run")
 SITE_MARKERS = ("flwr-clientapp", "ray::", "default_worker.py")
 GIB = 1024**3
@@ -131,12 +142,38 @@ def measured_command(command: list[str], output_dir: Path) -> dict[str, object]:
         raise SystemExit(f"{' '.join(command)} failed (exit {returncode}); see {handle.name}")
     return {
         **summarize(output_dir),
+        "command": shlex.join(command),
         "command_s": round(time.monotonic() - started, 1),
         "round_latency_s": round_latencies(output_dir),
         "peak_total_gib": round(sampler.peak_total / GIB, 2),
         "peak_server_gib": round(sampler.peak_server / GIB, 2),
         "peak_site_gib": round(sampler.peak_site / GIB, 2),
     }
+
+
+def keep_result(run_dir: Path, name: str, command: str | Sequence[str], root: Path = RESULTS) -> Path:
+    """Copy ``run_dir``'s result CSVs and run config to ``root/name`` with a one-line ``command.txt``.
+
+    Only those small files: a run's models, logs and images stay where the
+    run wrote them. A file of that list the run lacks is not written (nor
+    left over from an earlier result of the same name). Returns the folder.
+    """
+    if not (Path(run_dir) / RESULTS_CSV).is_file():
+        raise FileNotFoundError(f"no {RESULTS_CSV} in {run_dir}: not a finished run")
+    target = Path(root) / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file_name in KEPT_FILES:
+        (target / file_name).unlink(missing_ok=True)
+        if (Path(run_dir) / file_name).is_file():
+            shutil.copyfile(Path(run_dir) / file_name, target / file_name)
+    line = command if isinstance(command, str) else shlex.join(command)
+    (target / COMMAND_FILE).write_text(line.replace("\n", " ") + "\n")
+    return target
+
+
+def this_command() -> str:
+    """The command line that started this benchmark script, as one shell line."""
+    return shlex.join(["python3", *sys.argv])
 
 
 def table_row(name: str, figures: dict[str, object], output_dir: Path) -> dict[str, object]:

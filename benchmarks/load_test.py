@@ -1,9 +1,12 @@
 """Load test of the deployment engine: N SuperNodes against one SuperLink on loopback.
 
-Runs ``run.sh`` twice with the same tiny real-data workload, insecure and
-``--secure`` (TLS + SuperNode authentication), and prints the round latency
-of each (seconds between central evaluations), their means, the secure /
-insecure ratio (the TLS overhead) and peak memory, as a BENCHMARKS.md table.
+Runs ``run.sh`` twice with the same tiny real-data workload (a subset
+folder of ``--per-class`` images per class and split, see ``subset.py``),
+insecure and ``--secure`` (TLS + SuperNode authentication), and prints the
+round latency of each (seconds between central evaluations), their means,
+the secure / insecure ratio (the TLS overhead) and peak memory, as a
+BENCHMARKS.md table. ``--keep NAME`` copies each run's small result files to
+``benchmarks/results/NAME/<mode>/``.
 
     python3 benchmarks/load_test.py --data-dir ../shared/data/brain-tumor-mri --sites 10 --rounds 3
 """
@@ -16,9 +19,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from harness import markdown_table, measured_run
+from harness import keep_result, markdown_table, measured_run
+from subset import make_subset
 
-WORKLOAD = "max-images-per-class=20 image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
+WORKLOAD = "image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
 
 
 def main() -> None:
@@ -27,15 +31,20 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=9400)
+    parser.add_argument("--per-class", type=int, default=20, help="images per class and split")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-load-")))
+    parser.add_argument("--keep", default="", help="also keep the results in benchmarks/results/KEEP/")
     args = parser.parse_args()
+    data_dir = str(make_subset(args.data_dir, args.out / "data", args.per_class))
     rows = []
     for mode, extra in (("insecure", []), ("secure (TLS + node auth)", ["--secure"])):
         output_dir = args.out / mode.split()[0]
-        command = ["--sites", str(args.sites), "--rounds", str(args.rounds), "--data-dir", args.data_dir]
+        command = ["--sites", str(args.sites), "--rounds", str(args.rounds), "--data-dir", data_dir]
         command += ["--port", str(args.port), "--min-sites", str(args.sites)]
         command += ["--run-config", WORKLOAD, *extra]
         figures = measured_run(command, output_dir)
+        if args.keep:
+            keep_result(output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]))
         latencies = figures["round_latency_s"]
         rows.append(
             {

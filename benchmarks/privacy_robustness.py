@@ -3,10 +3,15 @@
 Runs, one after the other on Flower's simulation engine with the same data
 and schedule: 4 IID sites without DP (BatchNorm and GroupNorm), with central
 DP (server-side fixed clipping) at each ``--noise`` level (epsilon reported
-at delta 1e-5), with SecAgg+; then 5 IID sites with one sign-flipping site
-(update scaled by -10) under fedavg, krum, multikrum, trimmed-mean and
-median, next to the clean fedavg run. Prints the two Markdown tables and
-writes them to ``<out>/privacy_robustness.md``.
+at delta 1e-5), with SecAgg+ (``run.sh --simulation``); then 5 IID sites
+with one sign-flipping site (update scaled by -10, the poisoning mod of
+``benchmarks/poisoning.py``) under fedavg, krum, multikrum, trimmed-mean and
+median, next to the clean fedavg run. The product has no attack setting, so
+the whole poisoning table (its clean row too, for like-for-like timings)
+runs through ``poisoning.py``: Flower's ``run_simulation`` with the project's
+ServerApp and ``client_app_with(poisoning_mod(...))``, on the same Ray
+backend defaults as ``run.sh --simulation``. Prints the two Markdown tables
+and writes them to ``<out>/privacy_robustness.md``.
 
     python3 benchmarks/privacy_robustness.py --data-dir ../shared/data/brain-tumor-mri
 """
@@ -15,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
-from harness import markdown_table, measured_run, table_row
+from harness import markdown_table, measured_command, measured_run, table_row
 
 COLUMNS = ["setting", "accuracy", "leak_free", "f1_macro", "epsilon", "wall_s", "mean_round_s"]
-POISON = "attack='sign-flip' attack-sites=1"
+POISONING = Path(__file__).resolve().parent / "poisoning.py"
+POISON = ["--poison", "sign-flip", "--poisoned-sites", "0"]  # site 0 of 5
 
 
 def privacy_settings(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
@@ -34,26 +42,52 @@ def privacy_settings(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
     }
 
 
-def poison_settings() -> dict[str, tuple[int, str]]:
+def poison_settings() -> dict[str, tuple[int, list[str], str]]:
+    """Each poisoning row: (sites, poisoning.py options, run config)."""
     return {
-        "clean, fedavg": (5, ""),
+        "clean, fedavg": (5, [], ""),
         **{
-            f"1 of 5 poisoned, {s}": (5, f"{POISON} strategy='{s}'")
+            f"1 of 5 poisoned, {s}": (5, POISON, f"strategy='{s}'")
             for s in ("fedavg", "krum", "multikrum", "trimmed-mean", "median")
         },
     }
 
 
-def run_table(settings: dict[str, tuple[int, str]], args: argparse.Namespace) -> tuple[str, list[str]]:
+def output_dir_for(args: argparse.Namespace, name: str) -> Path:
+    return args.out / "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def overrides_for(args: argparse.Namespace, config: str) -> str:
+    return f"{args.workload} local-epochs={args.local_epochs} {config}".strip()
+
+
+def run_privacy_table(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The privacy rows, each a ``run.sh --simulation`` run."""
     rows, commands = [], []
-    chosen = {name: value for name, value in settings.items() if args.match in name}
-    for name, (sites, config) in chosen.items():
-        output_dir = args.out / "".join(ch if ch.isalnum() else "_" for ch in name)
-        overrides = f"{args.workload} local-epochs={args.local_epochs} {config}".strip()
+    for name, (sites, config) in privacy_settings(args).items():
+        if args.match not in name:
+            continue
+        output_dir, overrides = output_dir_for(args, name), overrides_for(args, config)
         command = ["--simulation", "--sites", str(sites), "--rounds", str(args.rounds)]
         command += ["--data-dir", args.data_dir, "--run-config", overrides]
-        commands.append("./run.sh " + " ".join(command[:-1]) + f' "{overrides}"')
+        commands.append(shlex.join(["./run.sh", *command]))
         figures = measured_run(command, output_dir)
+        rows.append(table_row(name, figures, output_dir))
+        print(json.dumps({"setting": name, **figures}), flush=True)
+    return markdown_table(rows, COLUMNS), commands
+
+
+def run_poison_table(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The poisoning rows, each a ``benchmarks/poisoning.py`` run (Flower's ``run_simulation``)."""
+    rows, commands = [], []
+    for name, (sites, poison, config) in poison_settings().items():
+        if args.match not in name:
+            continue
+        output_dir, overrides = output_dir_for(args, name), overrides_for(args, config)
+        options = ["--sites", str(sites), "--rounds", str(args.rounds), "--data-dir", args.data_dir, *poison]
+        options += ["--output-dir", str(output_dir), "--run-config", overrides]
+        commands.append(shlex.join(["python3", "benchmarks/poisoning.py", *options]))
+        figures = measured_command([sys.executable, str(POISONING), *options], output_dir)
         rows.append(table_row(name, figures, output_dir))
         print(json.dumps({"setting": name, **figures}), flush=True)
     return markdown_table(rows, COLUMNS), commands
@@ -74,9 +108,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     if args.only in (None, "privacy"):
-        sections.append(("Privacy (4 IID sites)", *run_table(privacy_settings(args), args)))
+        sections.append(("Privacy (4 IID sites)", *run_privacy_table(args)))
     if args.only in (None, "poison"):
-        sections.append(("Poisoned site (5 IID sites)", *run_table(poison_settings(), args)))
+        sections.append(("Poisoned site (5 IID sites)", *run_poison_table(args)))
     text = "\n\n".join(
         f"### {title}\n\n{table}\n\nCommands:\n\n" + "\n".join(f"    {c}" for c in commands)
         for title, table, commands in sections

@@ -14,7 +14,9 @@ Settings: centralized; 4 sites IID; 4 sites Dirichlet alpha 1.0 and 0.3;
 10 sites Dirichlet 0.3; on 4 sites alpha 0.3 also FedProx, FedAvgM,
 GroupNorm and the balanced-softmax loss; and a scale run of 50 simulated sites (round time, total memory).
 ``--only`` picks some by name. ``--tiny`` uses a few dozen images at 32 px
-for one round and the first three settings.
+(a subset folder of 12 images per class and split, see ``subset.py``) for
+one round and the first three settings. ``--keep NAME`` copies each
+setting's small result files to ``benchmarks/results/NAME/<setting>/``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # picks a non-interactive backend on a headless machine
 import pandas as pd
 
-from harness import ROOT, markdown_table, measured_command, measured_run, table_row
+from harness import ROOT, keep_result, markdown_table, measured_command, measured_run, table_row
+from subset import make_subset
 
 DIR03 = "partitioning='dirichlet' dirichlet-alpha=0.3"
 SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
@@ -44,7 +47,8 @@ SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
     "50 sites (scale)": (50, "partitioning='iid' fraction-evaluate=0"),
 }
 TINY_SETTINGS = ("centralized", "4 IID", "10 Dir 0.3")
-TINY = "max-images-per-class=12 image-size=32 batch-size=16"
+TINY = "image-size=32 batch-size=16"
+TINY_PER_CLASS = 12
 COLUMNS = [
     "setting",
     "accuracy",
@@ -124,11 +128,13 @@ def main() -> None:
     parser.add_argument("--workload", default="", help='run-config for every setting, e.g. "image-size=64"')
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
     parser.add_argument("--tiny", action="store_true", help="a few dozen images, one round (CI)")
+    parser.add_argument("--keep", default="", help="also keep the results in benchmarks/results/KEEP/")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         args.epochs, args.local_epochs = 1, 1
+        args.data_dir = str(make_subset(args.data_dir, args.out / "data", TINY_PER_CLASS))
     names = args.only or (TINY_SETTINGS if args.tiny else list(SETTINGS))
-    args.out.mkdir(parents=True, exist_ok=True)
     rows, curves, commands = [], {}, []
     for name in names:
         output_dir = args.out / name.replace(" ", "_").replace(".", "").replace("(", "").replace(")", "")
@@ -139,6 +145,8 @@ def main() -> None:
         else:
             figures = measured_command(command, output_dir)
         rows.append(table_row(name, figures, output_dir))
+        if args.keep:
+            keep_result(output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]))
         curves[name] = accuracy_per_pass(output_dir, args.local_epochs if SETTINGS[name][0] else 1)
         print(json.dumps({"setting": name, **figures}), flush=True)
     add_time_ratios(rows, args.local_epochs)

@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny image folders made in the test, the real dataset, an isolated cache."""
+"""Shared fixtures: tiny image folders made in the test, the real dataset and small subsets of it,
+an isolated cache."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,9 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # tests reuse the benchmark helpers (free ports)
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # tests reuse the benchmark helpers
+from subset import make_subset  # noqa: E402 - benchmarks/ is on the path from here
+
 REAL_DATA = (REPO_ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -22,6 +27,14 @@ def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("BRAINFL_CACHE_DIR", str(cache))
     return cache
+
+
+@contextmanager
+def cache_at(path: Path) -> Iterator[Path]:
+    """``BRAINFL_CACHE_DIR=path`` for a block (module-scoped fixtures run before the per-test cache)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BRAINFL_CACHE_DIR", str(path))
+        yield path
 
 
 def write_image(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
@@ -57,6 +70,22 @@ def real_data() -> Path:
     """The shared copy of the Kaggle dataset (tests that need it fail loudly without it)."""
     assert (REAL_DATA / "Training").is_dir(), f"real dataset missing at {REAL_DATA}"
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def real_subset(real_data, tmp_path_factory) -> Callable[[int], Path]:
+    """``real_subset(n)``: a folder of symlinks to ``n`` seeded real images per class and split.
+
+    Each size is made once per session (``benchmarks/subset.py``); runs read it as a full dataset.
+    """
+    made: dict[int, Path] = {}
+
+    def subset(per_class: int) -> Path:
+        if per_class not in made:
+            made[per_class] = make_subset(real_data, tmp_path_factory.mktemp(f"brain-{per_class}"), per_class)
+        return made[per_class]
+
+    return subset
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """An in-process Flower grid: the real ServerApp and ClientApp code, one Python process.
 
-``InProcessGrid`` delivers each message to ``brainfl.client_app.app`` with the
+``InProcessGrid`` delivers each message to a ClientApp (``brainfl.client_app.app``,
+or another one, e.g. ``client_app_with(poisoning_mod(...))``) with the
 context a SuperNode would give it (``partition-id``, ``num-partitions``) and
 returns the replies, so strategy, DP, SecAgg+ and poisoning tests run the
 project's own server and site code without Ray or a SuperLink, in seconds.
@@ -14,15 +15,24 @@ import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import ArrayRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.app.message import make_message
+from flwr.clientapp import ClientApp
 from flwr.common import DEFAULT_TTL
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from brainfl.client_app import app as client_app
-from brainfl.server_app import app as server_app
+from brainfl.client_app import app as project_client_app
 
 NODE_BASE = 1000
 
@@ -36,6 +46,7 @@ class InProcessGrid(Grid):
         run_config: dict,
         node_config: Callable[[int], dict] | None = None,
         tap: Callable[[Message], None] | None = None,
+        client_app: ClientApp | None = None,
     ) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as a ServerApp process
         self._run = Run.create_empty(run_id=1)
@@ -55,6 +66,7 @@ class InProcessGrid(Grid):
             for site in range(num_sites)
         }
         self.tap = tap
+        self.client_app = client_app or project_client_app
         self.replies: dict[str, Message] = {}
         self.sent: list[Message] = []
 
@@ -81,7 +93,7 @@ class InProcessGrid(Grid):
             message.metadata.__dict__["_run_id"] = 1
             self.sent.append(message)
             # A copy, as the transport would deliver: sites must not share (or mutate) the server's objects.
-            reply = client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
+            reply = self.client_app(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id])
             metadata = Metadata(
                 run_id=1,
                 message_id=str(uuid4()),
@@ -141,8 +153,20 @@ def train_messages(grid: InProcessGrid) -> list[Message]:
     return [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
 
 
+def send_train_round(grid: InProcessGrid, arrays: list, config: dict) -> dict[int, Message]:
+    """Send every site a train message with ``arrays`` and ``config``; return the replies by site."""
+    content = RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord(config)})
+    messages = [grid.create_message(content, MessageType.TRAIN, node, "1") for node in grid.get_node_ids()]
+    return {reply.metadata.src_node_id - NODE_BASE: reply for reply in grid.send_and_receive(messages)}
+
+
 def run_in_process(num_sites: int, run_config: dict, **grid_options) -> InProcessGrid:
-    """Run the project's ServerApp over ``num_sites`` in-process sites; return the grid."""
+    """Run the project's ServerApp over ``num_sites`` in-process sites; return the grid.
+
+    ``grid_options`` go to :class:`InProcessGrid` (``node_config``, ``tap``, ``client_app``).
+    """
+    from brainfl.server_app import app as server_app  # only the runs need the server's imports
+
     grid = InProcessGrid(num_sites, run_config, **grid_options)
     server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     server_app(grid, server_context)

@@ -1,10 +1,14 @@
-"""The benchmark suite: its time ratios, and its tiny mode (real engines, a few dozen images, one round)."""
+"""Benchmark plumbing: the suite's time ratios, kept results, subset folders, and the tiny suite."""
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
-from conftest import run_benchmark
+from conftest import CLASSES, make_dataset, run_benchmark
+from harness import COMMAND_FILE, KEPT_FILES, keep_result
+from subset import make_subset
 from suite import add_time_ratios
 
 
@@ -20,6 +24,56 @@ def test_median_epoch_ratio_ignores_a_stall_that_the_wall_ratio_counts():
     add_time_ratios(rows, local_epochs=4)
     assert rows[1]["fed/central wall"] == 0.98
     assert rows[1]["fed/central median epoch"] == 1.1
+
+
+def _finished_run(run_dir):
+    """A run folder as the app leaves it: small result files, models, logs, report and images."""
+    for name in (*KEPT_FILES, "final_model.keras", "checkpoint.keras", "report.html", "accuracy.png"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(f"{name} of the run\n")
+    (run_dir / "logs").mkdir()
+    (run_dir / "logs" / "server.log").write_text("log\n")
+    return run_dir
+
+
+def test_keep_result_copies_exactly_the_small_files_and_the_command(tmp_path):
+    run_dir = _finished_run(tmp_path / "run")
+    command = ["./run.sh", "--sites", "4", "--run-config", "partitioning='dirichlet' dirichlet-alpha=0.3"]
+    kept = keep_result(run_dir, "suite/4_Dir_03", command, root=tmp_path / "results")
+    assert kept == tmp_path / "results" / "suite" / "4_Dir_03"
+    assert sorted(path.name for path in kept.rglob("*")) == sorted([*KEPT_FILES, COMMAND_FILE])
+    for name in KEPT_FILES:
+        assert (kept / name).read_text() == (run_dir / name).read_text()
+    lines = (kept / COMMAND_FILE).read_text().splitlines()
+    assert len(lines) == 1 and shlex.split(lines[0]) == command  # the exact command, one line
+
+
+def test_keep_result_leaves_no_stale_file_and_refuses_an_unfinished_run(tmp_path):
+    run_dir = _finished_run(tmp_path / "run")
+    keep_result(run_dir, "name", "python3 benchmarks/x.py", root=tmp_path / "results")
+    (run_dir / KEPT_FILES[1]).unlink()  # a run without site metrics
+    kept = keep_result(run_dir, "name", "python3 benchmarks/x.py --again", root=tmp_path / "results")
+    assert not (kept / KEPT_FILES[1]).exists()
+    assert (kept / COMMAND_FILE).read_text() == "python3 benchmarks/x.py --again\n"
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        keep_result(tmp_path / "empty", "other", "cmd", root=tmp_path / "results")
+
+
+def test_make_subset_links_n_seeded_images_per_class_and_split(tmp_path):
+    source = make_dataset(tmp_path / "full", train_per_class=5, test_per_class=2)
+    subset = make_subset(source, tmp_path / "subset", per_class=3, seed=1)
+    for split, expected in (("Training", 3), ("Testing", 2)):  # a class with fewer is linked whole
+        for name in CLASSES:
+            links = sorted((subset / split / name).iterdir())
+            assert len(links) == expected and all(link.is_symlink() for link in links)
+            assert all(link.resolve().parent == (source / split / name).resolve() for link in links)
+    again = make_subset(source, tmp_path / "subset", per_class=3, seed=1)  # same call: nothing changes
+    assert sorted(again.rglob("*.jpg")) == sorted(subset.rglob("*.jpg"))
+    other = make_subset(source, tmp_path / "other", per_class=3, seed=2)
+    names = [sorted(p.name for p in root.glob("Training/*/*.jpg")) for root in (subset, other)]
+    assert names[0] != names[1]  # the seed picks the images
+    with pytest.raises(ValueError, match="at least 1"):
+        make_subset(source, tmp_path / "none", per_class=0)
 
 
 @pytest.mark.e2e

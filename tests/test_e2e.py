@@ -12,14 +12,15 @@ import keras
 import pytest
 
 import brainfl.models  # noqa: F401 - registers the custom layers for loading
-from brainfl.results import read_model_metadata
+from brainfl.model_files import stored_metadata
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
 
 pytestmark = pytest.mark.e2e
-SMALL_RUN = "max-images-per-class=40 image-size=64 batch-size=16 local-epochs=2 learning-rate=0.003"
+PER_CLASS = 40  # real images per class and split (a subset folder of symlinks)
+SMALL_RUN = "image-size=64 batch-size=16 local-epochs=2 learning-rate=0.003"
 # Enough local steps per round (45) for BatchNorm's moving statistics to settle on a tiny subset.
-DEPLOY_RUN = "max-images-per-class=40 image-size=32 batch-size=8 local-epochs=5 learning-rate=0.002"
+DEPLOY_RUN = "image-size=32 batch-size=8 local-epochs=5 learning-rate=0.002"
 
 
 def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -42,10 +43,11 @@ def port_is_closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_data):
+def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
     out = tmp_path / "run"
     port = free_port_block(3)
-    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(real_data), "--output-dir", str(out)]
+    data = real_subset(PER_CLASS)
+    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(data), "--output-dir", str(out)]
     result = run_script(*args, "--port", str(port), "--run-config", DEPLOY_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"outputs: {out}" in result.stdout
@@ -76,11 +78,11 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_data):
 
     model = keras.models.load_model(out / "final_model.keras")
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
-    assert read_model_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
+    assert stored_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
     assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
 
 
-def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, real_data):
+def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, real_subset):
     out = tmp_path / "sim"
     port = free_port_block(1)
     args = [
@@ -90,7 +92,7 @@ def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, 
         "--rounds",
         "1",
         "--data-dir",
-        str(real_data),
+        str(real_subset(PER_CLASS)),
         "--output-dir",
         str(out),
     ]

@@ -1,21 +1,27 @@
 """Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites,
 a site sending NaN weights.
 
-Each test runs ``run.sh`` (deployment engine) on a few real images per class
-with one local epoch, and injects the fault from outside, as an operator
-would see it.
+Each test runs a federation on 12 real images per class and split with one
+local epoch, and injects the fault from outside, as an operator would see
+it: ``run.sh`` (deployment engine) for the process faults, Flower's
+simulation engine with a poisoning mod (``benchmarks/poisoning.py``) for the
+NaN site. A test stops only processes it started, found by PID in the
+process tree of its own ``run.sh``, never by name: other Flower runs may
+share the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
+import psutil
 import pytest
 
 import brainfl.models  # noqa: F401 - registers the custom layers for loading
@@ -23,7 +29,8 @@ from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows, run_script
 
 pytestmark = pytest.mark.e2e
-TINY = "max-images-per-class=12 image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
+TINY = "image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
+PER_CLASS = 12
 
 
 def start_script(*args: str) -> subprocess.Popen:
@@ -49,10 +56,52 @@ def rounds_done(out: Path) -> int:
     return len(read_rows(path)) - 1 if path.exists() else -1
 
 
-def pid_listening_as(pattern: str) -> int:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    assert found, f"no process matches {pattern!r}"
-    return int(found[0])
+def started_by(script: subprocess.Popen, *fragments: str, timeout: float = 120) -> psutil.Process:
+    """The process under ``script`` (its own tree) whose command line holds every fragment; waits."""
+
+    def matches(process: psutil.Process) -> bool:
+        try:
+            command = " ".join(process.cmdline()) + " "
+        except psutil.Error:
+            return False
+        return all(fragment in command for fragment in fragments)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in psutil.Process(script.pid).children(recursive=True) if matches(p)]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no process with {fragments} under run.sh (pid {script.pid})")
+
+
+def kill_tree(process: psutil.Process) -> None:
+    """SIGKILL ``process`` and everything it started, as a crash of that machine would."""
+    tree = [process, *process.children(recursive=True)]
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(tree, timeout=30)
+
+
+def stop(process: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process this test started and all it started: SIGTERM first (run.sh then stops its own
+    processes), SIGKILL by PID for whatever is left."""
+    if process.poll() is not None:
+        return
+    tree: list[psutil.Process] = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = psutil.Process(process.pid).children(recursive=True)
+    process.terminate()
+    try:
+        process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+    _, left = psutil.wait_procs(tree, timeout=grace)
+    for member in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
 
 
 def supernode(port: int, runtime_port: int, node_config: str, *security: str, log=subprocess.DEVNULL):
@@ -62,24 +111,28 @@ def supernode(port: int, runtime_port: int, node_config: str, *security: str, lo
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def test_killed_supernode_is_survived_and_a_restarted_one_rejoins(tmp_path, real_data):
+@pytest.fixture
+def data(real_subset) -> Path:
+    """12 real images per class and split (symlinks), shared by the session's runs."""
+    return real_subset(PER_CLASS)
+
+
+def test_killed_supernode_is_survived_and_a_restarted_one_rejoins(tmp_path, data):
     out, port = tmp_path / "run", free_port_block(4)
-    args = ["--sites", "3", "--rounds", "4", "--min-sites", "2", "--data-dir", str(real_data)]
+    args = ["--sites", "3", "--rounds", "4", "--min-sites", "2", "--data-dir", str(data)]
     script = start_script(*args, "--output-dir", str(out), "--port", str(port), "--run-config", TINY)
     try:
         wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
-        site2 = f"flower-supernode.*--port {port + 3}"
-        os.kill(pid_listening_as(site2), signal.SIGKILL)
+        kill_tree(started_by(script, "flower-supernode", f"--port {port + 3} "))
         wait_for(lambda: rounds_done(out) >= 2, 600, "round 2 without site 2")
-        node_config = f"partition-id=2 num-partitions=3 data-dir='{real_data}' log-dir='{out / 'logs'}'"
+        node_config = f"partition-id=2 num-partitions=3 data-dir='{data}' log-dir='{out / 'logs'}'"
         restarted = supernode(port, port + 3, node_config)
         try:
             output, _ = script.communicate(timeout=900)
         finally:
-            restarted.terminate()
-            restarted.wait(timeout=30)
+            stop(restarted)
     finally:
-        script.kill() if script.poll() is None else None
+        stop(script)
     assert script.returncode == 0, output[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [r["round"] for r in rows] == ["0", "1", "2", "3", "4"]
@@ -89,13 +142,16 @@ def test_killed_supernode_is_survived_and_a_restarted_one_rejoins(tmp_path, real
     assert sites_last_round == {"0", "1", "2"}, "the restarted site did not rejoin"
 
 
-def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, real_data):
+def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, data):
     out, port = tmp_path / "run", free_port_block(3)
-    args = ["--sites", "2", "--rounds", "3", "--data-dir", str(real_data), "--port", str(port)]
+    args = ["--sites", "2", "--rounds", "3", "--data-dir", str(data), "--port", str(port)]
     script = start_script(*args, "--output-dir", str(out), "--run-config", TINY)
-    wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
-    subprocess.run(["pkill", "-KILL", "-f", "flwr-serverapp"], check=False)
-    output, _ = script.communicate(timeout=300)
+    try:
+        wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
+        kill_tree(started_by(script, "flwr-serverapp"))  # this run's server only
+        output, _ = script.communicate(timeout=300)
+    finally:
+        stop(script)
     assert script.returncode != 0 and "the run did not finish" in output
     done = rounds_done(out)
     assert done in (1, 2)
@@ -108,11 +164,11 @@ def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, rea
     assert all(r["sites_trained"] == "2" for r in rows[1:])
 
 
-def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path, real_data):
+def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path, data):
     out, port = tmp_path / "run", free_port_block(6)
-    own_sites = [str(real_data), str(tmp_path / "no-such-hospital-folder")]
+    own_sites = [str(data), str(tmp_path / "no-such-hospital-folder")]
     args = ["--secure", "--sites", "2", "--rounds", "2", "--site-data-dirs", " ".join(own_sites)]
-    args += ["--data-dir", str(real_data), "--output-dir", str(out), "--port", str(port)]
+    args += ["--data-dir", str(data), "--output-dir", str(out), "--port", str(port)]
     script = start_script(*args, "--run-config", TINY)
     intruders: list[subprocess.Popen] = []
     try:
@@ -126,12 +182,12 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
         for offset, (name, (ca, key)) in enumerate(attempts.items(), start=4):
             log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             security = ("--root-certificates", str(ca), "--auth-supernode-private-key", str(key))
-            intruders.append(supernode(port, port + offset, f"data-dir='{real_data}'", *security, log=log))
+            intruders.append(supernode(port, port + offset, f"data-dir='{data}'", *security, log=log))
         output, _ = script.communicate(timeout=900)
     finally:
         for process in intruders:
-            process.kill()
-        script.kill() if script.poll() is None else None
+            stop(process)
+        stop(script)
     assert script.returncode == 0, output[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [r["round"] for r in rows] == ["0", "1", "2"]
@@ -147,10 +203,12 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
     assert site_ids == {"0"}, f"an intruder took part: {site_ids}"
 
 
-def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, real_data):
-    out, port = tmp_path / "run", free_port_block(3)
-    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(real_data), "--output-dir", str(out)]
-    result = run_script(*args, "--port", str(port), "--run-config", f"{TINY} attack='nan' attack-sites=1")
+def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, data):
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "poisoning.py"), "--data-dir", str(data)]
+    command += ["--output-dir", str(out), "--sites", "2", "--rounds", "2", "--run-config", TINY]
+    command += ["--poison", "nan", "--poisoned-sites", "0"]  # Flower's simulation engine, site 0 poisoned
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
     assert [r["round"] for r in rows] == ["0", "1", "2"]

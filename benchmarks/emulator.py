@@ -1,0 +1,150 @@
+"""A one-process FedAvg federation built from the app's own functions, for benchmarks without Flower.
+
+Everything that decides a result is the app's: the settings are read as
+``brainfl`` reads ``--run-config`` (:func:`brainfl.cli.settings_from_args`:
+the pyproject defaults, then ``K=V`` pairs or conf files), the sites are
+the ClientApp's (:func:`brainfl.pipeline.site_data`: the run's partitioning
+less each site's validation hold-out), every site runs
+:func:`brainfl.site_training.local_update` from the global weights with the
+round's learning rate (:func:`brainfl.training.round_learning_rate`) and
+replies what a ClientApp replies (:func:`brainfl.client_app.site_counts`),
+the server averages with :func:`brainfl.strategy.weighted_average` (example
+counts), scores the global model with the server's evaluator
+(:class:`brainfl.evaluation.CentralEvaluator`: :func:`brainfl.metrics.score`
+on its test set, leak-free subset included) and writes the round with the
+server's recorder (:class:`brainfl.recorder.RunRecorder`). A *pooled*
+federation is the centralized baseline: one site holding every training
+image. Only Flower's engine (messages, processes) is left out, so a recipe
+costs minutes here before a full run is spent on it.
+
+A run's folder therefore holds a run's files (``federated_learning_results.csv``
+with round 0 the initial model, ``site_metrics.csv`` with training metrics
+only as no site evaluates here, ``run_config.json``, the checkpoint...), which
+:func:`harness.keep_result` and ``summarize_run.py`` take like any run's.
+Decoded images are cached in ``$BRAINFL_CACHE_DIR`` as by the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+from brainfl.aggregation import NUM_EXAMPLES, SiteReport, aggregate_site_metrics
+from brainfl.client_app import site_counts
+from brainfl.config import RunSettings
+from brainfl.errors import BrainFLError
+from brainfl.evaluation import CentralEvaluator
+from brainfl.model_files import ModelWriter, model_metadata
+from brainfl.pipeline import SiteData, initial_weights, load_run_dataset, model_inputs, site_data
+from brainfl.recorder import RunRecorder
+from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
+from brainfl.run_config import settings_from_args
+from brainfl.site_training import local_update
+from brainfl.strategy import weighted_average
+from brainfl.training import round_learning_rate
+
+ROOT = Path(__file__).resolve().parents[1]
+SiteUpdate = Callable[..., dict[str, float]]  # local_update's signature
+
+
+def settings_for(*run_configs: str) -> RunSettings:
+    """The app's settings from ``--run-config`` values (pairs or conf files), later ones winning.
+
+    Checked as ``brainfl`` checks a run's: syntax, known keys, ranges, and
+    overrides that other settings would make ineffective.
+    """
+    return settings_from_args(ROOT, list(run_configs))
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One site's images and what the model consumes of them (pixels, or cached features)."""
+
+    data: SiteData
+    inputs: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+    """The sites, the model they share in this process, and the server's evaluator."""
+
+    settings: RunSettings
+    sites: list[Site]
+    evaluator: CentralEvaluator
+    pooled: bool = False
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.evaluator.test_set.class_names
+
+
+def federation(settings: RunSettings, pooled: bool = False) -> Federation:
+    """The run's ``num-partitions`` sites, or (``pooled``) one site with every training image."""
+    if settings.strategy != "fedavg":
+        raise BrainFLError(f"the emulator averages with FedAvg only, not '{settings.strategy}'")
+    dataset = load_run_dataset(settings)
+    evaluator = CentralEvaluator(settings, dataset)
+    if pooled:
+        sites = [SiteData(0, dataset.train, dataset.train.subset(np.arange(0)))]
+    else:
+        count, class_names = settings.num_partitions, dataset.train.class_names
+        configs = [{"partition-id": site_id, "num-partitions": count} for site_id in range(count)]
+        sites = [site_data(settings, config, class_names) for config in configs]
+    inputs = [model_inputs(settings, evaluator.bundle, site.train) for site in sites]
+    return Federation(settings, [Site(*pair) for pair in zip(sites, inputs, strict=True)], evaluator, pooled)
+
+
+def fedavg_round(
+    fed: Federation, weights: list[np.ndarray], server_round: int, update: SiteUpdate = local_update
+) -> tuple[list[np.ndarray], SiteReport]:
+    """One round: every site updates ``weights``; return their FedAvg and the sites' training report."""
+    settings, model = fed.settings, fed.evaluator.bundle.trainable
+    learning_rate = round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
+    trained, replies = [], {}
+    for site in fed.sites:
+        model.set_weights(weights)
+        metrics = update(
+            settings,
+            fed.evaluator.bundle,
+            site.inputs,
+            site.data.train.labels,
+            learning_rate=learning_rate,
+            server_round=server_round,
+            site_id=site.data.site_id,
+        )
+        trained.append(model.get_weights())
+        replies[site.data.site_id] = {**metrics, **site_counts(site.data)}
+    records = [RecordDict({"metrics": MetricRecord(reply)}) for reply in replies.values()]
+    report = SiteReport("train", replies, dict(aggregate_site_metrics(records, NUM_EXAMPLES)), len(replies))
+    return weighted_average(trained, [len(site.data.train) for site in fed.sites]), report
+
+
+def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) -> list[dict[str, float]]:
+    """All ``num-server-rounds`` rounds from the app's initial weights, recorded in ``output_dir``.
+
+    Returns the server's scores of each round; round 0 is the initial model.
+    """
+    settings = fed.settings
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):  # a fresh run, not appended to an older one
+        (output_dir / name).unlink(missing_ok=True)
+    metadata = model_metadata(settings.model, fed.class_names, settings.image_size, settings.channels)
+    writer = ModelWriter(fed.evaluator.bundle, metadata)
+    rounds = settings.num_server_rounds
+    recorder = RunRecorder(output_dir, fed.evaluator.test_set, writer, total_rounds=rounds)
+    config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
+    write_run_config(output_dir, {**config, "centralized": fed.pooled})
+    weights = initial_weights(settings, fed.class_names)
+    scores = []
+    for server_round in range(rounds + 1):
+        if server_round:
+            weights, report = fedavg_round(fed, weights, server_round, update)
+            recorder.site_report(server_round, report)
+        evaluation = fed.evaluator(weights)
+        recorder.round_done(server_round, weights, evaluation)
+        scores.append(evaluation.metrics)
+    return scores
