@@ -1,0 +1,316 @@
+"""Regenerate the result tables of README.md and BENCHMARKS.md from the committed result folders.
+
+Each folder under ``benchmarks/results/`` with a ``federated_learning_results.csv`` is one run, named
+by its path there (``iid4-r40``; ``suite24/4_IID`` for a suite kept with ``--keep suite24``), with
+``run_config.json``, ``site_metrics.csv`` and ``command.txt`` (``harness.keep_result``). A table goes
+between ``<!-- table:NAME -->`` and ``<!-- /table -->``, its runs' commands and machine under it; a
+question no kept run answers gets one line and a command that would. A comparison pairs runs kept at
+the same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs::
+
+    python3 benchmarks/make_tables.py           # rewrite the tables in README.md and BENCHMARKS.md
+    python3 benchmarks/make_tables.py --check   # exit 1 if a table would change (the docs are stale)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "BENCHMARKS.md")
+KEPT = ("site_metrics.csv", "run_config.json", "command.txt")  # beside federated_learning_results.csv
+CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
+THRESHOLDS = (95, 97, 98)  # official accuracy, percent
+SCALE_SITES = 10  # a run with at least this many sites answers "scale"
+ROBUST = ("krum", "multikrum", "trimmed-mean", "median")
+SCHEDULE = ("image-size", "model", "num-partitions", "num-server-rounds", "local-epochs", "emulator")
+MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+Row = dict[str, object]
+
+
+def reach(rounds: pd.DataFrame, target: float) -> tuple[int, float] | None:
+    """(round, elapsed seconds) of the first evaluation with official accuracy >= ``target``."""
+    hits = rounds[rounds["accuracy"] >= target - 1e-9]
+    return None if hits.empty else (int(hits["round"].iloc[0]), float(hits["elapsed_s"].iloc[0]))
+
+
+@dataclass
+class Run:
+    """One kept run: its files, the kind of run they make it, its numbers and its table cells."""
+
+    name: str
+    rounds: pd.DataFrame
+    sites: pd.DataFrame
+    config: dict
+    command: str
+
+    def __post_init__(self) -> None:
+        words, r, last = shlex.split(self.command), self.rounds, self.rounds.iloc[-1]
+        self.group = self.name.rpartition("/")[0]  # the folder level it was kept at ("" = the top)
+        self.data = Path(str(self.get("data-dir", ""))).name
+        self.central = bool(self.get("centralized"))
+        self.private = self.get("dp", "none") != "none" or bool(self.get("secagg"))  # DP or SecAgg+
+        self.poison = words[words.index("--poison") + 1] if "--poison" in words[:-1] else ""  # poisoning.py
+        self.secure = "--secure" in words  # run.sh --secure: TLS and SuperNode authentication
+        deployed = "run.sh" in self.command and "--simulation" not in words
+        self.engine = (
+            "one process (emulator)"
+            if self.get("emulator")
+            else "one process"
+            if self.central
+            else "deployment"
+            if deployed
+            else "simulation"
+        )
+        self.unit = "epoch" if self.central else "round"  # what a row of its results follows
+        self.local_epochs = int(self.get("local-epochs", 1))
+        self.passes = int(last["round"]) * self.local_epochs
+        self.final, self.f1 = float(last["accuracy"]), float(last["f1_macro"])
+        self.leak_free = float(last.get("leak_free_accuracy", math.nan))
+        self.wall, self.epsilon = float(last["elapsed_s"]), float(last.get("epsilon", math.nan))
+        self.round_s = (self.wall - float(r["elapsed_s"].iloc[0])) / max(len(r) - 1, 1)
+        self.hits = {t: reach(r, t / 100) for t in THRESHOLDS}
+        self.cells = cells(self)
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.config.get(key, default)
+
+
+def load_runs(results: Path) -> list[Run]:
+    """Every run kept under ``results``, sorted by name."""
+    runs = []
+    for csv in sorted(results.rglob("federated_learning_results.csv")):
+        sites, config, command = (csv.with_name(name) for name in KEPT)
+        runs.append(Run(
+            name=csv.parent.relative_to(results).as_posix(),
+            rounds=pd.read_csv(csv).sort_values("round", ignore_index=True),
+            sites=pd.read_csv(sites) if sites.is_file() else pd.DataFrame(),
+            config=json.loads(config.read_text()) if config.is_file() else {},
+            command=command.read_text().strip() if command.is_file() else "",
+        ))  # fmt: skip
+    return runs
+
+
+def acc(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.4f}"
+
+
+def gap(a: float, b: float) -> str:
+    """``a - b`` in percentage points."""
+    return "" if pd.isna(a) or pd.isna(b) else f"{(a - b) * 100:+.2f}"
+
+
+def duration(s: float | None) -> str:
+    return "not reached" if s is None else f"{s:.0f} s" if s < 100 else f"{s / 60:.1f} min"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def setting(run: Run) -> str:
+    """A run's setting in words: centralized, or its sites, partitioning and what differs from FedAvg."""
+    if run.central:
+        return "centralized"
+    skew = f"Dirichlet {run.get('dirichlet-alpha')}" if run.get("partitioning") == "dirichlet" else "IID"
+    words = [f"{run.get('num-partitions')} sites", skew]
+    words += ["balanced softmax"] if run.get("balanced-softmax") else []
+    words += [str(run.get("strategy"))] if run.get("strategy", "fedavg") != "fedavg" else []
+    words += [f"{run.get('norm')} norm"] if run.get("norm", "batch") != "batch" else []
+    if run.get("dp", "none") != "none":
+        words.append(f"DP {run.get('dp')} z={run.get('dp-noise-multiplier')} C={run.get('dp-clipping-norm')}")
+    words += ["SecAgg+"] if run.get("secagg") else []
+    words += [f"poisoned ({run.poison})"] if run.poison else []
+    return ", ".join(words)
+
+
+def cells(run: Run) -> Row:
+    """A run's cell in every column a table may show."""
+    best, sites = run.rounds.loc[run.rounds["accuracy"].idxmax()], run.sites
+    first = sites[sites["round"] == sites["round"].min()] if "num_train" in sites else sites
+    return {
+        "setting": setting(run), "engine": run.engine, "image px": run.get("image-size"),
+        "sites": run.get("num-partitions"), "TLS + node auth": "yes" if run.secure else "no",
+        "training images per site": f"{first['num_train'].mean():.0f}" if len(first) else "",
+        "rounds x local epochs": f"{run.rounds['round'].iloc[-1]} x {run.local_epochs}", "passes": run.passes,
+        "official accuracy": acc(run.final), "best (round)": f"{best['accuracy']:.4f} ({int(best['round'])})",
+        "leak-free accuracy": acc(run.leak_free), "macro F1": acc(run.f1),
+        "epsilon": "" if pd.isna(run.epsilon) else f"{run.epsilon:.3g} at delta {run.get('dp-delta')}",
+        **{f"{t}% reached": f"{run.unit} {hit[0]}, {duration(hit[1])}" if hit else "not reached"
+           for t, hit in run.hits.items()},
+        "mean round": duration(run.round_s), "wall time": duration(run.wall),
+    }  # fmt: skip
+
+
+def plain(run: Run) -> bool:
+    """A federated run without privacy settings or poisoned sites."""
+    return not run.central and not run.private and not run.poison
+
+
+def partner(run: Run, runs: list[Run], accept: Callable[[Run], bool], keys: tuple[str, ...]) -> Run | None:
+    """The first other run kept beside ``run``, on its data, with equal ``keys``, that ``accept`` takes."""
+    for other in runs:
+        beside = other.group == run.group and other.data == run.data and other is not run
+        if beside and all(other.get(k) == run.get(k) for k in keys) and accept(other):
+            return other
+    return None
+
+
+PER_RUN = (
+    "setting",
+    "engine",
+    "image px",
+    "rounds x local epochs",
+    "passes",
+    "official accuracy",
+    "best (round)",
+    "leak-free accuracy",
+    "macro F1",
+    *(f"{t}% reached" for t in THRESHOLDS),
+    "wall time",
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A question's table: its runs and columns, the run each is set against, a command that answers it."""
+
+    command: str
+    columns: tuple[str, ...] = PER_RUN
+    select: Callable[[Run], bool] = lambda run: True
+    baseline: Callable[[Run], bool] | None = None  # set against a run kept beside it, equal in ``keys``
+    keys: tuple[str, ...] = SCHEDULE
+    headline: bool = False  # only the runs kept at the top of results/ (every run if none is)
+
+
+def rows_of(table: Table, runs: list[Run]) -> list[Row]:
+    """One row per selected run: its cells and, unless it is a baseline itself, its gaps to its baseline."""
+    rows = []
+    for run in filter(table.select, [r for r in runs if not r.group] or runs if table.headline else runs):
+        row: Row = {"run": run.name, **{column: run.cells[column] for column in table.columns}}
+        if table.baseline and not table.baseline(run):
+            base = partner(run, runs, table.baseline, table.keys)
+            row |= {"compared with": base.name if base else "none kept beside it",
+                    "gap, points": gap(run.final, base.final) if base else "",
+                    "leak-free gap, points": gap(run.leak_free, base.leak_free) if base else "",
+                    "round time ratio": ratio(run.round_s, base.round_s) if base else ""}  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def central_rows(runs: list[Run]) -> list[Row]:
+    """Federated vs centralized: accuracy at equal passes; passes and time to the central final accuracy."""
+    rows, same = [], ("image-size", "model", "emulator")
+    for fed, central in ((f, c) for f in filter(plain, runs) for c in runs if c.central):
+        if not partner(fed, [central], lambda r: True, same):
+            continue
+        target, hit = reach(central.rounds, central.final), reach(fed.rounds, central.final)  # target: a hit
+        at = fed.rounds[fed.rounds["round"] * fed.local_epochs <= central.passes].iloc[-1]["accuracy"]
+        fed_passes, central_passes = hit and hit[0] * fed.local_epochs, target[0] * central.local_epochs
+        fed98, central98 = fed.hits[98] and fed.hits[98][1], central.hits[98] and central.hits[98][1]
+        rows.append({
+            "federated": fed.name, "centralized": central.name,
+            "passes (fed / central)": f"{fed.passes} / {central.passes}",
+            "final accuracy (fed / central)": f"{acc(fed.final)} / {acc(central.final)}",
+            "fed accuracy after the central passes": "fewer" if fed.passes < central.passes else acc(at),
+            "passes to the central final (fed / central, ratio)":
+                f"{fed_passes or 'not reached'} / {central_passes}, {ratio(fed_passes, central_passes)}",
+            "time to the central final (fed / central, ratio)":
+                f"{duration(hit and hit[1])} / {duration(target[1])}, {ratio(hit and hit[1], target[1])}",
+            "time to 98% (fed / central, ratio)":
+                f"{duration(fed98)} / {duration(central98)}, {ratio(fed98, central98)}",
+        })  # fmt: skip
+    return rows
+
+
+DATA = "--data-dir ../shared/data/brain-tumor-mri"
+SUITE = f"python3 benchmarks/suite.py {DATA} --workload image-size=64"
+PRIVACY = f"python3 benchmarks/privacy_robustness.py {DATA} --rounds 4 --local-epochs 1"
+SUITE160 = f'{SUITE} --epochs 160 --local-epochs 4 --only centralized "4 IID" --keep fed160'
+SKEW = '--only "4 IID" "4 Dir 0.3" "4 Dir 0.3 balanced softmax" --keep skew24'
+TABLES: dict[str, Table] = {
+    "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
+                                "97% reached", "wall time"), headline=True),
+    "runs": Table(f"{SUITE} --epochs 24 --local-epochs 4 --keep suite24"),
+    "centralized": Table(SUITE160),  # its rows: central_rows
+    "label-skew": Table(
+        f"{SUITE} --epochs 24 --local-epochs 4 {SKEW}",
+        ("setting", "official accuracy", "leak-free accuracy", "97% reached"),
+        select=lambda run: plain(run) and run.get("partitioning") == "dirichlet",
+        baseline=lambda run: plain(run) and run.get("partitioning") == "iid",
+        keys=(*SCHEDULE, "strategy", "norm")),
+    "scale": Table(
+        f'{SUITE} --epochs 4 --local-epochs 2 --only "50 sites (scale)" --keep scale',
+        ("setting", "engine", "training images per site", "passes", "mean round", "official accuracy",
+         "wall time"),
+        select=lambda run: not run.central and int(run.get("num-partitions", 0)) >= SCALE_SITES),
+    "deployment": Table(
+        f"python3 benchmarks/load_test.py {DATA} --sites 10 --rounds 3 --keep load10",
+        ("sites", "TLS + node auth", "passes", "mean round", "wall time"),
+        select=lambda run: run.engine == "deployment",
+        baseline=lambda run: run.engine == "deployment" and not run.secure),
+    "privacy": Table(
+        f"{PRIVACY} --only privacy",
+        ("setting", "official accuracy", "leak-free accuracy", "epsilon", "mean round"),
+        select=lambda run: run.private and not run.poison, baseline=plain,
+        keys=(*SCHEDULE, "norm", "strategy")),
+    "robustness": Table(
+        f"{PRIVACY} --only poison", ("setting", "official accuracy", "leak-free accuracy"),
+        select=lambda run: not run.central and bool(run.poison or run.get("strategy") in ROBUST),
+        baseline=lambda run: plain(run) and run.get("strategy") == "fedavg", keys=(*SCHEDULE, "norm")),
+}  # fmt: skip
+
+
+def markdown(rows: list[Row]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows])
+
+
+def render(name: str, runs: list[Run]) -> str:
+    """The text between ``<!-- table:name -->`` and ``<!-- /table -->``: table, commands, machine."""
+    if name not in TABLES:
+        raise SystemExit(f"unknown table '{name}' (known: {', '.join(TABLES)})")
+    table = TABLES[name]
+    rows = central_rows(runs) if name == "centralized" else rows_of(table, runs)
+    if not rows:
+        no = "No result folder in `benchmarks/results/` answers this yet; this command measures it:"
+        return f"{no}\n\n```bash\n{table.command}\n```\n"
+    used = [run for run in runs if any(run.name in row.values() for row in rows)]
+    commands = "\n".join(f"# {run.name}\n{run.command or '(no command.txt)'}" for run in used)
+    machines = sorted({str(run.get("machine") or CI_MACHINE) for run in used})
+    return f"{markdown(rows)}\n\nCommands:\n\n```bash\n{commands}\n```\n\nMachine: {'; '.join(machines)}.\n"
+
+
+def regenerate(text: str, runs: list[Run]) -> str:
+    """``text`` with every marked table replaced by its rendering from ``runs``."""
+    return MARKER.sub(lambda m: f"{m[1]}\n{render(m['name'], runs)}\n{m[4]}", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a doc would change; write nothing")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this one)")
+    args = parser.parse_args(argv)
+    runs, stale = load_runs(args.root / "benchmarks" / "results"), []
+    for doc in (args.root / name for name in DOCS):
+        text = doc.read_text()
+        if (new := regenerate(text, runs)) != text:
+            stale.append(doc.name)
+            if not args.check:
+                doc.write_text(new)
+    print(f"{'stale' if args.check else 'updated'}: {', '.join(stale)}" if stale else "current")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

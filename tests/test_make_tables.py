@@ -1,0 +1,150 @@
+"""benchmarks/make_tables.py: the numbers it computes from result folders, and that the docs are current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from make_tables import ROOT, load_runs, main, regenerate, render
+
+FED = {  # the settings of a federated run, as run_config.json holds them
+    "num-partitions": 4, "partitioning": "iid", "dirichlet-alpha": 1.0, "balanced-softmax": False,
+    "strategy": "fedavg", "norm": "batch", "dp": "none", "secagg": False, "model": "cnn", "image-size": 64,
+    "num-server-rounds": 4, "local-epochs": 4, "data-dir": "/data/brain-tumor-mri", "dp-delta": 1e-5,
+}  # fmt: skip
+
+
+def keep(
+    root: Path, name: str, accuracy: list[float], elapsed: list[float], command: str = "", **config: object
+) -> Path:
+    """A result folder as ``harness.keep_result`` leaves it: rounds 0..n, site metrics, settings, command."""
+    folder = root / "benchmarks" / "results" / name
+    folder.mkdir(parents=True)
+    rounds = range(len(accuracy))
+    pd.DataFrame({
+        "round": rounds, "loss": 0.5, "accuracy": accuracy, "f1_macro": [a - 0.01 for a in accuracy],
+        "recall_glioma": accuracy, "leak_free_accuracy": [a - 0.005 for a in accuracy],
+        "sites_trained": 4, "elapsed_s": elapsed,
+    }).to_csv(folder / "federated_learning_results.csv", index=False)  # fmt: skip
+    pd.DataFrame({"round": [1, 1, 2, 2], "site": [0, 1, 0, 1], "num_train": [100, 120, 100, 120]}).to_csv(
+        folder / "site_metrics.csv", index=False
+    )
+    settings = {**FED, "num-server-rounds": len(accuracy) - 1, **config}
+    (folder / "run_config.json").write_text(json.dumps(settings))
+    (folder / "command.txt").write_text((command or f"./run.sh --simulation --output-dir /tmp/{name}") + "\n")
+    return folder
+
+
+def docs(root: Path, *tables: str) -> None:
+    """README.md and BENCHMARKS.md with empty marked tables."""
+    marked = "".join(f"## {name}\n<!-- table:{name} -->\n<!-- /table -->\n" for name in tables)
+    (root / "README.md").write_text("# readme\n<!-- table:summary -->\n<!-- /table -->\n")
+    (root / "BENCHMARKS.md").write_text(f"# benchmarks\n{marked}")
+
+
+def test_time_to_a_threshold_is_the_first_round_at_or_above_it(tmp_path):
+    keep(tmp_path, "iid", [0.25, 0.96, 0.97, 0.965, 0.985, 0.98], [1.0, 30.0, 60.0, 90.0, 120.0, 150.0])
+    (run,) = load_runs(tmp_path / "benchmarks" / "results")
+    assert run.hits == {95: (1, 30.0), 97: (2, 60.0), 98: (4, 120.0)}  # not round 3, which dips below
+    assert run.cells["97% reached"] == "round 2, 60 s"
+    assert run.cells["98% reached"] == "round 4, 2.0 min"
+
+
+def test_per_run_figures_final_best_passes_and_wall_time(tmp_path):
+    keep(tmp_path, "iid", [0.25, 0.90, 0.94, 0.93], [0.5, 100.5, 200.5, 300.5], **{"local-epochs": 4})
+    keep(tmp_path, "central", [0.25, 0.99], [0.2, 7.0], **{"centralized": True, "local-epochs": 1})
+    central, fed = load_runs(tmp_path / "benchmarks" / "results")
+    assert (fed.passes, fed.final, fed.wall, fed.round_s) == (12, 0.93, 300.5, 100.0)
+    assert fed.cells["best (round)"] == "0.9400 (2)"
+    assert fed.cells["leak-free accuracy"] == "0.9250"
+    assert fed.cells["rounds x local epochs"] == "3 x 4"
+    assert fed.cells["95% reached"] == "not reached"
+    assert fed.cells["training images per site"] == "110"
+    assert (central.central, central.passes, central.cells["setting"]) == (True, 1, "centralized")
+    assert central.cells["95% reached"] == "epoch 1, 7 s"
+
+
+def test_federated_vs_centralized_passes_and_time_to_the_central_final_accuracy(tmp_path):
+    # centralized: 4 epochs, final 0.96 first reached at epoch 3 (30 s); 98% never
+    keep(
+        tmp_path,
+        "central",
+        [0.2, 0.90, 0.95, 0.96, 0.96],
+        [0, 10, 20, 30, 40],
+        **{"centralized": True, "local-epochs": 1},
+    )
+    # federated: 2 local epochs a round; 0.96 first at round 3 (6 passes, 90 s)
+    keep(tmp_path, "fed", [0.2, 0.80, 0.94, 0.961, 0.97], [0, 30, 60, 90, 120], **{"local-epochs": 2})
+    table = render("centralized", load_runs(tmp_path / "benchmarks" / "results"))
+    row = table.splitlines()[2].split(" | ")
+    assert row[:2] == ["| fed", "central"]
+    assert row[2:5] == ["8 / 4", "0.9700 / 0.9600", "0.9400"]  # fed accuracy after 4 passes: round 2
+    assert row[5] == "6 / 3, 2.00"  # passes to 0.96
+    assert row[6] == "90 s / 30 s, 3.00"  # time to 0.96
+    assert row[7] == "not reached / not reached, - |"
+    assert "Machine: 2 CPU cores, no GPU (the project's CI machine)." in table
+    assert "./run.sh --simulation --output-dir /tmp/fed" in table
+
+
+def test_label_skew_gap_is_dirichlet_minus_iid_in_points_on_the_same_schedule(tmp_path):
+    keep(tmp_path, "iid", [0.2, 0.9, 0.983], [0, 10, 20])
+    skew = {"partitioning": "dirichlet", "dirichlet-alpha": 0.3}
+    keep(tmp_path, "dir", [0.2, 0.9, 0.975], [0, 10, 30], **skew)
+    keep(tmp_path, "dir-short", [0.2, 0.9], [0, 10], partitioning="dirichlet")  # no IID run of 1 round
+    table = render("label-skew", load_runs(tmp_path / "benchmarks" / "results"))
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| dir")]
+    assert rows[0][:2] == ["| dir", "4 sites, Dirichlet 0.3"]
+    assert rows[0][-4:] == ["iid", "-0.80", "-0.80", "1.50 |"]
+    assert rows[1][0] == "| dir-short" and rows[1][-4] == "none kept beside it"
+
+
+def test_privacy_and_robustness_pick_their_runs_and_their_clean_baselines(tmp_path):
+    keep(tmp_path, "suite/clean", [0.2, 0.77], [0, 40], norm="group")
+    keep(tmp_path, "suite/dp", [0.2, 0.23], [0, 42], norm="group", dp="server-fixed")
+    keep(tmp_path, "suite/median", [0.2, 0.75], [0, 50], strategy="median",
+         command="python3 benchmarks/poisoning.py --poison sign-flip --poisoned-sites 0")  # fmt: skip
+    keep(tmp_path, "suite/fedavg", [0.2, 0.76], [0, 50])
+    runs = load_runs(tmp_path / "benchmarks" / "results")
+    privacy = render("privacy", runs)
+    assert "| suite/dp | 4 sites, IID, group norm, DP server-fixed" in privacy
+    assert privacy.splitlines()[2].endswith("| suite/clean | -54.00 | -54.00 | 1.05 |")
+    robustness = render("robustness", runs)
+    assert "median, poisoned (sign-flip)" in robustness
+    assert robustness.splitlines()[2].endswith("| suite/fedavg | -1.00 | -1.00 | 1.00 |")
+
+
+def test_a_question_without_results_says_so_with_a_command(tmp_path):
+    keep(tmp_path, "iid", [0.2, 0.9], [0, 10])
+    text = render("deployment", load_runs(tmp_path / "benchmarks" / "results"))
+    assert text.startswith("No result folder in `benchmarks/results/` answers this yet")
+    assert "python3 benchmarks/load_test.py" in text
+
+
+def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, capsys):
+    docs(tmp_path, "runs", "centralized", "label-skew", "scale", "deployment", "privacy", "robustness")
+    assert main(["--root", str(tmp_path)]) == 0  # no results yet: every table says so
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+    keep(tmp_path, "iid", [0.2, 0.9, 0.97], [0, 10, 20])
+    assert main(["--root", str(tmp_path), "--check"]) == 1
+    assert "stale: README.md, BENCHMARKS.md" in capsys.readouterr().out
+    assert "No result folder" in (tmp_path / "README.md").read_text()  # --check writes nothing
+    assert main(["--root", str(tmp_path)]) == 0
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| iid | 4 sites, IID | 8 | 0.9700 | 0.9650 | round 2, 20 s | 20 s |" in readme
+    assert readme.endswith("<!-- /table -->\n")
+
+
+def test_an_unknown_table_name_stops_with_the_known_names():
+    with pytest.raises(SystemExit, match="unknown table 'nope'"):
+        regenerate("<!-- table:nope -->\n<!-- /table -->\n", [])
+
+
+def test_committed_docs_are_current_with_the_committed_results():
+    results = ROOT / "benchmarks" / "results"
+    if not results.is_dir() or not any(p.is_dir() for p in results.iterdir()):
+        pytest.skip("no result folder committed under benchmarks/results/")
+    assert main(["--check"]) == 0, "README.md or BENCHMARKS.md is stale: python3 benchmarks/make_tables.py"
