@@ -282,7 +282,7 @@ def test_real_dataset_has_the_documented_exact_leak(real_data: Path) -> None:
 def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tmp_path):
     import shutil
 
-    from brainfl.config import RunSettings
+    from brainfl.config import settings_with
     from brainfl.data_loader import load_dataset
     from brainfl.evaluation import leak_free_mask
     from conftest import make_dataset
@@ -291,6 +291,28 @@ def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tm
     copied = root / "Testing" / "glioma" / "Te-glioma-0.jpg"
     shutil.copy(root / "Training" / "notumor" / "Tr-notumor-1.jpg", copied)
     dataset = load_dataset(root, 16, 1)
-    mask = leak_free_mask(RunSettings(data_dir=str(root)), dataset)
+    mask = leak_free_mask(settings_with(data_dir=str(root)), dataset)
     flagged = [name for name, clean in zip(dataset.test.files, mask, strict=True) if not clean]
     assert flagged == ["Testing/glioma/Te-glioma-0.jpg"]
+
+
+def test_patients_in_both_splits_are_reported_next_to_the_duplicates(tmp_path: Path, capsys) -> None:
+    from test_layouts import build_folders
+
+    root = build_folders(tmp_path / "d", per_class=4, patients=2, split="Training")  # <class>-p0, -p1
+    build_folders(root, per_class=2, patients=1, split="Testing")  # <class>-p0: also in Training
+    check_data(root, tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert "patients in both Training and Testing: 4 (glioma-p0, meningioma-p0, notumor-p0" in printed
+    listed = (tmp_path / "out" / "patients_in_both_splits.txt").read_text().splitlines()
+    assert listed == [f"{name}-p0" for name in ("glioma", "meningioma", "notumor", "pituitary")]
+    assert data_check.shared_patients(hash_images(root)) == listed
+
+
+def test_patients_are_not_checked_unless_both_splits_are_grouped(
+    dataset: Path, tmp_path: Path, capsys
+) -> None:
+    assert data_check.shared_patients(hash_images(dataset)) is None
+    check_data(dataset, tmp_path / "out")
+    assert "patients in both" not in capsys.readouterr().out
+    assert not (tmp_path / "out" / "patients_in_both_splits.txt").exists()

@@ -1,4 +1,4 @@
-"""Tests of the Kaggle-layout loader: layout, modes, hidden files, cache and errors."""
+"""Tests of the loader: layouts, modes, hidden files, nested patients, cache (and its key) and errors."""
 
 from __future__ import annotations
 
@@ -132,3 +132,44 @@ def test_every_cache_goes_to_brainfl_cache_dir(tiny_dataset, isolated_cache):
     assert len(site.train) + len(site.val) == 8
     cached = sorted(path.name.split("-")[0] for path in isolated_cache.iterdir())
     assert cached == ["partitions", "testing", "training"]
+
+
+def test_cache_key_covers_skip_unreadable(tiny_dataset):
+    broken = tiny_dataset / "Training" / "glioma" / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    skipped = load_dataset(tiny_dataset, 32, 1, skip_unreadable=True)
+    assert "Training/glioma/broken.jpg" not in skipped.train.files
+    # a cache written while skipping must not hide the broken file from a run that does not skip
+    with pytest.raises(BrainFLError, match=r"cannot decode image .*broken\.jpg"):
+        load_dataset(tiny_dataset, 32, 1)
+    entries = data_loader.list_class_folders(tiny_dataset / "Training", list(CLASSES))
+    keys = {data_loader._cache_key(entries, 32, 1, list(CLASSES), skip) for skip in (False, True)}
+    assert len(keys) == 2
+
+
+def test_unwritable_cache_folder_is_one_line_naming_the_setting(tiny_dataset, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BRAINFL_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(
+        BrainFLError, match=r"cannot write to the cache folder .*a-file/cache .*BRAINFL_CACHE_DIR"
+    ):
+        load_dataset(tiny_dataset, 32, 1)
+
+
+def test_an_image_size_beyond_memory_is_refused_before_decoding(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(data_loader, "decode_image", lambda *a: pytest.fail("decoded"))
+    with pytest.raises(BrainFLError, match=r"setting 'image-size'=1000000: 16 images .* GiB"):
+        load_dataset(tiny_dataset, 1_000_000, 1)
+
+
+def test_images_nested_in_a_kaggle_split_are_read_with_their_patients(tiny_dataset):
+    from conftest import write_image
+
+    write_image(tiny_dataset / "Training" / "glioma" / "patient-7" / "series-1" / "a.png", 500)
+    write_image(tiny_dataset / "Training" / "glioma" / "patient-7" / "b.png", 501)
+    data = load_dataset(tiny_dataset, 16, 1)
+    assert data.train.class_counts() == [6, 4, 4, 4] and data.test.groups is None
+    groups = dict(zip(data.train.files, data.train.groups.tolist(), strict=True))
+    assert groups["Training/glioma/patient-7/series-1/a.png"] == groups["Training/glioma/patient-7/b.png"]
+    assert groups["Training/glioma/Tr-glioma-0.jpg"] == "glioma/Tr-glioma-0.jpg"  # a patient of its own

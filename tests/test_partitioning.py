@@ -1,4 +1,5 @@
-"""Tests of site partitions: deterministic, disjoint, complete; Dirichlet skew visible."""
+"""Tests of site partitions, validation and hold-out splits: deterministic, disjoint, complete,
+Dirichlet skew visible, and patients kept whole where scans are grouped."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from brainfl.errors import BrainFLError
-from brainfl.partitioning import partition_indices, split_validation
+from brainfl.partitioning import holdout_split, partition_indices, split_validation
 
 LABELS = np.repeat(np.arange(4), [130, 140, 160, 150])
 
@@ -56,3 +57,57 @@ def test_validation_split_is_stratified_and_disjoint():
     assert len(val) == 58 and not set(train) & set(val)
     assert len(train) + len(val) == len(LABELS)
     assert np.bincount(LABELS[val]).min() >= 13
+
+
+# Patients: 2 to 6 scans each, every patient's scans of one class (as a patient has one diagnosis).
+_SCANS_PER_PATIENT = np.random.default_rng(0).integers(2, 7, size=160)
+GROUPS = np.repeat([f"patient-{i:03d}" for i in range(160)], _SCANS_PER_PATIENT)
+GROUP_LABELS = np.repeat(np.arange(160) % 4, _SCANS_PER_PATIENT)
+
+
+def _patients(positions: np.ndarray) -> set[str]:
+    return set(GROUPS[positions].tolist())
+
+
+@pytest.mark.parametrize("partitioning", ["iid", "dirichlet"])
+def test_partitions_of_grouped_scans_hold_whole_patients(partitioning):
+    parts = partition_indices(GROUP_LABELS, 4, partitioning, alpha=0.5, seed=3, groups=GROUPS)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(GROUPS)))
+    patient_sets = [_patients(part) for part in parts]
+    assert sum(map(len, patient_sets)) == 160  # every patient at exactly one site
+    again = partition_indices(GROUP_LABELS, 4, partitioning, alpha=0.5, seed=3, groups=GROUPS)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_iid_partitions_of_patients_are_balanced_in_patients():
+    parts = partition_indices(GROUP_LABELS, 4, "iid", seed=0, groups=GROUPS)
+    assert [len(_patients(part)) for part in parts] == [40, 40, 40, 40]
+
+
+def test_more_sites_than_patients_is_a_clear_error():
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    with pytest.raises(BrainFLError, match="'num-partitions': 4 sites but only 3 patients"):
+        partition_indices(np.array([0, 0, 1, 1, 0, 0]), 4, groups=groups)
+
+
+def test_validation_split_of_grouped_scans_keeps_patients_whole_and_stratified():
+    train, val = split_validation(GROUP_LABELS, 0.1, seed=0, groups=GROUPS)
+    assert len(train) + len(val) == len(GROUPS) and not _patients(train) & _patients(val)
+    assert len(_patients(val)) == 16
+    assert np.bincount(GROUP_LABELS[val], minlength=4).min() > 0
+
+
+def test_validation_split_of_few_patients_falls_back_to_a_group_shuffle():
+    groups = np.array(["a", "a", "b", "c", "c", "d", "e", "e"])
+    labels = np.array([0, 0, 1, 2, 2, 3, 0, 0])  # 1 patient of classes 1-3: no stratification
+    train, val = split_validation(labels, 0.4, seed=1, groups=groups)
+    assert len(set(groups[val])) == 2 and not set(groups[train]) & set(groups[val])
+    assert split_validation(labels, 0.05, seed=1, groups=groups)[1].size == 0
+
+
+def test_hold_out_is_stratified_by_patient_and_fails_naming_the_setting():
+    train, test = holdout_split(GROUP_LABELS, 0.25, seed=0, groups=GROUPS)
+    assert not _patients(train) & _patients(test) and len(_patients(test)) == 40
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(GROUPS)))
+    with pytest.raises(BrainFLError, match=r"'test-fraction'=0\.1: too few images in Training/ .*'b' has 1"):
+        holdout_split(np.array([0, 0, 0, 1]), 0.1, seed=0, class_names=("a", "b"), source="Training/")

@@ -8,7 +8,11 @@ for the threshold), and
   conflicts (duplicate pairs whose two files sit in different classes), and
   the Testing images with a copy in Training versus the leak-free rest;
 * writes ``duplicates.csv`` (every pair), ``summary.csv`` and
-  ``leak_free_test_files.txt`` to the output folder.
+  ``leak_free_test_files.txt`` to the output folder;
+* where both splits group their scans in patient folders
+  (``<split>/<class>/<patient>/...``), reports the patients present in both
+  Training and Testing (``patients_in_both_splits.txt``): their Testing scans
+  are not independent of Training even when no image is copied.
 
 The hashing and pairing names (:func:`hash_images`, :func:`find_duplicates`,
 :func:`leak_free_test_mask`, ...) live in :mod:`brainfl.duplicates` and stay
@@ -18,8 +22,11 @@ importable from here.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -45,6 +52,7 @@ from brainfl.duplicates import (
 )
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
+from brainfl.layouts import split_patient
 
 __all__ = [
     "DEFAULT_OUTPUT",
@@ -65,6 +73,7 @@ __all__ = [
     "leak_free_test_mask",
     "near_pairs",
     "run_check_data",
+    "shared_patients",
     "summarize",
 ]
 
@@ -106,6 +115,39 @@ def _count_by_kind(pairs: pd.DataFrame) -> list[int]:
     return [exact, near, exact + near]
 
 
+def shared_patients(table: pd.DataFrame) -> list[str] | None:
+    """Patients with scans in both Training and Testing, sorted; None unless both splits are grouped.
+
+    A split is grouped when its scans sit in patient folders under the class
+    folders (the data loader's patients: the first folder under the class).
+    """
+    patients = table["file"].map(split_patient)
+    found = {
+        split: set(patients[(table["split"] == split) & patients.notna()])
+        for split in (TRAIN_SPLIT, TEST_SPLIT)
+    }
+    if not found[TRAIN_SPLIT] or not found[TEST_SPLIT]:
+        return None
+    return sorted(found[TRAIN_SPLIT] & found[TEST_SPLIT])
+
+
+def _write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write one output file; a path that cannot be written is a one-line error naming it."""
+    try:
+        write_atomically(path, write)
+    except OSError as error:
+        raise BrainFLError(f"--output: cannot write {path} ({error.strerror or error})") from None
+
+
+def _check_output(output: Path) -> None:
+    """Fail before hashing if ``output`` cannot be made (nearest existing parent: no writable folder)."""
+    parent = output.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BrainFLError(f"--output: cannot create the folder {output} ({parent} is not a writable folder)")
+
+
 def check_data(
     data_dir: Path, output: Path | None = None, threshold: int = NEAR_DUPLICATE_THRESHOLD
 ) -> pd.DataFrame:
@@ -120,17 +162,24 @@ def check_data(
     output = Path(output) if output is not None else Path.cwd() / DEFAULT_OUTPUT
     if output.exists() and not output.is_dir():
         raise BrainFLError(f"output is not a folder: {output}")
+    _check_output(output)
     started = time.perf_counter()
     table = hash_images(data_dir)
     pairs = find_duplicates(table, threshold)
     summary = summarize(pairs, table)
     leak_free = sorted(leak_free_files(table, pairs))
-    write_atomically(output / "duplicates.csv", lambda handle: pairs.to_csv(handle, index=False))
-    write_atomically(output / "summary.csv", lambda handle: summary.to_csv(handle))
-    write_atomically(
+    patients = shared_patients(table)
+    _write(output / "duplicates.csv", lambda handle: pairs.to_csv(handle, index=False))
+    _write(output / "summary.csv", lambda handle: summary.to_csv(handle))
+    _write(
         output / "leak_free_test_files.txt",
         lambda handle: handle.write("".join(f"{name}\n" for name in leak_free).encode()),
     )
+    if patients is not None:
+        _write(
+            output / "patients_in_both_splits.txt",
+            lambda handle: handle.write("".join(f"{name}\n" for name in patients).encode()),
+        )
     counts = table["split"].value_counts()
     print(
         f"{len(table)} images ({counts.get(TRAIN_SPLIT, 0)} {TRAIN_SPLIT}, {counts.get(TEST_SPLIT, 0)} "
@@ -138,6 +187,12 @@ def check_data(
         f"{HASH_BITS} bits; {time.perf_counter() - started:.1f} s"
     )
     print(summary.to_string())
+    if patients is not None:
+        listed = ", ".join(patients[:5]) + (", ..." if len(patients) > 5 else "")
+        print(
+            f"patients in both {TRAIN_SPLIT} and {TEST_SPLIT}: {len(patients)}"
+            + (f" ({listed}; {output / 'patients_in_both_splits.txt'})" if patients else "")
+        )
     print(
         f"pairs: {output / 'duplicates.csv'}; leak-free Testing files: {output / 'leak_free_test_files.txt'}"
     )

@@ -1,12 +1,12 @@
-"""Read the Kaggle "Brain Tumor MRI Dataset" folder layout into arrays.
+"""Read a dataset folder, in any layout of :mod:`brainfl.layouts`, into arrays.
 
-Layout: ``<data-dir>/Training/<class>/*`` and ``<data-dir>/Testing/<class>/*``.
-Class names and their order come from the Training folders, sorted; hidden
-files and folders are skipped; .jpg/.jpeg/.png in any case are read, grayscale
-or RGB, any size, and converted to the configured size and channels. Decoded
-arrays are cached on disk (:func:`default_cache_dir`), keyed by the file
-list, sizes, mtimes and the preprocessing, so a second run does not decode
-again.
+Every scan the decoder reads (:mod:`brainfl.decoding`) is converted to the
+configured size and channels; each image's patient, where scans are grouped,
+is carried in ``ImageSet.groups``. Without a Testing folder the server's test
+set is a stratified hold-out (``test-fraction``) that keeps each patient's
+scans on one side. Decoded arrays are cached on disk (:func:`default_cache_dir`),
+keyed by the file list, labels, sizes, mtimes and every setting that changes
+what is decoded or kept, so a second run does not decode again.
 """
 
 from __future__ import annotations
@@ -15,31 +15,50 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from brainfl.decoding import SCAN_SUFFIXES, decode_scan
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
+from brainfl.layouts import (
+    KAGGLE_SPLIT,
+    LABELS_CSV,
+    LABELS_FILE,
+    TEST_SPLIT,
+    TRAIN_SPLIT,
+    Entry,
+    check_class_folders_layout,
+    class_folders,
+    detect_layout,
+    list_class_folders,
+    read_labels_csv,
+)
+from brainfl.layouts import find_classes as find_classes  # re-exported: check-data and benchmarks use it
 from brainfl.logs import LOG
+from brainfl.partitioning import holdout_split
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-TRAIN_SPLIT = "Training"
-TEST_SPLIT = "Testing"
-CACHE_VERSION = 1
+IMAGE_SUFFIXES = SCAN_SUFFIXES  # .jpg .jpeg .png .bmp .tif .tiff .dcm .dicom (brainfl.decoding)
+CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
-    """Decoded images (uint8, N x H x W x C), integer labels and their files."""
+    """Decoded images (uint8, N x H x W x C), integer labels, their files and patients.
+
+    ``groups`` holds each image's patient id where the scans are grouped by
+    patient (nested folders, a ``patient`` column), else None.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     files: tuple[str, ...]
     class_names: tuple[str, ...]
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,11 +71,16 @@ class ImageSet:
             self.labels[indices],
             tuple(self.files[i] for i in indices),
             self.class_names,
+            None if self.groups is None else self.groups[indices],
         )
 
     def class_counts(self) -> list[int]:
         """Number of images of each class, in class order."""
         return np.bincount(self.labels, minlength=len(self.class_names)).tolist()
+
+    def num_patients(self) -> int | None:
+        """Number of distinct patients (None: the scans are not grouped)."""
+        return None if self.groups is None else len(set(self.groups.tolist()))
 
 
 def default_cache_dir() -> Path:
@@ -67,68 +91,67 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BRAINFL_CACHE_DIR") or Path.home() / ".cache" / "brainfl").expanduser()
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def write_cache(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a cache file atomically; a folder that cannot be written is a one-line error."""
+    try:
+        write_atomically(path, write)
+    except OSError as error:
+        raise BrainFLError(
+            f"cannot write to the cache folder {path.parent} ({error.strerror or error}): "
+            "set BRAINFL_CACHE_DIR to a writable folder"
+        ) from None
 
 
-def find_classes(split_dir: Path) -> list[str]:
-    """Sorted class names: the visible sub-folders of a split folder."""
-    if not split_dir.is_dir():
-        raise BrainFLError(f"data folder not found: {split_dir}")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p))
-    if not classes:
-        raise BrainFLError(f"no class folders in {split_dir} (expected {split_dir}/<class>/*.jpg)")
-    return classes
-
-
-def list_images(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
-    """All image files of a split with their label, sorted by class then name."""
-    items: list[tuple[Path, int]] = []
-    for label, name in enumerate(class_names):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            continue
-        files = sorted(
-            p
-            for p in class_dir.iterdir()
-            if p.is_file() and not _is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            raise BrainFLError(f"class folder has no images: {class_dir}")
-        items.extend((path, label) for path in files)
-    return items
+def list_images(
+    split_dir: Path, class_names: list[str], skip_unsupported: bool = False
+) -> list[tuple[Path, int]]:
+    """All scans under ``split_dir/<class>/`` (at any depth) with their label, sorted by class then path."""
+    return [
+        (entry.path, entry.label) for entry in list_class_folders(split_dir, class_names, skip_unsupported)
+    ]
 
 
 def decode_image(path: Path | str, image_size: int, channels: int) -> np.ndarray:
-    """Decode one image file to uint8 ``(image_size, image_size, channels)``.
+    """Decode one scan file (JPEG, PNG, BMP, TIFF, DICOM; 8 or more bits) to uint8
+    ``(image_size, image_size, channels)``: :func:`brainfl.decoding.decode_scan`.
 
     Raises :class:`BrainFLError` naming the file when it cannot be decoded.
     """
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise BrainFLError(f"cannot decode image {path}: {error.__class__.__name__}") from None
-    return array.reshape(image_size, image_size, channels)
+    return decode_scan(path, image_size, channels)
 
 
-def _cache_key(items: list[tuple[Path, int]], image_size: int, channels: int, class_names: list[str]) -> str:
+def _cache_key(
+    entries: list[Entry], image_size: int, channels: int, class_names: list[str], skip_unreadable: bool
+) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_VERSION, image_size, channels, class_names]).encode())
-    for path, label in items:
+    digest.update(json.dumps([CACHE_VERSION, image_size, channels, class_names, skip_unreadable]).encode())
+    for path, label, _ in entries:
         stat = path.stat()
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
+def _check_memory(count: int, image_size: int, channels: int) -> None:
+    """Refuse an ``image-size`` whose decoded images would not fit in half of the machine's memory."""
+    needed = count * image_size * image_size * channels
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > total // 2:
+        raise BrainFLError(
+            f"setting 'image-size'={image_size}: {count} images of {image_size}x{image_size}x{channels} "
+            f"need {needed / 2**30:.1f} GiB decoded, over half of this machine's {total / 2**30:.0f} GiB"
+        )
+
+
 def _decode_all(
-    items: list[tuple[Path, int]], image_size: int, channels: int, skip_unreadable: bool, desc: str
+    entries: list[Entry], image_size: int, channels: int, skip_unreadable: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    images = np.empty((len(items), image_size, image_size, channels), dtype=np.uint8)
+    _check_memory(len(entries), image_size, channels)
+    images = np.empty((len(entries), image_size, image_size, channels), dtype=np.uint8)
     labels, kept = [], []
-    for path, label in tqdm(items, desc=desc, unit="img", disable=None, leave=False):
+    for path, label, _ in tqdm(entries, desc=desc, unit="img", disable=None, leave=False):
         try:
             images[len(kept)] = decode_image(path, image_size, channels)
         except BrainFLError as error:
@@ -141,6 +164,31 @@ def _decode_all(
     return images[: len(kept)], np.asarray(labels, dtype=np.int64), kept
 
 
+def _load_entries(
+    data_dir: Path,
+    entries: list[Entry],
+    class_names: list[str],
+    name: str,
+    settings: tuple[int, int, Path | None, bool],
+) -> ImageSet:
+    """Decode (or load from cache) ``entries``; ``settings`` = (image size, channels, cache, skip)."""
+    image_size, channels, cache_dir, skip_unreadable = settings
+    key = _cache_key(entries, image_size, channels, class_names, skip_unreadable)
+    cache_path = (cache_dir or default_cache_dir()) / f"{name}-{image_size}px-{channels}ch-{key}.npz"
+    if cache_path.exists():
+        with np.load(cache_path) as cached:
+            images, labels, files = cached["images"], cached["labels"], [str(f) for f in cached["files"]]
+    else:
+        images, labels, kept = _decode_all(entries, image_size, channels, skip_unreadable, f"decoding {name}")
+        files = [str(path.relative_to(data_dir)) for path in kept]
+        write_cache(cache_path, lambda f: np.savez(f, images=images, labels=labels, files=np.asarray(files)))
+    groups = None
+    if any(entry.group is not None for entry in entries):
+        group_of = {str(entry.path.relative_to(data_dir)): entry.group for entry in entries}
+        groups = np.asarray([group_of[f] for f in files], dtype=str)
+    return ImageSet(images, labels, tuple(files), tuple(class_names), groups)
+
+
 def load_split(
     data_dir: Path,
     split: str,
@@ -150,45 +198,64 @@ def load_split(
     cache_dir: Path | None = None,
     skip_unreadable: bool = False,
 ) -> ImageSet:
-    """Decode (or load from cache) every image of ``data_dir/split``.
+    """Decode (or load from cache) every scan of ``data_dir/split``.
 
     ``class_names`` fixes the label order (the Training classes); a class
     folder in this split that is not among them is an error.
     """
-    split_dir = Path(data_dir) / split
-    found = find_classes(split_dir)
-    if class_names is None:
-        class_names = found
-    unknown = sorted(set(found) - set(class_names))
-    if unknown:
-        raise BrainFLError(
-            f"class folder {split_dir / unknown[0]} is not one of the classes "
-            f"{', '.join(class_names)} (from Training)"
-        )
-    items = list_images(split_dir, class_names)
-    key = _cache_key(items, image_size, channels, class_names)
-    cache_path = (cache_dir or default_cache_dir()) / f"{split.lower()}-{image_size}px-{channels}ch-{key}.npz"
-    if cache_path.exists():
-        with np.load(cache_path) as cached:
-            return ImageSet(
-                cached["images"],
-                cached["labels"],
-                tuple(str(f) for f in cached["files"]),
-                tuple(class_names),
+    data_dir, split_dir = Path(data_dir), Path(data_dir) / split
+    class_names = class_folders(split_dir, class_names)
+    entries = list_class_folders(split_dir, class_names, skip_unreadable)
+    settings = (image_size, channels, cache_dir, skip_unreadable)
+    return _load_entries(data_dir, entries, class_names, split.lower(), settings)
+
+
+def load_images(
+    data_dir: Path | str,
+    image_size: int,
+    channels: int,
+    class_names: list[str] | None = None,
+    cache_dir: Path | None = None,
+    skip_unreadable: bool = False,
+) -> tuple[ImageSet, str]:
+    """A folder's training scans and its layout: ``Training`` of a Kaggle split, else every scan.
+
+    This is what a site with its own folder trains on (labels follow
+    ``class_names``, the server's), and the base of the hold-out test set.
+    """
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    settings = (image_size, channels, cache_dir, skip_unreadable)
+    if layout == KAGGLE_SPLIT:
+        if not (data_dir / TRAIN_SPLIT).is_dir():
+            raise BrainFLError(
+                f"no {TRAIN_SPLIT} folder in {data_dir} (expected {data_dir}/{TRAIN_SPLIT}/<class>/*.jpg)"
             )
-    images, labels, kept = _decode_all(items, image_size, channels, skip_unreadable, f"decoding {split}")
-    files = [str(path.relative_to(data_dir)) for path in kept]
-    write_atomically(cache_path, lambda f: np.savez(f, images=images, labels=labels, files=np.asarray(files)))
-    return ImageSet(images, labels, tuple(files), tuple(class_names))
+        split_dir = data_dir / TRAIN_SPLIT
+        class_names = class_folders(split_dir, class_names)
+        entries = list_class_folders(split_dir, class_names, skip_unreadable)
+        return _load_entries(data_dir, entries, class_names, "training", settings), layout
+    if layout == LABELS_CSV:
+        entries, class_names = read_labels_csv(data_dir, class_names, skip_unreadable)
+        return _load_entries(data_dir, entries, class_names, "labels", settings), layout
+    class_names = check_class_folders_layout(data_dir, class_names)
+    entries = list_class_folders(data_dir, class_names, skip_unreadable)
+    return _load_entries(data_dir, entries, class_names, "images", settings), layout
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """The training images (split across sites) and the server's test set."""
+    """The training images (split across sites), the server's test set and the folder's layout."""
 
     train: ImageSet
     test: ImageSet
     test_is_official: bool
+    layout: str = KAGGLE_SPLIT
+
+
+def _source(data_dir: Path, layout: str) -> Path:
+    """What a message about the training scans names: the Training folder, labels.csv or the folder."""
+    return {KAGGLE_SPLIT: data_dir / TRAIN_SPLIT, LABELS_CSV: data_dir / LABELS_FILE}.get(layout, data_dir)
 
 
 def load_dataset(
@@ -201,27 +268,24 @@ def load_dataset(
     seed: int = 42,
     class_names: list[str] | None = None,
 ) -> Dataset:
-    """Load Training and Testing; without a Testing folder, split Training (stratified).
+    """Training and test images; without a Testing folder, a stratified hold-out of the training scans.
 
-    ``class_names`` (default: the Training folders) fixes the label order, as
+    ``class_names`` (default: the folder's classes) fixes the label order, as
     a site must use the server's classes even when it lacks one of them.
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise BrainFLError(f"data directory not found: {data_dir}")
-    if not (data_dir / TRAIN_SPLIT).is_dir():
+    derived = class_names is None
+    train, layout = load_images(data_dir, image_size, channels, class_names, cache_dir, skip_unreadable)
+    source = _source(data_dir, layout)
+    if derived and len(train.class_names) < 2:
         raise BrainFLError(
-            f"no {TRAIN_SPLIT} folder in {data_dir} (expected {data_dir}/{TRAIN_SPLIT}/<class>/*.jpg)"
+            f"only one class ({', '.join(train.class_names)}) in {source}: need at least 2 classes"
         )
-    train = load_split(data_dir, TRAIN_SPLIT, image_size, channels, class_names, cache_dir, skip_unreadable)
-    class_names = list(train.class_names)
-    if (data_dir / TEST_SPLIT).is_dir():
-        test = load_split(data_dir, TEST_SPLIT, image_size, channels, class_names, cache_dir, skip_unreadable)
-        official = True
-    else:
-        train_idx, test_idx = train_test_split(
-            np.arange(len(train)), test_size=test_fraction, stratify=train.labels, random_state=seed
-        )
-        train, test = train.subset(np.sort(train_idx)), train.subset(np.sort(test_idx))
-        official = False
-    return Dataset(train, test, official)
+    if layout == KAGGLE_SPLIT and (data_dir / TEST_SPLIT).is_dir():
+        names = list(train.class_names)
+        test = load_split(data_dir, TEST_SPLIT, image_size, channels, names, cache_dir, skip_unreadable)
+        return Dataset(train, test, True, layout)
+    train_pos, test_pos = holdout_split(
+        train.labels, test_fraction, seed, train.groups, train.class_names, source
+    )
+    return Dataset(train.subset(train_pos), train.subset(test_pos), False, layout)

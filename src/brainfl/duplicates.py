@@ -25,7 +25,6 @@ the file list, sizes and mtimes, so a second check does not decode again.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 from collections.abc import Iterable
@@ -34,7 +33,6 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from brainfl.data_loader import (
@@ -44,6 +42,7 @@ from brainfl.data_loader import (
     find_classes,
     list_images,
 )
+from brainfl.decoding import open_scan
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
 from brainfl.logs import LOG
@@ -77,7 +76,7 @@ NEAR_DUPLICATE_THRESHOLD = 10
 MAX_THRESHOLD = 64
 HASH_SIZE = 16  # imagehash.phash(hash_size=16): a 16x16 = 256-bit hash
 HASH_BITS = HASH_SIZE * HASH_SIZE
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 TABLE_COLUMNS = ["file", "split", "label", "md5", "phash"]
 PAIR_COLUMNS = ["file_a", "file_b", "split_a", "split_b", "label_a", "label_b", "kind", "distance"]
 BLOCK_ROWS = 256  # rows of the Hamming-distance matrix computed at once
@@ -115,10 +114,9 @@ def hash_image(path: Path) -> tuple[str, str]:
     """md5 of the file bytes and pHash (hex) of the grayscale image; BrainFLError if undecodable."""
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            phash = imagehash.phash(image.convert("L"), hash_size=HASH_SIZE)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise BrainFLError(f"cannot decode image {path}: {error.__class__.__name__}") from None
+    except OSError as error:
+        raise BrainFLError(f"cannot read image {path}: {error.strerror}") from None
+    phash = imagehash.phash(open_scan(path, "L"), hash_size=HASH_SIZE)  # as the model sees it
     return hashlib.md5(data, usedforsecurity=False).hexdigest(), str(phash)
 
 

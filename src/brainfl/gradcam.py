@@ -121,13 +121,10 @@ def overlay(original: Image.Image, heatmap: np.ndarray, alpha: float = ALPHA) ->
 
 
 def open_original(path: Path | str) -> Image.Image:
-    """The image file as loaded (any size, grayscale or RGB), or a one-line error naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError) as error:
-        raise BrainFLError(f"cannot decode image {path}: {error.__class__.__name__}") from None
+    """The scan at full size as an 8-bit image (DICOM and high-bit images windowed as for the model)."""
+    from brainfl.decoding import open_scan
+
+    return open_scan(path)
 
 
 def save_gradcam(

@@ -21,9 +21,9 @@ import keras
 import numpy as np
 
 from brainfl.config import RunSettings, resolve_path
-from brainfl.data_loader import TRAIN_SPLIT, Dataset, ImageSet, default_cache_dir, load_dataset, load_split
+from brainfl.data_loader import Dataset, ImageSet, default_cache_dir, load_dataset, load_images, write_cache
 from brainfl.errors import BrainFLError
-from brainfl.files import write_atomically
+from brainfl.layouts import KAGGLE_SPLIT, LABELS_CSV, TEST_SPLIT
 from brainfl.models import ModelBundle, build_model
 from brainfl.partitioning import partition_indices, split_validation
 
@@ -71,9 +71,12 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
     """Every site's row indices, computed once and kept in the cache folder.
 
     A SuperNode starts a fresh process for each message, so caching spares
-    each round the partitioner (and its heavy imports).
+    each round the partitioner (and its heavy imports). Where the scans are
+    grouped by patient, whole patients are partitioned.
     """
     digest = hashlib.blake2b(train.labels.tobytes(), digest_size=12)
+    if train.groups is not None:
+        digest.update("\0".join(["patients", *train.groups.tolist()]).encode())
     digest.update(
         repr((num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed)).encode()
     )
@@ -82,9 +85,14 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
         with np.load(path) as cached:
             return [cached[str(i)] for i in range(num_partitions)]
     parts = partition_indices(
-        train.labels, num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed
+        train.labels,
+        num_partitions,
+        settings.partitioning,
+        settings.dirichlet_alpha,
+        settings.seed,
+        train.groups,
     )
-    write_atomically(path, lambda handle: np.savez(handle, **{str(i): p for i, p in enumerate(parts)}))
+    write_cache(path, lambda handle: np.savez(handle, **{str(i): p for i, p in enumerate(parts)}))
     return parts
 
 
@@ -105,8 +113,10 @@ def site_data(
     With ``num-partitions`` (as when several sites are emulated from one
     dataset) the site takes partition ``partition-id`` of the run's training
     set, or of ``data-dir``'s. Without it, ``data-dir`` is the site's own
-    folder in the Kaggle layout and all of its ``Training`` images are used.
-    Labels always follow the server's ``class_names``.
+    folder (any layout of :mod:`brainfl.layouts`) and all of its training
+    scans are used: ``Training`` of a Kaggle split, else every scan. Labels
+    always follow the server's ``class_names``; the validation split keeps a
+    patient's scans together.
     """
     site_id = int(node_config.get("partition-id", -1))
     site_dir = str(node_config.get("data-dir", "")) or None
@@ -117,9 +127,8 @@ def site_data(
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
     else:
-        train = load_split(
+        train, _ = load_images(
             resolve_path(site_dir or settings.data_dir, "data-dir"),
-            TRAIN_SPLIT,
             settings.image_size,
             settings.channels,
             list(class_names),
@@ -129,9 +138,34 @@ def site_data(
     if len(train) == 0:
         raise BrainFLError(f"site {site_id} has no training images")
     train_pos, val_pos = split_validation(
-        train.labels, settings.val_fraction, settings.seed + max(site_id, 0)
+        train.labels, settings.val_fraction, settings.seed + max(site_id, 0), train.groups
     )
     return SiteData(site_id, train.subset(train_pos), train.subset(val_pos))
+
+
+def check_vgg_weights(settings: RunSettings) -> None:
+    """``vgg-weights`` must be ``none``, ``imagenet`` or an existing file (checked before Flower starts)."""
+    value = settings.vgg_weights
+    if value in ("", "none", "imagenet") or Path(value).expanduser().is_file():
+        return
+    raise BrainFLError(f"setting 'vgg-weights'={value!r}: not none, imagenet or an existing weights file")
+
+
+def describe_layout(dataset: Dataset, test_fraction: float) -> str:
+    """One line on how the data folder was read: its layout, the test set and the patients."""
+    parts = [f"layout: {dataset.layout}"]
+    if dataset.layout == KAGGLE_SPLIT and not dataset.test_is_official:
+        parts.append(f"no {TEST_SPLIT} folder: the test set is a stratified hold-out ({test_fraction})")
+    elif dataset.layout == LABELS_CSV:
+        parts.append(f"the test set is a stratified hold-out ({test_fraction})")
+    patients = dataset.train.num_patients()
+    if patients is not None and dataset.test_is_official:
+        parts.append(
+            f"{patients} training patients, each kept whole at one site (check-data finds those in Testing)"
+        )
+    elif patients is not None:
+        parts.append(f"{patients} training patients, each kept whole in one split and at one site")
+    return "; ".join(parts)
 
 
 def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
@@ -172,5 +206,5 @@ def model_inputs(settings: RunSettings, bundle: ModelBundle, images: ImageSet) -
     if path.exists():
         return np.load(path)
     features = bundle.features(images.images)
-    write_atomically(path, lambda handle: np.save(handle, features))
+    write_cache(path, lambda handle: np.save(handle, features))
     return features

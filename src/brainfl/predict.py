@@ -42,20 +42,18 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 def find_images(paths: Iterable[Path | str]) -> list[Path]:
     """The files named, and the image files under the folders named (recursively, hidden skipped)."""
-    from brainfl.data_loader import IMAGE_SUFFIXES
+    from brainfl.decoding import SCAN_SUFFIXES, is_scan_file
 
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
             images = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(p, path)
+                p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path) and is_scan_file(p)
             )
             if not images:
-                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-                raise BrainFLError(f"no image files ({suffixes}) in folder {path}")
+                suffixes = ", ".join(sorted(SCAN_SUFFIXES))
+                raise BrainFLError(f"no image files ({suffixes}, or DICOM) in folder {path}")
             found.extend(images)
         elif path.is_file():
             found.append(path)
