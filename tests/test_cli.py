@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 from flwr.common.config import parse_config_args
@@ -141,3 +142,74 @@ def test_run_sh_stops_on_a_bad_run_config_with_one_line(tmp_path, run_config, ex
     errors = [line for line in result.stderr.splitlines() if re.match(r"(brainfl|run\.sh): error:", line)]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_prepare_prints_the_layout(capsys, tmp_path):
+    from test_layouts import build_folders
+
+    code, out, errors = run_prepare(capsys)
+    assert code == 0, errors
+    assert "layout: kaggle split\n" in out
+    root = build_folders(tmp_path / "nested", per_class=10, patients=5)
+    code, out, errors = run_prepare(capsys, f"data-dir='{root}' image-size=16")
+    assert code == 0, errors
+    assert "layout: class folders (hold-out test); 16 training patients, each kept whole in one split" in out
+    assert "data ok: 32 training images in 4 classes" in out
+
+
+def _data_mistakes(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Folders with one data mistake each: (data folder, the expected error line's text)."""
+    from test_layouts import build_folders, link, sample_scans, write_labels_csv
+
+    few = build_folders(tmp_path / "few", per_class=2, split="Training")
+    one = build_folders(tmp_path / "one", per_class=4, classes=("glioma",))
+    csv_dir = tmp_path / "csv"
+    first = link(sample_scans("glioma")[0], csv_dir / "a.jpg").name
+    write_labels_csv(csv_dir, [(first, "glioma"), ("missing.jpg", "notumor")], "path,label")
+    odd = build_folders(tmp_path / "odd", per_class=3)
+    (odd / "notumor" / "scan.nii").write_bytes(b"\x5c\x01 nifti")
+    return {
+        "few": (few, f"setting 'test-fraction'=0.2: too few images in {few / 'Training'}"),
+        "one": (one, f"only one class (glioma) in {one}: need at least 2 classes"),
+        "csv": (csv_dir, f"{csv_dir / 'labels.csv'} line 3: unknown path 'missing.jpg'"),
+        "odd": (odd, f"unsupported scan file {odd / 'notumor' / 'scan.nii'}"),
+    }
+
+
+@pytest.mark.parametrize("mistake", ["few", "one", "csv", "odd"])
+def test_data_mistakes_give_one_line_naming_the_file_or_setting(capsys, tmp_path, mistake):
+    data_dir, expected = _data_mistakes(tmp_path)[mistake]
+    code, _, errors = run_prepare(capsys, f"data-dir='{data_dir}' image-size=16")
+    assert code == 2
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("run_config", "expected"),
+    [
+        ("model='vgg16' vgg-weights='/no/such/vgg.h5'", "setting 'vgg-weights'='/no/such/vgg.h5': not none"),
+        ("model='vgg16' vgg-weights='imagenett'", "setting 'vgg-weights'='imagenett': not none, imagenet"),
+        ("image-size=1000000", "setting 'image-size'=1000000: 80 images of 1000000x1000000x1 need"),
+    ],
+)
+def test_model_settings_are_checked_before_flower_starts(capsys, run_config, expected):
+    code, _, errors = run_prepare(capsys, run_config)
+    assert code == 2
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_unwritable_cache_folder_and_outputs_are_one_line_errors(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, errors = run_prepare(capsys, extra=("--write-run-config", str(blocker / "run.toml")))
+    assert code == 2 and len(errors) == 1 and f"--write-run-config: cannot write {blocker}" in errors[0]
+    code = cli.main(["check-data", str(REPO_ROOT / "sample_data"), "--output", str(blocker / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainfl: error:")]
+    assert code == 2 and len(errors) == 1 and f"--output: cannot create the folder {blocker}" in errors[0]
+    monkeypatch.setenv("BRAINFL_CACHE_DIR", str(blocker / "cache"))
+    code, _, errors = run_prepare(capsys, "image-size=17")
+    assert code == 2 and len(errors) == 1
+    assert (
+        f"cannot write to the cache folder {blocker / 'cache'}" in errors[0]
+        and "BRAINFL_CACHE_DIR" in errors[0]
+    )

@@ -25,9 +25,13 @@ EXIT_USER_ERROR = 2
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """Validate settings and data, decode and cache the images, check the partitions."""
+    """Validate settings and data, decode and cache the images, check the partitions.
+
+    Prints the settings that differ from the defaults, the data folder's layout
+    and what the data gives: images, classes, test images and site sizes.
+    """
     from brainfl.partitioning import partition_indices
-    from brainfl.pipeline import load_run_dataset
+    from brainfl.pipeline import check_vgg_weights, describe_layout, load_run_dataset
 
     settings = settings_from_args(args.app_dir, args.run_config)
     if args.await_all_sites:
@@ -35,13 +39,16 @@ def prepare(args: argparse.Namespace) -> None:
     defaults = default_run_config(args.app_dir)
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
+    check_vgg_weights(settings)
     dataset = load_run_dataset(settings)
+    print(describe_layout(dataset, settings.test_fraction))
     parts = partition_indices(
         dataset.train.labels,
         settings.num_partitions,
         settings.partitioning,
         settings.dirichlet_alpha,
         settings.seed,
+        dataset.train.groups,
     )
     print(
         f"data ok: {len(dataset.train)} training images in {len(dataset.train.class_names)} classes "
@@ -50,12 +57,17 @@ def prepare(args: argparse.Namespace) -> None:
     )
     if args.write_run_config:
         text = to_toml(settings.to_config())
-        write_atomically(Path(args.write_run_config), lambda handle: handle.write(text.encode()))
+        try:
+            write_atomically(Path(args.write_run_config), lambda handle: handle.write(text.encode()))
+        except OSError as error:
+            raise BrainFLError(
+                f"--write-run-config: cannot write {args.write_run_config} ({error.strerror or error})"
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``brainfl`` command and its sub-commands."""
-    from brainfl import centralized, certs, data_check, predict, report
+    from brainfl import centralized, certs, data_check, evaluate, predict, report
 
     parser = argparse.ArgumentParser(prog="brainfl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_check.add_parser(commands)
     centralized.add_parser(commands)
     certs.add_parser(commands)
+    evaluate.add_parser(commands)
     predict.add_parser(commands)
     report.add_parser(commands)
     return parser
