@@ -105,19 +105,23 @@ def poisoning_mod(kind: str, sites: Collection[int], scale: float = DEFAULT_SCAL
     return poison
 
 
+def configured(context: Context, run_config: Mapping[str, Any]) -> Context:
+    """``context`` with ``run_config`` (Flower refuses changes to a context's run config)."""
+    return Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=context.node_config,
+        state=context.state,
+        run_config=dict(run_config),
+    )
+
+
 def run_config_mod(run_config: Mapping[str, Any]) -> Mod:
     """A ClientApp mod that gives the app ``run_config`` (``run_simulation`` passes none)."""
     frozen = dict(run_config)
 
     def with_run_config(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        configured = Context(
-            run_id=context.run_id,
-            node_id=context.node_id,
-            node_config=context.node_config,
-            state=context.state,
-            run_config=dict(frozen),
-        )
-        return call_next(msg, configured)
+        return call_next(msg, configured(context, frozen))
 
     return with_run_config
 
@@ -134,14 +138,7 @@ def simulate(run_config: Mapping[str, Any], num_sites: int, client_mods: Sequenc
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        configured = Context(
-            run_id=context.run_id,
-            node_id=context.node_id,
-            node_config=context.node_config,
-            state=context.state,
-            run_config=dict(run_config),
-        )
-        project_server_app(grid, configured)
+        project_server_app(grid, configured(context, run_config))
 
     # Ray workers unpickle the mods by module name: they need benchmarks/ on their path.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
