@@ -123,7 +123,10 @@ RUN_CONFIG_FILE="$FLWR_HOME/run_config.toml"
 
 # Check settings and data, and decode the images once, before any Flower process starts;
 # every site is awaited before round 1 (wait-for-sites = num-partitions).
-brainfl prepare --app-dir "$ROOT" "${CONFIG_ARGS[@]}" --run-config "$OPTIONS" \
+SITE_ARGS=()
+read -r -a SITE_DIRS <<<"$SITE_DATA_DIRS"
+for site_dir in "${SITE_DIRS[@]}"; do SITE_ARGS+=(--site-data-dir "$(abspath "$site_dir")"); done
+brainfl prepare --app-dir "$ROOT" "${CONFIG_ARGS[@]}" --run-config "$OPTIONS" "${SITE_ARGS[@]}" \
   --await-all-sites --write-run-config "$RUN_CONFIG_FILE"
 eval "$(python3 - "$RUN_CONFIG_FILE" <<'PY'
 import shlex, sys, tomllib

@@ -213,3 +213,15 @@ def test_unwritable_cache_folder_and_outputs_are_one_line_errors(capsys, tmp_pat
         f"cannot write to the cache folder {blocker / 'cache'}" in errors[0]
         and "BRAINFL_CACHE_DIR" in errors[0]
     )
+
+
+def test_prepare_loads_each_site_folder_before_flower_starts(capsys, tmp_path) -> None:
+    sample = str(REPO_ROOT / "sample_data")
+    code, out, errors = run_prepare(capsys, extra=("--site-data-dir", sample, "--site-data-dir", sample))
+    assert code == 0 and not errors
+    assert "site 0: " in out and "site 1: " in out and "training and" in out
+    missing = str(tmp_path / "no-such-site")
+    code, _, errors = run_prepare(capsys, extra=("--site-data-dir", sample, "--site-data-dir", missing))
+    assert code == 2 and len(errors) == 1 and missing in errors[0]
+    code, _, errors = run_prepare(capsys, extra=("--site-data-dir", sample))
+    assert code == 2 and "1 folders for 2 sites" in errors[0]

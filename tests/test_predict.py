@@ -287,3 +287,18 @@ def test_cli_reports_a_mistake_with_exit_code_2(model_file, tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path / "missing.jpg"), "--model", str(model_file)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and "image file or folder not found" in errors[0]
+
+
+def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(model_file, tmp_path, capsys) -> None:
+    from brainfl import cli
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    good = next((REPO_ROOT / "sample_data" / "Testing" / "glioma").glob("*.jpg"))
+    (folder / "good.jpg").write_bytes(good.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert cli.main(["predict", str(folder), "--model", str(model_file)]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert cli.main(["predict", str(folder), "--model", str(model_file), "--skip-unreadable"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped unreadable file: {folder / 'broken.png'}" in out and "good.jpg" in out

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from brainfl.config import default_run_config
+from brainfl.config import RunSettings, default_run_config
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
 from brainfl.run_config import settings_from_args, to_toml, toml_value
@@ -55,6 +55,7 @@ def prepare(args: argparse.Namespace) -> None:
         f"({', '.join(dataset.train.class_names)}), {len(dataset.test)} test images; "
         f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
     )
+    check_site_folders(settings, args.site_data_dir, dataset.train.class_names)
     if args.write_run_config:
         text = to_toml(settings.to_config())
         try:
@@ -63,6 +64,19 @@ def prepare(args: argparse.Namespace) -> None:
             raise BrainFLError(
                 f"--write-run-config: cannot write {args.write_run_config} ({error.strerror or error})"
             ) from None
+
+
+def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:
+    """Load each site's own folder as its SuperNode will (layout, formats, split), caching the images."""
+    from brainfl.pipeline import site_data
+
+    if site_dirs and len(site_dirs) != settings.num_partitions:
+        raise BrainFLError(
+            f"--site-data-dir: {len(site_dirs)} folders for {settings.num_partitions} sites (num-partitions)"
+        )
+    for site_id, site_dir in enumerate(site_dirs):
+        site = site_data(settings, {"partition-id": site_id, "data-dir": site_dir}, class_names)
+        print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-run-config",
         metavar="FILE",
         help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
+    )
+    prep.add_argument(
+        "--site-data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a site's own data folder (once per site, in site order): loaded and cached as the site will",
     )
     prep.add_argument(
         "--await-all-sites",

@@ -36,15 +36,12 @@ from brainfl.model_files import load_model
 if TYPE_CHECKING:
     import numpy as np
 
-    from brainfl.model_files import LoadedModel
     from brainfl.uncertainty import Scores
 
 CSV_NAME = "evaluation.csv"
 JSON_NAME = "evaluation.json"
 FIGURE_CONFUSION = "confusion_matrix.png"
 FIGURE_RELIABILITY = "reliability.png"
-BATCH_SIZE = 32
-DECODE_CHUNK = 256  # scans decoded and held in memory at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,31 +111,6 @@ def leak_free(data_dir: Path, files: Sequence[Path]) -> np.ndarray:
     return leak_free_test_mask(root, [str(path.relative_to(root)) for path in files])
 
 
-def predict_scans(
-    loaded: LoadedModel, files: Sequence[Path], skip_unreadable: bool
-) -> tuple[np.ndarray, list[int]]:
-    """Probabilities of the readable scans, and the indices of the unreadable ones (skipped if allowed)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from brainfl import training
-
-    parts, skipped = [], []
-    for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="evaluating", disable=None, leave=False):
-        inputs = []
-        for index in range(start, min(start + DECODE_CHUNK, len(files))):
-            try:
-                inputs.append(loaded.preprocess(files[index]))
-            except BrainFLError as error:
-                if not skip_unreadable:
-                    raise BrainFLError(f"{error} (use --skip-unreadable to leave such files out)") from None
-                skipped.append(index)
-        if inputs:
-            parts.append(training.predict_proba(loaded.model, np.stack(inputs), batch_size=BATCH_SIZE))
-    empty = np.empty((0, len(loaded.class_names)), dtype=np.float32)
-    return np.concatenate(parts) if parts else empty, skipped
-
-
 def evaluate_model(
     model_path: Path | str,
     data_dir: Path | str,
@@ -160,6 +132,8 @@ def evaluate_model(
         if not mask.any():
             raise BrainFLError(f"--leak-free-only: every scan of {data} has a copy in its Training folder")
         files, labels = [f for f, keep in zip(files, mask, strict=True) if keep], labels[mask]
+    from brainfl.predict import predict_scans
+
     probabilities, unreadable = predict_scans(loaded, files, skip_unreadable)
     if len(unreadable) == len(files):
         raise BrainFLError(f"no readable scans in {data}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from brainfl.errors import BrainFLError
-from brainfl.model_files import load_model
+from brainfl.model_files import LoadedModel, load_model
 
 FILE_COLUMN = "file"
 PREDICTED_COLUMN = "predicted_class"
@@ -25,6 +26,7 @@ GRADCAM_COLUMN = "gradcam"
 # predicted_class of an image whose model outputs are not finite (NaN or inf): no class
 INVALID = "invalid"
 BATCH_SIZE = 32
+DECODE_CHUNK = 256  # scans decoded at a time (bounded memory for large folders)
 
 
 def __getattr__(name: str):
@@ -64,7 +66,35 @@ def find_images(paths: Iterable[Path | str]) -> list[Path]:
     return found
 
 
-def predict_files(model_path: Path | str, paths: Iterable[Path | str], gradcam_dir: Path | str | None = None):
+def predict_scans(loaded: LoadedModel, files: Sequence[Path], skip_unreadable: bool) -> tuple[Any, list[int]]:
+    """Probabilities (N x classes) of the readable scans; indices of the unreadable ones (if skipped)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from brainfl import training
+
+    parts, skipped = [], []
+    for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="predicting", disable=None, leave=False):
+        inputs = []
+        for index in range(start, min(start + DECODE_CHUNK, len(files))):
+            try:
+                inputs.append(loaded.preprocess(files[index]))
+            except BrainFLError as error:
+                if not skip_unreadable:
+                    raise BrainFLError(f"{error} (use --skip-unreadable to leave such files out)") from None
+                skipped.append(index)
+        if inputs:
+            parts.append(training.predict_proba(loaded.model, np.stack(inputs), batch_size=BATCH_SIZE))
+    empty = np.empty((0, len(loaded.class_names)), dtype=np.float32)
+    return np.concatenate(parts) if parts else empty, skipped
+
+
+def predict_files(
+    model_path: Path | str,
+    paths: Iterable[Path | str],
+    gradcam_dir: Path | str | None = None,
+    skip_unreadable: bool = False,
+):
     """Predict every image of ``paths`` (files or folders) with the model at ``model_path``.
 
     Returns a pandas DataFrame: ``file``, ``predicted_class`` and one
@@ -72,17 +102,18 @@ def predict_files(model_path: Path | str, paths: Iterable[Path | str], gradcam_d
     also ``gradcam``, the overlay written for the predicted class. An image
     whose outputs are not finite has ``predicted_class`` ``invalid`` (:data:`INVALID`),
     its probabilities as the model gave them (NaN) and no overlay (``gradcam`` empty).
+    An unreadable file fails the call unless ``skip_unreadable``, which leaves it out;
+    ``table.attrs["skipped"]`` lists those.
     """
     import numpy as np
     import pandas as pd
 
     from brainfl.metrics import predicted_classes
-    from brainfl.training import predict_proba
 
     loaded = load_model(model_path)
-    files = find_images(paths)
-    inputs = np.stack([loaded.preprocess(path) for path in files])
-    probabilities = predict_proba(loaded.model, inputs, batch_size=BATCH_SIZE)
+    found = find_images(paths)
+    probabilities, unreadable = predict_scans(loaded, found, skip_unreadable)
+    files = [path for index, path in enumerate(found) if index not in set(unreadable)]
     predicted = predicted_classes(probabilities)
     table = pd.DataFrame(
         {
@@ -92,6 +123,7 @@ def predict_files(model_path: Path | str, paths: Iterable[Path | str], gradcam_d
         }
     )
     table.attrs["class_names"] = list(loaded.class_names)
+    table.attrs["skipped"] = [str(found[index]) for index in unreadable]
     if gradcam_dir is not None:
         from brainfl.gradcam import gradcam_names, write_gradcams
 
@@ -100,7 +132,7 @@ def predict_files(model_path: Path | str, paths: Iterable[Path | str], gradcam_d
         written = write_gradcams(
             loaded,
             [files[i] for i in valid],
-            inputs[valid],
+            np.stack([loaded.preprocess(files[i]) for i in valid]) if len(valid) else np.empty((0,)),
             predicted[valid],
             Path(gradcam_dir),
             [names[i] for i in valid],
@@ -136,7 +168,9 @@ def print_table(table, class_names: Sequence[str]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl predict``."""
-    table = predict_files(args.model, args.paths, args.gradcam)
+    table = predict_files(args.model, args.paths, args.gradcam, args.skip_unreadable)
+    for skipped in table.attrs["skipped"]:
+        print(f"skipped unreadable file: {skipped}")
     print_table(table, table.attrs["class_names"])
     invalid = int((table[PREDICTED_COLUMN] == INVALID).sum())
     if invalid:
@@ -168,6 +202,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser.add_argument("--csv", type=Path, default=None, help="also save the predictions to this CSV file")
     parser.add_argument(
         "--gradcam", type=Path, default=None, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR"
+    )
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded; list them"
     )
     parser.set_defaults(handler=run)
     return parser
