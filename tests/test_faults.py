@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -166,12 +167,16 @@ def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, dat
 
 def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path, data):
     out, port = tmp_path / "run", free_port_block(6)
-    own_sites = [str(data), str(tmp_path / "no-such-hospital-folder")]
-    args = ["--secure", "--sites", "2", "--rounds", "2", "--site-data-dirs", " ".join(own_sites)]
+    # Site 1's folder passes run.sh's checks, then goes away before the site loads it (an unmounted share).
+    vanishing = tmp_path / "no-such-hospital-folder"
+    shutil.copytree(data, vanishing, symlinks=True)
+    args = ["--secure", "--sites", "2", "--rounds", "2", "--site-data-dirs", f"{data} {vanishing}"]
     args += ["--data-dir", str(data), "--output-dir", str(out), "--port", str(port)]
     script = start_script(*args, "--run-config", TINY)
     intruders: list[subprocess.Popen] = []
     try:
+        wait_for(lambda: (out / "run_config.json").exists(), 600, "the server to start")
+        shutil.rmtree(vanishing)  # before round 1's first message reaches the sites
         wait_for(lambda: rounds_done(out) >= 0, 600, "the secure run to start")
         other = tmp_path / "other-federation"
         subprocess.run(["brainfl", "certs", "--out", str(other), "--sites", "1"], check=True)
@@ -193,9 +198,9 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
     assert [r["round"] for r in rows] == ["0", "1", "2"]
     assert all(r["sites_trained"] == "1" and r["sites_failed"] == "1" for r in rows[1:]), rows
     bad_site_log = (out / "logs" / "client_1.log").read_text()
-    assert "site 1: data folder not found" in bad_site_log and "no-such-hospital-folder" in bad_site_log
+    assert "site 1: data directory not found" in bad_site_log and "no-such-hospital-folder" in bad_site_log
     server_log = (out / "logs" / "server.log").read_text()
-    assert "data folder not found" in server_log
+    assert "data directory not found" in server_log
     assert "no-such-hospital-folder" not in server_log, "a site's file path reached the server log"
     for name in ("unregistered", "untrusted-ca"):
         assert "round 1" not in (tmp_path / f"{name}.log").read_text()
