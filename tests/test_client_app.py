@@ -12,13 +12,13 @@ import pytest
 from flwr.app import Message
 
 from brainfl import site_training
+from brainfl.aggregation import CLASS_COUNT_PREFIX
 from brainfl.batch_norm import recalibrate_batchnorm
 from brainfl.client_app import redact_paths
 from brainfl.config import settings_from_config
 from brainfl.data_loader import find_classes
 from brainfl.models import build_cnn
 from brainfl.pipeline import SiteData, initial_weights, site_data
-from brainfl.site_training import CLASS_COUNT_PREFIX
 from brainfl.strategy import round_settings
 from brainfl.training import site_class_prior, train
 from conftest import REPO_ROOT

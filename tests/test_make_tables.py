@@ -78,7 +78,7 @@ def test_federated_vs_centralized_passes_and_time_to_the_central_final_accuracy(
     )
     # federated: 2 local epochs a round; 0.96 first at round 3 (6 passes, 90 s)
     keep(tmp_path, "fed", [0.2, 0.80, 0.94, 0.961, 0.97], [0, 30, 60, 90, 120], **{"local-epochs": 2})
-    table = render("centralized", load_runs(tmp_path / "benchmarks" / "results"))
+    table = render("centralized", tmp_path / "benchmarks" / "results")
     row = table.splitlines()[2].split(" | ")
     assert row[:2] == ["| fed", "central"]
     assert row[2:5] == ["8 / 4", "0.9700 / 0.9600", "0.9400"]  # fed accuracy after 4 passes: round 2
@@ -94,7 +94,7 @@ def test_label_skew_gap_is_dirichlet_minus_iid_in_points_on_the_same_schedule(tm
     skew = {"partitioning": "dirichlet", "dirichlet-alpha": 0.3}
     keep(tmp_path, "dir", [0.2, 0.9, 0.975], [0, 10, 30], **skew)
     keep(tmp_path, "dir-short", [0.2, 0.9], [0, 10], partitioning="dirichlet")  # no IID run of 1 round
-    table = render("label-skew", load_runs(tmp_path / "benchmarks" / "results"))
+    table = render("label-skew", tmp_path / "benchmarks" / "results")
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| dir")]
     assert rows[0][:2] == ["| dir", "4 sites, Dirichlet 0.3"]
     assert rows[0][-4:] == ["iid", "-0.80", "-0.80", "1.50 |"]
@@ -107,24 +107,115 @@ def test_privacy_and_robustness_pick_their_runs_and_their_clean_baselines(tmp_pa
     keep(tmp_path, "suite/median", [0.2, 0.75], [0, 50], strategy="median",
          command="python3 benchmarks/poisoning.py --poison sign-flip --poisoned-sites 0")  # fmt: skip
     keep(tmp_path, "suite/fedavg", [0.2, 0.76], [0, 50])
-    runs = load_runs(tmp_path / "benchmarks" / "results")
-    privacy = render("privacy", runs)
+    results = tmp_path / "benchmarks" / "results"
+    privacy = render("privacy", results)
     assert "| suite/dp | 4 sites, IID, group norm, DP server-fixed" in privacy
     assert privacy.splitlines()[2].endswith("| suite/clean | -54.00 | -54.00 | 1.05 |")
-    robustness = render("robustness", runs)
+    robustness = render("robustness", results)
     assert "median, poisoned (sign-flip)" in robustness
     assert robustness.splitlines()[2].endswith("| suite/fedavg | -1.00 | -1.00 | 1.00 |")
 
 
 def test_a_question_without_results_says_so_with_a_command(tmp_path):
     keep(tmp_path, "iid", [0.2, 0.9], [0, 10])
-    text = render("deployment", load_runs(tmp_path / "benchmarks" / "results"))
+    text = render("deployment", tmp_path / "benchmarks" / "results")
     assert text.startswith("No result folder in `benchmarks/results/` answers this yet")
     assert "python3 benchmarks/load_test.py" in text
 
 
+def evaluation(root: Path, name: str, metrics: list[tuple], machine: str = "", **info: object) -> Path:
+    """A ``brainfl evaluate`` folder: evaluation.csv (metric,class,value,low,high), its JSON and command."""
+    folder = root / "benchmarks" / "results" / name
+    folder.mkdir(parents=True)
+    table = pd.DataFrame(metrics, columns=["metric", "class", "value", "low", "high"])
+    table.to_csv(folder / "evaluation.csv", index=False)
+    if info:
+        (folder / "evaluation.json").write_text(json.dumps(info))
+    (folder / "command.txt").write_text(f"brainfl evaluate final_model.keras data --output {name}\n")
+    if machine:
+        (folder / "machine.txt").write_text(machine + "\n")
+    return folder
+
+
+def test_external_validation_shows_each_metric_with_its_interval_one_column_per_folder(tmp_path):
+    overall = [
+        ("accuracy", None, 0.98169, 0.97483, 0.98856), ("balanced_accuracy", None, 0.98, 0.972, 0.9876),
+        ("f1_macro", None, 0.9807, 0.973, 0.988), ("ece", None, 0.0756, 0.0716, 0.0827),
+    ]  # fmt: skip
+    per_class = [
+        ("sensitivity", "glioma", 0.9667, 0.9464, 0.9855), ("sensitivity", "notumor", 1.0, 1.0, 1.0),
+        ("specificity", "glioma", 0.999, 0.997, 1.0), ("roc_auc", "glioma", 0.9989, 0.9965, 1.0),
+    ]  # fmt: skip
+    reliability = [
+        {"count": 0, "confidence": None},
+        {"count": 1, "confidence": 0.5},
+        {"count": 3, "confidence": 0.9},
+    ]
+    evaluation(tmp_path, "eval/official", overall + per_class, "1 GPU", images=1311, reliability=reliability)
+    evaluation(tmp_path, "eval/leak-free", [("accuracy", None, 0.97722, 0.96763, 0.98681),
+                                            ("sensitivity", "glioma", 0.9, None, None),
+                                            ("sensitivity", "meningioma", None, None, None)])  # fmt: skip
+    table = render("external-validation", tmp_path / "benchmarks" / "results")
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")[1:] for line in table.splitlines() if line.startswith("| ")
+    }
+    assert rows["| metric"] == ["eval/leak-free", "eval/official |"]
+    assert rows["| images"] == ["", "1311 |"]  # no evaluation.json: no image count
+    assert rows["| accuracy"] == ["0.977 [0.968, 0.987]", "0.982 [0.975, 0.989] |"]
+    assert rows["| ECE (top label)"] == ["", "0.076 [0.072, 0.083] |"]
+    assert rows["| mean top-label confidence"] == ["", "0.800 |"]  # (1 x 0.5 + 3 x 0.9) / 4 images
+    assert rows["| sensitivity, glioma"] == ["0.900", "0.967 [0.946, 0.986] |"]  # no bounds: the value alone
+    assert rows["| sensitivity, meningioma"] == ["n/a", " |"]  # a class one folder lacks
+    assert "specificity" not in table and "roc_auc" not in table
+    order = list(rows)[1:]  # below the header
+    assert order[:6] == ["| images", "| accuracy", "| balanced accuracy", "| macro F1", "| ECE (top label)",
+                         "| mean top-label confidence"]  # fmt: skip
+    assert "# eval/official\nbrainfl evaluate final_model.keras data --output eval/official" in table
+    assert "Machine: 1 GPU; 2 CPU cores, no GPU (the project's CI machine)." in table
+
+
+def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
+    folder = tmp_path / "benchmarks" / "results" / "decode-speed"
+    folder.mkdir(parents=True)
+    pd.DataFrame({
+        "format": ["jpeg", "png16", "dicom"], "images": 200, "image_size": 64, "channels": 1,
+        "mean_file_kib": [7.3, 36.6, 98.8], "ms_per_image": [0.358, 2.922, 1.188],
+        "images_per_s": [2796.5, 342.2, 841.8],
+    }).to_csv(folder / "decode_speed.csv", index=False)  # fmt: skip
+    (folder / "command.txt").write_text("python3 benchmarks/decode_speed.py --n 200 --keep\n")
+    (folder / "machine.txt").write_text("2 CPU cores (x86_64), no GPU\n")
+    table = render("decode-time", tmp_path / "benchmarks" / "results")
+    lines = table.splitlines()
+    header = "| run | format | images | image px | channels | mean file | ms per image | images per s "
+    assert lines[0] == header + "| time / JPEG time |"
+    assert lines[2] == "| decode-speed | jpeg | 200 | 64 | 1 | 7.3 KiB | 0.36 | 2796 | 1.00 |"
+    assert lines[3] == "| decode-speed | png16 | 200 | 64 | 1 | 36.6 KiB | 2.92 | 342 | 8.16 |"
+    assert lines[4] == "| decode-speed | dicom | 200 | 64 | 1 | 98.8 KiB | 1.19 | 842 | 3.32 |"
+    assert "python3 benchmarks/decode_speed.py --n 200 --keep" in table
+    assert table.endswith("Machine: 2 CPU cores (x86_64), no GPU.\n")
+
+
+def test_tables_without_their_folders_say_so_with_a_command(tmp_path):
+    keep(tmp_path, "iid", [0.2, 0.9], [0, 10])  # a run is no evaluation and no timing
+    results = tmp_path / "benchmarks" / "results"
+    assert "brainfl evaluate" in render("external-validation", results)
+    assert "python3 benchmarks/decode_speed.py" in render("decode-time", results)
+    assert render("decode-time", tmp_path / "absent").startswith("No result folder")
+
+
 def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, capsys):
-    docs(tmp_path, "runs", "centralized", "label-skew", "scale", "deployment", "privacy", "robustness")
+    docs(
+        tmp_path,
+        "runs",
+        "centralized",
+        "label-skew",
+        "scale",
+        "deployment",
+        "privacy",
+        "robustness",
+        "external-validation",
+        "decode-time",
+    )
     assert main(["--root", str(tmp_path)]) == 0  # no results yet: every table says so
     assert main(["--root", str(tmp_path), "--check"]) == 0
     keep(tmp_path, "iid", [0.2, 0.9, 0.97], [0, 10, 20])
@@ -138,9 +229,9 @@ def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, cap
     assert readme.endswith("<!-- /table -->\n")
 
 
-def test_an_unknown_table_name_stops_with_the_known_names():
+def test_an_unknown_table_name_stops_with_the_known_names(tmp_path):
     with pytest.raises(SystemExit, match="unknown table 'nope'"):
-        regenerate("<!-- table:nope -->\n<!-- /table -->\n", [])
+        regenerate("<!-- table:nope -->\n<!-- /table -->\n", tmp_path)
 
 
 def test_committed_docs_are_current_with_the_committed_results():

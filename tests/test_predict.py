@@ -289,7 +289,9 @@ def test_cli_reports_a_mistake_with_exit_code_2(model_file, tmp_path, capsys):
     assert len(errors) == 1 and "image file or folder not found" in errors[0]
 
 
-def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(model_file, tmp_path, capsys) -> None:
+def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(
+    model_file, tmp_path, capsys
+) -> None:
     from brainfl import cli
 
     folder = tmp_path / "scans"

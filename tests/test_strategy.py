@@ -166,3 +166,18 @@ def test_statistics_mask_marks_the_batchnorm_moving_statistics():
     names = [v.path for v, is_statistic in zip(model.weights, mask, strict=True) if is_statistic]
     assert names and all("moving_mean" in n or "moving_variance" in n for n in names)
     assert len(mask) == len(model.get_weights())
+
+
+def test_class_counts_reach_the_report_but_are_never_averaged():
+    reports: list[SiteReport] = []
+    strategy = BrainFedAvg(
+        learning_rate_for_round=float, class_names=["a", "b"], report=lambda _r, report: reports.append(report)
+    )
+    replies = []
+    for site, counts in enumerate(((3, 1), (0, 4))):
+        reply = make_reply(site, [np.ones(2, np.float32)], examples=4)
+        reply.content["metrics"]["class-count-0"], reply.content["metrics"]["class-count-1"] = counts
+        replies.append(reply)
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert not any(key.startswith("class-count-") for key in metrics)
+    assert reports[0].sites[1]["class-count-1"] == 4

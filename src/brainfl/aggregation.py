@@ -25,12 +25,18 @@ from brainfl.logs import LOG
 
 NUM_EXAMPLES = "num-examples"
 SITE_KEYS = ("site-id", "num_train", "num_val")
+CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
 
 
 def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted average of the sites' metrics, without per-site bookkeeping keys."""
     metrics = aggregate_metricrecords(records, weight_key)
-    return MetricRecord({key: value for key, value in metrics.items() if key not in SITE_KEYS})
+    kept = {
+        key: v
+        for key, v in metrics.items()
+        if key not in SITE_KEYS and not key.startswith(CLASS_COUNT_PREFIX)
+    }
+    return MetricRecord(kept)
 
 
 def weighted_average(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainfl.aggregation import SiteReport
+from brainfl.aggregation import CLASS_COUNT_PREFIX, SiteReport
 from brainfl.config import RunSettings
 from brainfl.evaluation import CentralEvaluator
 from brainfl.logs import LOG, log_to_file
@@ -26,7 +26,7 @@ from brainfl.pipeline import initial_weights, load_run_dataset, model_inputs
 from brainfl.recorder import RunRecorder
 from brainfl.report import make_report
 from brainfl.results import resolve_output_dir, write_run_config
-from brainfl.site_training import CLASS_COUNT_PREFIX, class_counts, local_update
+from brainfl.site_training import class_counts, local_update
 from brainfl.training import round_learning_rate
 
 POOLED_SITE = 0  # the one "site" of a centralized run: every training image

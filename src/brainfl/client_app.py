@@ -31,6 +31,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from brainfl.aggregation import CLASS_COUNT_PREFIX
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
 from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
@@ -38,7 +39,7 @@ from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
-from brainfl.site_training import CLASS_COUNT_PREFIX, class_counts, local_update
+from brainfl.site_training import class_counts, local_update
 from brainfl.training import predict_proba
 
 LEGACY_PARAMETERS = "fitins.parameters"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainfl.aggregation import SiteReport
+from brainfl.aggregation import CLASS_COUNT_PREFIX, SiteReport
 from brainfl.evaluation import CentralTestSet, Evaluation
 from brainfl.logs import LOG
 from brainfl.model_files import CHECKPOINT, ModelWriter
@@ -35,7 +35,6 @@ from brainfl.results import (
     truncate_rows_after,
     write_predictions,
 )
-from brainfl.site_training import CLASS_COUNT_PREFIX
 
 
 def resume_point(output_dir: Path, writer: ModelWriter) -> tuple[int, list[np.ndarray], float] | None:

@@ -17,8 +17,6 @@ from brainfl.config import RunSettings
 from brainfl.models import ModelBundle
 from brainfl.training import site_class_prior, train
 
-CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class
-
 
 def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
     """The shuffling/augmentation seed of one site in one round (differs per site and round)."""
