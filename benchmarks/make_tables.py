@@ -1,11 +1,13 @@
 """Regenerate the result tables of README.md and BENCHMARKS.md from the committed result folders.
 
-Each folder under ``benchmarks/results/`` with a ``federated_learning_results.csv`` is one run, named
-by its path there (``iid4-r40``; ``suite24/4_IID`` for a suite kept with ``--keep suite24``), with
-``run_config.json``, ``site_metrics.csv`` and ``command.txt`` (``harness.keep_result``). A table goes
-between ``<!-- table:NAME -->`` and ``<!-- /table -->``, its runs' commands and machine under it; a
-question no kept run answers gets one line and a command that would. A comparison pairs runs kept at
-the same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs::
+A folder under ``benchmarks/results/`` is named by its path there (``iid4-r40``; ``suite24/4_IID`` for a
+suite kept with ``--keep suite24``) and holds ``command.txt`` (the command that made it) and an optional
+one-line ``machine.txt``. With ``federated_learning_results.csv`` it is a run (``harness.keep_result``:
+``run_config.json``, ``site_metrics.csv``); with ``evaluation.csv`` (``brainfl evaluate``) a column of
+the external validation table; with ``decode_speed.csv`` rows of the decode-time table. A table goes
+between ``<!-- table:NAME -->`` and ``<!-- /table -->``, its folders' commands and machines under it; a
+question no folder answers gets one line and a command that would. A comparison pairs runs kept at the
+same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs::
 
     python3 benchmarks/make_tables.py           # rewrite the tables in README.md and BENCHMARKS.md
     python3 benchmarks/make_tables.py --check   # exit 1 if a table would change (the docs are stale)
@@ -27,13 +29,13 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "BENCHMARKS.md")
-KEPT = ("site_metrics.csv", "run_config.json", "command.txt")  # beside federated_learning_results.csv
 CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
 THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 SCALE_SITES = 10  # a run with at least this many sites answers "scale"
 ROBUST = ("krum", "multikrum", "trimmed-mean", "median")
 SCHEDULE = ("image-size", "model", "num-partitions", "num-server-rounds", "local-epochs", "emulator")
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
 Row = dict[str, object]
 
 
@@ -43,34 +45,49 @@ def reach(rounds: pd.DataFrame, target: float) -> tuple[int, float] | None:
     return None if hits.empty else (int(hits["round"].iloc[0]), float(hits["elapsed_s"].iloc[0]))
 
 
-@dataclass
-class Run:
-    """One kept run: its files, the kind of run they make it, its numbers and its table cells."""
+def read(path: Path) -> str:
+    """A kept file's text, stripped; empty when the folder has no such file."""
+    return path.read_text().strip() if path.is_file() else ""
+
+
+@dataclass(eq=False)
+class Kept:
+    """A kept result folder: its name under results/, its CSV and JSON, its command and machine."""
 
     name: str
-    rounds: pd.DataFrame
-    sites: pd.DataFrame
-    config: dict
+    folder: Path
+    table: pd.DataFrame
+    info: dict
     command: str
+    machine: str
+
+
+def load(results: Path, csv_name: str, json_name: str, kind: type[Kept] = Kept) -> list:
+    """A ``kind`` for every folder under ``results`` holding ``csv_name``, sorted by name."""
+    found = sorted(results.rglob(csv_name)) if results.is_dir() else []
+    return [kind(csv.parent.relative_to(results).as_posix(), csv.parent, pd.read_csv(csv),
+                 json.loads(read(csv.with_name(json_name)) or "{}"), read(csv.with_name("command.txt")),
+                 read(csv.with_name("machine.txt")) or CI_MACHINE) for csv in found]  # fmt: skip
+
+
+@dataclass(eq=False)
+class Run(Kept):
+    """One kept run (``table``: its rounds; ``info``: its settings): the kind of run, numbers, cells."""
 
     def __post_init__(self) -> None:
-        words, r, last = shlex.split(self.command), self.rounds, self.rounds.iloc[-1]
+        self.rounds = r = self.table.sort_values("round", ignore_index=True)
+        sites, last, words = self.folder / "site_metrics.csv", r.iloc[-1], shlex.split(self.command)
+        self.sites = pd.read_csv(sites) if sites.is_file() else pd.DataFrame()
         self.group = self.name.rpartition("/")[0]  # the folder level it was kept at ("" = the top)
         self.data = Path(str(self.get("data-dir", ""))).name
         self.central = bool(self.get("centralized"))
         self.private = self.get("dp", "none") != "none" or bool(self.get("secagg"))  # DP or SecAgg+
         self.poison = words[words.index("--poison") + 1] if "--poison" in words[:-1] else ""  # poisoning.py
+        self.plain = not self.central and not self.private and not self.poison  # federated, no DP, no poison
         self.secure = "--secure" in words  # run.sh --secure: TLS and SuperNode authentication
         deployed = "run.sh" in self.command and "--simulation" not in words
-        self.engine = (
-            "one process (emulator)"
-            if self.get("emulator")
-            else "one process"
-            if self.central
-            else "deployment"
-            if deployed
-            else "simulation"
-        )
+        self.engine = ("one process (emulator)" if self.get("emulator") else "one process" if self.central
+                       else "deployment" if deployed else "simulation")  # fmt: skip
         self.unit = "epoch" if self.central else "round"  # what a row of its results follows
         self.local_epochs = int(self.get("local-epochs", 1))
         self.passes = int(last["round"]) * self.local_epochs
@@ -82,22 +99,12 @@ class Run:
         self.cells = cells(self)
 
     def get(self, key: str, default: object = None) -> object:
-        return self.config.get(key, default)
+        return self.info.get(key, default)
 
 
 def load_runs(results: Path) -> list[Run]:
     """Every run kept under ``results``, sorted by name."""
-    runs = []
-    for csv in sorted(results.rglob("federated_learning_results.csv")):
-        sites, config, command = (csv.with_name(name) for name in KEPT)
-        runs.append(Run(
-            name=csv.parent.relative_to(results).as_posix(),
-            rounds=pd.read_csv(csv).sort_values("round", ignore_index=True),
-            sites=pd.read_csv(sites) if sites.is_file() else pd.DataFrame(),
-            config=json.loads(config.read_text()) if config.is_file() else {},
-            command=command.read_text().strip() if command.is_file() else "",
-        ))  # fmt: skip
-    return runs
+    return load(results, *RUN_FILES, Run)
 
 
 def acc(value: float) -> str:
@@ -151,11 +158,6 @@ def cells(run: Run) -> Row:
     }  # fmt: skip
 
 
-def plain(run: Run) -> bool:
-    """A federated run without privacy settings or poisoned sites."""
-    return not run.central and not run.private and not run.poison
-
-
 def partner(run: Run, runs: list[Run], accept: Callable[[Run], bool], keys: tuple[str, ...]) -> Run | None:
     """The first other run kept beside ``run``, on its data, with equal ``keys``, that ``accept`` takes."""
     for other in runs:
@@ -165,19 +167,9 @@ def partner(run: Run, runs: list[Run], accept: Callable[[Run], bool], keys: tupl
     return None
 
 
-PER_RUN = (
-    "setting",
-    "engine",
-    "image px",
-    "rounds x local epochs",
-    "passes",
-    "official accuracy",
-    "best (round)",
-    "leak-free accuracy",
-    "macro F1",
-    *(f"{t}% reached" for t in THRESHOLDS),
-    "wall time",
-)
+PER_RUN = ("setting", "engine", "image px", "rounds x local epochs", "passes", "official accuracy",
+           "best (round)", "leak-free accuracy", "macro F1", *(f"{t}% reached" for t in THRESHOLDS),
+           "wall time")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -190,6 +182,8 @@ class Table:
     baseline: Callable[[Run], bool] | None = None  # set against a run kept beside it, equal in ``keys``
     keys: tuple[str, ...] = SCHEDULE
     headline: bool = False  # only the runs kept at the top of results/ (every run if none is)
+    rows: Callable[[list], list[Row]] | None = None  # its own rows, from the folders holding ``files``
+    files: tuple[str, str] = RUN_FILES  # (CSV, JSON)
 
 
 def rows_of(table: Table, runs: list[Run]) -> list[Row]:
@@ -210,7 +204,7 @@ def rows_of(table: Table, runs: list[Run]) -> list[Row]:
 def central_rows(runs: list[Run]) -> list[Row]:
     """Federated vs centralized: accuracy at equal passes; passes and time to the central final accuracy."""
     rows, same = [], ("image-size", "model", "emulator")
-    for fed, central in ((f, c) for f in filter(plain, runs) for c in runs if c.central):
+    for fed, central in ((f, c) for f in runs if f.plain for c in runs if c.central):
         if not partner(fed, [central], lambda r: True, same):
             continue
         target, hit = reach(central.rounds, central.final), reach(fed.rounds, central.final)  # target: a hit
@@ -232,21 +226,61 @@ def central_rows(runs: list[Run]) -> list[Row]:
     return rows
 
 
+OVERALL = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1",
+           "ece": "ECE (top label)"}  # fmt: skip
+FIRST = ("images", *OVERALL.values(), "mean top-label confidence")  # then per-class sensitivity
+
+
+def interval(value: float, low: float, high: float) -> str:
+    """``0.982 [0.975, 0.989]``: a metric and its 95% interval; ``n/a`` when it is undefined."""
+    bounds = "" if pd.isna(low) or pd.isna(high) else f" [{low:.3f}, {high:.3f}]"
+    return "n/a" if pd.isna(value) else f"{value:.3f}{bounds}"
+
+
+def evaluation_rows(kept: list[Kept]) -> list[Row]:
+    """A row per metric (overall, then per-class sensitivity), a column per ``brainfl evaluate`` folder."""
+    rows: dict[str, Row] = {}
+    for one in kept:
+        t = one.table[one.table["metric"].isin([*OVERALL, "sensitivity"])]
+        labels = t["metric"].map(OVERALL).fillna("sensitivity, " + t["class"].astype(str))
+        cells = dict(zip(labels, map(interval, t["value"], t["low"], t["high"]), strict=True))
+        bins = [(b["count"], b["confidence"]) for b in one.info.get("reliability", []) if b.get("count")]
+        mean = sum(n * c for n, c in bins) / sum(n for n, _ in bins) if bins else math.nan
+        cells |= {"images": one.info.get("images", ""), FIRST[-1]: "" if math.isnan(mean) else f"{mean:.3f}"}
+        for label, cell in cells.items():
+            rows.setdefault(label, {"metric": label})[one.name] = cell
+    return sorted(rows.values(), key=lambda row: FIRST.index(row["metric"]) if row["metric"] in FIRST else 99)
+
+
+def decode_rows(kept: list[Kept]) -> list[Row]:
+    """A row per folder and format of ``decode_speed.csv``, with its time over the folder's JPEG time."""
+    rows = []
+    for one in kept:
+        jpeg = one.table.loc[one.table["format"] == "jpeg", "ms_per_image"].min()
+        rows += [{"run": one.name, "format": r.format, "images": r.images, "image px": r.image_size,
+                  "channels": r.channels, "mean file": f"{r.mean_file_kib:.1f} KiB",
+                  "ms per image": f"{r.ms_per_image:.2f}", "images per s": f"{r.images_per_s:.0f}",
+                  "time / JPEG time": ratio(r.ms_per_image, None if pd.isna(jpeg) else jpeg)}
+                 for r in one.table.itertuples()]  # fmt: skip
+    return rows
+
+
 DATA = "--data-dir ../shared/data/brain-tumor-mri"
 SUITE = f"python3 benchmarks/suite.py {DATA} --workload image-size=64"
 PRIVACY = f"python3 benchmarks/privacy_robustness.py {DATA} --rounds 4 --local-epochs 1"
 SUITE160 = f'{SUITE} --epochs 160 --local-epochs 4 --only centralized "4 IID" --keep fed160'
 SKEW = '--only "4 IID" "4 Dir 0.3" "4 Dir 0.3 balanced softmax" --keep skew24'
+EVALUATE = "brainfl evaluate outputs/<run>/final_model.keras ../shared/data/brain-tumor-mri --output DIR"
 TABLES: dict[str, Table] = {
     "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
                                 "97% reached", "wall time"), headline=True),
     "runs": Table(f"{SUITE} --epochs 24 --local-epochs 4 --keep suite24"),
-    "centralized": Table(SUITE160),  # its rows: central_rows
+    "centralized": Table(SUITE160, rows=central_rows),
     "label-skew": Table(
         f"{SUITE} --epochs 24 --local-epochs 4 {SKEW}",
         ("setting", "official accuracy", "leak-free accuracy", "97% reached"),
-        select=lambda run: plain(run) and run.get("partitioning") == "dirichlet",
-        baseline=lambda run: plain(run) and run.get("partitioning") == "iid",
+        select=lambda run: run.plain and run.get("partitioning") == "dirichlet",
+        baseline=lambda run: run.plain and run.get("partitioning") == "iid",
         keys=(*SCHEDULE, "strategy", "norm")),
     "scale": Table(
         f'{SUITE} --epochs 4 --local-epochs 2 --only "50 sites (scale)" --keep scale',
@@ -261,12 +295,15 @@ TABLES: dict[str, Table] = {
     "privacy": Table(
         f"{PRIVACY} --only privacy",
         ("setting", "official accuracy", "leak-free accuracy", "epsilon", "mean round"),
-        select=lambda run: run.private and not run.poison, baseline=plain,
+        select=lambda run: run.private and not run.poison, baseline=lambda run: run.plain,
         keys=(*SCHEDULE, "norm", "strategy")),
     "robustness": Table(
         f"{PRIVACY} --only poison", ("setting", "official accuracy", "leak-free accuracy"),
         select=lambda run: not run.central and bool(run.poison or run.get("strategy") in ROBUST),
-        baseline=lambda run: plain(run) and run.get("strategy") == "fedavg", keys=(*SCHEDULE, "norm")),
+        baseline=lambda run: run.plain and run.get("strategy") == "fedavg", keys=(*SCHEDULE, "norm")),
+    "external-validation": Table(EVALUATE, rows=evaluation_rows, files=("evaluation.csv", "evaluation.json")),
+    "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep", rows=decode_rows,
+                         files=("decode_speed.csv", "decode_speed.json")),
 }  # fmt: skip
 
 
@@ -276,24 +313,25 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows])
 
 
-def render(name: str, runs: list[Run]) -> str:
+def render(name: str, results: Path) -> str:
     """The text between ``<!-- table:name -->`` and ``<!-- /table -->``: table, commands, machine."""
     if name not in TABLES:
         raise SystemExit(f"unknown table '{name}' (known: {', '.join(TABLES)})")
     table = TABLES[name]
-    rows = central_rows(runs) if name == "centralized" else rows_of(table, runs)
+    kept = load_runs(results) if table.files == RUN_FILES else load(results, *table.files)
+    rows = table.rows(kept) if table.rows else rows_of(table, kept)
     if not rows:
         no = "No result folder in `benchmarks/results/` answers this yet; this command measures it:"
         return f"{no}\n\n```bash\n{table.command}\n```\n"
-    used = [run for run in runs if any(run.name in row.values() for row in rows)]
-    commands = "\n".join(f"# {run.name}\n{run.command or '(no command.txt)'}" for run in used)
-    machines = sorted({str(run.get("machine") or CI_MACHINE) for run in used})
-    return f"{markdown(rows)}\n\nCommands:\n\n```bash\n{commands}\n```\n\nMachine: {'; '.join(machines)}.\n"
+    used = [one for one in kept if any(one.name in row or one.name in row.values() for row in rows)]
+    commands = "\n".join(f"# {one.name}\n{one.command or '(no command.txt)'}" for one in used)
+    machines = "; ".join(sorted({one.machine for one in used}))
+    return f"{markdown(rows)}\n\nCommands:\n\n```bash\n{commands}\n```\n\nMachine: {machines}.\n"
 
 
-def regenerate(text: str, runs: list[Run]) -> str:
-    """``text`` with every marked table replaced by its rendering from ``runs``."""
-    return MARKER.sub(lambda m: f"{m[1]}\n{render(m['name'], runs)}\n{m[4]}", text)
+def regenerate(text: str, results: Path) -> str:
+    """``text`` with every marked table replaced by its rendering from the folders under ``results``."""
+    return MARKER.sub(lambda m: f"{m[1]}\n{render(m['name'], results)}\n{m[4]}", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a doc would change; write nothing")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this one)")
     args = parser.parse_args(argv)
-    runs, stale = load_runs(args.root / "benchmarks" / "results"), []
+    results, stale = args.root / "benchmarks" / "results", []
     for doc in (args.root / name for name in DOCS):
         text = doc.read_text()
-        if (new := regenerate(text, runs)) != text:
+        if (new := regenerate(text, results)) != text:
             stale.append(doc.name)
             if not args.check:
                 doc.write_text(new)
