@@ -7,7 +7,9 @@ one-line ``machine.txt``. With ``federated_learning_results.csv`` it is a run (`
 the external validation table; with ``decode_speed.csv`` rows of the decode-time table. A table goes
 between ``<!-- table:NAME -->`` and ``<!-- /table -->``, its folders' commands and machines under it; a
 question no folder answers gets one line and a command that would. A comparison pairs runs kept at the
-same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs::
+same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs.
+``result_folders.py`` reads the folders and a run's cells; this module picks the rows of each table,
+sets runs against their baselines and writes the tables into the docs::
 
     python3 benchmarks/make_tables.py           # rewrite the tables in README.md and BENCHMARKS.md
     python3 benchmarks/make_tables.py --check   # exit 1 if a table would change (the docs are stale)
@@ -16,10 +18,8 @@ same folder level, on the same data (folder name) and schedule. Passes = rounds 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,135 +27,27 @@ from pathlib import Path
 
 import pandas as pd
 
+from result_folders import (
+    RUN_FILES,
+    THRESHOLDS,
+    Kept,
+    Row,
+    Run,
+    acc,
+    duration,
+    gap,
+    load,
+    load_runs,
+    ratio,
+    reach,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "BENCHMARKS.md")
-CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
-THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 SCALE_SITES = 10  # a run with at least this many sites answers "scale"
 ROBUST = ("krum", "multikrum", "trimmed-mean", "median")
 SCHEDULE = ("image-size", "model", "num-partitions", "num-server-rounds", "local-epochs", "emulator")
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
-RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
-Row = dict[str, object]
-
-
-def reach(rounds: pd.DataFrame, target: float) -> tuple[int, float] | None:
-    """(round, elapsed seconds) of the first evaluation with official accuracy >= ``target``."""
-    hits = rounds[rounds["accuracy"] >= target - 1e-9]
-    return None if hits.empty else (int(hits["round"].iloc[0]), float(hits["elapsed_s"].iloc[0]))
-
-
-def read(path: Path) -> str:
-    """A kept file's text, stripped; empty when the folder has no such file."""
-    return path.read_text().strip() if path.is_file() else ""
-
-
-@dataclass(eq=False)
-class Kept:
-    """A kept result folder: its name under results/, its CSV and JSON, its command and machine."""
-
-    name: str
-    folder: Path
-    table: pd.DataFrame
-    info: dict
-    command: str
-    machine: str
-
-
-def load(results: Path, csv_name: str, json_name: str, kind: type[Kept] = Kept) -> list:
-    """A ``kind`` for every folder under ``results`` holding ``csv_name``, sorted by name."""
-    found = sorted(results.rglob(csv_name)) if results.is_dir() else []
-    return [kind(csv.parent.relative_to(results).as_posix(), csv.parent, pd.read_csv(csv),
-                 json.loads(read(csv.with_name(json_name)) or "{}"), read(csv.with_name("command.txt")),
-                 read(csv.with_name("machine.txt")) or CI_MACHINE) for csv in found]  # fmt: skip
-
-
-@dataclass(eq=False)
-class Run(Kept):
-    """One kept run (``table``: its rounds; ``info``: its settings): the kind of run, numbers, cells."""
-
-    def __post_init__(self) -> None:
-        self.rounds = r = self.table.sort_values("round", ignore_index=True)
-        sites, last, words = self.folder / "site_metrics.csv", r.iloc[-1], shlex.split(self.command)
-        self.sites = pd.read_csv(sites) if sites.is_file() else pd.DataFrame()
-        self.group = self.name.rpartition("/")[0]  # the folder level it was kept at ("" = the top)
-        self.data = Path(str(self.get("data-dir", ""))).name
-        self.central = bool(self.get("centralized"))
-        self.private = self.get("dp", "none") != "none" or bool(self.get("secagg"))  # DP or SecAgg+
-        self.poison = words[words.index("--poison") + 1] if "--poison" in words[:-1] else ""  # poisoning.py
-        self.plain = not self.central and not self.private and not self.poison  # federated, no DP, no poison
-        self.secure = "--secure" in words  # run.sh --secure: TLS and SuperNode authentication
-        deployed = "run.sh" in self.command and "--simulation" not in words
-        self.engine = ("one process (emulator)" if self.get("emulator") else "one process" if self.central
-                       else "deployment" if deployed else "simulation")  # fmt: skip
-        self.unit = "epoch" if self.central else "round"  # what a row of its results follows
-        self.local_epochs = int(self.get("local-epochs", 1))
-        self.passes = int(last["round"]) * self.local_epochs
-        self.final, self.f1 = float(last["accuracy"]), float(last["f1_macro"])
-        self.leak_free = float(last.get("leak_free_accuracy", math.nan))
-        self.wall, self.epsilon = float(last["elapsed_s"]), float(last.get("epsilon", math.nan))
-        self.round_s = (self.wall - float(r["elapsed_s"].iloc[0])) / max(len(r) - 1, 1)
-        self.hits = {t: reach(r, t / 100) for t in THRESHOLDS}
-        self.cells = cells(self)
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.info.get(key, default)
-
-
-def load_runs(results: Path) -> list[Run]:
-    """Every run kept under ``results``, sorted by name."""
-    return load(results, *RUN_FILES, Run)
-
-
-def acc(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:.4f}"
-
-
-def gap(a: float, b: float) -> str:
-    """``a - b`` in percentage points."""
-    return "" if pd.isna(a) or pd.isna(b) else f"{(a - b) * 100:+.2f}"
-
-
-def duration(s: float | None) -> str:
-    return "not reached" if s is None else f"{s:.0f} s" if s < 100 else f"{s / 60:.1f} min"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
-
-
-def setting(run: Run) -> str:
-    """A run's setting in words: centralized, or its sites, partitioning and what differs from FedAvg."""
-    if run.central:
-        return "centralized"
-    skew = f"Dirichlet {run.get('dirichlet-alpha')}" if run.get("partitioning") == "dirichlet" else "IID"
-    words = [f"{run.get('num-partitions')} sites", skew]
-    words += ["balanced softmax"] if run.get("balanced-softmax") else []
-    words += [str(run.get("strategy"))] if run.get("strategy", "fedavg") != "fedavg" else []
-    words += [f"{run.get('norm')} norm"] if run.get("norm", "batch") != "batch" else []
-    if run.get("dp", "none") != "none":
-        words.append(f"DP {run.get('dp')} z={run.get('dp-noise-multiplier')} C={run.get('dp-clipping-norm')}")
-    words += ["SecAgg+"] if run.get("secagg") else []
-    words += [f"poisoned ({run.poison})"] if run.poison else []
-    return ", ".join(words)
-
-
-def cells(run: Run) -> Row:
-    """A run's cell in every column a table may show."""
-    best, sites = run.rounds.loc[run.rounds["accuracy"].idxmax()], run.sites
-    first = sites[sites["round"] == sites["round"].min()] if "num_train" in sites else sites
-    return {
-        "setting": setting(run), "engine": run.engine, "image px": run.get("image-size"),
-        "sites": run.get("num-partitions"), "TLS + node auth": "yes" if run.secure else "no",
-        "training images per site": f"{first['num_train'].mean():.0f}" if len(first) else "",
-        "rounds x local epochs": f"{run.rounds['round'].iloc[-1]} x {run.local_epochs}", "passes": run.passes,
-        "official accuracy": acc(run.final), "best (round)": f"{best['accuracy']:.4f} ({int(best['round'])})",
-        "leak-free accuracy": acc(run.leak_free), "macro F1": acc(run.f1),
-        "epsilon": "" if pd.isna(run.epsilon) else f"{run.epsilon:.3g} at delta {run.get('dp-delta')}",
-        **{f"{t}% reached": f"{run.unit} {hit[0]}, {duration(hit[1])}" if hit else "not reached"
-           for t, hit in run.hits.items()},
-        "mean round": duration(run.round_s), "wall time": duration(run.wall),
-    }  # fmt: skip
 
 
 def partner(run: Run, runs: list[Run], accept: Callable[[Run], bool], keys: tuple[str, ...]) -> Run | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from make_tables import ROOT, load_runs, main, regenerate, render
+from make_tables import ROOT, main, regenerate, render
+from result_folders import load_runs
 
 FED = {  # the settings of a federated run, as run_config.json holds them
     "num-partitions": 4, "partitioning": "iid", "dirichlet-alpha": 1.0, "balanced-softmax": False,
