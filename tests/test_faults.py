@@ -201,7 +201,7 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
     assert "site 1: data directory not found" in bad_site_log and "no-such-hospital-folder" in bad_site_log
     server_log = (out / "logs" / "server.log").read_text()
     assert "data directory not found" in server_log
-    assert str(tmp_path) not in server_log, "a site's file path reached the server log"
+    assert str(vanishing) not in server_log, "a site's file path reached the server log"
     for name in ("unregistered", "untrusted-ca"):
         assert "round 1" not in (tmp_path / f"{name}.log").read_text()
     site_ids = {r["site"] for r in read_rows(out / "site_metrics.csv")}
