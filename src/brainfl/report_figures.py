@@ -51,6 +51,8 @@ def plot_curves(results: pd.DataFrame, sites: pd.DataFrame, path: Path) -> Path:
             axis.plot(rounds, results[LEAK_FREE], "s:", color="tab:red", lw=2, label="leak-free test set")
         if not sites.empty and site_metric in sites:
             for site, rows in sites.sort_values("round").groupby("site"):
+                if rows[site_metric].isna().all():  # a site without a validation split
+                    continue
                 axis.plot(
                     rows["round"],
                     _finite(rows[site_metric]),
@@ -66,8 +68,9 @@ def plot_curves(results: pd.DataFrame, sites: pd.DataFrame, path: Path) -> Path:
         axis.grid(alpha=0.3)
         if metric == "accuracy":
             axis.set_ylim(0, 1.02)
-        if rounds.notna().any():
-            axis.set_xticks(sorted({int(r) for r in rounds.dropna()}))
+        from matplotlib.ticker import MaxNLocator
+
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))  # whole rounds, readable at 100
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     figure.savefig(path, format="png")
