@@ -94,3 +94,18 @@ def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.C
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+@pytest.fixture
+def first_row_nan(monkeypatch) -> None:
+    """Make ``training.predict_proba`` return NaN for its first row (a model broken for one scan)."""
+    from brainfl import training
+
+    real = training.predict_proba
+
+    def predict_with_nan(*args, **kwargs):
+        probabilities = real(*args, **kwargs)
+        probabilities[0] = np.nan
+        return probabilities
+
+    monkeypatch.setattr(training, "predict_proba", predict_with_nan)

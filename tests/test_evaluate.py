@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import evaluate, predict, training
+from brainfl import evaluate, predict
 from brainfl.errors import BrainFLError
 from brainfl.uncertainty import OVERALL, PER_CLASS
 from conftest import CLASSES, REPO_ROOT
@@ -148,15 +148,7 @@ def test_leak_free_only_scores_the_testing_scans_without_a_copy_in_training(mode
     assert summary["leak_free_only"] is True and 0 < summary["images"] < 32
 
 
-def test_scans_with_non_finite_outputs_count_wrong(model_file, tmp_path, monkeypatch, capsys):
-    real = training.predict_proba
-
-    def first_row_nan(*args, **kwargs):
-        probabilities = real(*args, **kwargs)
-        probabilities[0] = np.nan
-        return probabilities
-
-    monkeypatch.setattr(training, "predict_proba", first_row_nan)
+def test_scans_with_non_finite_outputs_count_wrong(model_file, tmp_path, first_row_nan, capsys):
     data = copy_classes(tmp_path / "hospital", per_class=2)
     run(model_file, data, "--output", tmp_path / "out")
     assert "1 of 8 scans: the model's outputs are not finite" in capsys.readouterr().out

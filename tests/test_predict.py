@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import predict, training
+from brainfl import predict
 from brainfl.data_loader import load_dataset
 from brainfl.errors import BrainFLError
 from brainfl.model_files import read_metadata, save_model
@@ -222,15 +222,7 @@ def test_a_model_with_nan_outputs_predicts_no_class(nan_model_file, tmp_path, ca
     assert len(rows) == len(table) and all(row[2] == predict.INVALID for row in rows)  # the class column
 
 
-def test_only_the_images_with_finite_outputs_get_a_class_and_an_overlay(model_file, tmp_path, monkeypatch):
-    real = training.predict_proba
-
-    def first_row_nan(*args, **kwargs):
-        probabilities = real(*args, **kwargs)
-        probabilities[0] = np.nan
-        return probabilities
-
-    monkeypatch.setattr(training, "predict_proba", first_row_nan)
+def test_only_the_images_with_finite_outputs_get_a_class_and_an_overlay(model_file, tmp_path, first_row_nan):
     files = sorted((SAMPLE / "Testing" / "pituitary").iterdir())[:3]
     table = predict.predict_files(model_file, files, gradcam_dir=tmp_path / "cams")
     assert table["predicted_class"].tolist()[0] == predict.INVALID

@@ -171,7 +171,9 @@ def test_statistics_mask_marks_the_batchnorm_moving_statistics():
 def test_class_counts_reach_the_report_but_are_never_averaged():
     reports: list[SiteReport] = []
     strategy = BrainFedAvg(
-        learning_rate_for_round=float, class_names=["a", "b"], report=lambda _r, report: reports.append(report)
+        learning_rate_for_round=float,
+        class_names=["a", "b"],
+        report=lambda _r, report: reports.append(report),
     )
     replies = []
     for site, counts in enumerate(((3, 1), (0, 4))):
