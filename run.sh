@@ -118,6 +118,8 @@ fi
 PIDS=()
 FLWR_HOME="$(mktemp -d "${TMPDIR:-/tmp}/brainfl-flwr.XXXXXX")"
 export FLWR_HOME
+# No usage telemetry leaves a hospital's machine (offline, each process would also wait for it at exit).
+export FLWR_TELEMETRY_ENABLED="${FLWR_TELEMETRY_ENABLED:-0}"
 trap 'rm -rf "$FLWR_HOME"' EXIT
 RUN_CONFIG_FILE="$FLWR_HOME/run_config.toml"
 
