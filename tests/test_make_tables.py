@@ -219,14 +219,16 @@ def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, cap
     )
     assert main(["--root", str(tmp_path)]) == 0  # no results yet: every table says so
     assert main(["--root", str(tmp_path), "--check"]) == 0
-    keep(tmp_path, "iid", [0.2, 0.9, 0.97], [0, 10, 20])
+    keep(tmp_path, "iid", [0.2, 0.9, 0.97], [0, 10, 20], **{"local-epochs": 20})
+    keep(tmp_path, "timing", [0.2, 0.5], [0, 10])  # 4 passes: a timing run, not in the summary
     assert main(["--root", str(tmp_path), "--check"]) == 1
     assert "stale: README.md, BENCHMARKS.md" in capsys.readouterr().out
     assert "No result folder" in (tmp_path / "README.md").read_text()  # --check writes nothing
     assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--check"]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "| iid | 4 sites, IID | 8 | 0.9700 | 0.9650 | round 2, 20 s | 20 s |" in readme
+    assert "| iid | 4 sites, IID | 40 | 0.9700 | 0.9650 | round 2, 20 s | 20 s |" in readme
+    assert "| timing |" not in readme and "| timing |" in (tmp_path / "BENCHMARKS.md").read_text()
     assert readme.endswith("<!-- /table -->\n")
 
 
