@@ -13,10 +13,9 @@ import pytest
 from PIL import Image
 
 from brainfl import evaluate, predict
-from brainfl.errors import BrainFLError
 from brainfl.uncertainty import OVERALL, PER_CLASS
 from conftest import CLASSES, REPO_ROOT
-from test_predict import tiny_model_file
+from test_predict import one_line_error, tiny_model_file
 
 SAMPLE = REPO_ROOT / "sample_data"
 OUTPUTS = ("evaluation.csv", "evaluation.json", "confusion_matrix.png", "reliability.png")
@@ -37,14 +36,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def run(*argv: str | Path) -> None:
     args = parse(["evaluate", *map(str, argv), "--resamples", RESAMPLES])
     args.handler(args)
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(BrainFLError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def copy_classes(target: Path, names=CLASSES, per_class: int = 3) -> Path:
