@@ -87,9 +87,9 @@ def federation(settings: RunSettings, pooled: bool = False) -> Federation:
     if settings.strategy != "fedavg":
         raise BrainFLError(f"the emulator averages with FedAvg only, not '{settings.strategy}'")
     dataset = load_run_dataset(settings)
-    evaluator = CentralEvaluator(settings, dataset)
+    evaluator = CentralEvaluator.for_dataset(settings, dataset)
     if pooled:
-        sites = [SiteData(0, dataset.train, dataset.train.subset(np.arange(0)))]
+        sites = [SiteData(0, dataset.train, dataset.train.subset(np.arange(0)), Path(settings.data_dir))]
     else:
         count, class_names = settings.num_partitions, dataset.train.class_names
         configs = [{"partition-id": site_id, "num-partitions": count} for site_id in range(count)]
@@ -135,7 +135,7 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     metadata = model_metadata(settings.model, fed.class_names, settings.image_size, settings.channels)
     writer = ModelWriter(fed.evaluator.bundle, metadata)
     rounds = settings.num_server_rounds
-    recorder = RunRecorder(output_dir, fed.evaluator.test_set, writer, total_rounds=rounds)
+    recorder = RunRecorder(output_dir, fed.evaluator.test_set, fed.class_names, writer, total_rounds=rounds)
     config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
     write_run_config(output_dir, {**config, "centralized": fed.pooled})
     weights = initial_weights(settings, fed.class_names)

@@ -37,6 +37,11 @@ from brainfl.client_app import app as project_client_app
 NODE_BASE = 1000
 
 
+def without_none(config: dict) -> dict:
+    """A node config without its None keys (``"num-partitions": None``: a site with its own folder)."""
+    return {key: value for key, value in config.items() if value is not None}
+
+
 class InProcessGrid(Grid):
     """Routes messages to per-site contexts in this process (one call at a time, like one CPU)."""
 
@@ -55,11 +60,13 @@ class InProcessGrid(Grid):
             NODE_BASE + site: Context(
                 run_id=1,
                 node_id=NODE_BASE + site,
-                node_config={
-                    "partition-id": site,
-                    "num-partitions": num_sites,
-                    **(node_config(site) if node_config else {}),
-                },
+                node_config=without_none(
+                    {
+                        "partition-id": site,
+                        "num-partitions": num_sites,
+                        **(node_config(site) if node_config else {}),
+                    }
+                ),
                 state=RecordDict(),
                 run_config=run_config,
             )
@@ -146,6 +153,16 @@ def make_reply(site: int, weights: list, examples: int, loss: float = 1.0) -> Me
         message_type="train",
     )
     return make_message(metadata=metadata, content=content)
+
+
+def keep_train_replies(kept: list[Message]) -> Callable[[Message], None]:
+    """A ``tap`` that appends the sites' train replies (not their setup answers) to ``kept``."""
+
+    def tap(reply: Message) -> None:
+        if reply.metadata.message_type == MessageType.TRAIN:
+            kept.append(reply)
+
+    return tap
 
 
 def train_messages(grid: InProcessGrid) -> list[Message]:

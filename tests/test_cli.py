@@ -189,7 +189,7 @@ def test_data_mistakes_give_one_line_naming_the_file_or_setting(capsys, tmp_path
     [
         ("model='vgg16' vgg-weights='/no/such/vgg.h5'", "setting 'vgg-weights'='/no/such/vgg.h5': not none"),
         ("model='vgg16' vgg-weights='imagenett'", "setting 'vgg-weights'='imagenett': not none, imagenet"),
-        ("image-size=1000000", "setting 'image-size'=1000000: 80 images of 1000000x1000000x1 need"),
+        ("image-size=1000000", "setting 'image-size'=1000000: 32 images of 1000000x1000000x1 need"),
     ],
 )
 def test_model_settings_are_checked_before_flower_starts(capsys, run_config, expected):

@@ -95,9 +95,6 @@ def test_bad_settings_name_the_setting(config, message):
     [
         ({"dp": "server-fixed"}, "use norm=group"),
         ({"secagg": True, "strategy": "median"}, "cannot be combined with dp, another strategy or resume"),
-        ({"secagg": True, "num-partitions": 1}, "SecAgg\\+ needs at least 2 sites"),
-        ({"min-sites": 3, "num-partitions": 2}, "'min-sites'=3 exceeds num-partitions=2"),
-        ({"wait-for-sites": 4, "num-partitions": 3}, "'wait-for-sites'=4 exceeds num-partitions=3"),
         ({"resume": True}, "'resume': needs 'output-dir'"),
         ({"model": "vgg16", "image-size": 24}, "24 px is too small for model vgg16 \\(at least 32\\)"),
         ({"image-size": 8}, "too small for model cnn"),

@@ -15,7 +15,7 @@ from brainfl.privacy import PrivacyLedger, accounting_problem, with_privacy
 from brainfl.results import read_rows
 from brainfl.strategy import build_strategy
 from conftest import REPO_ROOT, cache_at
-from inprocess import make_reply, run_in_process, train_messages
+from inprocess import keep_train_replies, make_reply, run_in_process, train_messages
 
 SAMPLE = str(REPO_ROOT / "sample_data")
 DP_RUN = {
@@ -37,7 +37,7 @@ def test_client_side_clipping_bounds_every_update_that_reaches_aggregation(tmp_p
     clipping_norm = 0.5
     replies = []
     config = {**DP_RUN, "output-dir": str(tmp_path), "dp": "client-fixed", "dp-clipping-norm": clipping_norm}
-    grid = run_in_process(3, config, tap=replies.append)
+    grid = run_in_process(3, config, tap=keep_train_replies(replies))
     global_arrays = train_messages(grid)[0].content["arrays"].to_numpy_ndarrays()
     norms = [update_norm(r.content["arrays"].to_numpy_ndarrays(), global_arrays) for r in replies]
     assert len(norms) == 3
@@ -55,14 +55,14 @@ def real_round(tmp_path_factory):
     replies = []
     out = tmp_path_factory.mktemp("plain")
     with cache_at(tmp_path_factory.mktemp("cache")):
-        grid = run_in_process(3, {**DP_RUN, "output-dir": str(out)}, tap=replies.append)
+        grid = run_in_process(3, {**DP_RUN, "output-dir": str(out)}, tap=keep_train_replies(replies))
     global_arrays = train_messages(grid)[0].content["arrays"].to_numpy_ndarrays()
     return global_arrays, [r.content["arrays"].to_numpy_ndarrays() for r in replies]
 
 
 def noised_aggregate(settings: RunSettings, global_arrays, site_arrays) -> list[np.ndarray]:
-    strategy = build_strategy(settings, ["a", "b", "c", "d"], lambda r: 0.01)
-    private = with_privacy(strategy, settings)
+    strategy = build_strategy(settings, ["a", "b", "c", "d"], lambda r: 0.01, num_sites=4)
+    private = with_privacy(strategy, settings, 4)
     private.current_arrays = ArrayRecord(global_arrays)
     replies = [make_reply(site, [a.copy() for a in arrays], 10) for site, arrays in enumerate(site_arrays)]
     arrays, _ = private.aggregate_train(1, replies)
@@ -82,14 +82,14 @@ def test_dp_noise_differs_between_seeds_and_repeats_for_a_seed(real_round):
 
 def test_epsilon_is_the_rdp_accountants_for_the_gaussian_mechanism():
     settings = settings_from_config({**DP_RUN, "dp": "server-fixed", "dp-noise-multiplier": 1.1})
-    ledger = PrivacyLedger(settings)
+    ledger = PrivacyLedger(settings, settings.num_partitions)
     assert ledger.epsilon == 0.0
     for _ in range(5):
         ledger.release(sites_aggregated=3)
     reference = rdp.RdpAccountant()
     reference.compose(dp_event.GaussianDpEvent(1.1), 5)
     assert ledger.epsilon == pytest.approx(reference.get_epsilon(settings.dp_delta), rel=1e-6)
-    fewer = PrivacyLedger(settings)
+    fewer = PrivacyLedger(settings, settings.num_partitions)
     for _ in range(5):
         fewer.release(sites_aggregated=2)  # noise calibrated for 3: less noise per site
     assert fewer.epsilon > ledger.epsilon
@@ -99,7 +99,7 @@ def test_epsilon_is_the_rdp_accountants_for_the_gaussian_mechanism():
 def test_robust_strategies_get_no_epsilon_and_say_why():
     settings = settings_from_config({**DP_RUN, "dp": "server-fixed", "strategy": "median"})
     assert "uniform mean" in accounting_problem(settings)
-    ledger = PrivacyLedger(settings)
+    ledger = PrivacyLedger(settings, settings.num_partitions)
     ledger.release(3)
     assert ledger.epsilon is None
     assert ledger.summary().startswith("privacy: epsilon not reported: strategy 'median'")

@@ -50,7 +50,7 @@ def _train_report(sites: dict[int, tuple[int, int]]) -> SiteReport:
 
 
 def test_a_round_is_written_from_the_site_reports_and_the_evaluation(tmp_path, writer, caplog) -> None:
-    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=3)
+    recorder = RunRecorder(tmp_path, _test_set(), CLASSES, writer, total_rounds=3)
     weights = writer.bundle.trainable.get_weights()
     with caplog.at_level(logging.INFO, logger="flwr"):
         recorder.round_done(0, weights, _evaluation(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])))
@@ -84,7 +84,7 @@ def test_a_round_is_written_from_the_site_reports_and_the_evaluation(tmp_path, w
 
 
 def test_a_site_enters_the_partition_table_once(tmp_path, writer) -> None:
-    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=2)
+    recorder = RunRecorder(tmp_path, _test_set(), CLASSES, writer, total_rounds=2)
     weights = writer.bundle.trainable.get_weights()
     for server_round in (1, 2):
         recorder.site_report(server_round, _train_report({0: (2, 2)}))
@@ -93,7 +93,7 @@ def test_a_site_enters_the_partition_table_once(tmp_path, writer) -> None:
 
 
 def test_resume_point_returns_the_checkpoint_and_drops_later_rows(tmp_path, writer) -> None:
-    recorder = RunRecorder(tmp_path, _test_set(), writer, total_rounds=5)
+    recorder = RunRecorder(tmp_path, _test_set(), CLASSES, writer, total_rounds=5)
     trained = [w + 1.0 for w in writer.bundle.trainable.get_weights()]
     for server_round in (1, 2):
         recorder.site_report(server_round, _train_report({0: (2, 2)}))

@@ -82,7 +82,12 @@ def accuracy(settings: RunSettings, test: ImageSet, weights: Weights) -> float:
 
 
 def aggregate(settings: RunSettings, strategy: str, start: Weights, site_weights) -> Weights:
-    chosen = build_strategy(dataclasses.replace(settings, strategy=strategy), ["a"], lambda r: 0.003)
+    chosen = build_strategy(
+        dataclasses.replace(settings, strategy=strategy),
+        ["a"],
+        lambda r: 0.003,
+        num_sites=settings.num_partitions,
+    )
     chosen.global_arrays = start
     replies = [make_reply(site, weights, examples) for site, (weights, examples) in enumerate(site_weights)]
     arrays, _ = chosen.aggregate_train(1, replies)

@@ -104,7 +104,7 @@ def test_strategy_setting_builds_flowers_implementation_with_site_bookkeeping(na
     import flwr.serverapp.strategy as flower
 
     settings = settings_from_config({"strategy": name, "num-partitions": 5})
-    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.1)
+    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.1, num_sites=2)
     assert isinstance(strategy, getattr(flower, flower_class))
     assert isinstance(strategy, SiteBookkeeping)
 
@@ -112,7 +112,7 @@ def test_strategy_setting_builds_flowers_implementation_with_site_bookkeeping(na
 def test_fedprox_sends_proximal_mu_and_the_round_settings():
 
     settings = settings_from_config({"strategy": "fedprox", "proximal-mu": 0.3})
-    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.05 * r)
+    strategy = build_strategy(settings, ["a", "b"], lambda r: 0.05 * r, num_sites=2)
     grid = InProcessGrid(2, {})
     messages = list(strategy.configure_train(2, ArrayRecord([np.ones(2, np.float32)]), ConfigRecord(), grid))
     config = messages[0].content["config"]
@@ -126,7 +126,7 @@ def test_robust_strategy_ignores_an_outlier_that_fedavg_follows():
         # Fresh replies each time: Flower's aggregators release the replies' arrays as they go.
         honest = [make_reply(site, [np.full(3, 1.0 + 0.01 * site, np.float32)], 10) for site in range(4)]
         outlier = make_reply(4, [np.full(3, -100.0, np.float32)], 10)
-        strategy = build_strategy(settings_from_config({"strategy": name, "num-partitions": 5}), ["a"], float)
+        strategy = build_strategy(settings_from_config({"strategy": name}), ["a"], float, num_sites=5)
         arrays, _ = strategy.aggregate_train(1, [*honest, outlier])
         results[name] = float(arrays.to_numpy_ndarrays()[0][0])
     assert results["fedavg"] < -15
@@ -144,8 +144,8 @@ def _fedavgm_round(strategy, server_round: int, global_arrays, site_arrays) -> l
 def test_server_momentum_steps_weights_but_averages_batchnorm_statistics_plainly():
     """FedAvgM (momentum 0.9): statistics stay the sites' average instead of overshooting."""
     settings = settings_from_config({"strategy": "fedavgm", "server-momentum": 0.9})
-    with_mask = build_strategy(settings, ["a"], float, statistics_mask=[False, True])
-    without_mask = build_strategy(settings, ["a"], float)
+    with_mask = build_strategy(settings, ["a"], float, num_sites=2, statistics_mask=[False, True])
+    without_mask = build_strategy(settings, ["a"], float, num_sites=2)
     start = [np.zeros(2, np.float32), np.ones(2, np.float32)]  # a weight, a moving variance
     sites = [[np.full(2, 1.0, np.float32), np.full(2, 2.0, np.float32)]] * 2
     masked, plain_flower = list(start), list(start)

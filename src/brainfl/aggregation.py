@@ -13,7 +13,6 @@ so they get the plain example-weighted average.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -164,8 +163,6 @@ class SiteBookkeeping:
         report: ReportSink | None = None,
         round_offset: int = 0,
         statistics_mask: Sequence[bool] = (),
-        wait_for_sites: int = 0,
-        wait_timeout: float = 600.0,
         **kwargs,
     ) -> None:
         kwargs.setdefault("train_metrics_aggr_fn", aggregate_site_metrics)
@@ -177,8 +174,6 @@ class SiteBookkeeping:
         self.report = report or (lambda _round, _report: None)
         self.round_offset = round_offset
         self.statistics_mask = tuple(statistics_mask)
-        self.wait_for_sites = wait_for_sites
-        self.wait_timeout = wait_timeout
 
     def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         return ConfigRecord(
@@ -195,8 +190,6 @@ class SiteBookkeeping:
     ) -> Iterable[Message]:
         """Send the global model with this round's learning rate and the class names."""
         self.global_arrays = arrays.to_numpy_ndarrays()
-        if self.wait_for_sites:
-            self._wait_for_sites(grid)
         return super().configure_train(
             server_round, arrays, self._with_round_settings(server_round, config), grid
         )
@@ -208,24 +201,6 @@ class SiteBookkeeping:
         return super().configure_evaluate(
             server_round, arrays, self._with_round_settings(server_round, config), grid
         )
-
-    def _wait_for_sites(self, grid: Grid) -> None:
-        """Before the first round, wait (up to ``wait_timeout``) for ``wait_for_sites`` sites.
-
-        Later rounds go on with whoever is connected (at least ``min_available_nodes``),
-        so a site that drops out does not stop the federation.
-        """
-        deadline = time.monotonic() + self.wait_timeout
-        while (connected := len(list(grid.get_node_ids()))) < self.wait_for_sites:
-            if time.monotonic() > deadline:
-                LOG.warning(
-                    "only %d of %d sites connected; starting without the others",
-                    connected,
-                    self.wait_for_sites,
-                )
-                break
-            time.sleep(1)
-        self.wait_for_sites = 0
 
     def _site_metrics(self, replies: list[Message]) -> dict[int, dict[str, float]]:
         return {

@@ -36,12 +36,18 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
     """Train for ``num-server-rounds`` epochs on the pooled training set; evaluate after each."""
     dataset = load_run_dataset(settings)
     class_names = dataset.train.class_names
-    evaluator = CentralEvaluator(settings, dataset)
+    evaluator = CentralEvaluator.for_dataset(settings, dataset)
     bundle = evaluator.bundle
     writer = ModelWriter(
         bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
     )
-    recorder = RunRecorder(output_dir, evaluator.test_set, writer, total_rounds=settings.num_server_rounds)
+    recorder = RunRecorder(
+        output_dir,
+        evaluator.test_set,
+        evaluator.test_set.class_names,
+        writer,
+        total_rounds=settings.num_server_rounds,
+    )
     write_run_config(
         output_dir, {**settings.to_config(), "class-names": list(class_names), "centralized": True}
     )

@@ -15,11 +15,15 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brainfl.config import RunSettings, default_run_config
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
 from brainfl.run_config import settings_from_args, to_toml, toml_value
+
+if TYPE_CHECKING:
+    from brainfl.central_data import CentralData
 
 EXIT_USER_ERROR = 2
 
@@ -30,8 +34,8 @@ def prepare(args: argparse.Namespace) -> None:
     Prints the settings that differ from the defaults, the data folder's layout
     and what the data gives: images, classes, test images and site sizes.
     """
-    from brainfl.partitioning import partition_indices
-    from brainfl.pipeline import check_vgg_weights, describe_layout, load_run_dataset
+    from brainfl.central_data import central_data
+    from brainfl.pipeline import check_vgg_weights
 
     settings = settings_from_args(args.app_dir, args.run_config)
     if args.await_all_sites:
@@ -40,22 +44,12 @@ def prepare(args: argparse.Namespace) -> None:
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     check_vgg_weights(settings)
-    dataset = load_run_dataset(settings)
-    print(describe_layout(dataset, settings.test_fraction))
-    parts = partition_indices(
-        dataset.train.labels,
-        settings.num_partitions,
-        settings.partitioning,
-        settings.dirichlet_alpha,
-        settings.seed,
-        dataset.train.groups,
-    )
-    print(
-        f"data ok: {len(dataset.train)} training images in {len(dataset.train.class_names)} classes "
-        f"({', '.join(dataset.train.class_names)}), {len(dataset.test)} test images; "
-        f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
-    )
-    check_site_folders(settings, args.site_data_dir, dataset.train.class_names)
+    central = central_data(settings)
+    print(describe_central(central))
+    if args.site_data_dir:
+        check_site_folders(settings, args.site_data_dir, central.class_names)
+    else:
+        check_partitions(settings)
     if args.write_run_config:
         text = to_toml(settings.to_config())
         try:
@@ -64,6 +58,38 @@ def prepare(args: argparse.Namespace) -> None:
             raise BrainFLError(
                 f"--write-run-config: cannot write {args.write_run_config} ({error.strerror or error})"
             ) from None
+
+
+def check_partitions(settings: RunSettings) -> None:
+    """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
+    from brainfl.partitioning import partition_indices
+    from brainfl.pipeline import describe_layout, load_run_dataset
+
+    dataset = load_run_dataset(settings)
+    print(describe_layout(dataset, settings.test_fraction))
+    train = dataset.train
+    parts = partition_indices(
+        train.labels,
+        settings.num_partitions,
+        settings.partitioning,
+        settings.dirichlet_alpha,
+        settings.seed,
+        train.groups,
+    )
+    print(
+        f"data ok: {len(train)} training images in {len(train.class_names)} classes "
+        f"({', '.join(train.class_names)}), {len(dataset.test)} test images; "
+        f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
+    )
+
+
+def describe_central(central: CentralData) -> str:
+    """One line on what the coordinator evaluates on."""
+    classes = ", ".join(central.class_names)
+    if central.test is None:
+        return f"coordinator: no central test set (test-dir=none); classes {classes}"
+    kind = "its test folder or Testing split" if central.official else "a hold-out of data-dir"
+    return f"coordinator: {len(central.test)} test images ({kind}, {central.root}); classes {classes}"
 
 
 def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:

@@ -34,6 +34,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from brainfl.aggregation import CLASS_COUNT_PREFIX
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
+from brainfl.federation_setup import TEST_COPIES, TEST_HASHES
 from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
@@ -102,6 +103,7 @@ def train_site(
         bundle = model_for(settings, site.train.class_names)
         bundle.trainable.set_weights(weights)
         server_round = int(config.get("global-round", config.get("server-round", 0)))
+        received = validate(settings, bundle, site) if len(site.val) else {}
         metrics = local_update(
             settings,
             bundle,
@@ -113,15 +115,19 @@ def train_site(
             epochs=int(config.get("local-epochs", settings.local_epochs)),
             proximal_mu=float(config.get("proximal-mu", 0.0)),
         )
+        held_out = (
+            f"; the received model's validation accuracy {received['val_accuracy']:.4f}" if received else ""
+        )
         LOG.info(
-            "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f",
+            "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f%s",
             site.site_id,
             server_round,
             len(site.train),
             metrics["train_loss"],
             metrics["train_accuracy"],
+            held_out,
         )
-        return bundle.trainable.get_weights(), {**metrics, **site_counts(site)}
+        return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site)}
 
 
 def site_counts(site: SiteData) -> dict[str, int]:
@@ -158,30 +164,54 @@ def train_legacy_round(msg: Message, context: Context) -> Message:
     return Message(content=compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
 
 
+def validate(settings: RunSettings, bundle, site: SiteData) -> dict[str, float]:
+    """The model's ``val_loss`` and ``val_accuracy`` on the site's held-out split (training
+    images where it has none)."""
+    held_out = site.val if len(site.val) else site.train
+    probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
+    metrics = classification_metrics(held_out.labels, probabilities, held_out.class_names)
+    return {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
+
+
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this site's validation split."""
+    """Evaluate the received global model on this site's validation split (``fraction-evaluate`` > 0)."""
     with site_session(msg.content["config"], context) as (settings, site):
-        evaluation = site.val if len(site.val) else site.train
         bundle = model_for(settings, site.train.class_names)
         bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-        probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, evaluation))
-        metrics = classification_metrics(evaluation.labels, probabilities, evaluation.class_names)
+        metrics = validate(settings, bundle, site)
         LOG.info(
-            "site %d round %s: validation accuracy %.4f on %d images",
+            "site %d round %s: validation accuracy %.4f",
             site.site_id,
             msg.content["config"]["server-round"],
-            metrics["accuracy"],
-            len(evaluation),
+            metrics["val_accuracy"],
         )
-        reply = MetricRecord(
-            {
-                "val_loss": metrics["loss"],
-                "val_accuracy": metrics["accuracy"],
-                "num-examples": len(evaluation),
-                "site-id": site.site_id,
-            }
-        )
+        evaluated = len(site.val) or len(site.train)
+        reply = MetricRecord({**metrics, "num-examples": evaluated, "site-id": site.site_id})
     return Message(content=RecordDict({"metrics": reply}), reply_to=msg)
+
+
+def setup_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's setup query: this site's counts and which test images it holds.
+
+    Only indices into the coordinator's test list leave the site, never a hash of its own scans.
+    """
+    from brainfl.duplicates import has_copy_in, hash_files
+
+    with site_session(msg.content["config"], context) as (_settings, site):
+        copies = np.empty(0, dtype=np.int64)
+        if TEST_HASHES in msg.content.array_records:
+            test_hashes = msg.content[TEST_HASHES].to_numpy_ndarrays()[0]
+            own = hash_files(site.folder, [*site.train.files, *site.val.files])
+            copies = np.flatnonzero(has_copy_in(test_hashes, own)).astype(np.int64)
+            LOG.info(
+                "site %d: %d of the coordinator's %d test images have a copy among its %d scans",
+                site.site_id,
+                len(copies),
+                len(test_hashes),
+                len(own),
+            )
+        content = RecordDict({"metrics": MetricRecord(site_counts(site)), TEST_COPIES: ArrayRecord([copies])})
+    return Message(content=content, reply_to=msg)
 
 
 def client_app_with(*extra_mods) -> ClientApp:
@@ -189,6 +219,7 @@ def client_app_with(*extra_mods) -> ClientApp:
     client_app = ClientApp(mods=[*extra_mods, *STANDARD_MODS])
     client_app.train()(train_round)
     client_app.evaluate()(evaluate_round)
+    client_app.query()(setup_round)
     return client_app
 
 

@@ -55,6 +55,8 @@ class RunSettings:
     partitioning: str
     dirichlet_alpha: float
     data_dir: str
+    test_dir: str
+    class_names: str
     output_dir: str
     seed: int
     val_fraction: float
@@ -237,13 +239,6 @@ def validate_combinations(settings: RunSettings) -> None:
             f"setting 'image-size': {settings.image_size} px is too small for model "
             f"{settings.model} (at least {smallest})"
         )
-    for name in ("min_sites", "wait_for_sites"):
-        if getattr(settings, name) > settings.num_partitions:
-            raise BrainFLError(
-                f"setting '{name.replace('_', '-')}'={getattr(settings, name)} exceeds "
-                f"num-partitions={settings.num_partitions}, the number of sites: the server would wait "
-                "for sites that never come"
-            )
     if settings.resume and not settings.output_dir:
         raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
     if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
@@ -256,8 +251,6 @@ def validate_combinations(settings: RunSettings) -> None:
             "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
             "it cannot be combined with dp, another strategy or resume"
         )
-    if settings.secagg and settings.num_partitions < 2:
-        raise BrainFLError("setting 'secagg': SecAgg+ needs at least 2 sites (num-partitions >= 2)")
 
 
 # Settings that only act under some other setting: (when they act, in words, and the test).

@@ -128,7 +128,16 @@ def hash_images(data_dir: Path) -> pd.DataFrame:
     each sorted by class then name. The table is cached (see module docstring).
     """
     data_dir = Path(data_dir)
-    items = _split_images(data_dir)
+    return _hash_table(data_dir, _split_images(data_dir))
+
+
+def hash_files(root: Path, files: Iterable[str]) -> np.ndarray:
+    """pHashes of ``files`` (paths relative to ``root``) as ``(n, 4)`` uint64 words (cached)."""
+    items = [("files", Path(root) / name, "") for name in files]
+    return _phash_words(_hash_table(Path(root), items)["phash"])
+
+
+def _hash_table(data_dir: Path, items: list[tuple[str, Path, str]]) -> pd.DataFrame:
     cache_path = _cache_path(data_dir, items)
     if cache_path.exists():
         return pd.read_csv(cache_path, dtype=str, keep_default_na=False)
@@ -153,6 +162,19 @@ def _phash_words(phashes: Iterable[str]) -> np.ndarray:
 def hamming(words_a: np.ndarray, words_b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance of broadcastable ``(..., words)`` uint64 arrays."""
     return np.bitwise_count(words_a ^ words_b).sum(axis=-1, dtype=np.int64)
+
+
+def has_copy_in(
+    queries: np.ndarray, references: np.ndarray, threshold: int = NEAR_DUPLICATE_THRESHOLD
+) -> np.ndarray:
+    """For each query pHash (``(n, 4)`` words): whether a reference lies within ``threshold`` bits."""
+    found = np.zeros(len(queries), dtype=bool)
+    if len(references) == 0:
+        return found
+    for start in range(0, len(queries), BLOCK_ROWS):
+        block = queries[start : start + BLOCK_ROWS]
+        found[start : start + len(block)] = (hamming(block[:, None, :], references[None]) <= threshold).any(1)
+    return found
 
 
 def near_pairs(phashes: Iterable[str], threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

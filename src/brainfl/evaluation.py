@@ -16,7 +16,7 @@ import numpy as np
 
 from brainfl.config import RunSettings, resolve_path
 from brainfl.data_check import leak_free_test_mask
-from brainfl.data_loader import Dataset
+from brainfl.data_loader import Dataset, ImageSet
 from brainfl.logs import LOG
 from brainfl.metrics import score
 from brainfl.pipeline import model_for, model_inputs
@@ -52,22 +52,42 @@ def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None
 
 
 class CentralEvaluator:
-    """Scores global models on the server's test set."""
+    """Scores global models on a test set (the coordinator's, or a pooled dataset's)."""
 
-    def __init__(self, settings: RunSettings, dataset: Dataset) -> None:
-        self.bundle = model_for(settings, dataset.train.class_names)
-        self.inputs = model_inputs(settings, self.bundle, dataset.test)
+    def __init__(
+        self,
+        settings: RunSettings,
+        test: ImageSet,
+        class_names: tuple[str, ...],
+        *,
+        official: bool,
+        leak_free: np.ndarray | None,
+    ) -> None:
+        self.bundle = model_for(settings, class_names)
+        self.inputs = model_inputs(settings, self.bundle, test)
         self.test_set = CentralTestSet(
-            files=list(dataset.test.files),
-            labels=dataset.test.labels,
-            class_names=tuple(dataset.train.class_names),
-            leak_free=leak_free_mask(settings, dataset),
-            official=dataset.test_is_official,
+            files=list(test.files),
+            labels=test.labels,
+            class_names=tuple(class_names),
+            leak_free=leak_free,
+            official=official,
         )
         LOG.info(
-            "central test set: %d images (%s split)",
+            "central test set: %d images (%s)",
             len(self.test_set.labels),
-            "official Testing" if dataset.test_is_official else "held-out Training",
+            "the coordinator's test folder or Testing split" if official else "held-out training scans",
+        )
+
+    @classmethod
+    def for_dataset(cls, settings: RunSettings, dataset: Dataset) -> CentralEvaluator:
+        """The evaluator of a pooled dataset (centralized training, benchmarks): its test split,
+        leak-free where no Training image copies it."""
+        return cls(
+            settings,
+            dataset.test,
+            tuple(dataset.train.class_names),
+            official=dataset.test_is_official,
+            leak_free=leak_free_mask(settings, dataset),
         )
 
     def __call__(self, weights: list[np.ndarray]) -> Evaluation:

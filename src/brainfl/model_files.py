@@ -57,6 +57,14 @@ def stored_metadata(path: Path) -> dict[str, Any]:
         return json.loads(archive.read(MODEL_METADATA))
 
 
+def class_names_in(config: Mapping[str, Any]) -> list[str]:
+    """The class names a run config records: the setting's ``"a,b,c"``, or a list (older runs)."""
+    names = config.get("class-names") or []
+    if isinstance(names, str):
+        names = names.split(",")
+    return [str(name).strip() for name in names if str(name).strip()]
+
+
 def _metadata_beside(path: Path) -> dict[str, Any] | None:
     """Metadata from the ``run_config.json`` next to a model file, if there is one."""
     from brainfl.config import settings_from_config
@@ -68,10 +76,11 @@ def _metadata_beside(path: Path) -> dict[str, Any] | None:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
         raise BrainFLError(f"cannot read {config_path} (expected the run's settings as JSON)") from None
-    if not isinstance(config, dict) or "class-names" not in config:
+    names = class_names_in(config) if isinstance(config, dict) else []
+    if not names:
         raise BrainFLError(f"{config_path} has no 'class-names': cannot name the classes of {path}")
-    settings = settings_from_config(config)
-    return model_metadata(settings.model, config["class-names"], settings.image_size, settings.channels)
+    settings = settings_from_config({**config, "class-names": ",".join(names)})
+    return model_metadata(settings.model, names, settings.image_size, settings.channels)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

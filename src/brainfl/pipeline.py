@@ -103,6 +103,7 @@ class SiteData:
     site_id: int
     train: ImageSet
     val: ImageSet
+    folder: Path  # the site's data folder: its images' ``files`` are relative to it
 
 
 def site_data(
@@ -120,15 +121,16 @@ def site_data(
     """
     site_id = int(node_config.get("partition-id", -1))
     site_dir = str(node_config.get("data-dir", "")) or None
+    folder = resolve_path(site_dir or settings.data_dir, "data-dir")
     if "num-partitions" in node_config:
-        train = load_run_dataset(settings, site_dir, class_names).train
+        train = load_run_dataset(settings, str(folder), class_names).train
         num_partitions = int(node_config["num-partitions"])
         if not 0 <= site_id < num_partitions:
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
     else:
         train, _ = load_images(
-            resolve_path(site_dir or settings.data_dir, "data-dir"),
+            folder,
             settings.image_size,
             settings.channels,
             list(class_names),
@@ -140,7 +142,7 @@ def site_data(
     train_pos, val_pos = split_validation(
         train.labels, settings.val_fraction, settings.seed + max(site_id, 0), train.groups
     )
-    return SiteData(site_id, train.subset(train_pos), train.subset(val_pos))
+    return SiteData(site_id, train.subset(train_pos), train.subset(val_pos), folder)
 
 
 def check_vgg_weights(settings: RunSettings) -> None:

@@ -38,12 +38,12 @@ from brainfl.logs import LOG
 ACCOUNTED_STRATEGIES = ("fedavg",)
 
 
-def sampled_sites(settings: RunSettings) -> int:
-    """Sites asked to train each round, as Flower's FedAvg samples them."""
-    return max(int(settings.num_partitions * settings.fraction_train), settings.min_sites, 1)
+def sampled_sites(settings: RunSettings, num_sites: int) -> int:
+    """Sites asked to train each round, as Flower's FedAvg samples them from the ``num_sites`` that joined."""
+    return max(int(num_sites * settings.fraction_train), settings.min_sites, 1)
 
 
-def with_privacy(strategy: Strategy, settings: RunSettings) -> Strategy:
+def with_privacy(strategy: Strategy, settings: RunSettings, num_sites: int) -> Strategy:
     """``strategy`` wrapped in the DP wrapper named by ``settings.dp`` (itself when ``none``).
 
     numpy's global generator, which the wrappers draw their noise from, is
@@ -52,7 +52,8 @@ def with_privacy(strategy: Strategy, settings: RunSettings) -> Strategy:
     if settings.dp == "none":
         return strategy
     np.random.seed(settings.seed)
-    noise, norm, sites = settings.dp_noise_multiplier, settings.dp_clipping_norm, sampled_sites(settings)
+    noise, norm = settings.dp_noise_multiplier, settings.dp_clipping_norm
+    sites = sampled_sites(settings, num_sites)
     if settings.dp == "server-fixed":
         return DifferentialPrivacyServerSideFixedClipping(strategy, noise, norm, sites)
     if settings.dp == "client-fixed":
@@ -88,15 +89,16 @@ class PrivacyLedger:
     claimed, so the figure is an upper bound when fewer than all sites train.
     """
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init__(self, settings: RunSettings, num_sites: int) -> None:
         self.settings = settings
+        self.sampled = sampled_sites(settings, num_sites)
         self.problem = accounting_problem(settings)
         self.accountant = None
         if self.problem is None:
             self.accountant = RdpAccountant(
                 PrivacyConfig(
                     target_delta=settings.dp_delta,
-                    population_size=max(settings.num_partitions, sampled_sites(settings)),
+                    population_size=max(num_sites, self.sampled),
                     neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
                     sampling_method=SamplingMethod.NO_AMPLIFICATION,
                 )
@@ -108,7 +110,7 @@ class PrivacyLedger:
         """Compose one released aggregate of ``sites_aggregated`` clipped updates."""
         if self.accountant is None or sites_aggregated <= 0:
             return
-        sampled = sampled_sites(self.settings)
+        sampled = self.sampled
         effective = self.settings.dp_noise_multiplier * min(sites_aggregated, sampled) / sampled
         self.accountant.compose(
             GaussianPrivacyEvent(

@@ -63,7 +63,8 @@ class RunRecorder:
     def __init__(
         self,
         output_dir: Path,
-        test_set: CentralTestSet,
+        test_set: CentralTestSet | None,
+        class_names: tuple[str, ...],
         writer: ModelWriter,
         *,
         total_rounds: int,
@@ -80,7 +81,7 @@ class RunRecorder:
         self.first_round = first_round
         self.elapsed_before = elapsed_before
         self.started = time.monotonic()
-        class_names = test_set.class_names
+        self.class_names = tuple(class_names)
         self.results = CsvAppender(output_dir / RESULTS_CSV, results_header(class_names))
         self.sites = CsvAppender(output_dir / SITE_CSV, SITE_FIELDS)
         self.partition = CsvAppender(output_dir / PARTITION_CSV, partition_header(class_names))
@@ -103,7 +104,7 @@ class RunRecorder:
             self._add_partition_rows(report)
 
     def _add_partition_rows(self, report: SiteReport) -> None:
-        names = self.test_set.class_names
+        names = self.class_names
         for site, metrics in sorted(report.sites.items()):
             if str(site) in self.partitioned or f"{CLASS_COUNT_PREFIX}0" not in metrics:
                 continue
@@ -118,19 +119,25 @@ class RunRecorder:
             )
             self.partitioned.add(str(site))
 
-    def round_done(self, server_round: int, weights: list[np.ndarray], evaluation: Evaluation) -> None:
-        """Write everything about ``server_round``: CSV rows, predictions, checkpoint, TensorBoard."""
+    def round_done(self, server_round: int, weights: list[np.ndarray], evaluation: Evaluation | None) -> None:
+        """Write everything about ``server_round``: CSV rows, predictions, checkpoint, TensorBoard.
+
+        ``evaluation`` is None in a run without central evaluation: its metric cells stay empty.
+        """
         reports = self.pending.pop(server_round, {})
         train, evaluate = reports.get("train"), reports.get("evaluate")
         sites_trained = train.sites_replied if train else 0
         if self.ledger is not None and server_round > 0:
             self.ledger.release(sites_trained)
         elapsed = self.elapsed_before + time.monotonic() - self.started
+        metrics = evaluation.metrics if evaluation else {}
         row = {
             "round": server_round,
-            **evaluation.metrics,
+            **metrics,
             **_pick(train, ("train_loss", "train_accuracy")),
-            **_pick(evaluate, ("val_loss", "val_accuracy")),
+            # the sites' held-out score: of this round's model (evaluate phase, fraction-evaluate > 0),
+            # else of the model they received (the previous round's), measured in the train message
+            **_pick(evaluate or train, ("val_loss", "val_accuracy")),
             "sites_trained": sites_trained if server_round else "",
             "sites_failed": (train.sites_failed if train else 0) if server_round else "",
             "epsilon": "" if self.ledger is None or self.ledger.epsilon is None else self.ledger.epsilon,
@@ -139,17 +146,18 @@ class RunRecorder:
         self.results.append(row)
         self._append_site_rows(server_round, train, evaluate)
         test = self.test_set
-        write_predictions(
-            self.output_dir / PREDICTIONS_CSV,
-            test.files,
-            test.labels,
-            test.leak_free,
-            evaluation.probabilities,
-            test.class_names,
-        )
+        if evaluation is not None and test is not None:
+            write_predictions(
+                self.output_dir / PREDICTIONS_CSV,
+                test.files,
+                test.labels,
+                test.leak_free,
+                evaluation.probabilities,
+                test.class_names,
+            )
         self.writer.write(self.output_dir / CHECKPOINT, weights, round=server_round)
         self._log_tensorboard(server_round, row)
-        self._log_summary(server_round, sites_trained, evaluation.metrics, elapsed)
+        self._log_summary(server_round, sites_trained, metrics, elapsed)
 
     def _append_site_rows(self, server_round: int, *reports: SiteReport | None) -> None:
         per_site: dict[int, dict[str, float]] = {}
@@ -176,13 +184,13 @@ class RunRecorder:
         if done > 0:
             seconds = (time.monotonic() - self.started) / done * (self.total_rounds - server_round)
             left = f" | ~{seconds:.0f}s left"
+        scores = f" | test accuracy {metrics['accuracy']:.4f} | loss {metrics['loss']:.4f}" if metrics else ""
         LOG.info(
-            "round %d/%d | sites %d | test accuracy %.4f | loss %.4f | elapsed %.0fs%s",
+            "round %d/%d | sites %d%s | elapsed %.0fs%s",
             server_round,
             self.total_rounds,
             sites,
-            metrics["accuracy"],
-            metrics["loss"],
+            scores,
             elapsed,
             left,
         )

@@ -21,6 +21,7 @@ import pandas as pd
 
 from brainfl.errors import BrainFLError
 from brainfl.metrics import LEAK_FREE, predicted_classes
+from brainfl.model_files import class_names_in
 
 PARTITION_CSV = "partition.csv"
 PREDICTIONS_CSV = "test_predictions.csv"
@@ -121,7 +122,7 @@ def read_run(output_dir: Path) -> Run:
     recalls = [
         c[len("recall_") :] for c in results.columns if c.startswith("recall_") and c != "recall_macro"
     ]
-    class_names = [str(name) for name in config.get("class-names") or recalls]
+    class_names = class_names_in(config) or recalls
     sites = _read_csv(output_dir / SITE_CSV)
     if not sites.empty and not {"round", "site"} <= set(sites.columns):
         notes.append(f"{SITE_CSV} has no round/site columns: per-site results are left out")

@@ -22,7 +22,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
-from brainfl.aggregation import SiteReport, numeric_metrics, round_settings
+from brainfl.aggregation import ReportSink, SiteReport, numeric_metrics, round_settings
 from brainfl.config import RunSettings
 from brainfl.logs import LOG
 
@@ -42,16 +42,16 @@ def same_arrays(results: Sequence[FitRes]) -> bool:
 class SecAggFedAvg(LegacyFedAvg):
     """Flower's legacy FedAvg with the project's round settings, reporting the sites' metrics."""
 
-    report: Callable[[int, SiteReport], None] = staticmethod(lambda _round, _report: None)
-
     def __init__(
         self,
         *,
         learning_rate_for_round: Callable[[int], float],
         class_names: Sequence[str],
         local_epochs: int,
+        report: ReportSink,
         **kwargs,
     ) -> None:
+        self.report = report
         super().__init__(
             on_fit_config_fn=lambda r: {
                 **round_settings(r, learning_rate_for_round, class_names),
@@ -126,13 +126,16 @@ def secure_strategy(
     class_names: Sequence[str],
     learning_rate_for_round: Callable[[int], float],
     weights: list[np.ndarray],
+    report: ReportSink,
 ) -> SecAggFedAvg:
-    """The legacy FedAvg for a SecAgg+ run, starting from ``weights``; central evaluation only."""
+    """The legacy FedAvg for a SecAgg+ run, starting from ``weights``, reporting to ``report``;
+    central evaluation only."""
     sites = max(settings.min_sites, settings.wait_for_sites, 2)
     return SecAggFedAvg(
         learning_rate_for_round=learning_rate_for_round,
         class_names=class_names,
         local_epochs=settings.local_epochs,
+        report=report,
         fraction_fit=settings.fraction_train,
         fraction_evaluate=0.0,
         min_fit_clients=sites,

@@ -1,12 +1,17 @@
 """Flower ServerApp: runs the federated rounds; the global model flows one way to the report.
 
+The coordinator holds no training data: its class names and optional test
+set come from :mod:`brainfl.central_data`. Before round 1 every site answers
+one setup query (:mod:`brainfl.federation_setup`): its example count and the
+test images it holds copies of, which give the federation's leak-free test
+subset and the number of sites the strategy and DP are sized for.
 Per round: the strategy aggregates the sites' replies and hands their
 metrics to the recorder (:class:`~brainfl.aggregation.SiteReport`); the
-central evaluator scores the new global model on the server's test set and
-the recorder writes the round's outputs (CSVs, predictions, checkpoint). At
-the end the final model is saved and the report is made from those saved
-files. The strategy is the one the ``strategy`` setting names, wrapped for
-``dp``; with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow.
+central evaluator scores the new global model on the test set and the
+recorder writes the round's outputs (CSVs, predictions, checkpoint). At the
+end the final model is saved and the report is made from those saved files.
+The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
+with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from brainfl.central_data import CentralData, central_data
 from brainfl.config import RunSettings, settings_from_config
+from brainfl.duplicates import hash_files
 from brainfl.errors import BrainFLError
 from brainfl.evaluation import CentralEvaluator
+from brainfl.federation_setup import Roster, setup_federation
 from brainfl.logs import LOG, log_to_file
 from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
-from brainfl.pipeline import initial_weights, load_run_dataset
+from brainfl.pipeline import initial_weights, model_for
 from brainfl.privacy import PrivacyLedger, with_privacy
 from brainfl.recorder import RunRecorder, resume_point
 from brainfl.report import make_report
@@ -46,13 +54,27 @@ def write_report(output_dir: Path) -> None:
         LOG.warning("report not written: %s", error)
 
 
+def central_evaluator(settings: RunSettings, central: CentralData, roster: Roster) -> CentralEvaluator | None:
+    """The evaluator of the coordinator's test set, leak-free where no site holds a copy."""
+    if central.test is None:
+        return None
+    return CentralEvaluator(
+        settings, central.test, central.class_names, official=central.official, leak_free=roster.leak_free()
+    )
+
+
 def run_federation(grid: Grid, context: Context, settings: RunSettings, output_dir: Path) -> None:
     """Run all rounds with the configured strategy; save the final model and the report."""
-    dataset = load_run_dataset(settings)
-    class_names = dataset.train.class_names
-    evaluator = CentralEvaluator(settings, dataset)
+    central = central_data(settings)
+    class_names = central.class_names
+    test_hashes = None if central.test is None else hash_files(central.root, central.test.files)
+    roster = setup_federation(grid, settings, class_names, test_hashes)
+    if settings.secagg and roster.num_sites < 2:
+        raise BrainFLError(f"setting 'secagg': SecAgg+ needs at least 2 sites, {roster.num_sites} joined")
+    evaluator = central_evaluator(settings, central, roster)
+    bundle = model_for(settings, class_names)
     writer = ModelWriter(
-        evaluator.bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
     )
     weights, first_round, elapsed_before = initial_weights(settings, class_names), 0, 0.0
     resumed = resume_point(output_dir, writer) if settings.resume else None
@@ -62,11 +84,12 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     if first_round >= settings.num_server_rounds:
         LOG.info("all %d rounds are already done; outputs written to %s", first_round, output_dir)
         return
-    write_run_config(output_dir, {**settings.to_config(), "class-names": list(class_names)})
-    ledger = PrivacyLedger(settings) if settings.dp != "none" else None
+    write_run_config(output_dir, {**settings.to_config(), "class-names": ",".join(class_names)})
+    ledger = PrivacyLedger(settings, roster.num_sites) if settings.dp != "none" else None
     recorder = RunRecorder(
         output_dir,
-        evaluator.test_set,
+        None if evaluator is None else evaluator.test_set,
+        class_names,
         writer,
         total_rounds=settings.num_server_rounds,
         ledger=ledger,
@@ -82,24 +105,28 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         if first_round and local_round == 0:
             return None  # the resumed model was evaluated before the interruption
         round_weights = arrays.to_numpy_ndarrays()
-        evaluation = evaluator(round_weights)
+        evaluation = None if evaluator is None else evaluator(round_weights)
         recorder.round_done(local_round + first_round, round_weights, evaluation)
-        return MetricRecord(evaluation.metrics)
+        return None if evaluation is None else MetricRecord(evaluation.metrics)
 
     if settings.secagg:
-        strategy = secure_strategy(settings, class_names, learning_rate_for_round, weights)
-        strategy.report = recorder.site_report
-        weights = run_secure_federation(grid, context, settings, strategy, evaluate_round, len(dataset.train))
+        strategy = secure_strategy(
+            settings, class_names, learning_rate_for_round, weights, recorder.site_report
+        )
+        weights = run_secure_federation(
+            grid, context, settings, strategy, evaluate_round, roster.largest_site
+        )
     else:
         strategy = build_strategy(
             settings,
             class_names,
             learning_rate_for_round,
+            num_sites=roster.num_sites,
             report=recorder.site_report,
             round_offset=first_round,
-            statistics_mask=statistics_mask(evaluator.bundle.trainable),
+            statistics_mask=statistics_mask(bundle.trainable),
         )
-        result = with_privacy(strategy, settings).start(
+        result = with_privacy(strategy, settings, roster.num_sites).start(
             grid=grid,
             initial_arrays=ArrayRecord(weights),
             num_rounds=settings.num_server_rounds - first_round,

@@ -125,24 +125,25 @@ def build_strategy(
     class_names: Sequence[str],
     learning_rate_for_round: Callable[[int], float],
     *,
+    num_sites: int,
     report: ReportSink | None = None,
     round_offset: int = 0,
     statistics_mask: Sequence[bool] = (),
 ) -> SiteBookkeeping:
     """The strategy named by ``settings.strategy``, with the run's sampling and waiting settings.
 
-    ``statistics_mask`` marks the model's arrays that are statistics, not trained weights
-    (BatchNorm moving mean and variance); ``report`` receives each stage's :class:`SiteReport`.
+    ``num_sites`` is the number of sites that joined (Multi-Krum keeps all but
+    ``byzantine-sites`` of them); ``statistics_mask`` marks the model's arrays that
+    are statistics, not trained weights (BatchNorm moving mean and variance);
+    ``report`` receives each stage's :class:`SiteReport`.
     """
-    strategy_class, options = strategy_options(settings, settings.num_partitions)
+    strategy_class, options = strategy_options(settings, num_sites)
     return strategy_class(
         learning_rate_for_round=learning_rate_for_round,
         class_names=class_names,
         report=report,
         round_offset=round_offset,
         statistics_mask=statistics_mask,
-        wait_for_sites=settings.wait_for_sites,
-        wait_timeout=settings.round_timeout,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_sites,
