@@ -78,6 +78,7 @@ def test_a_coordinator_with_only_a_test_folder_runs_the_federation(tmp_path):
         assert reply.content[TEST_COPIES].to_numpy_ndarrays()[0].dtype == np.int64
     site_rows = read_rows(run / "site_metrics.csv")
     assert {row["site"] for row in site_rows if row["round"] == "2" and row["val_accuracy"]} == {"0", "1"}
+    assert all(float(row["training_s"]) > 0 and float(row["data_s"]) > 0 for row in site_rows)
     assert "federated leak check: 6 of 8 test images" in (run / "logs" / "server.log").read_text()
     assert (run / FINAL_MODEL).is_file()
 

@@ -41,6 +41,7 @@ from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import classification_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
 from brainfl.site_training import class_counts, local_update
+from brainfl.timings import MessageTimer
 from brainfl.training import predict_proba
 
 LEGACY_PARAMETERS = "fitins.parameters"
@@ -81,13 +82,18 @@ def site_log_path(context: Context, settings: RunSettings) -> Path:
 
 
 @contextmanager
-def site_session(config: Mapping[str, Any], context: Context) -> Iterator[tuple[RunSettings, SiteData]]:
+def site_session(
+    config: Mapping[str, Any], context: Context, timer: MessageTimer | None = None
+) -> Iterator[tuple[RunSettings, SiteData]]:
     """Settings and local data for one message (its ``config``), with the site log attached."""
     settings = settings_from_config(context.run_config)
+    timer = timer or MessageTimer()
     with log_to_file(site_log_path(context, settings)):
         try:
             class_names = tuple(str(config["class-names"]).split(","))
-            yield settings, site_data(settings, context.node_config, class_names)
+            with timer.phase("data"):
+                site = site_data(settings, context.node_config, class_names)
+            yield settings, site
         except BrainFLError as error:
             site = context.node_config.get("partition-id", context.node_id)
             LOG.error("site %s: %s", site, error)
@@ -98,23 +104,28 @@ def site_session(config: Mapping[str, Any], context: Context) -> Iterator[tuple[
 def train_site(
     weights: list[np.ndarray], config: Mapping[str, Any], context: Context
 ) -> tuple[list[np.ndarray], dict[str, float | int]]:
-    """Train ``weights`` on this site's training split; return the new weights and the metrics."""
-    with site_session(config, context) as (settings, site):
-        bundle = model_for(settings, site.train.class_names)
-        bundle.trainable.set_weights(weights)
+    """Score the received ``weights`` on this site's validation split, then train them on its
+    training split; return the new weights and the metrics (with each phase's seconds)."""
+    timer = MessageTimer()
+    with site_session(config, context, timer) as (settings, site):
+        with timer.phase("model"):
+            bundle = model_for(settings, site.train.class_names)
+            bundle.trainable.set_weights(weights)
         server_round = int(config.get("global-round", config.get("server-round", 0)))
-        received = validate(settings, bundle, site) if len(site.val) else {}
-        metrics = local_update(
-            settings,
-            bundle,
-            model_inputs(settings, bundle, site.train),
-            site.train.labels,
-            learning_rate=float(config["learning-rate"]),
-            server_round=server_round,
-            site_id=site.site_id,
-            epochs=int(config.get("local-epochs", settings.local_epochs)),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )
+        with timer.phase("validation"):
+            received = validate(settings, bundle, site) if len(site.val) else {}
+        with timer.phase("training"):
+            metrics = local_update(
+                settings,
+                bundle,
+                model_inputs(settings, bundle, site.train),
+                site.train.labels,
+                learning_rate=float(config["learning-rate"]),
+                server_round=server_round,
+                site_id=site.site_id,
+                epochs=int(config.get("local-epochs", settings.local_epochs)),
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+            )
         held_out = (
             f"; the received model's validation accuracy {received['val_accuracy']:.4f}" if received else ""
         )
@@ -127,7 +138,8 @@ def train_site(
             metrics["train_accuracy"],
             held_out,
         )
-        return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site)}
+        LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
+        return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site), **timer.metrics()}
 
 
 def site_counts(site: SiteData) -> dict[str, int]:

@@ -24,6 +24,7 @@ from brainfl.config import RunSettings
 from brainfl.files import write_atomically
 from brainfl.metrics import LEAK_FREE, METRIC_NAMES
 from brainfl.model_files import RUN_CONFIG
+from brainfl.timings import PHASES
 
 RESULTS_CSV = "federated_learning_results.csv"
 SITE_CSV = "site_metrics.csv"
@@ -39,6 +40,7 @@ SITE_FIELDS = (
     "train_accuracy",
     "val_loss",
     "val_accuracy",
+    *(f"{phase}_s" for phase in PHASES),
 )
 
 
