@@ -1,0 +1,100 @@
+"""Seconds per round on Flower's deployment engine against its simulation engine, by phase.
+
+Runs ``run.sh`` once per engine, one after the other, with the same data and
+settings (``--engines deployment simulation``), and prints for each: the
+warm round time (rounds after the first, seconds between central
+evaluations), and the sites' median seconds per phase of a train message
+from ``site_metrics.csv`` (start-up of the process before the handler, data
+load, model build, validation of the received model, training); what a
+round spends outside the slowest site's message is the engines' waiting and
+messaging. ``--per-class N`` runs on a symlinked subset of N images per class
+and split (the load test's tiny workload); ``--repo DIR`` runs another
+checkout's ``run.sh`` (a before/after comparison). ``--keep NAME`` copies
+each run's result files to ``benchmarks/results/NAME-<engine>/``.
+
+    python3 benchmarks/engine_rounds.py --data-dir ../shared/data/brain-tumor-mri --sites 4 --rounds 3
+    python3 benchmarks/engine_rounds.py --data-dir ../shared/data/brain-tumor-mri --sites 10 --rounds 3 \\
+        --per-class 20 --engines deployment --run-config "image-size=32 batch-size=16 local-epochs=1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from brainfl.results import SITE_CSV
+from brainfl.timings import PHASES
+from harness import ROOT, free_port_block, keep_result, markdown_table, measured_command
+from subset import make_subset
+
+
+def phase_medians(output_dir: Path, first_warm_round: int = 2) -> dict[str, float]:
+    """Median seconds per phase of the sites' train messages in the warm rounds."""
+    sites = pd.read_csv(output_dir / SITE_CSV)
+    warm = sites[sites["round"] >= first_warm_round]
+    columns = [f"{phase}_s" for phase in PHASES if f"{phase}_s" in warm.columns]
+    medians = {
+        column: round(float(warm[column].median()), 1) for column in columns if warm[column].notna().any()
+    }
+    if medians:
+        slowest = warm[columns].sum(axis=1).groupby(warm["round"]).max()
+        medians["slowest site s"] = round(float(slowest.median()), 1)
+    return medians
+
+
+def run_engine(args: argparse.Namespace, engine: str, data_dir: str) -> dict[str, object]:
+    """One ``run.sh`` run on ``engine``; its warm round time and phase medians."""
+    output_dir = args.out / engine
+    command = [str(args.repo / "run.sh"), "--sites", str(args.sites), "--rounds", str(args.rounds)]
+    command += ["--data-dir", data_dir, "--port", str(free_port_block(args.sites + 2))]
+    command += ["--output-dir", str(output_dir)]
+    if args.run_config:
+        command += ["--run-config", args.run_config]
+    if engine == "simulation":
+        command.append("--simulation")
+    figures = measured_command(command, output_dir)
+    if args.keep:
+        keep_result(output_dir, f"{args.keep}-{engine}", str(figures["command"]))
+    latencies = figures["round_latency_s"]
+    warm = latencies[1:] or latencies
+    print(json.dumps({"engine": engine, **figures}), flush=True)
+    return {
+        "engine": engine,
+        "sites": args.sites,
+        "round s (each)": ", ".join(str(x) for x in latencies),
+        "warm round s": round(statistics.mean(warm), 1),
+        "command s": figures["command_s"],
+        **phase_medians(output_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--sites", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", nargs="+", default=["deployment", "simulation"])
+    parser.add_argument("--run-config", default="", help='"key=value ..." for every run')
+    parser.add_argument("--per-class", type=int, default=0, help="a subset of N images per class and split")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose run.sh runs")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-engines-")))
+    parser.add_argument("--keep", default="", help="also keep results in benchmarks/results/KEEP-<engine>/")
+    args = parser.parse_args()
+    data_dir = str(Path(args.data_dir).resolve())
+    if args.per_class:
+        data_dir = str(make_subset(args.data_dir, args.out / "data", args.per_class))
+    rows = [run_engine(args, engine, data_dir) for engine in args.engines]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    print(markdown_table(rows, columns))
+    if len(rows) == 2:
+        ratio = rows[0]["warm round s"] / rows[1]["warm round s"]
+        print(f"{rows[0]['engine']} / {rows[1]['engine']} warm round: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
