@@ -120,6 +120,8 @@ FLWR_HOME="$(mktemp -d "${TMPDIR:-/tmp}/brainfl-flwr.XXXXXX")"
 export FLWR_HOME
 # No usage telemetry leaves a hospital's machine (offline, each process would also wait for it at exit).
 export FLWR_TELEMETRY_ENABLED="${FLWR_TELEMETRY_ENABLED:-0}"
+# The SuperExecs look for new work (a ClientApp or ServerApp to start) every second by default.
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 trap 'rm -rf "$FLWR_HOME"' EXIT
 RUN_CONFIG_FILE="$FLWR_HOME/run_config.toml"
 

@@ -183,3 +183,8 @@ def test_class_counts_reach_the_report_but_are_never_averaged():
     _, metrics = strategy.aggregate_train(1, replies)
     assert not any(key.startswith("class-count-") for key in metrics)
     assert reports[0].sites[1]["class-count-1"] == 4
+
+
+def test_multikrum_keeps_all_but_the_byzantine_sites_of_those_that_joined():
+    settings = settings_from_config({"strategy": "multikrum", "byzantine-sites": 1, "num-partitions": 2})
+    assert build_strategy(settings, ["a"], float, num_sites=7).num_nodes_to_select == 6
