@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -57,9 +58,14 @@ def run_engine(args: argparse.Namespace, engine: str, data_dir: str) -> dict[str
         command += ["--run-config", args.run_config]
     if engine == "simulation":
         command.append("--simulation")
-    figures = measured_command(command, output_dir)
+    # Another checkout runs its own package: its src/ first on every Flower process's path.
+    env = None if args.repo == ROOT else {**os.environ, "PYTHONPATH": str(args.repo / "src")}
+    figures = measured_command(command, output_dir, env)
     if args.keep:
-        keep_result(output_dir, f"{args.keep}-{engine}", str(figures["command"]))
+        shown = str(figures["command"]).replace(f"{ROOT}/run.sh", "./run.sh")
+        if env:
+            shown = f"PYTHONPATH={args.repo}/src {shown}"
+        keep_result(output_dir, f"{args.keep}-{engine}", shown)
     latencies = figures["round_latency_s"]
     warm = latencies[1:] or latencies
     print(json.dumps({"engine": engine, **figures}), flush=True)

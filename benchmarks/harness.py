@@ -122,8 +122,12 @@ def measured_run(args: list[str], output_dir: Path) -> dict[str, object]:
     return measured_command([str(ROOT / "run.sh"), *args, "--output-dir", str(output_dir)], output_dir)
 
 
-def measured_command(command: list[str], output_dir: Path) -> dict[str, object]:
-    """Run a command that writes a run's outputs to ``output_dir``; return figures and peak memory."""
+def measured_command(
+    command: list[str], output_dir: Path, env: dict[str, str] | None = None
+) -> dict[str, object]:
+    """Run a command that writes a run's outputs to ``output_dir``; return figures and peak memory.
+
+    ``env``: the command's environment (default: this process's)."""
     started = time.monotonic()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(output_dir.with_suffix(".log"), "w") as handle:
@@ -132,6 +136,7 @@ def measured_command(command: list[str], output_dir: Path) -> dict[str, object]:
             stdout=handle,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env=env,
         )
         sampler = MemorySampler(process.pid)
         sampler.start()

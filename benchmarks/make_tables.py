@@ -120,6 +120,37 @@ def central_rows(runs: list[Run]) -> list[Row]:
     return rows
 
 
+ENGINES = ("deployment", "simulation")  # benchmarks/engine_rounds.py keeps NAME-<engine>
+PHASE_COLUMNS = {"startup_s": "site start-up", "data_s": "data", "model_s": "model",
+                 "validation_s": "validation", "training_s": "training"}  # fmt: skip
+
+
+def warm_round_s(run: Run) -> float:
+    """Mean seconds of the rounds after the first (the first also pays one-off start-up)."""
+    elapsed = run.rounds["elapsed_s"].astype(float).diff().dropna().tolist()
+    warm = elapsed[1:] or elapsed
+    return sum(warm) / len(warm)
+
+
+def engine_rows(runs: list[Run]) -> list[Row]:
+    """Deployment vs simulation, run by run: warm round time, the sites' median seconds per phase."""
+    kept = {run.name: run for run in runs if run.name.rpartition("-")[2] in ENGINES}
+    rows = []
+    for name, run in kept.items():
+        prefix, _, engine = name.rpartition("-")
+        warm = run.sites[run.sites["round"] >= 2] if not run.sites.empty else run.sites
+        phases = {label: f"{warm[c].median():.1f} s" if c in warm and warm[c].notna().any() else "n/a"
+                  for c, label in PHASE_COLUMNS.items()}  # fmt: skip
+        simulation = kept.get(f"{prefix}-simulation")
+        versus = (
+            ratio(warm_round_s(run), warm_round_s(simulation)) if simulation and run is not simulation else ""
+        )
+        rows.append({"run": name, "engine": engine, "sites": run.get("num-partitions"),
+                     "image px": run.get("image-size"), "warm round": f"{warm_round_s(run):.1f} s", **phases,
+                     "round / simulation round": versus})  # fmt: skip
+    return rows
+
+
 OVERALL = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1",
            "ece": "ECE (top label)"}  # fmt: skip
 FIRST = ("images", *OVERALL.values(), "mean top-label confidence")  # then per-class sensitivity
@@ -187,6 +218,8 @@ TABLES: dict[str, Table] = {
         ("sites", "TLS + node auth", "passes", "mean round", "wall time"),
         select=lambda run: run.engine == "deployment",
         baseline=lambda run: run.engine == "deployment" and not run.secure),
+    "engines": Table(
+        f"python3 benchmarks/engine_rounds.py {DATA} --sites 4 --rounds 3 --keep engines4", rows=engine_rows),
     "privacy": Table(
         f"{PRIVACY} --only privacy",
         ("setting", "official accuracy", "leak-free accuracy", "epsilon", "mean round"),

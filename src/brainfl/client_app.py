@@ -113,7 +113,7 @@ def train_site(
             bundle.trainable.set_weights(weights)
         server_round = int(config.get("global-round", config.get("server-round", 0)))
         with timer.phase("validation"):
-            received = validate(settings, bundle, site) if len(site.val) else {}
+            received = validate(settings, bundle, site)  # every reply has the same metric keys
         with timer.phase("training"):
             metrics = local_update(
                 settings,
@@ -126,17 +126,15 @@ def train_site(
                 epochs=int(config.get("local-epochs", settings.local_epochs)),
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
             )
-        held_out = (
-            f"; the received model's validation accuracy {received['val_accuracy']:.4f}" if received else ""
-        )
         LOG.info(
-            "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f%s",
+            "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f; "
+            "the received model's validation accuracy %.4f",
             site.site_id,
             server_round,
             len(site.train),
             metrics["train_loss"],
             metrics["train_accuracy"],
-            held_out,
+            received["val_accuracy"],
         )
         LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
         return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site), **timer.metrics()}
