@@ -6,9 +6,12 @@ import keras
 import numpy as np
 import pytest
 
+from brainfl import training
 from brainfl.batch_norm import _batch_moments_function, recalibrate_batchnorm
 from brainfl.training import (
+    EAGER_MAX_BATCHES,
     PriorAdjustedCrossEntropy,
+    predict_proba,
     round_learning_rate,
     site_class_prior,
     train,
@@ -156,10 +159,23 @@ def test_precise_batchnorm_describes_the_class_mix_of_class_sorted_inputs():
 
 def test_precise_batchnorm_traces_its_forward_pass_once_per_model():
     model = _augmented_bn_model()
-    inputs = np.random.default_rng(2).normal(size=(40, 6)).astype("float32")
+    inputs = np.random.default_rng(2).normal(size=(200, 6)).astype("float32")
     for batch_size in (32, 16, 8):  # full and partial batches of several sizes
         recalibrate_batchnorm(model, inputs, batch_size)
     assert _batch_moments_function(model).experimental_get_tracing_count() == 1
+
+
+def test_a_precise_batchnorm_pass_of_a_few_batches_runs_eagerly_with_the_same_statistics(monkeypatch):
+    inputs = np.random.default_rng(4).normal(loc=2.0, size=(96, 6)).astype("float32")
+    eager, traced = _augmented_bn_model(), _augmented_bn_model()
+    traced.set_weights(eager.get_weights())
+    recalibrate_batchnorm(eager, inputs, batch_size=32)  # 3 batches
+    assert _batch_moments_function(eager).experimental_get_tracing_count() == 0
+    monkeypatch.setattr(training, "EAGER_MAX_BATCHES", 0)
+    recalibrate_batchnorm(traced, inputs, batch_size=32)
+    assert _batch_moments_function(traced).experimental_get_tracing_count() == 1
+    for a, b in zip(eager.get_weights(), traced.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_precise_batchnorm_leaves_models_without_a_layer_chain_or_batchnorm_alone():
@@ -194,3 +210,52 @@ def test_train_is_reproducible_for_a_seed_whatever_ran_before() -> None:
     train(model, images, labels, seed=7, **kwargs)
     for a, b in zip(first, model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _small_cnn_update(monkeypatch, eager: bool) -> tuple[list[np.ndarray], dict, bool]:
+    """One 2-step update of a fresh CNN, op by op or traced; its weights, metrics and mode."""
+    from brainfl.models import build_model
+
+    if not eager:
+        monkeypatch.setattr(training, "EAGER_MAX_BATCHES", 0)
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", 32, 4).trainable
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (16, 32, 32, 1), dtype=np.uint8), np.arange(16) % 4
+    metrics = train(model, images, labels, epochs=1, batch_size=8, learning_rate=1e-3, seed=3)
+    return model.get_weights(), metrics, model.run_eagerly
+
+
+def test_a_fit_of_a_few_batches_runs_eagerly_and_updates_as_a_traced_fit(monkeypatch):
+    eager_weights, eager_metrics, eager_mode = _small_cnn_update(monkeypatch, eager=True)
+    traced_weights, traced_metrics, traced_mode = _small_cnn_update(monkeypatch, eager=False)
+    assert (eager_mode, traced_mode) == (True, False)
+    assert eager_metrics == pytest.approx(traced_metrics, rel=1e-5)
+    for a, b in zip(eager_weights, traced_weights, strict=True):  # float round-off of fused kernels only
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_a_traced_training_step_outlives_eager_calls():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.normal(size=(80, 8)).astype("float32"), rng.integers(0, 4, 80)
+    large, small = (EAGER_MAX_BATCHES + 1) * 8, EAGER_MAX_BATCHES * 8
+    train(model, inputs[:large], labels[:large], epochs=1, batch_size=8, learning_rate=0.01)
+    traced = model.train_function
+    train(model, inputs[:small], labels[:small], epochs=1, batch_size=8, learning_rate=0.01)
+    assert model.run_eagerly and model.train_function is not traced
+    train(model, inputs[:large], labels[:large], epochs=1, batch_size=8, learning_rate=0.01)
+    assert not model.run_eagerly and model.train_function is traced  # not traced again
+
+
+def test_predicting_a_few_batches_eagerly_gives_the_traced_probabilities():
+    from brainfl.models import build_model
+
+    model = build_model("cnn", 32, 4).trainable
+    images = np.random.default_rng(1).integers(0, 255, (40, 32, 32, 1), dtype=np.uint8)
+    eager = predict_proba(model, images, batch_size=16)  # 3 batches
+    traced = predict_proba(model, images, batch_size=8)  # 5 batches
+    assert model.predict_function is not None and eager.dtype == traced.dtype == np.float32
+    np.testing.assert_allclose(eager, traced, rtol=1e-4, atol=1e-6)
+    assert predict_proba(model, images[:0]).shape == (0, 4)

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from brainfl.training import runs_eagerly
+
 PRECISE_BN_IMAGES = 1024
 
 
@@ -47,6 +49,7 @@ def recalibrate_batchnorm(
     by class, and the first images, or batches of one class, would describe
     one class instead of the mix the model is trained and tested on. Models that
     are not a plain chain of layers, or have no BN layer, are left as they are.
+    A pass of a few batches runs eagerly (:func:`brainfl.training.runs_eagerly`).
     """
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms or not _is_chain(model):
@@ -55,6 +58,8 @@ def recalibrate_batchnorm(
     order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]
     used = inputs[order]
     batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
+    if runs_eagerly(len(batches)):  # the same pass op by op: cheaper than tracing it
+        batch_moments = batch_moments.python_function
     per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
     sizes = [len(batch) for batch in batches]
     for index, layer in enumerate(norms):
