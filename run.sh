@@ -216,6 +216,10 @@ if [[ "$MODE" == deployment ]]; then
   if [[ ${#SITE_DIRS[@]} -gt 0 && ${#SITE_DIRS[@]} -ne $SITES ]]; then
     echo "run.sh: error: --site-data-dirs names ${#SITE_DIRS[@]} folders for $SITES sites" >&2; exit 2
   fi
+  # The SuperNodes share this machine's cores: each site's TensorFlow gets cores / sites threads
+  # (at least 1), so that sites training at once do not oversubscribe the cores.
+  SITE_THREADS=$(( $(nproc) / SITES ))
+  (( SITE_THREADS >= 1 )) || SITE_THREADS=1
   for ((site = 0; site < SITES; site++)); do
     if [[ ${#SITE_DIRS[@]} -gt 0 ]]; then
       NODE_DATA="partition-id=$site data-dir='$(abspath "${SITE_DIRS[$site]}")'"
@@ -228,7 +232,8 @@ if [[ "$MODE" == deployment ]]; then
         { echo "run.sh: error: could not register $CERTS_DIR/site_$site.pub, see $LOG_DIR/superlink.log" >&2; exit 1; }
       SUPERNODE_SECURITY=(--root-certificates "$CERTS_DIR/ca.crt" --auth-supernode-private-key "$CERTS_DIR/site_$site")
     fi
-    flower-supernode "${SUPERNODE_SECURITY[@]}" --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
+    TF_NUM_INTRAOP_THREADS="${TF_NUM_INTRAOP_THREADS:-$SITE_THREADS}" \
+      flower-supernode "${SUPERNODE_SECURITY[@]}" --superlink "127.0.0.1:$PORT" --port $((PORT + 1 + site)) \
       --node-config "$NODE_DATA log-dir='$LOG_DIR'" \
       >"$LOG_DIR/supernode_$site.log" 2>&1 &
     PIDS+=($!)

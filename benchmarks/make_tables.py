@@ -98,7 +98,8 @@ def rows_of(table: Table, runs: list[Run]) -> list[Row]:
 def central_rows(runs: list[Run]) -> list[Row]:
     """Federated vs centralized: accuracy at equal passes; passes and time to the central final accuracy."""
     rows, same = [], ("image-size", "model", "emulator")
-    for fed, central in ((f, c) for f in runs if f.plain for c in runs if c.central):
+    trained = [f for f in runs if f.plain and f.passes >= HEADLINE_PASSES]  # not the short timing runs
+    for fed, central in ((f, c) for f in trained for c in runs if c.central):
         if not partner(fed, [central], lambda r: True, same):
             continue
         target, hit = reach(central.rounds, central.final), reach(fed.rounds, central.final)  # target: a hit
