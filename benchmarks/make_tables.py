@@ -98,7 +98,7 @@ def rows_of(table: Table, runs: list[Run]) -> list[Row]:
 def central_rows(runs: list[Run]) -> list[Row]:
     """Federated vs centralized: accuracy at equal passes; passes and time to the central final accuracy."""
     rows, same = [], ("image-size", "model", "emulator")
-    trained = [f for f in runs if f.plain and f.passes >= HEADLINE_PASSES]  # not the short timing runs
+    trained = [f for f in runs if f.plain and not is_engine_timing(f)]
     for fed, central in ((f, c) for f in trained for c in runs if c.central):
         if not partner(fed, [central], lambda r: True, same):
             continue
@@ -126,6 +126,11 @@ PHASE_COLUMNS = {"startup_s": "site start-up", "data_s": "data", "model_s": "mod
                  "validation_s": "validation", "training_s": "training"}  # fmt: skip
 
 
+def is_engine_timing(run: Run) -> bool:
+    """Whether ``run`` is one of ``engine_rounds.py``'s timing runs (kept as NAME-<engine>)."""
+    return run.name.rpartition("-")[2] in ENGINES
+
+
 def warm_round_s(run: Run) -> float:
     """Mean seconds of the rounds after the first (the first also pays one-off start-up)."""
     elapsed = run.rounds["elapsed_s"].astype(float).diff().dropna().tolist()
@@ -135,7 +140,7 @@ def warm_round_s(run: Run) -> float:
 
 def engine_rows(runs: list[Run]) -> list[Row]:
     """Deployment vs simulation, run by run: warm round time, the sites' median seconds per phase."""
-    kept = {run.name: run for run in runs if run.name.rpartition("-")[2] in ENGINES}
+    kept = {run.name: run for run in runs if is_engine_timing(run)}
     rows = []
     for name, run in kept.items():
         prefix, _, engine = name.rpartition("-")

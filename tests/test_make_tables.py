@@ -242,3 +242,18 @@ def test_committed_docs_are_current_with_the_committed_results():
     if not results.is_dir() or not any(p.is_dir() for p in results.iterdir()):
         pytest.skip("no result folder committed under benchmarks/results/")
     assert main(["--check"]) == 0, "README.md or BENCHMARKS.md is stale: python3 benchmarks/make_tables.py"
+
+
+def test_engine_table_sets_deployment_against_simulation_on_warm_rounds(tmp_path):
+    # warm rounds (after the first): deployment 60 s, simulation 40 s
+    keep(tmp_path, "e4-deployment", [0.2, 0.5, 0.6, 0.7], [0, 100, 160, 220], "./run.sh --sites 4")
+    keep(tmp_path, "e4-simulation", [0.2, 0.5, 0.6, 0.7], [0, 90, 130, 170], "./run.sh --simulation")
+    sites = tmp_path / "benchmarks" / "results" / "e4-deployment" / "site_metrics.csv"
+    table = pd.read_csv(sites).assign(startup_s=[9.0, 9.0, 13.0, 11.0], training_s=[20.0, 22.0, 24.0, 26.0])
+    table.to_csv(sites, index=False)
+    rows = [line.split(" | ") for line in render("engines", tmp_path / "benchmarks" / "results").splitlines()]
+    deployment = next(row for row in rows if row[0] == "| e4-deployment")
+    assert deployment[4:6] == ["60.0 s", "12.0 s"]  # warm round; start-up median of round 2's sites
+    assert deployment[-2:] == ["25.0 s", "1.50 |"]  # training median, warm round / simulation's
+    simulation = next(row for row in rows if row[0] == "| e4-simulation")
+    assert simulation[4] == "40.0 s" and simulation[5] == "n/a"
