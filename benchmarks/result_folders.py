@@ -70,8 +70,9 @@ class Run(Kept):
         self.private = self.get("dp", "none") != "none" or bool(self.get("secagg"))  # DP or SecAgg+
         self.poison = words[words.index("--poison") + 1] if "--poison" in words[:-1] else ""  # poisoning.py
         self.plain = not self.central and not self.private and not self.poison  # federated, no DP, no poison
-        self.secure = "--secure" in words  # run.sh --secure: TLS and SuperNode authentication
-        deployed = "run.sh" in self.command and "--simulation" not in words
+        rehearsal = "rehearse.sh" in self.command  # deploy/rehearse.sh: always TLS and node auth
+        self.secure = "--secure" in words or rehearsal  # run.sh --secure: TLS and SuperNode authentication
+        deployed = rehearsal or ("run.sh" in self.command and "--simulation" not in words)
         self.engine = ("one process (emulator)" if self.get("emulator") else "one process" if self.central
                        else "deployment" if deployed else "simulation")  # fmt: skip
         self.unit = "epoch" if self.central else "round"  # what a row of its results follows
