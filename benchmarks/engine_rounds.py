@@ -29,21 +29,18 @@ from pathlib import Path
 import pandas as pd
 
 from brainfl.results import SITE_CSV
-from brainfl.timings import PHASES
 from harness import ROOT, free_port_block, keep_result, markdown_table, measured_command
+from result_folders import FIRST_WARM_ROUND, warm_phase_medians
 from subset import make_subset
 
 
-def phase_medians(output_dir: Path, first_warm_round: int = 2) -> dict[str, float]:
-    """Median seconds per phase of the sites' train messages in the warm rounds."""
+def phase_medians(output_dir: Path) -> dict[str, float]:
+    """The sites' median seconds per phase in the warm rounds, and the slowest site's message."""
     sites = pd.read_csv(output_dir / SITE_CSV)
-    warm = sites[sites["round"] >= first_warm_round]
-    columns = [f"{phase}_s" for phase in PHASES if f"{phase}_s" in warm.columns]
-    medians = {
-        column: round(float(warm[column].median()), 1) for column in columns if warm[column].notna().any()
-    }
+    medians = {column: round(value, 1) for column, value in warm_phase_medians(sites).items()}
     if medians:
-        slowest = warm[columns].sum(axis=1).groupby(warm["round"]).max()
+        warm = sites[sites["round"] >= FIRST_WARM_ROUND]
+        slowest = warm[list(medians)].sum(axis=1).groupby(warm["round"]).max()
         medians["slowest site s"] = round(float(slowest.median()), 1)
     return medians
 

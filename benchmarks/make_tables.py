@@ -40,6 +40,7 @@ from result_folders import (
     load_runs,
     ratio,
     reach,
+    warm_phase_medians,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,9 +145,10 @@ def engine_rows(runs: list[Run]) -> list[Row]:
     rows = []
     for name, run in kept.items():
         prefix, _, engine = name.rpartition("-")
-        warm = run.sites[run.sites["round"] >= 2] if not run.sites.empty else run.sites
-        phases = {label: f"{warm[c].median():.1f} s" if c in warm and warm[c].notna().any() else "n/a"
-                  for c, label in PHASE_COLUMNS.items()}  # fmt: skip
+        medians = warm_phase_medians(run.sites)
+        phases = {
+            label: f"{medians[c]:.1f} s" if c in medians else "n/a" for c, label in PHASE_COLUMNS.items()
+        }
         simulation = kept.get(f"{prefix}-simulation")
         versus = (
             ratio(warm_round_s(run), warm_round_s(simulation)) if simulation and run is not simulation else ""

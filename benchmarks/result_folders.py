@@ -19,10 +19,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainfl.timings import PHASES  # site_metrics.csv's <phase>_s columns
+
 CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
 THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
 Row = dict[str, object]
+
+
+FIRST_WARM_ROUND = 2  # round 1 also pays one-off start-up
+
+
+def warm_phase_medians(sites: pd.DataFrame) -> dict[str, float]:
+    """Median seconds per phase (``<phase>_s``) of the sites' train messages in the warm rounds."""
+    if sites.empty:
+        return {}
+    warm = sites[sites["round"] >= FIRST_WARM_ROUND]
+    columns = [f"{phase}_s" for phase in PHASES if f"{phase}_s" in warm.columns]
+    return {column: float(warm[column].median()) for column in columns if warm[column].notna().any()}
 
 
 def reach(rounds: pd.DataFrame, target: float) -> tuple[int, float] | None:
