@@ -62,7 +62,7 @@ def run_engine(args: argparse.Namespace, engine: str, data_dir: str) -> dict[str
         shown = str(figures["command"]).replace(f"{ROOT}/run.sh", "./run.sh")
         if env:
             shown = f"PYTHONPATH={args.repo}/src {shown}"
-        keep_result(output_dir, f"{args.keep}-{engine}", shown)
+        keep_result(output_dir, f"{args.keep}-{engine}", shown, measurement=figures)
     latencies = figures["round_latency_s"]
     warm = latencies[1:] or latencies
     print(json.dumps({"engine": engine, **figures}), flush=True)

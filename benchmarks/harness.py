@@ -7,12 +7,16 @@ starts (psutil, every 0.5 s): the whole tree, the server process
 process (a ``flwr-clientapp`` or Ray worker), and returns those peaks with
 the run's figures from :func:`summarize_run.summarize` and the exact command.
 :func:`keep_result` copies a run's small result files (never models, logs or
-images) to ``benchmarks/results/<name>/`` with the command that made them.
+images) to ``benchmarks/results/<name>/`` with the command that made them and,
+given the figures :func:`measured_command` returned, their numbers in
+``measurement.json`` (peak memory, wall and command seconds, round latencies).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import random
 import shlex
 import shutil
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,7 @@ from brainfl.model_files import RUN_CONFIG
 from brainfl.results import RESULTS_CSV, SITE_CSV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_folders import MEASUREMENT
 from summarize_run import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +161,34 @@ def measured_command(
     }
 
 
-def keep_result(run_dir: Path, name: str, command: str | Sequence[str], root: Path = RESULTS) -> Path:
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def measured_numbers(figures: Mapping[str, object]) -> dict[str, object]:
+    """The numbers among ``figures`` (and lists of numbers, such as round latencies); no text, no None."""
+    return {
+        key: value if is_number(value) else list(value)
+        for key, value in figures.items()
+        if is_number(value) or (isinstance(value, list | tuple) and value and all(map(is_number, value)))
+    }
+
+
+def keep_result(
+    run_dir: Path,
+    name: str,
+    command: str | Sequence[str],
+    root: Path = RESULTS,
+    measurement: Mapping[str, object] | None = None,
+) -> Path:
     """Copy ``run_dir``'s result CSVs and run config to ``root/name`` with a one-line ``command.txt``.
 
     Only those small files: a run's models, logs and images stay where the
     run wrote them. A file of that list the run lacks is not written (nor
-    left over from an earlier result of the same name). Returns the folder.
+    left over from an earlier result of the same name). ``measurement``: the
+    figures of :func:`measured_command`, whose numbers (``peak_total_gib``,
+    ``peak_server_gib``, ``peak_site_gib``, ``wall_s``, ``command_s``,
+    ``round_latency_s``...) go to ``measurement.json``. Returns the folder.
     """
     if not (Path(run_dir) / RESULTS_CSV).is_file():
         raise FileNotFoundError(f"no {RESULTS_CSV} in {run_dir}: not a finished run")
@@ -173,6 +200,9 @@ def keep_result(run_dir: Path, name: str, command: str | Sequence[str], root: Pa
             shutil.copyfile(Path(run_dir) / file_name, target / file_name)
     line = command if isinstance(command, str) else shlex.join(command)
     (target / COMMAND_FILE).write_text(line.replace("\n", " ") + "\n")
+    (target / MEASUREMENT).unlink(missing_ok=True)
+    if measurement:
+        (target / MEASUREMENT).write_text(json.dumps(measured_numbers(measurement), indent=2) + "\n")
     return target
 
 

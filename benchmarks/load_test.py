@@ -44,7 +44,9 @@ def main() -> None:
         command += ["--run-config", WORKLOAD, *extra]
         figures = measured_run(command, output_dir)
         if args.keep:
-            keep_result(output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]))
+            keep_result(
+                output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]), measurement=figures
+            )
         latencies = figures["round_latency_s"]
         rows.append(
             {

@@ -3,10 +3,14 @@
 A folder under ``benchmarks/results/`` is named by its path there (``iid4-r40``; ``suite24/4_IID`` for a
 suite kept with ``--keep suite24``) and holds ``command.txt`` (the command that made it) and an optional
 one-line ``machine.txt``. With ``federated_learning_results.csv`` it is a run (``harness.keep_result``:
-``run_config.json``, ``site_metrics.csv``); with ``evaluation.csv`` (``brainfl evaluate``) a column of
-the external validation table; with ``decode_speed.csv`` rows of the decode-time table. A table goes
-between ``<!-- table:NAME -->`` and ``<!-- /table -->``, its folders' commands and machines under it; a
-question no folder answers gets one line and a command that would. A comparison pairs runs kept at the
+``run_config.json``, ``site_metrics.csv``, ``measurement.json`` with the peak memory the benchmark script
+measured); with ``evaluation.csv`` (``brainfl evaluate``) a column of the external validation table, unless
+it is a run's ``shifted/`` or ``shifted-leak-free/`` (``benchmarks/shifted_copy.py``: the run's final model
+on a shifted copy of the Testing split), which the runs and shifted tables show with the run; with
+``decode_speed.csv`` rows of the decode-time table; with ``throughput.csv`` rows of the throughput
+table. A table goes between ``<!-- table:NAME -->`` and
+``<!-- /table -->``, its folders' commands and machines under it; a question no folder answers gets one
+line and a command that would. A comparison pairs runs kept at the
 same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs.
 ``result_folders.py`` reads the folders and a run's cells; this module picks the rows of each table,
 sets runs against their baselines and writes the tables into the docs::
@@ -28,7 +32,9 @@ from pathlib import Path
 import pandas as pd
 
 from result_folders import (
+    EVALUATION_FILES,
     RUN_FILES,
+    SHIFTED,
     THRESHOLDS,
     Kept,
     Row,
@@ -36,8 +42,10 @@ from result_folders import (
     acc,
     duration,
     gap,
+    in_a_run,
     load,
     load_runs,
+    overall,
     ratio,
     reach,
     warm_phase_medians,
@@ -61,7 +69,8 @@ def partner(run: Run, runs: list[Run], accept: Callable[[Run], bool], keys: tupl
 
 
 PER_RUN = ("setting", "engine", "image px", "rounds x local epochs", "passes", "official accuracy",
-           "best (round)", "leak-free accuracy", "macro F1", *(f"{t}% reached" for t in THRESHOLDS),
+           "best (round)", "leak-free accuracy", *SHIFTED.values(), "macro F1",
+           *(f"{t}% reached" for t in THRESHOLDS),
            "wall time")  # fmt: skip
 
 HEADLINE_PASSES = 40  # the README summary shows trained models, not short timing runs
@@ -79,6 +88,7 @@ class Table:
     headline: bool = False  # only the runs kept at the top of results/ (every run if none is)
     rows: Callable[[list], list[Row]] | None = None  # its own rows, from the folders holding ``files``
     files: tuple[str, str] = RUN_FILES  # (CSV, JSON)
+    also: Callable[[Kept], list[Kept]] = lambda one: []  # folders inside a shown one whose commands it shows
 
 
 def rows_of(table: Table, runs: list[Run]) -> list[Row]:
@@ -155,7 +165,8 @@ def engine_rows(runs: list[Run]) -> list[Row]:
         )
         rows.append({"run": name, "engine": engine, "sites": run.get("num-partitions"),
                      "image px": run.get("image-size"), "warm round": f"{warm_round_s(run):.1f} s", **phases,
-                     "round / simulation round": versus})  # fmt: skip
+                     "round / simulation round": versus,
+                     "peak memory, all processes": run.cells["peak memory, all processes"]})  # fmt: skip
     return rows
 
 
@@ -173,7 +184,7 @@ def interval(value: float, low: float, high: float) -> str:
 def evaluation_rows(kept: list[Kept]) -> list[Row]:
     """A row per metric (overall, then per-class sensitivity), a column per ``brainfl evaluate`` folder."""
     rows: dict[str, Row] = {}
-    for one in kept:
+    for one in (one for one in kept if not in_a_run(one)):  # a run's shifted copy: the shifted table
         t = one.table[one.table["metric"].isin([*OVERALL, "sensitivity"])]
         labels = t["metric"].map(OVERALL).fillna("sensitivity, " + t["class"].astype(str))
         cells = dict(zip(labels, map(interval, t["value"], t["low"], t["high"]), strict=True))
@@ -183,6 +194,33 @@ def evaluation_rows(kept: list[Kept]) -> list[Row]:
         for label, cell in cells.items():
             rows.setdefault(label, {"metric": label})[one.name] = cell
     return sorted(rows.values(), key=lambda row: FIRST.index(row["metric"]) if row["metric"] in FIRST else 99)
+
+
+def shifted_rows(runs: list[Run]) -> list[Row]:
+    """Runs scored on a shifted copy of Testing: accuracy there with its interval, per-class sensitivity."""
+    rows = []
+    for run in (run for run in runs if run.shifted):
+        row: Row = {"run": run.name}
+        row |= {
+            column: run.cells[column] for column in ("setting", "official accuracy", "leak-free accuracy")
+        }
+        for sub, label in SHIFTED.items():
+            scored = run.shifted.get(sub)
+            row[f"{label} [95% interval]"] = interval(*overall(scored.table)) if scored else "-"
+        if "shifted" in run.shifted:  # the whole shifted copy, class by class
+            t = run.shifted["shifted"].table
+            t = t[(t["metric"] == "sensitivity") & t["class"].notna()]
+            for name, value, low, high in zip(t["class"], t["value"], t["low"], t["high"], strict=True):
+                row[f"shifted sensitivity, {name}"] = interval(value, low, high)
+        rows.append(row)
+    columns = dict.fromkeys(column for row in rows for column in row)
+    return [{column: row.get(column, "-") for column in columns} for row in rows]  # "-": no such score
+
+
+def shifted_commands(run: Run) -> list[Kept]:
+    """A run's shifted-copy evaluations, the first of each command (one ``score`` command writes both)."""
+    parts = list(run.shifted.values())
+    return [one for at, one in enumerate(parts) if one.command not in [p.command for p in parts[:at]]]
 
 
 def decode_rows(kept: list[Kept]) -> list[Row]:
@@ -198,15 +236,30 @@ def decode_rows(kept: list[Kept]) -> list[Row]:
     return rows
 
 
+def throughput_rows(kept: list[Kept]) -> list[Row]:
+    """A row per folder and step of ``throughput.csv``: the app's images per second and the tight loop's."""
+    return [{"run": one.name, "step": r.step, "images": r.images, "batch size": r.batch_size,
+             "app, images per s": f"{r.app_images_per_s:.0f}",
+             "tight loop, images per s": f"{r.tight_images_per_s:.0f}",
+             "app / tight loop": f"{r.app_share:.2f}"}
+            for one in kept for r in one.table.itertuples()]  # fmt: skip
+
+
 DATA = "--data-dir ../shared/data/brain-tumor-mri"
 SUITE = f"python3 benchmarks/suite.py {DATA} --workload image-size=64"
 PRIVACY = f"python3 benchmarks/privacy_robustness.py {DATA} --rounds 4 --local-epochs 1"
 SUITE160 = f'{SUITE} --epochs 160 --local-epochs 4 --only centralized "4 IID" --keep fed160'
 SKEW = '--only "4 IID" "4 Dir 0.3" "4 Dir 0.3 balanced softmax" --keep skew24'
 EVALUATE = "brainfl evaluate outputs/<run>/final_model.keras ../shared/data/brain-tumor-mri --output DIR"
+SHIFTED_COPY = (
+    f"python3 benchmarks/shifted_copy.py make {DATA} --out /tmp/shifted-copy\n"
+    "python3 benchmarks/shifted_copy.py score --model benchmarks/runs/<run>/final_model.keras "
+    "--copy /tmp/shifted-copy --output /tmp/shifted-scores --keep <run>"
+)
 TABLES: dict[str, Table] = {
     "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
-                                "97% reached", "wall time"), headline=True,
+                                "shifted accuracy", "shifted leak-free accuracy", "97% reached", "wall time"),
+                     headline=True,
                      select=lambda run: run.passes >= HEADLINE_PASSES),
     "runs": Table(f"{SUITE} --epochs 24 --local-epochs 4 --keep suite24"),
     "centralized": Table(SUITE160, rows=central_rows),
@@ -219,7 +272,7 @@ TABLES: dict[str, Table] = {
     "scale": Table(
         f'{SUITE} --epochs 4 --local-epochs 2 --only "50 sites (scale)" --keep scale',
         ("setting", "engine", "training images per site", "passes", "mean round", "official accuracy",
-         "wall time"),
+         "wall time", "peak memory, all processes"),
         select=lambda run: not run.central and int(run.get("num-partitions", 0)) >= SCALE_SITES),
     "deployment": Table(
         f"python3 benchmarks/load_test.py {DATA} --sites 10 --rounds 3 --keep load10",
@@ -237,7 +290,10 @@ TABLES: dict[str, Table] = {
         f"{PRIVACY} --only poison", ("setting", "official accuracy", "leak-free accuracy"),
         select=lambda run: not run.central and bool(run.poison or run.get("strategy") in ROBUST),
         baseline=lambda run: run.plain and run.get("strategy") == "fedavg", keys=(*SCHEDULE, "norm")),
-    "external-validation": Table(EVALUATE, rows=evaluation_rows, files=("evaluation.csv", "evaluation.json")),
+    "shifted": Table(SHIFTED_COPY, rows=shifted_rows, also=shifted_commands),
+    "external-validation": Table(EVALUATE, rows=evaluation_rows, files=EVALUATION_FILES),
+    "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep", rows=throughput_rows,
+                        files=("throughput.csv", "throughput.json")),
     "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep", rows=decode_rows,
                          files=("decode_speed.csv", "decode_speed.json")),
 }  # fmt: skip
@@ -260,6 +316,7 @@ def render(name: str, results: Path) -> str:
         no = "No result folder in `benchmarks/results/` answers this yet; this command measures it:"
         return f"{no}\n\n```bash\n{table.command}\n```\n"
     used = [one for one in kept if any(one.name in row or one.name in row.values() for row in rows)]
+    used = [part for one in used for part in (one, *table.also(one))]
     commands = "\n".join(f"# {one.name}\n{one.command or '(no command.txt)'}" for one in used)
     machines = "; ".join(sorted({one.machine for one in used}))
     return f"{markdown(rows)}\n\nCommands:\n\n```bash\n{commands}\n```\n\nMachine: {machines}.\n"

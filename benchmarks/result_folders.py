@@ -6,7 +6,11 @@ suite24``) and holds ``command.txt`` (the command that made it) and an optional 
 ``load_runs`` reads every run (``harness.keep_result``: ``federated_learning_results.csv``,
 ``run_config.json``, ``site_metrics.csv``) into a ``Run``: its kind (centralized, private, poisoned,
 deployed), its numbers (passes = rounds x local epochs, final and leak-free accuracy, time to each
-threshold) and, in ``Run.cells``, its cell in every column a table of ``make_tables.py`` may show.
+threshold) and, in ``Run.cells``, its cell in every column a table of ``make_tables.py`` may show. A run
+folder may also hold ``measurement.json`` (``harness.keep_result(..., measurement=...)``: what the benchmark
+script measured while it ran, such as ``peak_total_gib``, the peak memory of all its processes) and, from
+``benchmarks/shifted_copy.py``, ``brainfl evaluate``'s scores of its final model on a shifted copy of the
+Testing split: ``shifted/evaluation.csv`` and ``shifted-leak-free/evaluation.csv`` (``Run.shifted``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from brainfl.timings import PHASES  # site_metrics.csv's <phase>_s columns
 CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
 THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
+MEASUREMENT = "measurement.json"  # a run's figures measured by the benchmark script (harness.keep_result)
+EVALUATION_FILES = ("evaluation.csv", "evaluation.json")  # brainfl evaluate (brainfl.evaluate.CSV_NAME)
+SHIFTED = {"shifted": "shifted accuracy", "shifted-leak-free": "shifted leak-free accuracy"}  # in a run
+COPY_FILE = "copy.txt"  # beside a shifted evaluation: "command: <the shifted_copy.py make command>", ...
 Row = dict[str, object]
 
 
@@ -62,12 +70,37 @@ class Kept:
     machine: str
 
 
+def kept(folder: Path, name: str, csv_name: str, json_name: str, kind: type[Kept] = Kept) -> Kept:
+    """The ``kind`` of ``folder`` (which holds ``csv_name``), named ``name``."""
+    return kind(name, folder, pd.read_csv(folder / csv_name), json.loads(read(folder / json_name) or "{}"),
+                read(folder / "command.txt"), read(folder / "machine.txt") or CI_MACHINE)  # fmt: skip
+
+
 def load(results: Path, csv_name: str, json_name: str, kind: type[Kept] = Kept) -> list:
     """A ``kind`` for every folder under ``results`` holding ``csv_name``, sorted by name."""
     found = sorted(results.rglob(csv_name)) if results.is_dir() else []
-    return [kind(csv.parent.relative_to(results).as_posix(), csv.parent, pd.read_csv(csv),
-                 json.loads(read(csv.with_name(json_name)) or "{}"), read(csv.with_name("command.txt")),
-                 read(csv.with_name("machine.txt")) or CI_MACHINE) for csv in found]  # fmt: skip
+    return [kept(csv.parent, csv.parent.relative_to(results).as_posix(), csv_name, json_name, kind)
+            for csv in found]  # fmt: skip
+
+
+def shifted_evaluation(folder: Path, name: str) -> Kept:
+    """A run's shifted-copy evaluation; its command: the one that made the copy, then the one scoring it."""
+    one = kept(folder, name, *EVALUATION_FILES)
+    lines = read(folder / COPY_FILE).splitlines()
+    made = [line.removeprefix("command: ") for line in lines if line.startswith("command: ")]
+    one.command = "\n".join(line for line in (*made[:1], one.command) if line)
+    return one
+
+
+def in_a_run(one: Kept) -> bool:
+    """Whether ``one`` is a run's shifted-copy evaluation (``<run>/shifted``), shown with the run."""
+    return one.folder.name in SHIFTED and (one.folder.parent / RUN_FILES[0]).is_file()
+
+
+def overall(evaluation: pd.DataFrame, metric: str = "accuracy") -> tuple[float, float, float]:
+    """(value, low, high) of an overall metric (empty class) of ``evaluation.csv``; NaNs when absent."""
+    rows = evaluation[(evaluation["metric"] == metric) & evaluation["class"].isna()]
+    return tuple(float(rows[c].iloc[0]) for c in ("value", "low", "high")) if len(rows) else (math.nan,) * 3
 
 
 @dataclass(eq=False)
@@ -78,6 +111,9 @@ class Run(Kept):
         self.rounds = r = self.table.sort_values("round", ignore_index=True)
         sites, last, words = self.folder / "site_metrics.csv", r.iloc[-1], shlex.split(self.command)
         self.sites = pd.read_csv(sites) if sites.is_file() else pd.DataFrame()
+        self.measurement = json.loads(read(self.folder / MEASUREMENT) or "{}")  # harness.keep_result
+        shifted = [sub for sub in SHIFTED if (self.folder / sub / EVALUATION_FILES[0]).is_file()]
+        self.shifted = {sub: shifted_evaluation(self.folder / sub, f"{self.name}/{sub}") for sub in shifted}
         self.group = self.name.rpartition("/")[0]  # the folder level it was kept at ("" = the top)
         self.data = Path(str(self.get("data-dir", ""))).name
         self.central = bool(self.get("centralized"))
@@ -121,6 +157,11 @@ def duration(s: float | None) -> str:
     return "not reached" if s is None else f"{s:.0f} s" if s < 100 else f"{s / 60:.1f} min"
 
 
+def gib(value: object) -> str:
+    """A measured memory in GiB; ``-`` when it was not kept."""
+    return f"{float(value):.2f} GiB" if isinstance(value, int | float) and not pd.isna(value) else "-"
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
@@ -152,6 +193,9 @@ def cells(run: Run) -> Row:
         "rounds x local epochs": f"{run.rounds['round'].iloc[-1]} x {run.local_epochs}", "passes": run.passes,
         "official accuracy": acc(run.final), "best (round)": f"{best['accuracy']:.4f} ({int(best['round'])})",
         "leak-free accuracy": acc(run.leak_free), "macro F1": acc(run.f1),
+        **{label: acc(overall(run.shifted[sub].table)[0]) or "n/a" if sub in run.shifted else "-"
+           for sub, label in SHIFTED.items()},
+        "peak memory, all processes": gib(run.measurement.get("peak_total_gib")),
         "epsilon": "" if pd.isna(run.epsilon) else f"{run.epsilon:.3g} at delta {run.get('dp-delta')}",
         **{f"{t}% reached": f"{run.unit} {hit[0]}, {duration(hit[1])}" if hit else "not reached"
            for t, hit in run.hits.items()},

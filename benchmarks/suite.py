@@ -146,7 +146,9 @@ def main() -> None:
             figures = measured_command(command, output_dir)
         rows.append(table_row(name, figures, output_dir))
         if args.keep:
-            keep_result(output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]))
+            keep_result(
+                output_dir, f"{args.keep}/{output_dir.name}", str(figures["command"]), measurement=figures
+            )
         curves[name] = accuracy_per_pass(output_dir, args.local_epochs if SETTINGS[name][0] else 1)
         print(json.dumps({"setting": name, **figures}), flush=True)
     add_time_ratios(rows, args.local_epochs)

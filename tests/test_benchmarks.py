@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
 
+from brainfl.model_files import RUN_CONFIG
+from brainfl.results import RESULTS_CSV
 from conftest import CLASSES, make_dataset, run_benchmark
 from harness import COMMAND_FILE, KEPT_FILES, keep_result
+from result_folders import MEASUREMENT, load_runs
 from subset import make_subset
 from suite import add_time_ratios
 
@@ -57,6 +61,26 @@ def test_keep_result_leaves_no_stale_file_and_refuses_an_unfinished_run(tmp_path
     assert (kept / COMMAND_FILE).read_text() == "python3 benchmarks/x.py --again\n"
     with pytest.raises(FileNotFoundError, match="not a finished run"):
         keep_result(tmp_path / "empty", "other", "cmd", root=tmp_path / "results")
+
+
+def test_keep_result_keeps_the_measured_numbers_and_drops_an_old_measurement(tmp_path):
+    run_dir = _finished_run(tmp_path / "run")
+    (run_dir / RESULTS_CSV).write_text("round,accuracy,f1_macro,elapsed_s\n0,0.2,0.1,0\n1,0.5,0.4,61.5\n")
+    (run_dir / RUN_CONFIG).write_text(json.dumps({"num-partitions": 10}))
+    figures = {"command": "./run.sh --sites 10", "wall_s": 61.5, "command_s": 70.2, "s_to_97": None,
+               "round_latency_s": [30.1, 31.4], "peak_total_gib": 7.46, "peak_server_gib": 1.2,
+               "peak_site_gib": 0.61, "model": "cnn", "sites": 10}  # fmt: skip
+    kept = keep_result(
+        run_dir, "scale/10", figures["command"], root=tmp_path / "results", measurement=figures
+    )
+    assert json.loads((kept / MEASUREMENT).read_text()) == {
+        "wall_s": 61.5, "command_s": 70.2, "round_latency_s": [30.1, 31.4], "peak_total_gib": 7.46,
+        "peak_server_gib": 1.2, "peak_site_gib": 0.61, "sites": 10,
+    }  # fmt: skip
+    (run,) = load_runs(tmp_path / "results")
+    assert run.cells["peak memory, all processes"] == "7.46 GiB"
+    keep_result(run_dir, "scale/10", "./run.sh --again", root=tmp_path / "results")  # kept unmeasured
+    assert not (kept / MEASUREMENT).exists()
 
 
 def test_make_subset_links_n_seeded_images_per_class_and_split(tmp_path):

@@ -196,6 +196,23 @@ def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
     assert table.endswith("Machine: 2 CPU cores (x86_64), no GPU.\n")
 
 
+def test_throughput_has_a_row_per_step_with_the_apps_share_of_the_tight_loop(tmp_path):
+    folder = tmp_path / "benchmarks" / "results" / "throughput"
+    folder.mkdir(parents=True)
+    pd.DataFrame({
+        "step": ["training", "evaluation"], "images": 5708, "batch_size": [32, 128],
+        "app_images_per_s": [600.7, 3742.4], "tight_images_per_s": [634.0, 3767.6],
+        "app_share": [0.948, 0.993],
+    }).to_csv(folder / "throughput.csv", index=False)  # fmt: skip
+    (folder / "command.txt").write_text("python3 benchmarks/throughput.py --keep\n")
+    lines = render("throughput", tmp_path / "benchmarks" / "results").splitlines()
+    header = "| run | step | images | batch size | app, images per s | tight loop, images per s "
+    assert lines[0] == header + "| app / tight loop |"
+    assert lines[2] == "| throughput | training | 5708 | 32 | 601 | 634 | 0.95 |"
+    assert lines[3] == "| throughput | evaluation | 5708 | 128 | 3742 | 3768 | 0.99 |"
+    assert "python3 benchmarks/throughput.py --keep" in "\n".join(lines)
+
+
 def test_tables_without_their_folders_say_so_with_a_command(tmp_path):
     keep(tmp_path, "iid", [0.2, 0.9], [0, 10])  # a run is no evaluation and no timing
     results = tmp_path / "benchmarks" / "results"
@@ -214,6 +231,7 @@ def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, cap
         "deployment",
         "privacy",
         "robustness",
+        "shifted",
         "external-validation",
         "decode-time",
     )
@@ -254,6 +272,91 @@ def test_engine_table_sets_deployment_against_simulation_on_warm_rounds(tmp_path
     rows = [line.split(" | ") for line in render("engines", tmp_path / "benchmarks" / "results").splitlines()]
     deployment = next(row for row in rows if row[0] == "| e4-deployment")
     assert deployment[4:6] == ["60.0 s", "12.0 s"]  # warm round; start-up median of round 2's sites
-    assert deployment[-2:] == ["25.0 s", "1.50 |"]  # training median, warm round / simulation's
+    assert deployment[-3:] == ["25.0 s", "1.50", "- |"]  # training median, warm round / simulation's, memory
     simulation = next(row for row in rows if row[0] == "| e4-simulation")
     assert simulation[4] == "40.0 s" and simulation[5] == "n/a"
+
+
+def test_peak_memory_kept_in_measurement_json_shows_in_the_scale_and_engine_tables(tmp_path):
+    ten = {"num-partitions": 10}
+    measured = keep(tmp_path, "scale/10", [0.2, 0.5], [0, 60], "./run.sh --sites 10", **ten)
+    (measured / "measurement.json").write_text(json.dumps({"peak_total_gib": 7.456, "peak_site_gib": 0.9}))
+    keep(tmp_path, "scale/10-unmeasured", [0.2, 0.5], [0, 60], "./run.sh --sites 10", **ten)
+    keep(tmp_path, "e4-deployment", [0.2, 0.5, 0.6], [0, 100, 160], "./run.sh --sites 4")
+    folder = tmp_path / "benchmarks" / "results" / "e4-deployment"
+    (folder / "measurement.json").write_text(json.dumps({"peak_total_gib": 3.2}))
+    results = tmp_path / "benchmarks" / "results"
+    lines = render("scale", results).splitlines()
+    assert lines[0].endswith("| wall time | peak memory, all processes |")
+    assert lines[2].startswith("| scale/10 |") and lines[2].endswith("| 60 s | 7.46 GiB |")
+    assert lines[3].startswith("| scale/10-unmeasured |") and lines[3].endswith("| 60 s | - |")
+    assert "| e4-deployment |" not in "\n".join(lines)  # 4 sites: not a scale run
+    engines = render("engines", results).splitlines()
+    assert engines[0].endswith("| round / simulation round | peak memory, all processes |")
+    assert engines[2].startswith("| e4-deployment |") and engines[2].endswith("|  | 3.20 GiB |")
+
+
+def shifted(run_folder: Path, sub: str, accuracy: tuple, sensitivity: dict[str, tuple] | None = None) -> None:
+    """What ``shifted_copy.py score --keep RUN`` keeps in a run's folder: CSV, command, copy.txt."""
+    folder = run_folder / sub
+    folder.mkdir()
+    metrics = [("accuracy", None, *accuracy), ("f1_macro", None, 0.5, 0.4, 0.6)]
+    metrics += [("sensitivity", name, *values) for name, values in (sensitivity or {}).items()]
+    metrics += [("specificity", "glioma", 0.99, 0.98, 1.0)]
+    pd.DataFrame(metrics, columns=["metric", "class", "value", "low", "high"]).to_csv(
+        folder / "evaluation.csv", index=False
+    )
+    score = f"python3 benchmarks/shifted_copy.py score --copy /tmp/copy --keep {run_folder.name}"
+    (folder / "command.txt").write_text(score + "\n")  # one command scores and keeps both
+    make = "python3 benchmarks/shifted_copy.py make --out /tmp/copy"
+    (folder / "copy.txt").write_text(f"command: {make}\nseed: 0\ndata: /data/brain-tumor-mri\n")
+
+
+def test_shifted_copy_accuracy_shows_in_the_runs_table_and_its_own_table_not_in_external_validation(
+    tmp_path,
+):
+    both = keep(tmp_path, "iid", [0.2, 0.9, 0.98], [0, 10, 20])
+    shifted(
+        both, "shifted", (0.71234, 0.69, 0.735), {"glioma": (0.6, 0.55, 0.65), "notumor": (0.9, 0.85, 0.95)}
+    )
+    shifted(both, "shifted-leak-free", (0.70111, 0.68, 0.72))
+    only_one = keep(tmp_path, "dir", [0.2, 0.9, 0.97], [0, 10, 20], partitioning="dirichlet")
+    shifted(only_one, "shifted-leak-free", (0.65, 0.6, 0.7))
+    keep(tmp_path, "plain", [0.2, 0.9, 0.96], [0, 10, 20])
+    evaluation(tmp_path, "evaluate-iid/official", [("accuracy", None, 0.98, 0.97, 0.99)])
+    results = tmp_path / "benchmarks" / "results"
+    runs = {line.split(" | ")[0]: line.split(" | ") for line in render("runs", results).splitlines()}
+    header = runs["| run"]
+    at = header.index("leak-free accuracy")
+    assert header[at + 1 : at + 3] == ["shifted accuracy", "shifted leak-free accuracy"]
+    assert runs["| iid"][at : at + 3] == ["0.9750", "0.7123", "0.7011"]
+    assert runs["| dir"][at + 1 : at + 3] == ["-", "0.6500"]
+    assert runs["| plain"][at + 1 : at + 3] == ["-", "-"]
+    table = render("shifted", results)
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| run | setting | official accuracy | leak-free accuracy | shifted accuracy [95% interval] "
+        "| shifted leak-free accuracy [95% interval] | shifted sensitivity, glioma "
+        "| shifted sensitivity, notumor |"
+    )
+    assert lines[2] == "| dir | 4 sites, Dirichlet 1.0 | 0.9700 | 0.9650 | - | 0.650 [0.600, 0.700] | - | - |"
+    assert lines[3] == (
+        "| iid | 4 sites, IID | 0.9800 | 0.9750 | 0.712 [0.690, 0.735] | 0.701 [0.680, 0.720] "
+        "| 0.600 [0.550, 0.650] | 0.900 [0.850, 0.950] |"
+    )
+    assert "| plain |" not in table  # no shifted copy scored
+    make, score = "python3 benchmarks/shifted_copy.py make --out /tmp/copy", "score --copy /tmp/copy --keep"
+    assert f"# iid\n./run.sh --simulation --output-dir /tmp/iid\n# iid/shifted\n{make}\n" in table
+    assert f"{score} iid\n# dir/shifted-leak-free\n{make}\n" not in table  # runs sorted: dir first
+    assert f"# dir/shifted-leak-free\n{make}\npython3 benchmarks/shifted_copy.py {score} dir\n" in table
+    assert "# iid/shifted-leak-free" not in table  # the same command as iid/shifted: listed once
+    external = render("external-validation", results)
+    assert external.splitlines()[0] == "| metric | evaluate-iid/official |"  # not iid/shifted
+    assert "shifted_copy.py" not in external
+
+
+def test_the_shifted_table_without_a_shifted_copy_says_so_with_a_command(tmp_path):
+    keep(tmp_path, "iid", [0.2, 0.9], [0, 10])
+    text = render("shifted", tmp_path / "benchmarks" / "results")
+    assert text.startswith("No result folder in `benchmarks/results/` answers this yet")
+    assert "python3 benchmarks/shifted_copy.py" in text
