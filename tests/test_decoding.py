@@ -11,9 +11,12 @@ from pydicom.pixels import apply_modality_lut
 
 from brainfl import data_loader
 from brainfl.decoding import (
+    HEAD_MARGIN,
     SCAN_SUFFIXES,
+    crop_box,
     decode_scan,
     has_dicom_magic,
+    head_box,
     is_scan_file,
     open_scan,
     window_to_uint8,
@@ -41,8 +44,9 @@ def scans(real_data) -> list:
     return found
 
 
-def gray(path, size: int = SIZE) -> np.ndarray:
-    return decode_scan(path, size, 1)[..., 0]
+def gray(path, size: int = SIZE, crop: str = "none") -> np.ndarray:
+    """The decoded picture; as stored by default (these tests are about windowing, not framing)."""
+    return decode_scan(path, size, 1, crop)[..., 0]
 
 
 def one_line_error(call, *args) -> str:
@@ -63,9 +67,49 @@ def test_8bit_jpeg_decodes_exactly_as_pillow_did(scans):
     for path in scans[:4]:
         for channels, mode in ((1, "L"), (3, "RGB")):
             with Image.open(path) as image:
-                old = np.asarray(image.convert(mode).resize((40, 40), Image.Resampling.BILINEAR))
-            assert np.array_equal(decode_scan(path, 40, channels), old.reshape(40, 40, channels))
-            assert np.array_equal(data_loader.decode_image(path, 40, channels), old.reshape(40, 40, channels))
+                converted = image.convert(mode)
+                box = head_box(np.asarray(image.convert("L")))
+                whole = np.asarray(converted.resize((40, 40), Image.Resampling.BILINEAR))
+                head = np.asarray(converted.crop(box).resize((40, 40), Image.Resampling.BILINEAR))
+            assert np.array_equal(decode_scan(path, 40, channels, "none"), whole.reshape(40, 40, channels))
+            assert np.array_equal(decode_scan(path, 40, channels), head.reshape(40, 40, channels))
+            assert np.array_equal(
+                data_loader.decode_image(path, 40, channels), head.reshape(40, 40, channels)
+            )
+
+
+def test_head_box_is_the_square_around_the_head_without_a_burnt_in_label():
+    image = np.zeros((300, 400), dtype=np.uint8)
+    yy, xx = np.mgrid[:300, :400]
+    image[((yy - 150) / 100) ** 2 + ((xx - 220) / 80) ** 2 <= 1] = 180  # a head 160 wide, 200 high
+    image[5:12, 5:30] = 255  # a small label in the corner
+    left, top, right, bottom = head_box(image)
+    assert right - left == bottom - top  # square
+    side = 200 * (1 + 2 * HEAD_MARGIN)
+    assert abs((right - left) - side) <= 2
+    assert abs((left + right) / 2 - 220) <= 1 and abs((top + bottom) / 2 - 150) <= 1
+    assert left > 30  # the label is left out
+
+
+def test_an_image_with_nothing_bright_is_framed_whole():
+    assert head_box(np.zeros((20, 30), dtype=np.uint8)) == (0, 0, 30, 20)
+    assert crop_box(Image.new("L", (30, 20)), "none") == (0, 0, 30, 20)
+    with pytest.raises(BrainFLError, match="crop 'tight'"):
+        crop_box(Image.new("L", (30, 20)), "tight")
+
+
+def test_a_wide_border_and_a_tight_crop_give_the_model_the_same_picture(scans, tmp_path):
+    original = Image.open(scans[0]).convert("L")
+    left, top, right, bottom = head_box(np.asarray(original))
+    wide = Image.new("L", (original.width * 2, original.height * 2))
+    wide.paste(original, (original.width // 3, original.height // 2))
+    tight = original.crop((left + 8, top + 8, right - 8, bottom - 8))  # (inside the margin: still whole)
+    wide.save(tmp_path / "wide.png")
+    tight.save(tmp_path / "tight.png")
+    cropped = [gray(tmp_path / name, 64, "head").ravel() for name in ("wide.png", "tight.png")]
+    as_stored = [gray(tmp_path / name, 64).ravel() for name in ("wide.png", "tight.png")]
+    assert correlation(*cropped) > 0.95
+    assert correlation(*as_stored) < 0.6
 
 
 def test_bmp_and_tiff_decode_like_their_source(scans, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from brainfl import gradcam
+from brainfl.decoding import crop_box
 from brainfl.errors import BrainFLError
 from brainfl.model_files import load_model
 from brainfl.models import build_model
@@ -74,7 +75,7 @@ def test_overlay_has_the_original_size_in_rgb(mode, size):
     original = Image.open(SCAN).convert(mode).resize(size)
     heatmap = np.zeros((4, 4), dtype=np.float32)
     heatmap[1, 2] = 1.0
-    result = gradcam.overlay(original, heatmap)
+    result = gradcam.overlay(original, heatmap, "none")
     assert result.mode == "RGB" and result.size == size
     pixels = np.asarray(result, dtype=float)
     assert pixels.std() > 1.0
@@ -115,3 +116,18 @@ def test_undecodable_original_is_a_clear_error(tmp_path: Path):
     broken.write_bytes(b"nope")
     with pytest.raises(BrainFLError, match="cannot decode image"):
         gradcam.open_original(broken)
+
+
+def test_overlay_of_a_head_cropped_model_covers_only_the_head():
+    scan = np.zeros((100, 200), dtype=np.uint8)
+    scan[30:70, 130:170] = 200  # the head: a square on the right
+    original = Image.fromarray(scan, "L")
+    left, top, right, bottom = crop_box(original, "head")
+    hot, cold = (
+        np.asarray(gradcam.overlay(original, heat, "head"), dtype=int)
+        for heat in (np.ones((4, 4), dtype=np.float32), np.zeros((4, 4), dtype=np.float32))
+    )
+    heated = (hot != cold).any(axis=-1)
+    assert left > 0 and right < 200  # the box is the head, not the whole image
+    assert heated[top + 2 : bottom - 2, left + 2 : right - 2].all()
+    assert not heated[:, : left - 1].any() and not heated[:, right + 1 :].any()

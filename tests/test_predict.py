@@ -16,7 +16,7 @@ from PIL import Image
 from brainfl import predict
 from brainfl.data_loader import load_dataset
 from brainfl.errors import BrainFLError
-from brainfl.model_files import read_metadata, save_model
+from brainfl.model_files import model_metadata, read_metadata, save_model
 from brainfl.models import build_model
 from brainfl.training import predict_proba, train
 from conftest import CLASSES, REPO_ROOT
@@ -42,12 +42,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
             learning_rate=3e-3,
         )
         path = folder / "final_model.keras"
-        metadata = {
-            "model": "cnn",
-            "class_names": list(data.train.class_names),
-            "image_size": IMAGE_SIZE,
-            "channels": 1,
-        }
+        metadata = model_metadata("cnn", data.train.class_names, IMAGE_SIZE, 1)
         save_model(bundle.inference_model(), path, metadata)
         _TRAINED["cnn"] = path
     return _TRAINED["cnn"]
@@ -296,3 +291,29 @@ def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(
     assert cli.main(["predict", str(folder), "--model", str(model_file), "--skip-unreadable"]) == 0
     out = capsys.readouterr().out
     assert f"skipped unreadable file: {folder / 'broken.png'}" in out and "good.jpg" in out
+
+
+def test_a_model_decodes_scans_as_its_metadata_says_it_was_trained(model_file, tmp_path):
+    """New files crop to the head; a file written before cropping (no ``crop``) is decoded uncropped."""
+    from brainfl.decoding import decode_scan
+    from brainfl.model_files import load_model
+
+    scan = next((SAMPLE / "Testing" / "glioma").glob("*.jpg"))
+    wide = tmp_path / "wide.png"
+    original = Image.open(scan).convert("L")
+    canvas = Image.new("L", (original.width * 2, original.height * 2))
+    canvas.paste(original, (10, 10))
+    canvas.save(wide)
+    loaded = load_model(model_file)
+    assert read_metadata(model_file)["crop"] == "head" and loaded.crop == "head"
+    assert np.array_equal(loaded.preprocess(wide), decode_scan(wide, IMAGE_SIZE, 1, "head"))
+    older = tmp_path / "older.keras"
+    metadata = {"model": "cnn", "class_names": list(CLASSES), "image_size": IMAGE_SIZE, "channels": 1}
+    save_model(keras.models.load_model(model_file), older, metadata)
+    loaded_older = load_model(older)
+    assert loaded_older.crop == "none"
+    assert np.array_equal(loaded_older.preprocess(wide), decode_scan(wide, IMAGE_SIZE, 1, "none"))
+    assert not np.array_equal(loaded_older.preprocess(wide), loaded.preprocess(wide))
+    odd = tmp_path / "odd.keras"
+    save_model(keras.models.load_model(model_file), odd, {**metadata, "crop": "tight"})
+    assert "crop head or none" in one_line_error(lambda: load_model(odd))

@@ -43,7 +43,7 @@ from brainfl.logs import LOG
 from brainfl.partitioning import holdout_split
 
 IMAGE_SUFFIXES = SCAN_SUFFIXES  # .jpg .jpeg .png .bmp .tif .tiff .dcm .dicom (brainfl.decoding)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: scans cropped to the head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +111,14 @@ def list_images(
     ]
 
 
-def decode_image(path: Path | str, image_size: int, channels: int) -> np.ndarray:
+def decode_image(path: Path | str, image_size: int, channels: int, crop: str = "head") -> np.ndarray:
     """Decode one scan file (JPEG, PNG, BMP, TIFF, DICOM; 8 or more bits) to uint8
-    ``(image_size, image_size, channels)``: :func:`brainfl.decoding.decode_scan`.
+    ``(image_size, image_size, channels)``, cropped to the head unless ``crop="none"``:
+    :func:`brainfl.decoding.decode_scan`.
 
     Raises :class:`BrainFLError` naming the file when it cannot be decoded.
     """
-    return decode_scan(path, image_size, channels)
+    return decode_scan(path, image_size, channels, crop)
 
 
 def _cache_key(

@@ -105,16 +105,24 @@ def gradcam_heatmaps(model, images: np.ndarray, class_indices: np.ndarray | None
     return np.where(peaks > 0, cams / np.where(peaks > 0, peaks, 1.0), 0.0).astype(np.float32)
 
 
-def overlay(original: Image.Image, heatmap: np.ndarray, alpha: float = ALPHA) -> Image.Image:
-    """The original image (as RGB, its own size) with ``heatmap`` resized and colored over it."""
+def overlay(original: Image.Image, heatmap: np.ndarray, crop: str, alpha: float = ALPHA) -> Image.Image:
+    """The original image (as RGB, its own size) with ``heatmap`` colored over the part the model saw.
+
+    The heatmap covers the image's :func:`brainfl.decoding.crop_box` (the
+    head, for models that crop to it), resized to that box.
+    """
     import matplotlib
 
+    from brainfl.decoding import crop_box
+
     base = np.asarray(original.convert("RGB"), dtype=np.float32)
-    height, width = base.shape[:2]
+    left, top, right, bottom = crop_box(original, crop)
     resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR
+        (right - left, bottom - top), Image.Resampling.BILINEAR
     )
-    values = np.clip(np.asarray(resized), 0.0, 1.0)
+    canvas = Image.new("F", original.size, 0.0)
+    canvas.paste(resized, (left, top))  # (the parts of the box outside the image fall away)
+    values = np.clip(np.asarray(canvas), 0.0, 1.0)
     colored = matplotlib.colormaps[COLORMAP](values)[..., :3] * 255.0
     blended = (1.0 - alpha) * base + alpha * colored
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
@@ -139,7 +147,7 @@ def save_gradcam(
     heatmap = gradcam_heatmaps(loaded.model, loaded.preprocess(image_path)[np.newaxis], indices)[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay(open_original(image_path), heatmap).save(out_path, format="PNG")
+    overlay(open_original(image_path), heatmap, loaded.crop).save(out_path, format="PNG")
     return out_path
 
 
@@ -187,6 +195,6 @@ def write_gradcams(
         heatmaps = gradcam_heatmaps(loaded.model, inputs[start:end], class_indices[start:end])
         for path, name, heatmap in zip(files[start:end], names[start:end], heatmaps, strict=True):
             target = out_dir / name
-            overlay(open_original(path), heatmap).save(target, format="PNG")
+            overlay(open_original(path), heatmap, loaded.crop).save(target, format="PNG")
             written.append(target)
     return written

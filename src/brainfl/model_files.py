@@ -1,7 +1,9 @@
 """Model files: the one place that saves, loads and checks brainfl ``.keras`` models.
 
 A model file carries its own metadata (``brainfl.json`` inside the archive:
-model name, class names, image size, channels, and optionally the round), so
+model name, class names, image size, channels, how a scan is framed
+(``crop``: ``head``, or ``none`` for files written before scans were cropped
+to the head), and optionally the round), so
 the file alone says what its outputs mean and how to preprocess an image for
 it. Files are written to a temporary name and renamed, so a crash never
 leaves a half-written checkpoint. A file without the metadata is accepted
@@ -27,14 +29,21 @@ FINAL_MODEL = "final_model.keras"
 
 
 def model_metadata(
-    model_name: str, class_names: Sequence[str], image_size: int, channels: int, **extra: Any
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    channels: int,
+    crop: str = "head",
+    **extra: Any,
 ) -> dict[str, Any]:
-    """The metadata stored with a model: what it is, what its outputs mean, what it takes."""
+    """The metadata stored with a model: what it is, what its outputs mean, what it takes
+    (``crop``: how :func:`brainfl.decoding.decode_scan` frames its scans)."""
     return {
         "model": model_name,
         "class_names": list(class_names),
         "image_size": int(image_size),
         "channels": int(channels),
+        "crop": crop,
         **extra,
     }
 
@@ -80,7 +89,8 @@ def _metadata_beside(path: Path) -> dict[str, Any] | None:
     if not names:
         raise BrainFLError(f"{config_path} has no 'class-names': cannot name the classes of {path}")
     settings = settings_from_config({**config, "class-names": ",".join(names)})
-    return model_metadata(settings.model, names, settings.image_size, settings.channels)
+    # (models without metadata predate it, and scans cropped to the head)
+    return model_metadata(settings.model, names, settings.image_size, settings.channels, crop="none")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -105,10 +115,11 @@ def read_metadata(path: Path) -> dict[str, Any]:
         or not all(isinstance(n, str) for n in names)
         or not isinstance(metadata.get("image_size"), int)
         or metadata.get("channels") not in (1, 3)
+        or metadata.get("crop", "none") not in ("head", "none")
     ):
         raise BrainFLError(
             f"model {path}: brainfl metadata needs class_names (list of names), image_size and channels "
-            f"(1 or 3), got {metadata}"
+            f"(1 or 3), and crop head or none if given, got {metadata}"
         )
     return metadata
 
@@ -123,12 +134,13 @@ class LoadedModel:
     class_names: tuple[str, ...]
     image_size: int
     channels: int
+    crop: str = "head"
 
     def preprocess(self, path: Path | str):
-        """One image file as the model's training input (uint8, S x S x C)."""
+        """One image file as the model's training input (uint8, S x S x C), framed as in training."""
         from brainfl.data_loader import decode_image
 
-        return decode_image(path, self.image_size, self.channels)
+        return decode_image(path, self.image_size, self.channels, self.crop)
 
 
 def _check_shapes(loaded: LoadedModel) -> None:
@@ -171,6 +183,7 @@ def load_model(model_path: Path | str) -> LoadedModel:
         tuple(metadata["class_names"]),
         int(metadata["image_size"]),
         int(metadata["channels"]),
+        str(metadata.get("crop", "none")),
     )
     _check_shapes(loaded)
     return loaded
