@@ -9,7 +9,8 @@ less each site's validation hold-out), every site runs
 round's learning rate (:func:`brainfl.training.round_learning_rate`) and
 replies what a ClientApp replies (:func:`brainfl.client_app.site_counts`),
 the server averages with :func:`brainfl.strategy.weighted_average` (example
-counts), scores the global model with the server's evaluator
+counts; with ``strategy='fedavgm'`` then FedAvgM's server step, :class:`ServerStep`),
+scores the global model with the server's evaluator
 (:class:`brainfl.evaluation.CentralEvaluator`: :func:`brainfl.metrics.score`
 on its test set, leak-free subset included) and writes the round with the
 server's recorder (:class:`brainfl.recorder.RunRecorder`). A *pooled*
@@ -33,7 +34,12 @@ from pathlib import Path
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from brainfl.aggregation import NUM_EXAMPLES, SiteReport, aggregate_site_metrics
+from brainfl.aggregation import (
+    NUM_EXAMPLES,
+    SiteReport,
+    aggregate_site_metrics,
+    server_step_with_plain_statistics,
+)
 from brainfl.client_app import site_counts
 from brainfl.config import RunSettings
 from brainfl.errors import BrainFLError
@@ -43,8 +49,9 @@ from brainfl.pipeline import SiteData, initial_weights, load_run_dataset, model_
 from brainfl.recorder import RunRecorder
 from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
 from brainfl.run_config import settings_from_args
+from brainfl.server_app import statistics_mask
 from brainfl.site_training import local_update
-from brainfl.strategy import weighted_average
+from brainfl.strategy import SERVER_LEARNING_RATES, weighted_average
 from brainfl.training import round_learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +65,39 @@ def settings_for(*run_configs: str) -> RunSettings:
     overrides that other settings would make ineffective.
     """
     return settings_from_args(ROOT, list(run_configs))
+
+
+EMULATED_STRATEGIES = ("fedavg", "fedavgm")
+
+
+@dataclasses.dataclass
+class ServerStep:
+    """The server's step from the FedAvg of the sites' weights to the next global weights.
+
+    ``fedavg`` takes the average. ``fedavgm`` is Flower's FedAvgM (SGD with
+    momentum on ``old - average``, the server learning rate and momentum of
+    the settings) for trained weights, and the plain average for statistics
+    (:func:`brainfl.aggregation.server_step_with_plain_statistics`, as the
+    app's strategy does).
+    """
+
+    settings: RunSettings
+    statistics: list[bool]
+    velocity: list[np.ndarray] | None = None
+
+    def __call__(self, old: list[np.ndarray], averaged: list[np.ndarray]) -> list[np.ndarray]:
+        if self.settings.strategy == "fedavg":
+            return averaged
+        pseudo_gradient = [before - after for before, after in zip(old, averaged, strict=True)]
+        momentum = self.settings.server_momentum
+        if momentum > 0:
+            self.velocity = pseudo_gradient if self.velocity is None else [
+                momentum * v + g for v, g in zip(self.velocity, pseudo_gradient, strict=True)
+            ]  # fmt: skip
+            pseudo_gradient = self.velocity
+        rate = self.settings.server_learning_rate or SERVER_LEARNING_RATES["fedavgm"]
+        stepped = [before - rate * g for before, g in zip(old, pseudo_gradient, strict=True)]
+        return server_step_with_plain_statistics(stepped, averaged, self.statistics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +124,10 @@ class Federation:
 
 def federation(settings: RunSettings, pooled: bool = False) -> Federation:
     """The run's ``num-partitions`` sites, or (``pooled``) one site with every training image."""
-    if settings.strategy != "fedavg":
-        raise BrainFLError(f"the emulator averages with FedAvg only, not '{settings.strategy}'")
+    if settings.strategy not in EMULATED_STRATEGIES:
+        raise BrainFLError(
+            f"the emulator runs {' and '.join(EMULATED_STRATEGIES)} only, not '{settings.strategy}'"
+        )
     dataset = load_run_dataset(settings)
     evaluator = CentralEvaluator.for_dataset(settings, dataset)
     if pooled:
@@ -139,10 +181,12 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
     write_run_config(output_dir, {**config, "centralized": fed.pooled})
     weights = initial_weights(settings, fed.class_names)
+    server_step = ServerStep(settings, statistics_mask(fed.evaluator.bundle.trainable))
     scores = []
     for server_round in range(rounds + 1):
         if server_round:
-            weights, report = fedavg_round(fed, weights, server_round, update)
+            averaged, report = fedavg_round(fed, weights, server_round, update)
+            weights = server_step(weights, averaged)
             recorder.site_report(server_round, report)
         evaluation = fed.evaluator(weights)
         recorder.round_done(server_round, weights, evaluation)

@@ -12,7 +12,7 @@ per round for every setting (``<out>/suite_accuracy.png``).
 
 Settings: centralized; 4 sites IID; 4 sites Dirichlet alpha 1.0 and 0.3;
 10 sites Dirichlet 0.3; on 4 sites alpha 0.3 also FedProx, FedAvgM,
-GroupNorm and the balanced-softmax loss; and a scale run of 50 simulated sites (round time, total memory).
+GroupNorm and the balanced-softmax loss; and scale runs of 50 and 200 simulated sites (round time, total memory).
 ``--only`` picks some by name. ``--tiny`` uses a few dozen images at 32 px
 (a subset folder of 12 images per class and split, see ``subset.py``) for
 one round and the first three settings. ``--keep NAME`` copies each
@@ -45,6 +45,7 @@ SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
     "4 Dir 0.3 GroupNorm": (4, f"{DIR03} norm='group'"),
     "4 Dir 0.3 balanced softmax": (4, f"{DIR03} balanced-softmax=true"),
     "50 sites (scale)": (50, "partitioning='iid' fraction-evaluate=0"),
+    "200 sites (scale)": (200, "partitioning='iid' fraction-evaluate=0"),
 }
 TINY_SETTINGS = ("centralized", "4 IID", "10 Dir 0.3")
 TINY = "image-size=32 batch-size=16"
@@ -75,7 +76,7 @@ def command_for(name: str, args: argparse.Namespace, output_dir: Path) -> tuple[
         overrides = f'num-server-rounds={args.epochs} local-epochs=1 data-dir="{args.data_dir}" {common}'
         overrides += f' output-dir="{output_dir}"'
         return ["brainfl", "centralized", "--app-dir", str(ROOT), "--run-config", overrides], False
-    rounds = 1 if name.startswith("50") and not args.tiny else max(1, args.epochs // args.local_epochs)
+    rounds = max(1, args.epochs // args.local_epochs)
     local = f"local-epochs={args.local_epochs} {common}"
     run = ["--simulation", "--sites", str(sites), "--rounds", str(rounds), "--data-dir", args.data_dir]
     return [*run, "--run-config", local], True
