@@ -114,3 +114,34 @@ def test_training_reply_carries_the_sites_image_count_per_class(tmp_path):
         assert sum(counts) == metrics["num_train"] == len(labels) > 0
         per_class = sorted(key for key in metrics if key.startswith(CLASS_COUNT_PREFIX))
         assert per_class == sorted(f"{CLASS_COUNT_PREFIX}{i}" for i in range(len(CLASS_NAMES)))
+
+
+def test_training_reply_scores_the_received_model_on_the_sites_held_out_split(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    from brainfl.training import predict_proba
+
+    # half of each site's images held out, and a once-trained model sent: predictions of several classes
+    config = {**ONE_ROUND, "output-dir": str(tmp_path), "local-epochs": 1, "val-fraction": 0.5}
+    settings = settings_from_config(config)
+    sent = train_replies(config)[0].content["arrays"].to_numpy_ndarrays()
+    round_two = round_settings(2, lambda r: settings.learning_rate, CLASS_NAMES)
+    replies = send_train_round(InProcessGrid(SITES, config), sent, round_two)
+    keys = [set(reply.content["metrics"]) for reply in replies.values()]
+    assert all(k == keys[0] for k in keys)  # Flower aggregates only replies with the same keys
+    received = build_cnn(settings.image_size, 1, len(CLASS_NAMES))
+    received.set_weights(sent)
+    for site, reply in replies.items():
+        metrics = reply.content["metrics"]
+        held_out = local_site(config, site).val
+        predicted = predict_proba(received, held_out.images).argmax(axis=1)  # the CNN takes pixels
+        assert metrics["val_balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(held_out.labels, predicted)
+        )
+        recalls = recall_score(
+            held_out.labels, predicted, labels=range(len(CLASS_NAMES)), average=None, zero_division=0
+        )
+        present = np.bincount(held_out.labels, minlength=len(CLASS_NAMES)) > 0
+        for k, name in enumerate(CLASS_NAMES):
+            value = metrics[f"val_sensitivity_{name}"]
+            assert (value == pytest.approx(recalls[k])) if present[k] else np.isnan(value), name

@@ -83,6 +83,9 @@ def test_keys_that_are_not_settings_are_ignored_as_in_a_runs_saved_config():
         ({"val-fraction": 1.5}, "'val-fraction' must be in"),
         ({"test-fraction": 0}, "'test-fraction' must be in"),
         ({"round-timeout": 0}, "'round-timeout' must be positive"),
+        ({"feature-shift": 1.5}, r"'feature-shift' must be in \[0, 1\], got 1\.5"),
+        ({"feature-shift": -0.1}, "'feature-shift' must be in"),
+        ({"feature-shift": "strong"}, "'feature-shift': expected float"),
     ],
 )
 def test_bad_settings_name_the_setting(config, message):

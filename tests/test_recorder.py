@@ -104,3 +104,39 @@ def test_resume_point_returns_the_checkpoint_and_drops_later_rows(tmp_path, writ
     np.testing.assert_allclose(weights[0], trained[0])
     assert [row["round"] for row in read_rows(tmp_path / RESULTS_CSV)] == ["1", "2"]
     assert elapsed < 99.0
+
+
+def test_clinical_columns_and_held_out_site_scores_are_recorded_and_survive_a_resume(
+    tmp_path, writer
+) -> None:
+    from brainfl.results import results_header, site_header
+
+    test = _test_set()
+    probabilities = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    evaluation = Evaluation(
+        score(test.labels, probabilities, CLASSES, test.leak_free, resamples=50), probabilities
+    )
+    held_out = {"val_accuracy": 0.5, "val_balanced_accuracy": 0.5, "val_sensitivity_a": 0.0}
+    trained = [w + 1.0 for w in writer.bundle.trainable.get_weights()]
+    recorder = RunRecorder(tmp_path, test, CLASSES, writer, total_rounds=3)
+    for server_round in (1, 2):
+        report = _train_report({0: (2, 2)})
+        report.sites[0].update(held_out, val_sensitivity_b=float("nan"))  # no b in the site's split
+        recorder.site_report(server_round, report)
+        recorder.round_done(server_round, trained, evaluation)
+    resume_point(tmp_path, writer)  # the checkpoint is round 2: nothing dropped
+    recorder = RunRecorder(tmp_path, test, CLASSES, writer, total_rounds=3, first_round=2)
+    recorder.round_done(3, trained, evaluation)
+
+    rows = read_rows(tmp_path / RESULTS_CSV)
+    assert list(rows[0]) == results_header(CLASSES) and [r["round"] for r in rows] == ["1", "2", "3"]
+    for row in rows:
+        assert float(row["balanced_accuracy"]) == pytest.approx(0.75)  # a: 1 of 1, b: 1 of 2
+        assert float(row["specificity_b"]) == 1.0 and float(row["roc_auc_a"]) == 1.0
+        assert float(row["accuracy_low"]) <= float(row["accuracy"]) <= float(row["accuracy_high"])
+        assert row["sensitivity_a_low"] == row["sensitivity_a_high"] == "1"
+    sites = read_rows(tmp_path / SITE_CSV)
+    assert list(sites[0]) == site_header(CLASSES)
+    assert [(s["val_balanced_accuracy"], s["val_sensitivity_a"], s["val_sensitivity_b"]) for s in sites] == [
+        ("0.5", "0", "nan")
+    ] * 2

@@ -32,7 +32,7 @@ from brainfl import data_loader, report, training
 from brainfl.config import default_run_config
 from brainfl.errors import BrainFLError
 from brainfl.report_data import PARTITION_CSV, PREDICTIONS_CSV
-from brainfl.results import RESULTS_CSV, SITE_CSV, SITE_FIELDS, CsvAppender, results_header
+from brainfl.results import RESULTS_CSV, SITE_CSV, CsvAppender, results_header, site_header
 from conftest import CLASSES
 from test_predict import IMAGE_SIZE, SAMPLE, tiny_model_file
 
@@ -49,6 +49,8 @@ PARTITION = pd.DataFrame(
     }
 )
 ACCURACIES = (0.25, 0.75, 0.71875)  # the last is the predictions' accuracy, 23 of 32
+# each site's held-out sensitivity per class (site 1's split has no pituitary scan), every round
+SITE_SENSITIVITY = {0: (0.9, 0.5, 1.0, 0.75), 1: (0.6, 0.7, 0.8, float("nan")), 2: (0.1, 0.2, 0.3, 0.4)}
 CHANGED = {"num-server-rounds": 2, "num-partitions": 3, "partitioning": "dirichlet", "learning-rate": 0.01}
 
 
@@ -106,7 +108,7 @@ def record_run(out: Path, model_file: Path | None, extra: dict | None = None) ->
     }
     (out / "run_config.json").write_text(json.dumps(config, indent=2))
     results = CsvAppender(out / RESULTS_CSV, results_header(CLASSES))
-    sites = CsvAppender(out / SITE_CSV, SITE_FIELDS)
+    sites = CsvAppender(out / SITE_CSV, site_header(CLASSES))
     for round_, accuracy in enumerate(ACCURACIES):
         row = {
             "round": round_,
@@ -116,6 +118,17 @@ def record_run(out: Path, model_file: Path | None, extra: dict | None = None) ->
         }
         row.update({f"recall_{name}": accuracy for name in CLASSES}, elapsed_s=[0.0, 60.0, 125.5][round_])
         row["leak_free_accuracy"] = round(accuracy - 0.07, 3)
+        row.update(
+            balanced_accuracy=round(accuracy - 0.02, 3),
+            balanced_accuracy_low=round(accuracy - 0.14, 3),
+            balanced_accuracy_high=round(accuracy + 0.1, 3),
+            accuracy_low=round(accuracy - 0.1, 3),
+            accuracy_high=round(accuracy + 0.1, 3),
+            ece=round(0.1 / (round_ + 1), 4),
+        )
+        for k, name in enumerate(CLASSES):
+            row.update({f"specificity_{name}": 0.9 + 0.02 * k, f"roc_auc_{name}": 0.95 - 0.01 * k})
+            row.update({f"sensitivity_{name}_low": 0.5, f"sensitivity_{name}_high": 0.875})
         if round_:
             row.update(train_loss=1.4, train_accuracy=0.5, val_loss=1.3, val_accuracy=0.45, sites_trained=3)
             for site in (0, 1, 2) if round_ == 1 else (0, 1):
@@ -128,6 +141,11 @@ def record_run(out: Path, model_file: Path | None, extra: dict | None = None) ->
                         "train_accuracy": 0.5,
                         "val_loss": 1.3 - 0.1 * round_,
                         "val_accuracy": 0.3 + 0.1 * round_ + 0.01 * site,
+                        "val_balanced_accuracy": 0.25 + 0.1 * round_ + 0.02 * site,
+                        **{
+                            f"val_sensitivity_{n}": v
+                            for n, v in zip(CLASSES, SITE_SENSITIVITY[site], strict=True)
+                        },
                     }
                 )
         results.append(row)
@@ -243,10 +261,12 @@ def test_page_is_self_contained_and_escaped(page):
 
 def test_headline_numbers_come_first_and_settings_last(page):
     assert headline(page) == {
-        "final test accuracy (round 2)": "0.7188",
+        "final test accuracy (round 2)": "0.7188 (95% CI 0.6190-0.8190)",
         "best test accuracy (round 1)": "0.7500",
+        "final test balanced accuracy (round 2)": "0.6990 (95% CI 0.5790-0.8190)",
         "leak-free test accuracy (round 2)": "0.6490",
         "macro F1 (round 2)": "0.6690",
+        "calibration error, ECE (round 2)": "0.0333",
         "rounds": "2",
         "wall time": "2 min 06 s",
     }
@@ -287,6 +307,12 @@ def test_confusion_and_per_class_numbers_come_from_the_saved_predictions(recorde
             2 * precision * recall / (precision + recall), abs=1e-4
         )
     assert per_class.loc["glioma", "recall"] == pytest.approx(5 / 8)  # the NaN row is wrong, not glioma
+    # from the last round's row of federated_learning_results.csv
+    classes = per_class.loc[list(CLASSES)]
+    assert classes["specificity"].astype(float).tolist() == pytest.approx([0.9, 0.92, 0.94, 0.96])
+    assert classes["ROC-AUC"].astype(float).tolist() == pytest.approx([0.95, 0.94, 0.93, 0.92])
+    assert per_class.loc["pituitary", "sensitivity 95% CI"] == "95% CI 0.5000-0.8750"
+    assert per_class.loc["macro avg", "specificity"] == ""
     assert per_class.loc["macro avg", "support"] == 32
     leak_free = np.asarray([j % 2 == 0 for _, _, j in files])
     assert "32 images, accuracy 0.7188" in page
@@ -307,6 +333,31 @@ def test_site_table_is_partition_csv_with_each_sites_last_validation(page):
     assert sites[expected.columns].astype(int).equals(expected.astype(int))
     assert sites["rounds reported"].tolist() == [2, 2, 1]
     assert sites["last val accuracy"].tolist() == pytest.approx([0.5, 0.51, 0.42])
+
+
+def test_final_round_site_scores_with_mean_worst_and_spread(page):
+    scores = read_table(page, "site-scores")
+    assert "held-out scores, round 2</h3>" in page  # site 2 reported round 1 only
+    assert scores.index.tolist() == ["0", "1", "mean", "worst", "spread (max - min)"]
+    assert scores["accuracy"].tolist() == pytest.approx([0.5, 0.51, 0.505, 0.5, 0.01])
+    assert scores["balanced accuracy"].tolist() == pytest.approx([0.45, 0.47, 0.46, 0.45, 0.02])
+    assert scores["sensitivity glioma"].tolist() == pytest.approx([0.9, 0.6, 0.75, 0.6, 0.3])
+    assert scores["sensitivity notumor"].tolist() == pytest.approx([1.0, 0.8, 0.9, 0.8, 0.2])
+    # site 1 has no pituitary scan: a blank cell, left out of the summary
+    assert scores["sensitivity pituitary"].tolist() == ["0.7500", "", "0.7500", "0.7500", "0.0000"]
+
+
+def test_a_run_without_the_clinical_columns_still_reports(tmp_path):
+    from brainfl.metrics import interval_columns
+
+    run = record_run(tmp_path / "run", None)  # as an older version wrote it:
+    for name, new in ((RESULTS_CSV, interval_columns(CLASSES)), (SITE_CSV, site_header(CLASSES)[8:13])):
+        pd.read_csv(run / name).drop(columns=new).to_csv(run / name, index=False)
+    page = make_report(run)
+    assert headline(page)["final test accuracy (round 2)"] == "0.7188"
+    assert "final test balanced accuracy (round 2)" not in headline(page)
+    assert "specificity" not in read_table(page, "per-class")
+    assert read_table(page, "site-scores").columns.tolist() == ["accuracy"]
 
 
 def test_short_settings_table_lists_only_what_differs(recorded_run, page):

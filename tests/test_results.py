@@ -48,3 +48,25 @@ def test_saved_model_carries_metadata_and_loads(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.get_weights()[0], model.get_weights()[0])
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+
+
+def test_an_existing_file_keeps_its_header_and_rows_follow_it(tmp_path, caplog):
+    path = tmp_path / "r.csv"
+    CsvAppender(path, ["round", "accuracy"]).append({"round": 1, "accuracy": 0.5})  # an older version's file
+    resumed = CsvAppender(path, ["round", "loss", "accuracy", "balanced_accuracy"])
+    resumed.append({"round": 2, "loss": 1.0, "accuracy": 0.75, "balanced_accuracy": 0.7})
+    assert path.read_text().splitlines() == ["round,accuracy", "1,0.5", "2,0.75"]
+    assert "left out: loss, balanced_accuracy" in caplog.text
+
+
+def test_site_header_puts_the_held_out_scores_after_val_accuracy():
+    from brainfl.results import SITE_FIELDS, site_header
+
+    header = site_header(["glioma", "notumor"])
+    at = header.index("val_accuracy")
+    assert header[at + 1 : at + 4] == [
+        "val_balanced_accuracy",
+        "val_sensitivity_glioma",
+        "val_sensitivity_notumor",
+    ]
+    assert [c for c in header if c in SITE_FIELDS] == list(SITE_FIELDS)

@@ -185,6 +185,26 @@ def test_class_counts_reach_the_report_but_are_never_averaged():
     assert reports[0].sites[1]["class-count-1"] == 4
 
 
+def test_held_out_sensitivities_reach_the_report_but_are_never_averaged():
+    reports: list[SiteReport] = []
+    strategy = BrainFedAvg(
+        learning_rate_for_round=float, class_names=["a", "b"], report=lambda _r, r: reports.append(r)
+    )
+    replies = []
+    for site, (examples, balanced, sensitivity_b) in enumerate(((1, 0.5, 0.0), (3, 0.9, float("nan")))):
+        reply = make_reply(site, [np.ones(2, np.float32)], examples=examples)
+        metrics = reply.content["metrics"]
+        metrics["val_balanced_accuracy"], metrics["val_sensitivity_a"] = balanced, 1.0
+        metrics["val_sensitivity_b"] = sensitivity_b  # site 1's split has no b: NaN, same keys
+        replies.append(reply)
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert not any(key.startswith("val_sensitivity_") for key in metrics)
+    assert metrics["val_balanced_accuracy"] == pytest.approx((0.5 * 1 + 0.9 * 3) / 4)
+    assert reports[0].sites[0]["val_sensitivity_b"] == 0.0 and np.isnan(
+        reports[0].sites[1]["val_sensitivity_b"]
+    )
+
+
 def test_multikrum_keeps_all_but_the_byzantine_sites_of_those_that_joined():
     settings = settings_from_config({"strategy": "multikrum", "byzantine-sites": 1, "num-partitions": 2})
     assert build_strategy(settings, ["a"], float, num_sites=7).num_nodes_to_select == 6

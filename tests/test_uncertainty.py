@@ -187,3 +187,14 @@ def test_table_and_json_form_name_every_metric():
     data = scores.to_dict()
     assert data["images_per_class"] == {"a": 3, "b": 2, "c": 1}
     assert data["metrics"][0]["class"] is None and data["metrics"][-1]["class"] == "c"
+
+
+def test_without_resamples_the_points_stay_and_the_bounds_are_nan():
+    points = score_with_intervals(LABELS, soft(PREDICTED), NAMES, resamples=0)
+    with_bounds = score_with_intervals(LABELS, soft(PREDICTED), NAMES, resamples=50)
+    for name in OVERALL:
+        assert points.overall[name].value == pytest.approx(with_bounds.overall[name].value, nan_ok=True)
+        assert math.isnan(points.overall[name].low) and math.isnan(points.overall[name].high)
+    for name in PER_CLASS:
+        assert values(points, name) == pytest.approx(values(with_bounds, name), nan_ok=True)
+        assert all(math.isnan(i.low) and math.isnan(i.high) for i in points.per_class[name])

@@ -21,19 +21,20 @@ from flwr.serverapp import Grid
 
 from brainfl.flower_compat import aggregate_metricrecords, validate_message_reply_consistency
 from brainfl.logs import LOG
+from brainfl.metrics import SITE_SENSITIVITY
 
 NUM_EXAMPLES = "num-examples"
 SITE_KEYS = ("site-id", "num_train", "num_val")
 CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
+PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, SITE_SENSITIVITY)  # per-site only (sensitivity may be NaN)
 
 
 def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted average of the sites' metrics, without per-site bookkeeping keys."""
+    """Example-weighted average of the sites' metrics, without per-site bookkeeping keys and
+    per-class sensitivities."""
     metrics = aggregate_metricrecords(records, weight_key)
     kept = {
-        key: v
-        for key, v in metrics.items()
-        if key not in SITE_KEYS and not key.startswith(CLASS_COUNT_PREFIX)
+        key: v for key, v in metrics.items() if key not in SITE_KEYS and not key.startswith(PER_SITE_PREFIXES)
     }
     return MetricRecord(kept)
 

@@ -12,7 +12,9 @@ client-side DP, Flower's clipping mods clip the update before it leaves.
 :func:`client_app_with` builds the same app with extra mods in front (the
 robustness tests and benchmark install a poisoning mod that way).
 A training reply carries the site's image counts per class (its row of the
-run's partition table) next to its metrics.
+run's partition table) next to its metrics, and first scores the received
+model on the site's held-out split: loss, accuracy, balanced accuracy and
+sensitivity per class (of the server's classes, NaN for one the split lacks).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from brainfl.federation_setup import TEST_COPIES, TEST_HASHES
 from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
-from brainfl.metrics import classification_metrics
+from brainfl.metrics import SITE_SENSITIVITY, held_out_metrics
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
 from brainfl.site_training import class_counts, local_update
 from brainfl.timings import MessageTimer
@@ -128,13 +130,13 @@ def train_site(
             )
         LOG.info(
             "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f; "
-            "the received model's validation accuracy %.4f",
+            "the received model's validation %s",
             site.site_id,
             server_round,
             len(site.train),
             metrics["train_loss"],
             metrics["train_accuracy"],
-            received["val_accuracy"],
+            held_out_summary(received),
         )
         LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
         return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site), **timer.metrics()}
@@ -175,12 +177,26 @@ def train_legacy_round(msg: Message, context: Context) -> Message:
 
 
 def validate(settings: RunSettings, bundle, site: SiteData) -> dict[str, float]:
-    """The model's ``val_loss`` and ``val_accuracy`` on the site's held-out split (training
-    images where it has none)."""
+    """The model's ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and
+    ``val_sensitivity_<class>`` on the site's held-out split (training images where it has none);
+    the classes are the server's, so every site replies with the same keys (NaN: a class the split
+    lacks)."""
     held_out = site.val if len(site.val) else site.train
     probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
-    metrics = classification_metrics(held_out.labels, probabilities, held_out.class_names)
-    return {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
+    return held_out_metrics(held_out.labels, probabilities, held_out.class_names)
+
+
+def held_out_summary(metrics: Mapping[str, float]) -> str:
+    """The site's log text of :func:`validate`'s metrics (``nan``: a class its split lacks)."""
+    sensitivity = ", ".join(
+        f"{key.removeprefix(SITE_SENSITIVITY)} {value:.4f}"
+        for key, value in metrics.items()
+        if key.startswith(SITE_SENSITIVITY)
+    )
+    return (
+        f"accuracy {metrics['val_accuracy']:.4f}, balanced accuracy {metrics['val_balanced_accuracy']:.4f}"
+        f" (sensitivity: {sensitivity})"
+    )
 
 
 def evaluate_round(msg: Message, context: Context) -> Message:
@@ -190,10 +206,10 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
         metrics = validate(settings, bundle, site)
         LOG.info(
-            "site %d round %s: validation accuracy %.4f",
+            "site %d round %s: validation %s",
             site.site_id,
             msg.content["config"]["server-round"],
-            metrics["val_accuracy"],
+            held_out_summary(metrics),
         )
         evaluated = len(site.val) or len(site.train)
         reply = MetricRecord({**metrics, "num-examples": evaluated, "site-id": site.site_id})

@@ -54,6 +54,7 @@ class RunSettings:
     num_partitions: int
     partitioning: str
     dirichlet_alpha: float
+    feature_shift: float
     data_dir: str
     test_dir: str
     class_names: str
@@ -215,6 +216,7 @@ def validate(settings: RunSettings) -> None:
     _within(settings, "fraction_train", 0, 1, "(]")
     _within(settings, "fraction_evaluate", 0, 1, "[]")
     _within(settings, "label_smoothing", 0, 1, "[)")
+    _within(settings, "feature_shift", 0, 1, "[]")
     if settings.weight_decay < 0 or settings.wait_for_sites < 0:
         raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
     validate_privacy(settings)

@@ -4,8 +4,10 @@
 ``Testing`` split, or a stratified hold-out of ``Training`` where there is
 none) and its leak-free subset (Testing images with no exact or near copy in
 Training). Calling it with a model's weights returns an :class:`Evaluation`:
-the metrics of :func:`brainfl.metrics.score` and the probabilities they came
-from. It writes nothing: :mod:`brainfl.recorder` does.
+the metrics of :func:`brainfl.metrics.score` (with the clinical metrics and
+their bootstrap intervals, :data:`brainfl.uncertainty.RESAMPLES` resamples:
+about 0.3 s per round for 1311 images and 4 classes on two busy CPU cores)
+and the probabilities they came from. It writes nothing: :mod:`brainfl.recorder` does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from brainfl.logs import LOG
 from brainfl.metrics import score
 from brainfl.pipeline import model_for, model_inputs
 from brainfl.training import predict_proba
+from brainfl.uncertainty import RESAMPLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +94,9 @@ class CentralEvaluator:
         )
 
     def __call__(self, weights: list[np.ndarray]) -> Evaluation:
-        """Score the model with ``weights`` (NaN outputs count as wrong)."""
+        """Score the model with ``weights`` (NaN outputs count as wrong), with bootstrap intervals."""
         self.bundle.trainable.set_weights(weights)
         probabilities = predict_proba(self.bundle.trainable, self.inputs)
         test = self.test_set
-        return Evaluation(score(test.labels, probabilities, test.class_names, test.leak_free), probabilities)
+        metrics = score(test.labels, probabilities, test.class_names, test.leak_free, resamples=RESAMPLES)
+        return Evaluation(metrics, probabilities)

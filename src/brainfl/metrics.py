@@ -1,8 +1,14 @@
-"""The one scorer of predicted probabilities (scikit-learn), used by server, report and benchmarks.
+"""The one scorer of predicted probabilities (scikit-learn), used by server, sites, report and benchmarks.
 
 Every score treats a row of probabilities that is not finite (a broken global
 model, e.g. after a poisoned round) as a wrong prediction: :func:`predicted_classes`
 gives it class ``-1``, and the loss becomes ``inf`` instead of failing the run.
+
+With ``resamples``, :func:`score` adds the server's clinical metrics
+(:func:`interval_metrics`): balanced accuracy, ECE, per-class specificity and
+ROC-AUC, and bootstrap 95% intervals of accuracy, balanced accuracy and each
+class's sensitivity, all from :mod:`brainfl.uncertainty`. :func:`held_out_metrics`
+is a site's score of a received model on its held-out split.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_su
 
 METRIC_NAMES = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 LEAK_FREE = "leak_free_accuracy"
+INTERVALS = ("accuracy", "balanced_accuracy")  # overall metrics recorded with their interval bounds
+BOUNDS = ("low", "high")
+SITE_SENSITIVITY = "val_sensitivity_"  # + class name: a site's held-out sensitivity of that class
 
 
 def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
@@ -57,15 +66,73 @@ def _cross_entropy(labels: np.ndarray, probabilities: np.ndarray, class_ids: lis
     return float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=class_ids))
 
 
+def interval_columns(class_names: Sequence[str]) -> list[str]:
+    """The keys of :func:`interval_metrics`, in the results CSV's order."""
+    return [
+        "balanced_accuracy",
+        "ece",
+        *(f"specificity_{name}" for name in class_names),
+        *(f"roc_auc_{name}" for name in class_names),
+        *(f"{metric}_{bound}" for metric in INTERVALS for bound in BOUNDS),
+        *(f"sensitivity_{name}_{bound}" for name in class_names for bound in BOUNDS),
+    ]
+
+
+def interval_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], resamples: int
+) -> dict[str, float]:
+    """Balanced accuracy, top-label ECE, per-class specificity and one-vs-rest ROC-AUC, and the
+    ``_low``/``_high`` bounds of the 95% bootstrap intervals (``resamples`` resamples, seeded) of
+    accuracy, balanced accuracy and each class's sensitivity (``recall_<class>``'s interval is
+    ``sensitivity_<class>_low``/``_high``). NaN where a metric is undefined (e.g. an absent class).
+    """
+    from brainfl.uncertainty import score_with_intervals  # it imports this module
+
+    scores = score_with_intervals(labels, probabilities, class_names, resamples=resamples)
+    overall, per_class = scores.overall, scores.per_class
+    result = {"balanced_accuracy": overall["balanced_accuracy"].value, "ece": overall["ece"].value}
+    for metric in ("specificity", "roc_auc"):
+        result.update({f"{metric}_{n}": i.value for n, i in zip(class_names, per_class[metric], strict=True)})
+    for metric in INTERVALS:
+        result.update({f"{metric}_{bound}": getattr(overall[metric], bound) for bound in BOUNDS})
+    for name, interval in zip(class_names, per_class["sensitivity"], strict=True):
+        result.update({f"sensitivity_{name}_{bound}": getattr(interval, bound) for bound in BOUNDS})
+    return result
+
+
 def score(
     labels: np.ndarray,
     probabilities: np.ndarray,
     class_names: Sequence[str],
     leak_free: np.ndarray | None = None,
+    resamples: int = 0,
 ) -> dict[str, float]:
-    """:func:`classification_metrics`, plus ``leak_free_accuracy`` on the ``leak_free`` mask when given."""
+    """:func:`classification_metrics`, plus ``leak_free_accuracy`` on the ``leak_free`` mask when given,
+    plus :func:`interval_metrics` when ``resamples`` > 0."""
     metrics = classification_metrics(labels, probabilities, class_names)
     if leak_free is not None and np.any(leak_free):
         predictions = predicted_classes(probabilities)[leak_free]
         metrics[LEAK_FREE] = float(np.mean(predictions == np.asarray(labels)[leak_free]))
+    if resamples > 0:
+        metrics.update(interval_metrics(labels, probabilities, class_names, resamples))
     return metrics
+
+
+def held_out_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> dict[str, float]:
+    """A site's score of a model on its held-out split: ``val_loss``, ``val_accuracy``,
+    ``val_balanced_accuracy`` (mean sensitivity over the classes the split holds) and
+    ``val_sensitivity_<class>`` for every one of the server's ``class_names``, NaN for a class
+    the split lacks, so that every site replies with the same keys."""
+    from brainfl.uncertainty import score_with_intervals  # it imports this module
+
+    metrics = classification_metrics(labels, probabilities, class_names)
+    scores = score_with_intervals(labels, probabilities, class_names, resamples=0)  # no intervals
+    sensitivity = scores.per_class["sensitivity"]
+    return {
+        "val_loss": metrics["loss"],
+        "val_accuracy": metrics["accuracy"],
+        "val_balanced_accuracy": scores.overall["balanced_accuracy"].value,
+        **{f"{SITE_SENSITIVITY}{n}": i.value for n, i in zip(class_names, sensitivity, strict=True)},
+    }

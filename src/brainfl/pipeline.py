@@ -26,6 +26,7 @@ from brainfl.errors import BrainFLError
 from brainfl.layouts import KAGGLE_SPLIT, LABELS_CSV, TEST_SPLIT
 from brainfl.models import ModelBundle, build_model
 from brainfl.partitioning import partition_indices, split_validation
+from brainfl.scanner_shift import log_profile, scanner_profile, shift_images
 
 
 @functools.lru_cache(maxsize=4)
@@ -96,6 +97,19 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
     return parts
 
 
+def scanner_shifted(settings: RunSettings, images: ImageSet, site_id: int) -> ImageSet:
+    """``images`` of emulated site ``site_id`` through its synthetic scanner profile (``feature-shift``).
+
+    Unchanged at ``feature-shift`` = 0; otherwise the profile is logged once
+    per process and the pixels are a new array (the cached dataset is untouched).
+    """
+    if not settings.feature_shift:
+        return images
+    profile = scanner_profile(settings.seed, site_id, settings.feature_shift)
+    log_profile(profile, settings.image_size)
+    return dataclasses.replace(images, images=shift_images(images.images, profile))
+
+
 @dataclasses.dataclass(frozen=True)
 class SiteData:
     """One site's local training and validation images."""
@@ -117,7 +131,9 @@ def site_data(
     folder (any layout of :mod:`brainfl.layouts`) and all of its training
     scans are used: ``Training`` of a Kaggle split, else every scan. Labels
     always follow the server's ``class_names``; the validation split keeps a
-    patient's scans together.
+    patient's scans together. With ``feature-shift`` > 0 an emulated site's
+    images, training and validation alike, go through its synthetic scanner
+    (:func:`scanner_shifted`); a site with its own folder refuses the setting.
     """
     site_id = int(node_config.get("partition-id", -1))
     site_dir = str(node_config.get("data-dir", "")) or None
@@ -128,6 +144,12 @@ def site_data(
         if not 0 <= site_id < num_partitions:
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
+        train = scanner_shifted(settings, train, site_id)
+    elif settings.feature_shift:
+        raise BrainFLError(
+            f"setting 'feature-shift'={settings.feature_shift}: the synthetic scanner shift is for sites "
+            f"split from one dataset (node config 'num-partitions'); site {site_id} has its own data folder"
+        )
     else:
         train, _ = load_images(
             folder,

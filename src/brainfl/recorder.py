@@ -3,9 +3,10 @@
 Data reaches it one way: the strategy hands it each stage's
 :class:`~brainfl.aggregation.SiteReport`, the server hands it each round's
 :class:`~brainfl.evaluation.Evaluation` with the global weights. It then
-appends the round's row to ``federated_learning_results.csv`` (with the
-privacy spent when a ledger is given), the sites' rows to
-``site_metrics.csv``, new sites to ``partition.csv``, rewrites
+appends the round's row to ``federated_learning_results.csv`` (the
+evaluation's metrics with their bootstrap intervals, the privacy spent when a
+ledger is given), the sites' rows to ``site_metrics.csv`` (with each site's
+held-out balanced accuracy and per-class sensitivity), new sites to ``partition.csv``, rewrites
 ``test_predictions.csv`` and ``checkpoint.keras``, and logs TensorBoard
 scalars. :func:`resume_point` reads a run's checkpoint back for ``resume``.
 """
@@ -27,11 +28,11 @@ from brainfl.results import (
     PREDICTIONS_CSV,
     RESULTS_CSV,
     SITE_CSV,
-    SITE_FIELDS,
     CsvAppender,
     partition_header,
     read_rows,
     results_header,
+    site_header,
     truncate_rows_after,
     write_predictions,
 )
@@ -83,7 +84,7 @@ class RunRecorder:
         self.started = time.monotonic()
         self.class_names = tuple(class_names)
         self.results = CsvAppender(output_dir / RESULTS_CSV, results_header(class_names))
-        self.sites = CsvAppender(output_dir / SITE_CSV, SITE_FIELDS)
+        self.sites = CsvAppender(output_dir / SITE_CSV, site_header(class_names))
         self.partition = CsvAppender(output_dir / PARTITION_CSV, partition_header(class_names))
         self.partitioned = {row["site"] for row in read_rows(output_dir / PARTITION_CSV)}
         self.pending: dict[int, dict[str, SiteReport]] = {}

@@ -9,8 +9,11 @@ Grad-CAM overlays of a few picked test images. It writes:
 - ``accuracy_loss.png``, ``confusion_matrix.png``, ``partition.png``
   (:mod:`brainfl.report_figures`);
 - ``gradcam_examples/``: per true class, the most confident correct and wrong prediction;
-- ``report.html`` (``templates/report.html.j2``): headline numbers first, then the
-  figures and tables, the settings that differ from the defaults, all settings folded.
+- ``report.html`` (``templates/report.html.j2``): headline numbers first (with the
+  final round's 95% intervals, balanced accuracy and ECE), then the figures and
+  tables (per class: specificity, ROC-AUC and the sensitivity's interval; per site:
+  the final round's held-out scores with mean, worst and spread), the settings
+  that differ from the defaults, all settings folded.
 
 A missing optional artefact leaves its section out with a note on the page.
 """
@@ -205,6 +208,7 @@ def make_report(output_dir: Path | str) -> Path:
     """Write the figures and ``report.html`` of the run in ``output_dir``; return the page's path."""
     from brainfl import report_data as data
     from brainfl import report_figures as figures
+    from brainfl import report_sites
     from brainfl.files import write_atomically
     from brainfl.logs import LOG
     from brainfl.metrics import LEAK_FREE
@@ -220,13 +224,15 @@ def make_report(output_dir: Path | str) -> Path:
         confusion = figures.plot_confusion(
             counts, normalized, names, output_dir / FIGURE_CONFUSION, no_prediction
         )
-        per_class = frame_table(data.per_class_table(run.predictions, names))
+        clinical = data.per_class_clinical(run.results, names)
+        per_class = frame_table(data.per_class_table(run.predictions, names).join(clinical))
         description = _test_description(run)
-    counts_per_site, stacks = data.partition_counts(run)
+    counts_per_site, stacks = report_sites.partition_counts(run)
     partition = None
     if not counts_per_site.empty:
         partition = figures.plot_partition(counts_per_site, stacks, output_dir / FIGURE_PARTITION)
-    sites = data.site_table(run)
+    sites = report_sites.site_table(run)
+    final_sites = report_sites.final_round_sites(run)
     differing, every = data.settings_tables(run.config, run.notes)
     results = run.results
     if LEAK_FREE in results and results[LEAK_FREE].isna().all():
@@ -241,6 +247,8 @@ def make_report(output_dir: Path | str) -> Path:
         "test_description": description,
         "per_class": per_class,
         "sites": frame_table(sites) if not sites.empty else None,
+        "site_scores": None if final_sites is None else frame_table(final_sites[1]),
+        "site_scores_round": None if final_sites is None else final_sites[0],
         "partition": _figure(partition, output_dir / FIGURE_PARTITION),
         "examples": gradcam_examples(run, output_dir / GRADCAM_DIR),
         "differing": Table(["setting", "value", "default"], differing, text=True),

@@ -4,7 +4,9 @@ Everything here comes from files the run wrote (``run_config.json``, the
 per-round, per-site and partition CSVs, ``test_predictions.csv``); nothing
 re-evaluates a model or re-partitions data. Predictions are scored with
 :mod:`brainfl.metrics`, so a row of non-finite probabilities counts as wrong
-(class ``-1``), never as class 0. A missing optional artefact becomes a note.
+(class ``-1``), never as class 0; intervals, specificity, ROC-AUC and ECE are
+the last evaluated round's as the server recorded them. A missing optional
+artefact becomes a note. The per-site tables are :mod:`brainfl.report_sites`'.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from brainfl.errors import BrainFLError
-from brainfl.metrics import LEAK_FREE, predicted_classes
+from brainfl.metrics import BOUNDS, LEAK_FREE, predicted_classes
 from brainfl.model_files import class_names_in
 
 PARTITION_CSV = "partition.csv"
@@ -156,15 +158,37 @@ def wall_time(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+HEADLINE = (
+    ("accuracy", "final test accuracy"),
+    ("balanced_accuracy", "final test balanced accuracy"),
+    (LEAK_FREE, "leak-free test accuracy"),
+    ("f1_macro", "macro F1"),
+    ("ece", "calibration error, ECE"),
+)
+
+
+def _row_of(results: pd.DataFrame, server_round: int) -> pd.Series:
+    return results[results["round"] == server_round].iloc[-1]
+
+
+def interval_text(row: pd.Series, column: str) -> str | float:
+    """``95% CI low-high`` of ``column`` from its ``_low``/``_high`` cells in ``row``; NaN if unrecorded."""
+    low, high = (float(row.get(f"{column}_{bound}", math.nan)) for bound in BOUNDS)
+    return math.nan if math.isnan(low) or math.isnan(high) else f"95% CI {low:.4f}-{high:.4f}"
+
+
 def headline(run: Run) -> list[tuple[str, str]]:
-    """(label, value) pairs: final and best accuracy, leak-free accuracy, macro F1, rounds, wall time."""
+    """(label, value) pairs: final and best accuracy, balanced accuracy, leak-free accuracy, macro F1,
+    ECE, rounds, wall time; the final round's 95% interval after a value where it was recorded."""
     results, items = run.results, []
-    for column, label in (("accuracy", "final test"), (LEAK_FREE, "leak-free test"), ("f1_macro", "macro")):
+    for column, label in HEADLINE:
         last = _last(results, column)
-        if last is not None:
-            name = "F1" if column == "f1_macro" else "accuracy"
-            items.append((f"{label} {name} (round {last[1]})", f"{last[0]:.4f}"))
-        if last is not None and column == "accuracy":
+        if last is None:
+            continue
+        interval = interval_text(_row_of(results, last[1]), column)
+        value = f"{last[0]:.4f}" if isinstance(interval, float) else f"{last[0]:.4f} ({interval})"
+        items.append((f"{label} (round {last[1]})", value))
+        if column == "accuracy":
             best = results.loc[results["accuracy"].idxmax()]
             items.append((f"best test accuracy (round {int(best['round'])})", f"{best['accuracy']:.4f}"))
     if "round" in results and results["round"].notna().any():
@@ -173,6 +197,22 @@ def headline(run: Run) -> list[tuple[str, str]]:
     if elapsed is not None:
         items.append(("wall time", wall_time(elapsed[0])))
     return items
+
+
+def per_class_clinical(results: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per class, from the last evaluated round's row: the 95% interval of its sensitivity (recall),
+    its specificity and one-vs-rest ROC-AUC; only the columns that were recorded."""
+    last = _last(results, "accuracy")
+    row = _row_of(results, last[1]) if last else pd.Series(dtype=float)
+    table = pd.DataFrame(
+        {
+            "sensitivity 95% CI": [interval_text(row, f"sensitivity_{n}") for n in class_names],
+            "specificity": [row.get(f"specificity_{n}", math.nan) for n in class_names],
+            "ROC-AUC": [row.get(f"roc_auc_{n}", math.nan) for n in class_names],
+        },
+        index=pd.Index(list(class_names), name="class"),
+    )
+    return table.dropna(axis=1, how="all")
 
 
 def per_class_table(predictions: Predictions, class_names: Sequence[str]) -> pd.DataFrame:
@@ -209,42 +249,6 @@ def confusion(predictions: Predictions, num_classes: int) -> tuple[np.ndarray, n
     totals = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     return counts, normalized, bool(broken.any())
-
-
-def _site_order(index: pd.Index) -> list[str]:
-    return sorted(index, key=lambda s: (0, int(s), "") if str(s).lstrip("-").isdigit() else (1, 0, str(s)))
-
-
-def site_table(run: Run) -> pd.DataFrame:
-    """Per site: its images (``partition.csv``, else ``site_metrics.csv``), rounds and last val accuracy."""
-    table = run.partition.copy()
-    if not run.sites.empty:
-        sites = run.sites.sort_values("round", kind="stable").groupby("site")
-        reported = pd.DataFrame({"rounds reported": sites["round"].nunique()})
-        if "val_accuracy" in run.sites:
-            reported["last val accuracy"] = sites["val_accuracy"].apply(
-                lambda v: v.dropna().iloc[-1] if v.notna().any() else math.nan
-            )
-        if table.empty:
-            sizes = [c for c in ("num_train", "num_val") if c in run.sites]
-            table = sites[sizes].last() if sizes else pd.DataFrame(index=reported.index)
-        table = table.join(reported, how="outer")
-    if table.empty:
-        return table
-    table = table.loc[_site_order(table.index)]
-    table.index.name = "site"
-    return table
-
-
-def partition_counts(run: Run) -> tuple[pd.DataFrame, list[str]]:
-    """Training images per site for the partition figure, and the stacked columns (classes or total)."""
-    classes = [c for c in run.class_names if c in run.partition]
-    if classes:
-        return run.partition.loc[_site_order(run.partition.index), classes], classes
-    table = site_table(run)
-    if "num_train" not in table or table["num_train"].isna().all():
-        return pd.DataFrame(), []
-    return table[["num_train"]].rename(columns={"num_train": "training images"}), ["training images"]
 
 
 def pick_examples(predictions: Predictions, num_classes: int) -> list[tuple[int, str]]:

@@ -1,7 +1,10 @@
 """Run outputs: per-round CSVs flushed as each round ends, and the run config.
 
 ``federated_learning_results.csv`` gets one row per round (round 0 is the
-model before training); ``site_metrics.csv`` one row per site and round;
+model before training), with the server's clinical metrics and their
+bootstrap intervals (:func:`brainfl.metrics.interval_columns`);
+``site_metrics.csv`` one row per site and round, with the site's held-out
+balanced accuracy and per-class sensitivity;
 ``partition.csv`` one row per site (its image counts per class, as the site
 reported them); ``test_predictions.csv`` the latest global model's
 probabilities for every test image (rewritten each round). The report is
@@ -22,7 +25,8 @@ from typing import Any
 
 from brainfl.config import RunSettings
 from brainfl.files import write_atomically
-from brainfl.metrics import LEAK_FREE, METRIC_NAMES
+from brainfl.logs import LOG
+from brainfl.metrics import LEAK_FREE, METRIC_NAMES, SITE_SENSITIVITY, interval_columns
 from brainfl.model_files import RUN_CONFIG
 from brainfl.timings import PHASES
 
@@ -47,7 +51,16 @@ SITE_FIELDS = (
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
     per_class = [f"recall_{name}" for name in class_names]
-    return ["round", *METRIC_NAMES, *per_class, LEAK_FREE, *ROUND_FIELDS, "epsilon", "elapsed_s"]
+    clinical = interval_columns(class_names)
+    return ["round", *METRIC_NAMES, *per_class, LEAK_FREE, *clinical, *ROUND_FIELDS, "epsilon", "elapsed_s"]
+
+
+def site_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of ``site_metrics.csv``: :data:`SITE_FIELDS` with the site's held-out balanced accuracy
+    and sensitivity per class after ``val_accuracy``."""
+    held_out = ["val_balanced_accuracy", *(f"{SITE_SENSITIVITY}{name}" for name in class_names)]
+    at = SITE_FIELDS.index("val_accuracy") + 1
+    return [*SITE_FIELDS[:at], *held_out, *SITE_FIELDS[at:]]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -80,7 +93,11 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 class CsvAppender:
-    """Append rows to a CSV with a fixed header, flushing after every row."""
+    """Append rows to a CSV with a fixed header, flushing after every row.
+
+    An existing file keeps its own header (a resumed run of an older version): the
+    rows follow it, and columns it lacks are left out.
+    """
 
     def __init__(self, path: Path, header: Sequence[str]) -> None:
         self.path = path
@@ -88,6 +105,13 @@ class CsvAppender:
         if not path.exists() or path.stat().st_size == 0:
             with open(path, "w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerow(self.header)
+            return
+        with open(path, newline="", encoding="utf-8") as handle:
+            existing = next(csv.reader(handle), self.header)
+        if existing != self.header:
+            left_out = [column for column in self.header if column not in existing]
+            LOG.warning("%s keeps its columns; left out: %s", path.name, ", ".join(left_out) or "none")
+            self.header = existing
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one row (missing columns empty, floats with 6 significant digits)."""

@@ -34,6 +34,7 @@ from brainfl.privacy import PrivacyLedger, with_privacy
 from brainfl.recorder import RunRecorder, resume_point
 from brainfl.report import make_report
 from brainfl.results import resolve_output_dir, write_run_config
+from brainfl.scanner_shift import write_profiles
 from brainfl.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.strategy import build_strategy
 from brainfl.training import round_learning_rate
@@ -85,6 +86,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         LOG.info("all %d rounds are already done; outputs written to %s", first_round, output_dir)
         return
     write_run_config(output_dir, {**settings.to_config(), "class-names": ",".join(class_names)})
+    write_profiles(output_dir, settings, roster.examples)
     ledger = PrivacyLedger(settings, roster.num_sites) if settings.dp != "none" else None
     recorder = RunRecorder(
         output_dir,

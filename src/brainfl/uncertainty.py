@@ -18,6 +18,8 @@ A row of probabilities that is not finite (a broken model) is a wrong
 prediction, class ``-1`` of :func:`brainfl.metrics.predicted_classes`: it
 counts against accuracy and its true class's sensitivity, is no false alarm
 for the others, and is left out of ROC-AUC and ECE (see ``non_finite``).
+``brainfl evaluate`` reports every metric; through :mod:`brainfl.metrics` the
+server records some each round, and each site its point estimates (``resamples=0``).
 """
 
 from __future__ import annotations
@@ -258,7 +260,8 @@ def score_with_intervals(
     confidence: float = CONFIDENCE,
     bins: int = ECE_BINS,
 ) -> Scores:
-    """Every metric of ``probabilities`` (images x classes) against ``labels``, with bootstrap intervals."""
+    """Every metric of ``probabilities`` (images x classes) against ``labels``, with bootstrap intervals
+    (NaN bounds with ``resamples=0``: point estimates only)."""
     data = _Prepared(np.asarray(labels), probabilities, len(class_names), bins)
     n = len(data.labels)
     if n == 0:
@@ -268,7 +271,8 @@ def score_with_intervals(
     chunks = [_statistics(data, weights) for weights in resample_weights(n, resamples, seed)]
     intervals = {}
     for name, value in point.items():
-        low, high = _bounds(np.concatenate([chunk[name] for chunk in chunks]), confidence)
+        samples = [chunk[name] for chunk in chunks] or [np.full((1, *np.shape(value)), np.nan)]
+        low, high = _bounds(np.concatenate(samples), confidence)
         if name in PER_CLASS:
             intervals[name] = [Interval(*map(float, v)) for v in zip(value, low, high, strict=True)]
         else:

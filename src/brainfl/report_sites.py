@@ -1,0 +1,82 @@
+"""The run report's per-site tables, read from ``partition.csv`` and ``site_metrics.csv`` only.
+
+- :func:`site_table`: each site's images, the rounds it reported and its last
+  validation accuracy;
+- :func:`final_round_sites`: the sites' held-out scores of the last round they
+  reported (accuracy, balanced accuracy, sensitivity per class), then their
+  mean, the worst value and the spread (max - min) across sites;
+- :func:`partition_counts`: the partition figure's training images per site.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from brainfl.metrics import SITE_SENSITIVITY
+
+if TYPE_CHECKING:
+    from brainfl.report_data import Run
+
+SUMMARY_ROWS = ("mean", "worst", "spread (max - min)")
+
+
+def site_order(index: pd.Index) -> list[str]:
+    """Site ids in numeric order (non-numeric ones last, by name)."""
+    return sorted(index, key=lambda s: (0, int(s), "") if str(s).lstrip("-").isdigit() else (1, 0, str(s)))
+
+
+def site_table(run: Run) -> pd.DataFrame:
+    """Per site: its images (``partition.csv``, else ``site_metrics.csv``), rounds and last val accuracy."""
+    table = run.partition.copy()
+    if not run.sites.empty:
+        sites = run.sites.sort_values("round", kind="stable").groupby("site")
+        reported = pd.DataFrame({"rounds reported": sites["round"].nunique()})
+        if "val_accuracy" in run.sites:
+            reported["last val accuracy"] = sites["val_accuracy"].apply(
+                lambda v: v.dropna().iloc[-1] if v.notna().any() else math.nan
+            )
+        if table.empty:
+            sizes = [c for c in ("num_train", "num_val") if c in run.sites]
+            table = sites[sizes].last() if sizes else pd.DataFrame(index=reported.index)
+        table = table.join(reported, how="outer")
+    if table.empty:
+        return table
+    table = table.loc[site_order(table.index)]
+    table.index.name = "site"
+    return table
+
+
+def final_round_sites(run: Run) -> tuple[int, pd.DataFrame] | None:
+    """(round, table): each site's held-out scores in the last round with any, then the
+    :data:`SUMMARY_ROWS` over the sites (a class a site's split lacks is left out of them); None
+    without per-site validation scores."""
+    sites = run.sites
+    if sites.empty or "val_accuracy" not in sites or sites["val_accuracy"].isna().all():
+        return None
+    scored = sites[sites["val_accuracy"].notna()]
+    last = int(scored["round"].max())
+    rows = scored[scored["round"] == last].drop_duplicates("site", keep="last").set_index("site")
+    names = {
+        "val_accuracy": "accuracy",
+        "val_balanced_accuracy": "balanced accuracy",
+        **{f"{SITE_SENSITIVITY}{name}": f"sensitivity {name}" for name in run.class_names},
+    }
+    table = rows.loc[site_order(rows.index), [c for c in names if c in rows]].rename(columns=names)
+    summary = pd.DataFrame([table.mean(), table.min(), table.max() - table.min()], index=list(SUMMARY_ROWS))
+    table = pd.concat([table, summary])
+    table.index.name = "site"
+    return last, table
+
+
+def partition_counts(run: Run) -> tuple[pd.DataFrame, list[str]]:
+    """Training images per site for the partition figure, and the stacked columns (classes or total)."""
+    classes = [c for c in run.class_names if c in run.partition]
+    if classes:
+        return run.partition.loc[site_order(run.partition.index), classes], classes
+    table = site_table(run)
+    if "num_train" not in table or table["num_train"].isna().all():
+        return pd.DataFrame(), []
+    return table[["num_train"]].rename(columns={"num_train": "training images"}), ["training images"]
