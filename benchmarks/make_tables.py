@@ -270,7 +270,7 @@ TABLES: dict[str, Table] = {
         baseline=lambda run: run.plain and run.get("partitioning") == "iid",
         keys=(*SCHEDULE, "strategy", "norm")),
     "scale": Table(
-        f'{SUITE} --epochs 4 --local-epochs 2 --only "50 sites (scale)" --keep scale',
+        f'{SUITE} --epochs 4 --local-epochs 2 --only "50 sites (scale)" "200 sites (scale)" --keep scale',
         ("setting", "engine", "training images per site", "passes", "mean round", "official accuracy",
          "wall time", "peak memory, all processes"),
         select=lambda run: not run.central and int(run.get("num-partitions", 0)) >= SCALE_SITES),

@@ -172,6 +172,8 @@ def setting(run: Run) -> str:
         return "centralized"
     skew = f"Dirichlet {run.get('dirichlet-alpha')}" if run.get("partitioning") == "dirichlet" else "IID"
     words = [f"{run.get('num-partitions')} sites", skew]
+    shift = float(run.get("feature-shift", 0) or 0)
+    words += [f"synthetic scanner shift {shift:g}"] if shift else []
     words += ["balanced softmax"] if run.get("balanced-softmax") else []
     words += [str(run.get("strategy"))] if run.get("strategy", "fedavg") != "fedavg" else []
     words += [f"{run.get('norm')} norm"] if run.get("norm", "batch") != "batch" else []

@@ -12,7 +12,8 @@ per round for every setting (``<out>/suite_accuracy.png``).
 
 Settings: centralized; 4 sites IID; 4 sites Dirichlet alpha 1.0 and 0.3;
 10 sites Dirichlet 0.3; on 4 sites alpha 0.3 also FedProx, FedAvgM,
-GroupNorm and the balanced-softmax loss; and scale runs of 50 and 200 simulated sites (round time, total memory).
+GroupNorm and the balanced-softmax loss; and scale runs of 50 and 200 simulated sites (round time,
+total memory).
 ``--only`` picks some by name. ``--tiny`` uses a few dozen images at 32 px
 (a subset folder of 12 images per class and split, see ``subset.py``) for
 one round and the first three settings. ``--keep NAME`` copies each

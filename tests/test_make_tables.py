@@ -360,3 +360,12 @@ def test_the_shifted_table_without_a_shifted_copy_says_so_with_a_command(tmp_pat
     text = render("shifted", tmp_path / "benchmarks" / "results")
     assert text.startswith("No result folder in `benchmarks/results/` answers this yet")
     assert "python3 benchmarks/shifted_copy.py" in text
+
+
+def test_a_run_with_synthetic_scanner_shift_says_so_in_its_setting(tmp_path):
+    keep(tmp_path, "shifted-sites", [0.2, 0.9], [0, 10], **{"feature-shift": 0.5})
+    keep(tmp_path, "plain-sites", [0.2, 0.9], [0, 10])
+    table = render("runs", tmp_path / "benchmarks" / "results")
+    shifted = next(line for line in table.splitlines() if line.startswith("| shifted-sites |"))
+    plain = next(line for line in table.splitlines() if line.startswith("| plain-sites |"))
+    assert "synthetic scanner shift 0.5" in shifted and "synthetic" not in plain

@@ -107,7 +107,7 @@ def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_na
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``brainfl`` command and its sub-commands."""
-    from brainfl import centralized, certs, data_check, evaluate, predict, report
+    from brainfl import baselines, centralized, certs, data_check, evaluate, predict, report
 
     parser = argparse.ArgumentParser(prog="brainfl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
     centralized.add_parser(commands)
+    baselines.add_parser(commands)
     certs.add_parser(commands)
     evaluate.add_parser(commands)
     predict.add_parser(commands)

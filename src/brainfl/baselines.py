@@ -1,0 +1,266 @@
+"""The local-only baseline: what each site of a run could train alone, on its own images only.
+
+``brainfl local`` answers a site's question "will the shared model be better
+on my patients than the one I could train alone?". With the run's settings it
+trains, at each site of the run in turn, a model from the run's seeded initial
+weights on that site's training images only: ``num-server-rounds`` "rounds" of
+:func:`brainfl.site_training.local_update` (``local-epochs`` epochs each, the
+round's learning rate :func:`brainfl.training.round_learning_rate`, the site's
+seeds), exactly as the site trains in the federation, with no averaging in
+between (and no FedProx term: there is no shared model to stay near). The sites
+are the federation's (:func:`brainfl.pipeline.site_data`): the run's
+``num-partitions`` partitions of ``data-dir``, or each site's own folder
+(``--site-data-dir``, as ``run.sh --site-data-dirs`` gives them), less the same
+validation split.
+
+Each site's final model is scored on the site's held-out split with the sites'
+own scorer (:func:`brainfl.client_app.validate`) and on the coordinator's test
+set (:mod:`brainfl.central_data`) with the server's evaluator, whose leak-free
+subset is the federated run's: the test images no site holds a copy of. Written:
+``local_baseline.csv`` (one row per site), ``run_config.json`` and, per site, a
+run folder ``local_site_<i>/`` of the recorder's files (its round curves, read
+by ``brainfl report``) with its ``final_model.keras``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainfl.aggregation import SiteReport
+from brainfl.central_data import CentralData, central_data
+from brainfl.client_app import site_counts, validate
+from brainfl.config import RunSettings
+from brainfl.duplicates import has_copy_in, hash_files
+from brainfl.errors import BrainFLError
+from brainfl.evaluation import CentralEvaluator, Evaluation
+from brainfl.federation_setup import Roster
+from brainfl.logs import LOG, log_to_file
+from brainfl.metrics import LEAK_FREE, SITE_SENSITIVITY
+from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
+from brainfl.models import ModelBundle
+from brainfl.pipeline import SiteData, initial_weights, model_for, model_inputs, site_data
+from brainfl.recorder import RunRecorder
+from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, CsvAppender, write_run_config
+from brainfl.site_training import local_update
+from brainfl.training import round_learning_rate
+
+LOCAL_CSV = "local_baseline.csv"
+CENTRAL_SCORES = (
+    "loss",
+    "accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "balanced_accuracy",
+    "balanced_accuracy_low",
+    "balanced_accuracy_high",
+    "f1_macro",
+    LEAK_FREE,
+)
+TEST = "test_"  # prefix of the central test set's scores in local_baseline.csv
+
+
+def site_folder(output_dir: Path, site_id: int) -> Path:
+    """The run folder of site ``site_id``'s model trained alone."""
+    return output_dir / f"local_site_{site_id}"
+
+
+def node_configs(settings: RunSettings, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The sites' node configs, as ``run.sh`` gives them to the SuperNodes: a partition of
+    ``data-dir`` each, or (``site_dirs``) each site's own folder."""
+    count = settings.num_partitions
+    if site_dirs and len(site_dirs) != count:
+        raise BrainFLError(f"--site-data-dir: {len(site_dirs)} folders for {count} sites (num-partitions)")
+    if site_dirs:
+        return [{"partition-id": i, "data-dir": str(folder)} for i, folder in enumerate(site_dirs)]
+    return [{"partition-id": i, "num-partitions": count} for i in range(count)]
+
+
+def federation_leak_free(central: CentralData, sites: Sequence[SiteData]) -> np.ndarray | None:
+    """The federated run's leak-free test subset: the test images of which no site holds an exact
+    or near copy (what the setup query of :mod:`brainfl.federation_setup` finds)."""
+    if central.test is None:
+        return None
+    test_hashes = hash_files(central.root, central.test.files)
+    copied = np.zeros(len(test_hashes), dtype=bool)
+    for site in sites:  # the files a site hashes to answer the setup query
+        copied |= has_copy_in(test_hashes, hash_files(site.folder, [*site.train.files, *site.val.files]))
+    return Roster({site.site_id: len(site.train) for site in sites}, copied).leak_free()
+
+
+def csv_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of ``local_baseline.csv``: the site, its held-out scores, its central test scores."""
+    held_out = ["val_loss", "val_accuracy", "val_balanced_accuracy"]
+    held_out += [f"{SITE_SENSITIVITY}{name}" for name in class_names]
+    central = [*CENTRAL_SCORES, *(f"recall_{name}" for name in class_names)]
+    return ["site", "data", "num_train", "num_val", *held_out, *(TEST + key for key in central), "train_s"]
+
+
+def train_alone(
+    settings: RunSettings,
+    site: SiteData,
+    evaluator: CentralEvaluator | None,
+    writer: ModelWriter,
+    folder: Path,
+) -> tuple[list[np.ndarray], Evaluation | None]:
+    """Train site ``site``'s model alone for the run's rounds, recorded in ``folder`` as a run is;
+    save it as ``folder/final_model.keras``; return its weights and central evaluation (None: no
+    test set)."""
+    bundle, rounds, class_names = writer.bundle, settings.num_server_rounds, site.train.class_names
+    test_set = None if evaluator is None else evaluator.test_set
+    recorder = RunRecorder(folder, test_set, class_names, writer, total_rounds=rounds)
+    weights = initial_weights(settings, class_names)
+    evaluation = evaluator(weights) if evaluator else None
+    recorder.round_done(0, weights, evaluation)
+    inputs, labels = model_inputs(settings, bundle, site.train), site.train.labels
+    for server_round in range(1, rounds + 1):
+        bundle.trainable.set_weights(weights)
+        received = validate(settings, bundle, site)  # as a site scores the model it receives
+        metrics = local_update(
+            settings,
+            bundle,
+            inputs,
+            labels,
+            learning_rate=round_learning_rate(settings.learning_rate, server_round, rounds),
+            server_round=server_round,
+            site_id=site.site_id,
+        )
+        weights = bundle.trainable.get_weights()
+        reply = {**metrics, **received, **site_counts(site)}
+        recorder.site_report(server_round, SiteReport("train", {site.site_id: reply}, reply, 1))
+        evaluation = evaluator(weights) if evaluator else None
+        recorder.round_done(server_round, weights, evaluation)
+    writer.write(folder / FINAL_MODEL, weights)
+    return weights, evaluation
+
+
+def site_row(
+    settings: RunSettings,
+    site: SiteData,
+    source: str,
+    bundle: ModelBundle,
+    trained: tuple[list[np.ndarray], Evaluation | None],
+) -> dict[str, Any]:
+    """The site's row of ``local_baseline.csv``: its model's (``trained``: weights and central
+    evaluation) held-out and central test scores."""
+    weights, evaluation = trained
+    row: dict[str, Any] = {"site": site.site_id, "data": source, **site_counts(site)}
+    if len(site.val):
+        bundle.trainable.set_weights(weights)
+        row.update(validate(settings, bundle, site))
+    else:
+        LOG.warning("site %d has no validation split (val-fraction): no held-out scores", site.site_id)
+    if evaluation is not None:
+        row.update({TEST + key: value for key, value in evaluation.metrics.items()})
+    return row
+
+
+def run_local(settings: RunSettings, output_dir: Path, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Train and score every site's model alone (see the module docstring); return the CSV's rows."""
+    configs = node_configs(settings, site_dirs)
+    central = central_data(settings)
+    class_names = central.class_names
+    sites = [site_data(settings, config, class_names) for config in configs]
+    evaluator = None
+    if central.test is not None:
+        evaluator = CentralEvaluator(
+            settings,
+            central.test,
+            class_names,
+            official=central.official,
+            leak_free=federation_leak_free(central, sites),
+        )
+    bundle = model_for(settings, class_names)
+    writer = ModelWriter(
+        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+    )
+    config = {
+        **settings.to_config(),
+        "class-names": ",".join(class_names),
+        "local-baseline": True,
+        "site-data-dirs": [str(folder) for folder in site_dirs],
+    }
+    write_run_config(output_dir, config)
+    (output_dir / LOCAL_CSV).unlink(missing_ok=True)
+    table = CsvAppender(output_dir / LOCAL_CSV, csv_header(class_names))
+    rows = []
+    for site, node_config in zip(sites, configs, strict=True):
+        folder = site_folder(output_dir, site.site_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):  # a fresh run, not appended to an older one
+            (folder / name).unlink(missing_ok=True)
+        write_run_config(folder, {**config, "local-site": site.site_id})
+        LOG.info("site %d alone: %d training images", site.site_id, len(site.train))
+        started = time.monotonic()
+        trained = train_alone(settings, site, evaluator, writer, folder)
+        own = "data-dir" in node_config
+        source = str(site.folder) if own else f"partition {site.site_id} of {settings.num_partitions}"
+        row = site_row(settings, site, source, bundle, trained)
+        rows.append({**row, "train_s": round(time.monotonic() - started, 1)})
+        table.append(rows[-1])
+    return rows
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> str:
+    """The printed table: per site, its images and its model's held-out and central test accuracy."""
+    columns = {
+        "held-out acc": "val_accuracy",
+        "held-out bal acc": "val_balanced_accuracy",
+        "test acc": TEST + "accuracy",
+        "leak-free acc": TEST + LEAK_FREE,
+    }
+    lines = [["site", "train/val", *columns]]
+    for row in rows:
+        scores = [row.get(key) for key in columns.values()]
+        counts = f"{row['num_train']}/{row['num_val']}"
+        lines.append([str(row["site"]), counts, *("-" if v is None else f"{v:.4f}" for v in scores)])
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The ``brainfl local`` command."""
+    from brainfl.results import resolve_output_dir
+    from brainfl.run_config import settings_from_args
+
+    settings = settings_from_args(args.app_dir, args.run_config)
+    output_dir = resolve_output_dir(settings)
+    with log_to_file(output_dir / "logs" / "local.log"):
+        rows = run_local(settings, output_dir, args.site_data_dir)
+        LOG.info("outputs written to %s", output_dir)
+    print(summary(rows))
+    print(f"written: {output_dir / LOCAL_CSV}")
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``local`` sub-command to the ``brainfl`` parser."""
+    parser = subcommands.add_parser(
+        "local",
+        help="train each site's model alone on its own images (the local-only baseline)",
+        description=(
+            "Train, at each site of the run in turn, the run's model on that site's training images "
+            "alone (num-server-rounds rounds of local-epochs, no averaging); score it on the site's "
+            "held-out split and on the central test set; write local_baseline.csv."
+        ),
+    )
+    parser.add_argument("--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml")
+    parser.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        help='a conf file (conf/NAME.toml) or "key=value ..." overrides; repeatable, later ones win',
+    )
+    parser.add_argument(
+        "--site-data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a site's own data folder (once per site, in site order) instead of a partition of data-dir",
+    )
+    parser.set_defaults(handler=run)
+    return parser
