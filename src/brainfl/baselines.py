@@ -47,6 +47,7 @@ from brainfl.models import ModelBundle
 from brainfl.pipeline import SiteData, initial_weights, model_for, model_inputs, site_data
 from brainfl.recorder import RunRecorder
 from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, CsvAppender, write_run_config
+from brainfl.run_config import add_settings_arguments
 from brainfl.site_training import local_update
 from brainfl.training import round_learning_rate
 
@@ -248,13 +249,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
             "held-out split and on the central test set; write local_baseline.csv."
         ),
     )
-    parser.add_argument("--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml")
-    parser.add_argument(
-        "--run-config",
-        action="append",
-        default=[],
-        help='a conf file (conf/NAME.toml) or "key=value ..." overrides; repeatable, later ones win',
-    )
+    add_settings_arguments(parser)
     parser.add_argument(
         "--site-data-dir",
         action="append",

@@ -26,6 +26,7 @@ from brainfl.pipeline import initial_weights, load_run_dataset, model_inputs
 from brainfl.recorder import RunRecorder
 from brainfl.report import make_report
 from brainfl.results import resolve_output_dir, write_run_config
+from brainfl.run_config import add_settings_arguments
 from brainfl.site_training import class_counts, local_update
 from brainfl.training import round_learning_rate
 
@@ -90,12 +91,6 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
             "epochs-of-local-epochs, evaluated on the server's test set after each."
         ),
     )
-    parser.add_argument("--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml")
-    parser.add_argument(
-        "--run-config",
-        action="append",
-        default=[],
-        help='a conf file (conf/NAME.toml) or "key=value ..." overrides; repeatable, later ones win',
-    )
+    add_settings_arguments(parser)
     parser.set_defaults(handler=run)
     return parser

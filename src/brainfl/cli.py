@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from brainfl.config import RunSettings, default_run_config
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
-from brainfl.run_config import settings_from_args, to_toml, toml_value
+from brainfl.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
 
 if TYPE_CHECKING:
     from brainfl.central_data import CentralData
@@ -112,16 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainfl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prepare", help="validate settings and data, and cache decoded images")
-    prep.add_argument(
-        "--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml (default: .)"
-    )
-    prep.add_argument(
-        "--run-config",
-        action="append",
-        default=[],
-        help='a conf file (conf/NAME.toml) or "key=value ..." overrides as in flwr run; '
-        "repeat to combine (later ones win)",
-    )
+    add_settings_arguments(prep)
     prep.add_argument(
         "--write-run-config",
         metavar="FILE",

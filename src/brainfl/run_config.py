@@ -10,6 +10,7 @@ every ``brainfl`` command that takes settings and by the benchmarks.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 import tomllib
@@ -114,6 +115,21 @@ def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -
     settings = settings_from_config({**defaults, **overrides})
     check_overrides_apply(overrides, settings, defaults)
     return settings
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--app-dir`` and repeatable ``--run-config``: how every ``brainfl`` command that runs the app
+    takes its settings (read with :func:`settings_from_args`)."""
+    parser.add_argument(
+        "--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml (default: .)"
+    )
+    parser.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        help='a conf file (conf/NAME.toml) or "key=value ..." overrides as in flwr run; '
+        "repeat to combine (later ones win)",
+    )
 
 
 def _toml_string(text: str) -> str:
