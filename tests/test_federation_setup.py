@@ -15,7 +15,7 @@ from brainfl.federation_setup import TEST_COPIES, roster_from_replies
 from brainfl.model_files import FINAL_MODEL
 from brainfl.results import read_rows
 from conftest import CLASSES, write_image
-from inprocess import make_reply, run_in_process
+from inprocess import InProcessGrid, make_reply, run_in_process
 
 WORKLOAD = {
     "image-size": 16,
@@ -48,9 +48,11 @@ def coordinator_and_sites(root: Path) -> tuple[Path, list[Path], set[str]]:
     return coordinator, sites, {"Testing/glioma/te-glioma-0.jpg", "Testing/notumor/te-notumor-1.jpg"}
 
 
-def test_a_coordinator_with_only_a_test_folder_runs_the_federation(tmp_path):
-    """No training data at the coordinator; the leak-free subset is what no site holds a copy of;
-    each site gets one setup query and then one message per round."""
+def run_coordinated(
+    tmp_path: Path, settings: dict | None = None
+) -> tuple[InProcessGrid, list[Message], set[str]]:
+    """Run :func:`coordinator_and_sites`' federation (WORKLOAD and ``settings``, outputs in
+    ``tmp_path/run``): the grid, every reply the server received and the test files the sites copy."""
     coordinator, sites, copied = coordinator_and_sites(tmp_path)
     replies: list[Message] = []
     config = {
@@ -58,6 +60,7 @@ def test_a_coordinator_with_only_a_test_folder_runs_the_federation(tmp_path):
         "data-dir": str(tmp_path / "no-such-folder"),
         "test-dir": str(coordinator),
         "output-dir": str(tmp_path / "run"),
+        **(settings or {}),
     }
     grid = run_in_process(
         2,
@@ -65,14 +68,22 @@ def test_a_coordinator_with_only_a_test_folder_runs_the_federation(tmp_path):
         node_config=lambda site: {"data-dir": str(sites[site]), "num-partitions": None},
         tap=replies.append,
     )
+    return grid, replies, copied
+
+
+def test_a_coordinator_with_only_a_test_folder_runs_the_federation(tmp_path):
+    """No training data at the coordinator; the leak-free subset is what no site holds a copy of;
+    each site gets one setup query and then one message per round."""
+    grid, replies, copied = run_coordinated(tmp_path)
     run = tmp_path / "run"
     assert [row["round"] for row in read_rows(run / "federated_learning_results.csv")] == ["0", "1", "2"]
     predictions = read_rows(run / "test_predictions.csv")
     assert {row["file"] for row in predictions if row["leak_free"] == "0"} == copied
     assert len(predictions) == 8
     sent = [message.metadata.message_type for message in grid.sent]
-    assert sent == [MessageType.QUERY] * 2 + [MessageType.TRAIN] * 4  # no evaluate messages
-    setup = [reply for reply in replies if reply.metadata.message_type == MessageType.QUERY]
+    # no evaluate messages; after the last round one calibration query per site (test_calibration.py)
+    assert sent == [MessageType.QUERY] * 2 + [MessageType.TRAIN] * 4 + [MessageType.QUERY] * 2
+    setup = [reply for reply in replies if reply.metadata.message_type == MessageType.QUERY][:2]
     for reply in setup:  # a site answers with counts and test indices, nothing of its own images
         assert set(reply.content.keys()) == {"metrics", TEST_COPIES}
         assert reply.content[TEST_COPIES].to_numpy_ndarrays()[0].dtype == np.int64

@@ -15,6 +15,8 @@ A training reply carries the site's image counts per class (its row of the
 run's partition table) next to its metrics, and first scores the received
 model on the site's held-out split: loss, accuracy, balanced accuracy and
 sensitivity per class (of the server's classes, NaN for one the split lacks).
+A query message is the coordinator's setup query before round 1 or its
+calibration query after the last round (its config's ``query`` says which).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from brainfl.aggregation import CLASS_COUNT_PREFIX
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
-from brainfl.federation_setup import TEST_COPIES, TEST_HASHES
+from brainfl.federated_calibration import CALIBRATION, GRID, site_answer
+from brainfl.federation_setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
 from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
@@ -240,12 +243,36 @@ def setup_round(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def calibration_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's calibration query: the final model's summed NLL on this site's validation
+    split at each temperature asked, and the split's size (:mod:`brainfl.federated_calibration`)."""
+    config = msg.content["config"]
+    with site_session(config, context) as (settings, site):
+        probabilities = np.empty((0, len(site.val.class_names)), dtype=np.float32)
+        if len(site.val):  # (never the training images: the model fitted them, too confidently)
+            bundle = model_for(settings, site.train.class_names)
+            bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+            probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, site.val))
+        answer = site_answer(site.site_id, site.val.labels, probabilities, list(config[GRID]))
+    return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
+
+
+def query_round(msg: Message, context: Context) -> Message:
+    """The coordinator's queries: ``setup`` before round 1, ``calibration`` after the last round."""
+    asked = str(msg.content["config"].get(QUERY, SETUP))
+    if asked == CALIBRATION:
+        return calibration_round(msg, context)
+    if asked != SETUP:
+        raise BrainFLError(f"unknown query '{asked}' (this site answers: {SETUP}, {CALIBRATION})")
+    return setup_round(msg, context)
+
+
 def client_app_with(*extra_mods) -> ClientApp:
     """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods."""
     client_app = ClientApp(mods=[*extra_mods, *STANDARD_MODS])
     client_app.train()(train_round)
     client_app.evaluate()(evaluate_round)
-    client_app.query()(setup_round)
+    client_app.query()(query_round)
     return client_app
 
 

@@ -87,6 +87,7 @@ class RunSettings:
     dp_delta: float
     secagg: bool
     secagg_clipping_range: float
+    calibrate: bool
 
     @property
     def channels(self) -> int:

@@ -7,11 +7,13 @@ folder; a model class without a folder is reported and scored as absent).
 Every scan is decoded by the model's own preprocessing
 (:meth:`brainfl.model_files.LoadedModel.preprocess`, as in training) and
 scored by :mod:`brainfl.uncertainty`: each metric with its bootstrap 95%
-interval. The command prints them and writes into ``--output``:
+interval. The probabilities are scaled by the model's calibrated temperature
+(:meth:`~brainfl.model_files.LoadedModel.probabilities`, as ``brainfl predict``),
+which the output names. The command prints them and writes into ``--output``:
 
 - ``evaluation.csv``: ``metric, class, value, low, high`` (``class`` empty when overall);
 - ``evaluation.json``: the same, with the confusion matrix, the reliability
-  table, the images per class, skipped files and the bootstrap settings;
+  table, the images per class, skipped files, the temperature and the bootstrap settings;
 - ``confusion_matrix.png`` and ``reliability.png``.
 
 An unreadable scan stops the command, naming the file, unless
@@ -57,6 +59,7 @@ class Evaluation:
     skipped: list[Path]
     leak_free_only: bool
     scores: Scores
+    temperature: float = 1.0  # the model's, applied to its probabilities (1: not calibrated)
 
 
 def labelled_scans(data_dir: Path | str, class_names: Sequence[str]) -> tuple[list[Path], np.ndarray]:
@@ -155,6 +158,7 @@ def evaluate_model(
         [files[i] for i in unreadable],
         leak_free_only,
         scores,
+        loaded.temperature,
     )
 
 
@@ -166,6 +170,7 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
         "data": str(evaluation.data),
         "skipped_unreadable": [str(path) for path in evaluation.skipped],
         "leak_free_only": evaluation.leak_free_only,
+        "temperature": evaluation.temperature,
         **evaluation.scores.to_dict(),
     }
 
@@ -202,7 +207,10 @@ def print_scores(evaluation: Evaluation) -> None:
     scores = evaluation.scores
     per_class = scores.confusion.sum(axis=1)
     counts = ", ".join(f"{n} {c}" for c, n in zip(scores.class_names, per_class, strict=True))
+    from brainfl.predict import temperature_note
+
     print(f"{evaluation.model} on {scores.images} scans of {evaluation.data} ({counts})")
+    print(temperature_note(evaluation.temperature))
     view = Table()
     for column in ("metric", "class", "value", "95% interval"):
         view.add_column(column, justify="right" if column in ("value", "95% interval") else "left")

@@ -32,6 +32,8 @@ from brainfl.logs import LOG
 
 TEST_HASHES = "test-hashes"  # the coordinator's test pHashes, (n, 4) uint64 words
 TEST_COPIES = "test-copies"  # a site's answer: indices of test images it holds a copy of
+QUERY = "query"  # a query's config key saying what is asked: SETUP, or the final calibration
+SETUP = "setup"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +73,7 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
 
 def setup_query(class_names: tuple[str, ...], test_hashes: np.ndarray | None) -> RecordDict:
     """The query every site gets: the class names and, with a test set, its pHashes."""
-    content = RecordDict({"config": ConfigRecord({"class-names": ",".join(class_names)})})
+    content = RecordDict({"config": ConfigRecord({QUERY: SETUP, "class-names": ",".join(class_names)})})
     if test_hashes is not None:
         content[TEST_HASHES] = ArrayRecord([np.ascontiguousarray(test_hashes, dtype=np.uint64)])
     return content

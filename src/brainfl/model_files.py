@@ -3,7 +3,8 @@
 A model file carries its own metadata (``brainfl.json`` inside the archive:
 model name, class names, image size, channels, how a scan is framed
 (``crop``: ``head``, or ``none`` for files written before scans were cropped
-to the head), and optionally the round), so
+to the head), optionally the round and the temperature its probabilities are
+scaled by (``temperature``, 1 when absent; see :mod:`brainfl.calibration`)), so
 the file alone says what its outputs mean and how to preprocess an image for
 it. Files are written to a temporary name and renamed, so a crash never
 leaves a half-written checkpoint. A file without the metadata is accepted
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -116,12 +118,17 @@ def read_metadata(path: Path) -> dict[str, Any]:
         or not isinstance(metadata.get("image_size"), int)
         or metadata.get("channels") not in (1, 3)
         or metadata.get("crop", "none") not in ("head", "none")
+        or not _is_temperature(metadata.get("temperature", 1.0))
     ):
         raise BrainFLError(
             f"model {path}: brainfl metadata needs class_names (list of names), image_size and channels "
-            f"(1 or 3), and crop head or none if given, got {metadata}"
+            f"(1 or 3), crop head or none and temperature a positive number if given, got {metadata}"
         )
     return metadata
+
+
+def _is_temperature(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +142,22 @@ class LoadedModel:
     image_size: int
     channels: int
     crop: str = "head"
+    temperature: float = 1.0  # fitted after the run (calibrate=true); 1: the probabilities as computed
 
     def preprocess(self, path: Path | str):
         """One image file as the model's training input (uint8, S x S x C), framed as in training."""
         from brainfl.data_loader import decode_image
 
         return decode_image(path, self.image_size, self.channels, self.crop)
+
+    def probabilities(self, inputs: Any, batch_size: int = 32) -> Any:
+        """Class probabilities (N x classes) of preprocessed ``inputs``, scaled by the model's temperature:
+        what ``brainfl predict``, ``brainfl evaluate`` and Grad-CAM's class choice all read."""
+        from brainfl import training
+        from brainfl.calibration import scale_probabilities
+
+        raw = training.predict_proba(self.model, inputs, batch_size=batch_size)
+        return scale_probabilities(raw, self.temperature)
 
 
 def _check_shapes(loaded: LoadedModel) -> None:
@@ -184,6 +201,7 @@ def load_model(model_path: Path | str) -> LoadedModel:
         int(metadata["image_size"]),
         int(metadata["channels"]),
         str(metadata.get("crop", "none")),
+        float(metadata.get("temperature", 1.0)),
     )
     _check_shapes(loaded)
     return loaded

@@ -5,6 +5,9 @@ size and channels, see :mod:`brainfl.model_files`). Each image,
 of any size, grayscale or RGB, is decoded exactly as in training with
 :func:`brainfl.data_loader.decode_image`. Predictions are named by class;
 ``--gradcam`` also writes a Grad-CAM overlay of the predicted class per image.
+The probabilities are scaled by the temperature the model file records
+(:meth:`brainfl.model_files.LoadedModel.probabilities`; 1 without one), which
+changes confidence, never the class.
 Classes are read from the probabilities by :func:`brainfl.metrics.predicted_classes`,
 so an image whose model outputs are not finite (a broken model) is predicted
 as ``invalid``, never as a class, and gets no overlay.
@@ -67,11 +70,10 @@ def find_images(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def predict_scans(loaded: LoadedModel, files: Sequence[Path], skip_unreadable: bool) -> tuple[Any, list[int]]:
-    """Probabilities (N x classes) of the readable scans; indices of the unreadable ones (if skipped)."""
+    """Probabilities (N x classes, scaled by the model's temperature) of the readable scans; indices of
+    the unreadable ones (if skipped)."""
     import numpy as np
     from tqdm import tqdm
-
-    from brainfl import training
 
     parts, skipped = [], []
     for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="predicting", disable=None, leave=False):
@@ -84,7 +86,7 @@ def predict_scans(loaded: LoadedModel, files: Sequence[Path], skip_unreadable: b
                     raise BrainFLError(f"{error} (use --skip-unreadable to leave such files out)") from None
                 skipped.append(index)
         if inputs:
-            parts.append(training.predict_proba(loaded.model, np.stack(inputs), batch_size=BATCH_SIZE))
+            parts.append(loaded.probabilities(np.stack(inputs), batch_size=BATCH_SIZE))
     empty = np.empty((0, len(loaded.class_names)), dtype=np.float32)
     return np.concatenate(parts) if parts else empty, skipped
 
@@ -98,7 +100,8 @@ def predict_files(
     """Predict every image of ``paths`` (files or folders) with the model at ``model_path``.
 
     Returns a pandas DataFrame: ``file``, ``predicted_class`` and one
-    probability column per class name (rows sum to 1); with ``gradcam_dir``,
+    probability column per class name (rows sum to 1; scaled by the model's temperature,
+    ``table.attrs["temperature"]``, which never changes the predicted class); with ``gradcam_dir``,
     also ``gradcam``, the overlay written for the predicted class. An image
     whose outputs are not finite has ``predicted_class`` ``invalid`` (:data:`INVALID`),
     its probabilities as the model gave them (NaN) and no overlay (``gradcam`` empty).
@@ -123,6 +126,7 @@ def predict_files(
         }
     )
     table.attrs["class_names"] = list(loaded.class_names)
+    table.attrs["temperature"] = loaded.temperature
     table.attrs["skipped"] = [str(found[index]) for index in unreadable]
     if gradcam_dir is not None:
         from brainfl.gradcam import gradcam_names, write_gradcams
@@ -166,12 +170,22 @@ def print_table(table, class_names: Sequence[str]) -> None:
     console.print(view)
 
 
+def temperature_note(temperature: float) -> str:
+    """The line saying which temperature scaled the probabilities (``predict`` and ``evaluate``)."""
+    if temperature == 1.0:
+        return "probabilities as the model computes them (temperature 1: the model file records no other)"
+    return (
+        f"probabilities scaled by the model's calibrated temperature T={temperature:.3f}: softmax(log p / T)"
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl predict``."""
     table = predict_files(args.model, args.paths, args.gradcam, args.skip_unreadable)
     for skipped in table.attrs["skipped"]:
         print(f"skipped unreadable file: {skipped}")
     print_table(table, table.attrs["class_names"])
+    print(temperature_note(table.attrs["temperature"]))
     invalid = int((table[PREDICTED_COLUMN] == INVALID).sum())
     if invalid:
         print(

@@ -10,7 +10,8 @@ Grad-CAM overlays of a few picked test images. It writes:
   (:mod:`brainfl.report_figures`);
 - ``gradcam_examples/``: per true class, the most confident correct and wrong prediction;
 - ``report.html`` (``templates/report.html.j2``): headline numbers first (with the
-  final round's 95% intervals, balanced accuracy and ECE), then the figures and
+  final round's 95% intervals, balanced accuracy and ECE, and, with a
+  ``calibration.json``, the temperature and the ECE after scaling), then the figures and
   tables (per class: specificity, ROC-AUC and the sensitivity's interval; per site:
   the final round's held-out scores with mean, worst and spread), the settings
   that differ from the defaults, all settings folded.
@@ -117,6 +118,16 @@ def _test_description(run: Run) -> str:
     return " ".join(parts)
 
 
+def calibration_section(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``calibration.json`` for the page (:func:`brainfl.calibration.report_view`); None: no calibration."""
+    from brainfl.calibration import report_view
+
+    if record is None:
+        return None
+    view = report_view(record)
+    return {**view, **{key: frame_table(view[key]) for key in ("effect", "sites") if view[key] is not None}}
+
+
 def _resolve_image(name: str, run: Run) -> Path | None:
     """A test image named in the predictions: absolute, or relative to the current folder,
     the output folder or the run's data-dir."""
@@ -209,6 +220,7 @@ def make_report(output_dir: Path | str) -> Path:
     from brainfl import report_data as data
     from brainfl import report_figures as figures
     from brainfl import report_sites
+    from brainfl.calibration import headline_items, read_calibration
     from brainfl.files import write_atomically
     from brainfl.logs import LOG
     from brainfl.metrics import LEAK_FREE
@@ -216,6 +228,7 @@ def make_report(output_dir: Path | str) -> Path:
     output_dir = Path(output_dir).expanduser().resolve()
     run = data.read_run(output_dir)
     names = run.class_names
+    calibration = read_calibration(output_dir)
 
     curves = figures.plot_curves(run.results, run.sites, output_dir / FIGURE_CURVES)
     confusion, per_class, description = None, None, ""
@@ -240,7 +253,8 @@ def make_report(output_dir: Path | str) -> Path:
     context = {
         "title": f"brainfl run report: {output_dir.name}",
         "output_dir": str(output_dir),
-        "headline": data.headline(run),
+        "headline": [*data.headline(run), *(headline_items(calibration) if calibration else [])],
+        "calibration": calibration_section(calibration),
         "curves": figures.data_uri(curves),
         "rounds": frame_table(results, index=False) if not results.empty else None,
         "confusion": _figure(confusion, output_dir / FIGURE_CONFUSION),

@@ -9,7 +9,10 @@ Per round: the strategy aggregates the sites' replies and hands their
 metrics to the recorder (:class:`~brainfl.aggregation.SiteReport`); the
 central evaluator scores the new global model on the test set and the
 recorder writes the round's outputs (CSVs, predictions, checkpoint). At the
-end the final model is saved and the report is made from those saved files.
+end every site is asked once more, for the final model's negative log-likelihood
+on its validation split at a grid of temperatures
+(:mod:`brainfl.federated_calibration`, ``calibrate``); the final model is saved
+with the fitted temperature and the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
 with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -25,7 +29,8 @@ from brainfl.central_data import CentralData, central_data
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.duplicates import hash_files
 from brainfl.errors import BrainFLError
-from brainfl.evaluation import CentralEvaluator
+from brainfl.evaluation import CentralEvaluator, Evaluation
+from brainfl.federated_calibration import calibrate
 from brainfl.federation_setup import Roster, setup_federation
 from brainfl.logs import LOG, log_to_file
 from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
@@ -53,6 +58,23 @@ def write_report(output_dir: Path) -> None:
         make_report(output_dir)
     except Exception as error:
         LOG.warning("report not written: %s", error)
+
+
+def final_temperature(
+    grid: Grid,
+    settings: RunSettings,
+    weights: list[np.ndarray],
+    class_names: tuple[str, ...],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    output_dir: Path,
+) -> float | None:
+    """The final model's federated temperature (None: skipped or failed; a calibration problem never
+    fails a finished run, whose model is then saved uncalibrated)."""
+    try:
+        return calibrate(grid, settings, weights, class_names, test, output_dir)
+    except Exception as error:
+        LOG.warning("calibration failed, the final model is saved uncalibrated: %r", error)
+        return None
 
 
 def central_evaluator(settings: RunSettings, central: CentralData, roster: Roster) -> CentralEvaluator | None:
@@ -103,11 +125,14 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     def learning_rate_for_round(server_round: int) -> float:
         return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
 
+    latest: list[Evaluation] = []  # the last evaluation: of the final model once the rounds are done
+
     def evaluate_round(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if first_round and local_round == 0:
             return None  # the resumed model was evaluated before the interruption
         round_weights = arrays.to_numpy_ndarrays()
         evaluation = None if evaluator is None else evaluator(round_weights)
+        latest[:] = [] if evaluation is None else [evaluation]
         recorder.round_done(local_round + first_round, round_weights, evaluation)
         return None if evaluation is None else MetricRecord(evaluation.metrics)
 
@@ -139,7 +164,10 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         weights = result.arrays.to_numpy_ndarrays()
         if ledger is not None:
             LOG.info("%s", ledger.summary())
-    writer.write(output_dir / FINAL_MODEL, weights)
+    test = (evaluator.test_set.labels, latest[0].probabilities) if evaluator and latest else None
+    temperature = final_temperature(grid, settings, weights, class_names, test, output_dir)
+    calibrated = {} if temperature is None else {"temperature": temperature}
+    writer.write(output_dir / FINAL_MODEL, weights, **calibrated)
     write_report(output_dir)
     LOG.info("outputs written to %s", output_dir)
 

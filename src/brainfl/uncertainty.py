@@ -87,7 +87,7 @@ class Scores:
             "non_finite": self.non_finite,
             "bootstrap": {"resamples": self.resamples, "seed": self.seed, "confidence": self.confidence},
             "metrics": [
-                {"metric": r.metric, "class": r[1] or None, **{k: _json(getattr(r, k)) for k in BOUNDS}}
+                {"metric": r.metric, "class": r[1] or None, **{k: json_number(getattr(r, k)) for k in BOUNDS}}
                 for r in self.table().itertuples(index=False)
             ],
             "confusion_matrix": {
@@ -96,13 +96,13 @@ class Scores:
                 "counts": self.confusion.tolist(),
             },
             "reliability": [
-                {k: int(v) if k in ("bin", "count") else _json(v) for k, v in row.items()}
+                {k: int(v) if k in ("bin", "count") else json_number(v) for k, v in row.items()}
                 for row in self.reliability.to_dict("records")
             ],
         }
 
 
-def _json(value: float) -> float | None:
+def json_number(value: float) -> float | None:
     """A JSON-safe number: NaN and infinities as None."""
     return float(value) if math.isfinite(value) else None
 
