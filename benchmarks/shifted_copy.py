@@ -62,9 +62,10 @@ from tqdm import tqdm
 
 from brainfl import evaluate
 from brainfl.cli import EXIT_USER_ERROR
-from brainfl.decoding import HEAD_MARGIN, head_box, open_scan
+from brainfl.decoding import open_scan
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
+from brainfl.framing import HEAD_MARGIN, head_box
 from brainfl.layouts import TEST_SPLIT, TRAIN_SPLIT, class_folders, find_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

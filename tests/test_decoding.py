@@ -11,17 +11,15 @@ from pydicom.pixels import apply_modality_lut
 
 from brainfl import data_loader
 from brainfl.decoding import (
-    HEAD_MARGIN,
     SCAN_SUFFIXES,
-    crop_box,
     decode_scan,
     has_dicom_magic,
-    head_box,
     is_scan_file,
     open_scan,
     window_to_uint8,
 )
 from brainfl.errors import BrainFLError
+from brainfl.framing import HEAD_MARGIN, crop_box, head_box
 from conftest import CLASSES
 from scan_files import correlation, read_gray, scan_to_dicom, scan_to_png16, write_dicom
 

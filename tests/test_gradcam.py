@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from brainfl import gradcam
-from brainfl.decoding import crop_box
 from brainfl.errors import BrainFLError
+from brainfl.framing import crop_box
 from brainfl.model_files import load_model
 from brainfl.models import build_model
 from conftest import REPO_ROOT

@@ -113,7 +113,7 @@ def overlay(original: Image.Image, heatmap: np.ndarray, crop: str, alpha: float 
     """
     import matplotlib
 
-    from brainfl.decoding import crop_box
+    from brainfl.framing import crop_box
 
     base = np.asarray(original.convert("RGB"), dtype=np.float32)
     left, top, right, bottom = crop_box(original, crop)
