@@ -38,6 +38,12 @@ flower_environment
 node_config="data-dir='$BRAINFL_DATA_DIR' log-dir='$BRAINFL_LOG_DIR'"
 # Without num-partitions, partition-id only names the site (client_<n>.log, "site <n>" in its log).
 [[ -n "${BRAINFL_SITE_ID:-}" ]] && node_config="partition-id=$BRAINFL_SITE_ID $node_config"
+# Where the site saves its personalized models (fine-tune-epochs, fedbn), one folder per run.
+if [[ -n "${BRAINFL_OUTPUT_DIR:-}" ]]; then
+  no_single_quote BRAINFL_OUTPUT_DIR
+  mkdir -p "$BRAINFL_OUTPUT_DIR"
+  node_config="$node_config output-dir='$BRAINFL_OUTPUT_DIR'"
+fi
 
 args=(
   --superlink "$BRAINFL_SUPERLINK"

@@ -13,13 +13,12 @@ from flwr.common.config import fuse_dicts, parse_config_args
 from brainfl.config import (
     SETTING_KEYS,
     RunSettings,
-    check_overrides_apply,
     default_run_config,
     settings_from_config,
     settings_with,
 )
 from brainfl.errors import BrainFLError
-from brainfl.run_config import settings_from_args
+from brainfl.run_config import check_overrides_apply, settings_from_args
 from conftest import REPO_ROOT
 
 CONF_FILES = sorted((REPO_ROOT / "conf").glob("*.toml"))

@@ -183,6 +183,11 @@ def test_site_and_coordinator_commands_built_from_env_files(tmp_path):
         "--port": "9300",  # the environment wins over the file
     }
     assert (tmp_path / "logs").is_dir()
+    # With BRAINFL_OUTPUT_DIR the site saves its personalized models there (node config output-dir).
+    site = dry_run("supernode.sh", tmp_path / "site.env", BRAINFL_OUTPUT_DIR=f"{tmp_path}/models")
+    node_config = dict(zip(site[1::2], site[2::2], strict=True))["--node-config"]
+    assert node_config.endswith(f"log-dir='{tmp_path}/logs' output-dir='{tmp_path}/models'")
+    assert (tmp_path / "models").is_dir()
 
     (tmp_path / "coordinator.env").write_text(
         f"BRAINFL_CA_CERT={tmp_path}/ca.crt\nBRAINFL_SERVER_CERT={tmp_path}/server.pem\n"

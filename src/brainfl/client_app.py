@@ -15,8 +15,10 @@ A training reply carries the site's image counts per class (its row of the
 run's partition table) next to its metrics, and first scores the received
 model on the site's held-out split: loss, accuracy, balanced accuracy and
 sensitivity per class (of the server's classes, NaN for one the split lacks).
-A query message is the coordinator's setup query before round 1 or its
-calibration query after the last round (its config's ``query`` says which).
+With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
+(:mod:`brainfl.fedbn`). A query message is the coordinator's setup query
+before round 1, or its calibration or personalization query after the last
+round (its config's ``query`` says which; :mod:`brainfl.personalization`).
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from brainfl.aggregation import CLASS_COUNT_PREFIX
 from brainfl.config import RunSettings, settings_from_config
 from brainfl.errors import BrainFLError
+from brainfl.fedbn import SiteBatchNorm
 from brainfl.federated_calibration import CALIBRATION, GRID, site_answer
 from brainfl.federation_setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
 from brainfl.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.flower_compat import recorddict_compat as compat
 from brainfl.logs import LOG, log_to_file
-from brainfl.metrics import SITE_SENSITIVITY, held_out_metrics
+from brainfl.metrics import SITE_SENSITIVITY
+from brainfl.personalization import PERSONALIZE, personalize_site
 from brainfl.pipeline import SiteData, model_for, model_inputs, site_data
-from brainfl.site_training import class_counts, local_update
+from brainfl.site_training import class_counts, local_update, validate
 from brainfl.timings import MessageTimer
 from brainfl.training import predict_proba
 
@@ -109,13 +113,15 @@ def site_session(
 def train_site(
     weights: list[np.ndarray], config: Mapping[str, Any], context: Context
 ) -> tuple[list[np.ndarray], dict[str, float | int]]:
-    """Score the received ``weights`` on this site's validation split, then train them on its
-    training split; return the new weights and the metrics (with each phase's seconds)."""
+    """Score the received ``weights`` (with FedBN, the site's own BatchNorm on top) on this site's
+    validation split, then train them on its training split; return the new weights and the metrics
+    (with each phase's seconds)."""
     timer = MessageTimer()
     with site_session(config, context, timer) as (settings, site):
         with timer.phase("model"):
             bundle = model_for(settings, site.train.class_names)
-            bundle.trainable.set_weights(weights)
+            batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+            bundle.trainable.set_weights(batchnorm.apply(weights))
         server_round = int(config.get("global-round", config.get("server-round", 0)))
         with timer.phase("validation"):
             received = validate(settings, bundle, site)  # every reply has the same metric keys
@@ -142,7 +148,9 @@ def train_site(
             held_out_summary(received),
         )
         LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
-        return bundle.trainable.get_weights(), {**metrics, **received, **site_counts(site), **timer.metrics()}
+        trained = bundle.trainable.get_weights()
+        batchnorm.keep(trained)
+        return trained, {**metrics, **received, **site_counts(site), **timer.metrics()}
 
 
 def site_counts(site: SiteData) -> dict[str, int]:
@@ -179,16 +187,6 @@ def train_legacy_round(msg: Message, context: Context) -> Message:
     return Message(content=compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
 
 
-def validate(settings: RunSettings, bundle, site: SiteData) -> dict[str, float]:
-    """The model's ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and
-    ``val_sensitivity_<class>`` on the site's held-out split (training images where it has none);
-    the classes are the server's, so every site replies with the same keys (NaN: a class the split
-    lacks)."""
-    held_out = site.val if len(site.val) else site.train
-    probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
-    return held_out_metrics(held_out.labels, probabilities, held_out.class_names)
-
-
 def held_out_summary(metrics: Mapping[str, float]) -> str:
     """The site's log text of :func:`validate`'s metrics (``nan``: a class its split lacks)."""
     sensitivity = ", ".join(
@@ -206,7 +204,8 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's validation split (``fraction-evaluate`` > 0)."""
     with site_session(msg.content["config"], context) as (settings, site):
         bundle = model_for(settings, site.train.class_names)
-        bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+        bundle.trainable.set_weights(batchnorm.apply(msg.content["arrays"].to_numpy_ndarrays()))
         metrics = validate(settings, bundle, site)
         LOG.info(
             "site %d round %s: validation %s",
@@ -257,14 +256,25 @@ def calibration_round(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
 
 
+def personalization_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's personalization query: fine-tune the final model here, save it here, and
+    reply with its held-out scores before and after (:mod:`brainfl.personalization`)."""
+    config = msg.content["config"]
+    with site_session(config, context) as (settings, site):
+        weights = msg.content["arrays"].to_numpy_ndarrays()
+        answer = personalize_site(settings, site, weights, config, context)
+    return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
+
+
+QUERIES = {SETUP: setup_round, CALIBRATION: calibration_round, PERSONALIZE: personalization_round}
+
+
 def query_round(msg: Message, context: Context) -> Message:
-    """The coordinator's queries: ``setup`` before round 1, ``calibration`` after the last round."""
+    """The coordinator's queries: ``setup`` before round 1, ``calibration`` and ``personalize`` after."""
     asked = str(msg.content["config"].get(QUERY, SETUP))
-    if asked == CALIBRATION:
-        return calibration_round(msg, context)
-    if asked != SETUP:
-        raise BrainFLError(f"unknown query '{asked}' (this site answers: {SETUP}, {CALIBRATION})")
-    return setup_round(msg, context)
+    if asked not in QUERIES:
+        raise BrainFLError(f"unknown query '{asked}' (this site answers: {', '.join(QUERIES)})")
+    return QUERIES[asked](msg, context)
 
 
 def client_app_with(*extra_mods) -> ClientApp:

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ class RunSettings:
     secagg: bool
     secagg_clipping_range: float
     calibrate: bool
+    fedbn: bool
+    fine_tune_epochs: int
 
     @property
     def channels(self) -> int:
@@ -220,6 +222,10 @@ def validate(settings: RunSettings) -> None:
     _within(settings, "feature_shift", 0, 1, "[]")
     if settings.weight_decay < 0 or settings.wait_for_sites < 0:
         raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
+    if settings.fine_tune_epochs < 0:
+        raise BrainFLError(
+            f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.fine_tune_epochs}"
+        )
     validate_privacy(settings)
     validate_combinations(settings)
 
@@ -244,6 +250,11 @@ def validate_combinations(settings: RunSettings) -> None:
         )
     if settings.resume and not settings.output_dir:
         raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
+    if settings.fedbn and (settings.model, settings.norm, settings.dp) != ("cnn", "batch", "none"):
+        raise BrainFLError(
+            "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn with "
+            f"norm=batch and no dp (got model={settings.model}, norm={settings.norm}, dp={settings.dp})"
+        )
     if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
         raise BrainFLError(
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
@@ -254,37 +265,6 @@ def validate_combinations(settings: RunSettings) -> None:
             "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
             "it cannot be combined with dp, another strategy or resume"
         )
-
-
-# Settings that only act under some other setting: (when they act, in words, and the test).
-_ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
-    "proximal-mu": ("strategy=fedprox", lambda s: s.strategy == "fedprox"),
-    "server-learning-rate": ("strategy is fedadam/fedyogi/fedavgm", lambda s: s.strategy in SERVER_STEPS),
-    "server-momentum": ("strategy=fedavgm", lambda s: s.strategy == "fedavgm"),
-    "byzantine-sites": ("strategy is krum/multikrum", lambda s: s.strategy in ("krum", "multikrum")),
-    "trim-beta": ("strategy=trimmed-mean", lambda s: s.strategy == "trimmed-mean"),
-    "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.partitioning == "dirichlet"),
-    "vgg-weights": ("model=vgg16", lambda s: s.model == "vgg16"),
-    "dp-noise-multiplier": ("dp is not none", lambda s: s.dp != "none"),
-    "dp-clipping-norm": ("dp is not none", lambda s: s.dp != "none"),
-    "dp-delta": ("dp is not none", lambda s: s.dp != "none"),
-    "secagg-clipping-range": ("secagg=true", lambda s: s.secagg),
-}
-
-
-def check_overrides_apply(
-    overrides: Mapping[str, Any], settings: RunSettings, defaults: Mapping[str, Any]
-) -> None:
-    """Refuse an override that changes a setting the other settings make Flower or brainfl ignore.
-
-    E.g. ``proximal-mu=0.1`` with ``strategy=fedavg`` would be silently
-    without effect. Only keys the user set to a value other than the default
-    are checked, so a full run config (a resumed run's) passes.
-    """
-    config = settings.to_config()
-    for key, (when, applies) in _ONLY_WHEN.items():
-        if key in overrides and config[key] != defaults.get(key) and not applies(settings):
-            raise BrainFLError(f"setting '{key}'={config[key]} has no effect unless {when}")
 
 
 def resolve_path(value: str, setting: str) -> Path:

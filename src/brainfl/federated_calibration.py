@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from brainfl.aggregation import NUM_EXAMPLES, site_of, split_replies
+from brainfl.aggregation import NUM_EXAMPLES, site_of
 from brainfl.calibration import (
     CALIBRATION_JSON,
     TEMPERATURES,
@@ -46,7 +46,7 @@ from brainfl.calibration import (
     write_calibration,
 )
 from brainfl.config import RunSettings
-from brainfl.federation_setup import QUERY
+from brainfl.federation_setup import QUERY, query_sites
 from brainfl.logs import LOG
 
 CALIBRATION = "calibration"  # the query config's QUERY value of this query
@@ -117,12 +117,7 @@ def calibrate(
     reason = skip_reason(settings)
     if reason is None:
         content = calibration_query(weights, class_names)
-        messages = [
-            Message(content=content, dst_node_id=node, message_type=MessageType.QUERY)
-            for node in grid.get_node_ids()
-        ]
-        sent = grid.send_and_receive(messages, timeout=settings.round_timeout)
-        replies, _failed = split_replies(sent, "calibration")
+        replies = query_sites(grid, content, grid.get_node_ids(), settings.round_timeout, "calibration")
         curves = [curve for curve in site_curves(replies) if curve.examples > 0]
         if not replies:
             reason = "no site answered the calibration query"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -32,7 +33,7 @@ from brainfl.logs import LOG
 
 TEST_HASHES = "test-hashes"  # the coordinator's test pHashes, (n, 4) uint64 words
 TEST_COPIES = "test-copies"  # a site's answer: indices of test images it holds a copy of
-QUERY = "query"  # a query's config key saying what is asked: SETUP, or the final calibration
+QUERY = "query"  # a query's config key saying what is asked: SETUP, calibration or personalize
 SETUP = "setup"
 
 
@@ -79,6 +80,16 @@ def setup_query(class_names: tuple[str, ...], test_hashes: np.ndarray | None) ->
     return content
 
 
+def query_sites(
+    grid: Grid, content: RecordDict, nodes: Iterable[int], timeout: float, stage: str
+) -> list[Message]:
+    """Send every node in ``nodes`` one query with ``content``; the replies with content (a site's
+    error is logged under ``stage``)."""
+    messages = [Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    replies, _failed = split_replies(grid.send_and_receive(messages, timeout=timeout), stage)
+    return replies
+
+
 def roster_from_replies(replies: list[Message], num_test: int | None) -> Roster:
     """The sites' example counts and the union of their copied test images."""
     examples: dict[int, int] = {}
@@ -99,9 +110,7 @@ def setup_federation(
     """Wait for the sites, query each once, and return what they answered (see the module docstring)."""
     awaited = max(settings.wait_for_sites, settings.min_sites)
     nodes = wait_for_sites(grid, awaited, settings.round_timeout)
-    content = setup_query(class_names, test_hashes)
-    messages = [Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-    replies, _failed = split_replies(grid.send_and_receive(messages, timeout=settings.round_timeout), "setup")
+    replies = query_sites(grid, setup_query(class_names, test_hashes), nodes, settings.round_timeout, "setup")
     if not replies:
         raise BrainFLError(
             f"no site answered the setup query within {settings.round_timeout:g} s (round-timeout)"

@@ -118,21 +118,31 @@ def score(
     return metrics
 
 
+def held_out_keys(class_names: Sequence[str]) -> list[str]:
+    """The keys of :func:`held_out_metrics`, in order."""
+    return [
+        "val_loss",
+        "val_accuracy",
+        "val_balanced_accuracy",
+        *(f"{SITE_SENSITIVITY}{name}" for name in class_names),
+    ]
+
+
 def held_out_metrics(
     labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, float]:
     """A site's score of a model on its held-out split: ``val_loss``, ``val_accuracy``,
     ``val_balanced_accuracy`` (mean sensitivity over the classes the split holds) and
     ``val_sensitivity_<class>`` for every one of the server's ``class_names``, NaN for a class
-    the split lacks, so that every site replies with the same keys."""
+    the split lacks, so that every site replies with the same keys (:func:`held_out_keys`)."""
     from brainfl.uncertainty import score_with_intervals  # it imports this module
 
     metrics = classification_metrics(labels, probabilities, class_names)
     scores = score_with_intervals(labels, probabilities, class_names, resamples=0)  # no intervals
-    sensitivity = scores.per_class["sensitivity"]
-    return {
-        "val_loss": metrics["loss"],
-        "val_accuracy": metrics["accuracy"],
-        "val_balanced_accuracy": scores.overall["balanced_accuracy"].value,
-        **{f"{SITE_SENSITIVITY}{n}": i.value for n, i in zip(class_names, sensitivity, strict=True)},
-    }
+    values = [
+        metrics["loss"],
+        metrics["accuracy"],
+        scores.overall["balanced_accuracy"].value,
+        *(interval.value for interval in scores.per_class["sensitivity"]),
+    ]
+    return dict(zip(held_out_keys(class_names), values, strict=True))

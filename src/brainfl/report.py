@@ -13,8 +13,9 @@ Grad-CAM overlays of a few picked test images. It writes:
   final round's 95% intervals, balanced accuracy and ECE, and, with a
   ``calibration.json``, the temperature and the ECE after scaling), then the figures and
   tables (per class: specificity, ROC-AUC and the sensitivity's interval; per site:
-  the final round's held-out scores with mean, worst and spread), the settings
-  that differ from the defaults, all settings folded.
+  the final round's held-out scores with mean, worst and spread; with a
+  ``personalization.csv``, each site's global against personalized model), the
+  settings that differ from the defaults, all settings folded.
 
 A missing optional artefact leaves its section out with a note on the page.
 """
@@ -246,6 +247,7 @@ def make_report(output_dir: Path | str) -> Path:
         partition = figures.plot_partition(counts_per_site, stacks, output_dir / FIGURE_PARTITION)
     sites = report_sites.site_table(run)
     final_sites = report_sites.final_round_sites(run)
+    personalized = report_sites.personalization_table(run)
     differing, every = data.settings_tables(run.config, run.notes)
     results = run.results
     if LEAK_FREE in results and results[LEAK_FREE].isna().all():
@@ -263,6 +265,7 @@ def make_report(output_dir: Path | str) -> Path:
         "sites": frame_table(sites) if not sites.empty else None,
         "site_scores": None if final_sites is None else frame_table(final_sites[1]),
         "site_scores_round": None if final_sites is None else final_sites[0],
+        "personalization": None if personalized is None else frame_table(personalized),
         "partition": _figure(partition, output_dir / FIGURE_PARTITION),
         "examples": gradcam_examples(run, output_dir / GRADCAM_DIR),
         "differing": Table(["setting", "value", "default"], differing, text=True),

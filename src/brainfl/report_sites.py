@@ -5,6 +5,9 @@
 - :func:`final_round_sites`: the sites' held-out scores of the last round they
   reported (accuracy, balanced accuracy, sensitivity per class), then their
   mean, the worst value and the spread (max - min) across sites;
+- :func:`personalization_table`: from ``personalization.csv``, each site's
+  held-out scores of the global and of its personalized model and the gain,
+  with the same summary rows;
 - :func:`partition_counts`: the partition figure's training images per site.
 """
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from brainfl.metrics import SITE_SENSITIVITY
+from brainfl.results import PERSONALIZATION_CSV
 
 if TYPE_CHECKING:
     from brainfl.report_data import Run
@@ -64,11 +68,40 @@ def final_round_sites(run: Run) -> tuple[int, pd.DataFrame] | None:
         "val_balanced_accuracy": "balanced accuracy",
         **{f"{SITE_SENSITIVITY}{name}": f"sensitivity {name}" for name in run.class_names},
     }
-    table = rows.loc[site_order(rows.index), [c for c in names if c in rows]].rename(columns=names)
+    return last, with_summary(
+        rows.loc[site_order(rows.index), [c for c in names if c in rows]].rename(columns=names)
+    )
+
+
+def with_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (a row per site) followed by its :data:`SUMMARY_ROWS` over the sites (NaN left out)."""
     summary = pd.DataFrame([table.mean(), table.min(), table.max() - table.min()], index=list(SUMMARY_ROWS))
     table = pd.concat([table, summary])
     table.index.name = "site"
-    return last, table
+    return table
+
+
+STAGE_LABELS = {"global": "global", "site_bn": "own-BN", "personalized": "personalized", "gain": "gain"}
+
+
+def personalization_table(run: Run) -> pd.DataFrame | None:
+    """Per site, from ``personalization.csv``: the held-out accuracy and balanced accuracy of the global
+    model, of it with the site's own BatchNorm (FedBN with fine-tuning), of the personalized model and the
+    gain (personalized - global), and the gain in each class's sensitivity; then the :data:`SUMMARY_ROWS`
+    (worst: the lowest). None when the run wrote no ``personalization.csv``."""
+    path = run.output_dir / PERSONALIZATION_CSV
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path, dtype={"site": str}).set_index("site")
+    names = {
+        f"{stage}_{score}": f"{label} {score.replace('_', ' ')}"
+        for score in ("accuracy", "balanced_accuracy")
+        for stage, label in STAGE_LABELS.items()
+    }
+    names.update({f"gain_sensitivity_{name}": f"gain sensitivity {name}" for name in run.class_names})
+    return with_summary(
+        rows.loc[site_order(rows.index), [c for c in names if c in rows]].rename(columns=names)
+    )
 
 
 def partition_counts(run: Run) -> tuple[pd.DataFrame, list[str]]:

@@ -7,8 +7,9 @@ bootstrap intervals (:func:`brainfl.metrics.interval_columns`);
 balanced accuracy and per-class sensitivity;
 ``partition.csv`` one row per site (its image counts per class, as the site
 reported them); ``test_predictions.csv`` the latest global model's
-probabilities for every test image (rewritten each round). The report is
-made from these files alone.
+probabilities for every test image (rewritten each round);
+``personalization.csv`` (:mod:`brainfl.personalization`) one row per site,
+after the last round. The report is made from these files alone.
 Model files are :mod:`brainfl.model_files`' job.
 """
 
@@ -34,6 +35,7 @@ RESULTS_CSV = "federated_learning_results.csv"
 SITE_CSV = "site_metrics.csv"
 PARTITION_CSV = "partition.csv"
 PREDICTIONS_CSV = "test_predictions.csv"
+PERSONALIZATION_CSV = "personalization.csv"  # written by brainfl.personalization
 ROUND_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "sites_trained", "sites_failed")
 SITE_FIELDS = (
     "round",

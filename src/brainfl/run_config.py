@@ -14,11 +14,11 @@ import argparse
 import difflib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainfl.config import RunSettings, check_overrides_apply, default_run_config, settings_from_config
+from brainfl.config import SERVER_STEPS, RunSettings, default_run_config, settings_from_config
 from brainfl.errors import BrainFLError
 
 # key=value with a quoted or bare TOML value, as Flower's own parser splits them.
@@ -115,6 +115,37 @@ def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -
     settings = settings_from_config({**defaults, **overrides})
     check_overrides_apply(overrides, settings, defaults)
     return settings
+
+
+# Settings that only act under some other setting: (when they act, in words, and the test).
+_ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
+    "proximal-mu": ("strategy=fedprox", lambda s: s.strategy == "fedprox"),
+    "server-learning-rate": ("strategy is fedadam/fedyogi/fedavgm", lambda s: s.strategy in SERVER_STEPS),
+    "server-momentum": ("strategy=fedavgm", lambda s: s.strategy == "fedavgm"),
+    "byzantine-sites": ("strategy is krum/multikrum", lambda s: s.strategy in ("krum", "multikrum")),
+    "trim-beta": ("strategy=trimmed-mean", lambda s: s.strategy == "trimmed-mean"),
+    "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.partitioning == "dirichlet"),
+    "vgg-weights": ("model=vgg16", lambda s: s.model == "vgg16"),
+    "dp-noise-multiplier": ("dp is not none", lambda s: s.dp != "none"),
+    "dp-clipping-norm": ("dp is not none", lambda s: s.dp != "none"),
+    "dp-delta": ("dp is not none", lambda s: s.dp != "none"),
+    "secagg-clipping-range": ("secagg=true", lambda s: s.secagg),
+}
+
+
+def check_overrides_apply(
+    overrides: Mapping[str, Any], settings: RunSettings, defaults: Mapping[str, Any]
+) -> None:
+    """Refuse an override that changes a setting the other settings make Flower or brainfl ignore.
+
+    E.g. ``proximal-mu=0.1`` with ``strategy=fedavg`` would be silently
+    without effect. Only keys the user set to a value other than the default
+    are checked, so a full run config (a resumed run's) passes.
+    """
+    config = settings.to_config()
+    for key, (when, applies) in _ONLY_WHEN.items():
+        if key in overrides and config[key] != defaults.get(key) and not applies(settings):
+            raise BrainFLError(f"setting '{key}'={config[key]} has no effect unless {when}")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,10 @@ recorder writes the round's outputs (CSVs, predictions, checkpoint). At the
 end every site is asked once more, for the final model's negative log-likelihood
 on its validation split at a grid of temperatures
 (:mod:`brainfl.federated_calibration`, ``calibrate``); the final model is saved
-with the fitted temperature and the report is made from those saved files.
+with the fitted temperature; with ``fine-tune-epochs`` or ``fedbn`` every site
+then fine-tunes and saves its own copy and answers with its held-out scores
+before and after (:mod:`brainfl.personalization`, ``personalization.csv``), and
+the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
 with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow.
 """
@@ -34,6 +37,7 @@ from brainfl.federated_calibration import calibrate
 from brainfl.federation_setup import Roster, setup_federation
 from brainfl.logs import LOG, log_to_file
 from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
+from brainfl.personalization import personalize
 from brainfl.pipeline import initial_weights, model_for
 from brainfl.privacy import PrivacyLedger, with_privacy
 from brainfl.recorder import RunRecorder, resume_point
@@ -75,6 +79,21 @@ def final_temperature(
     except Exception as error:
         LOG.warning("calibration failed, the final model is saved uncalibrated: %r", error)
         return None
+
+
+def personalize_sites(
+    grid: Grid,
+    settings: RunSettings,
+    weights: list[np.ndarray],
+    class_names: tuple[str, ...],
+    output_dir: Path,
+) -> None:
+    """The sites' personalized models (:mod:`brainfl.personalization`; a problem never fails a finished
+    run, whose outputs then lack ``personalization.csv``)."""
+    try:
+        personalize(grid, settings, weights, class_names, output_dir)
+    except Exception as error:
+        LOG.warning("personalization failed: %r", error)
 
 
 def central_evaluator(settings: RunSettings, central: CentralData, roster: Roster) -> CentralEvaluator | None:
@@ -168,6 +187,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     temperature = final_temperature(grid, settings, weights, class_names, test, output_dir)
     calibrated = {} if temperature is None else {"temperature": temperature}
     writer.write(output_dir / FINAL_MODEL, weights, **calibrated)
+    personalize_sites(grid, settings, weights, class_names, output_dir)
     write_report(output_dir)
     LOG.info("outputs written to %s", output_dir)
 

@@ -5,7 +5,9 @@ round's local epochs (AdamW, the round's learning rate, optional proximal
 term and balanced-softmax prior) and then sets its BatchNorm statistics from
 the site's own un-augmented images (precise BN). The ClientApp, the
 centralized baseline (one "site" holding all the data) and the benchmarks'
-one-process federations call it, so they train exactly alike.
+one-process federations call it, so they train exactly alike. :func:`validate`
+is a site's score of a model on its held-out split (the sites' replies, the
+personalization query and the local-only baseline).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import numpy as np
 
 from brainfl.batch_norm import recalibrate_batchnorm
 from brainfl.config import RunSettings
+from brainfl.metrics import held_out_metrics
 from brainfl.models import ModelBundle
-from brainfl.training import site_class_prior, train
+from brainfl.pipeline import SiteData, model_inputs
+from brainfl.training import predict_proba, site_class_prior, train
 
 
 def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
@@ -57,3 +61,13 @@ def local_update(
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     """How many images of each class a site holds (its row of the partition table)."""
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes].tolist()
+
+
+def validate(settings: RunSettings, bundle: ModelBundle, site: SiteData) -> dict[str, float]:
+    """The model's ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and
+    ``val_sensitivity_<class>`` on the site's held-out split (training images where it has none);
+    the classes are the server's, so every site replies with the same keys (NaN: a class the split
+    lacks)."""
+    held_out = site.val if len(site.val) else site.train
+    probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
+    return held_out_metrics(held_out.labels, probabilities, held_out.class_names)

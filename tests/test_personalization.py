@@ -1,0 +1,237 @@
+"""Personalization: FedBN keeps each site's BatchNorm layers; after the last round each site fine-tunes,
+saves and scores its own model, and only the scores reach the server."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from flwr.app import MessageType, RecordDict
+
+import brainfl.client_app as client_app
+from brainfl.aggregation import weighted_average
+from brainfl.config import settings_from_config, settings_with
+from brainfl.errors import BrainFLError
+from brainfl.fedbn import SITE_BATCHNORM, SiteBatchNorm, batchnorm_mask
+from brainfl.federation_setup import QUERY
+from brainfl.metrics import held_out_metrics
+from brainfl.model_files import FINAL_MODEL, load_model, stored_metadata
+from brainfl.personalization import PERSONALIZE, PERSONALIZED_MODEL
+from brainfl.pipeline import model_for, site_data
+from brainfl.results import PERSONALIZATION_CSV, read_rows
+from brainfl.training import predict_proba
+from conftest import CLASSES, REPO_ROOT
+from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
+from inprocess import NODE_BASE, run_in_process, train_messages
+from test_federation_setup import run_coordinated
+from test_secure_aggregation import SECAGG_RUN
+
+
+def recording_local_update(monkeypatch) -> dict[tuple[int, int], list[np.ndarray]]:
+    """Record, per (site, round), the weights a site's model holds when its local training starts."""
+    started: dict[tuple[int, int], list[np.ndarray]] = {}
+    original = client_app.local_update
+
+    def local_update(settings, bundle, inputs, labels, **options):
+        started[options["site_id"], options["server_round"]] = bundle.trainable.get_weights()
+        return original(settings, bundle, inputs, labels, **options)
+
+    monkeypatch.setattr(client_app, "local_update", local_update)
+    return started
+
+
+def test_fedbn_keeps_each_sites_batchnorm_out_of_the_aggregate(tmp_path, monkeypatch):
+    """2 rounds, 2 sites with different images: each site starts round 2 with the server's average of
+    every other array and its own round-1 BatchNorm, and keeps what its own training produced."""
+    started = recording_local_update(monkeypatch)
+    grid, replies, _ = run_coordinated(tmp_path, {"fedbn": True, "calibrate": False})
+    mask = batchnorm_mask(model_for(settings_with(image_size=16), CLASSES).trainable)
+    assert 0 < sum(mask) < len(mask)
+    trained = {  # (site, round) -> the weights the site replied with
+        (int(reply.content["metrics"]["site-id"]), round_): reply.content["arrays"].to_numpy_ndarrays()
+        for round_, pair in ((1, replies[2:4]), (2, replies[4:6]))
+        for reply in pair
+    }
+    sent = train_messages(grid)
+    averaged = {
+        round_: message.content["arrays"].to_numpy_ndarrays()
+        for round_, message in ((1, sent[0]), (2, sent[2]))
+    }
+    kept = {}
+    for site in (0, 1):
+        own = grid.contexts[NODE_BASE + site].state[SITE_BATCHNORM].to_numpy_ndarrays()
+        mine = [array for array, is_bn in zip(trained[site, 2], mask, strict=True) if is_bn]
+        assert all(np.array_equal(a, b) for a, b in zip(own, mine, strict=True))  # its own training's
+        kept[site] = own
+        for index, is_bn in enumerate(mask):
+            start = started[site, 2][index]
+            if is_bn:  # round 2 starts from its own round-1 BatchNorm, not the average
+                np.testing.assert_array_equal(start, trained[site, 1][index])
+                assert not np.allclose(start, averaged[2][index])
+            else:  # and from the server's average of everything else
+                np.testing.assert_array_equal(start, averaged[2][index])
+            np.testing.assert_array_equal(started[site, 1][index], averaged[1][index])  # round 1: received
+    assert not any(np.allclose(a, b) for a, b in zip(kept[0], kept[1], strict=True))
+    # The global model's BatchNorm is the sites' (example-weighted) average, as every other array.
+    final = load_model(tmp_path / "run" / FINAL_MODEL).model.get_weights()
+    examples = [int(reply.content["metrics"]["num-examples"]) for reply in replies[4:6]]
+    sites = [int(reply.content["metrics"]["site-id"]) for reply in replies[4:6]]
+    expected = weighted_average([trained[site, 2] for site in sites], examples)
+    for got, want in zip(final, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # With FedBN (and no fine-tuning) each site saves the global model with its own BatchNorm.
+    for site in (0, 1):
+        saved = load_model(
+            tmp_path / "run" / "sites" / f"site_{site}" / PERSONALIZED_MODEL
+        ).model.get_weights()
+        own = [array for array, is_bn in zip(saved, mask, strict=True) if is_bn]
+        assert all(np.array_equal(a, b) for a, b in zip(own, kept[site], strict=True))
+        assert all(np.array_equal(a, b) for a, b, bn in zip(saved, final, mask, strict=True) if not bn)
+
+
+def test_with_fraction_train_a_site_starts_from_its_own_batchnorm_once_it_has_trained(tmp_path, monkeypatch):
+    """fraction-train 0.5: one site per round; each trains from the received BatchNorm the first time and
+    from its own after; every connected site, trained or not, saves its model at the end."""
+    started = recording_local_update(monkeypatch)
+    grid, replies, _ = run_coordinated(
+        tmp_path, {"fedbn": True, "calibrate": False, "fraction-train": 0.5, "num-server-rounds": 3}
+    )
+    mask = batchnorm_mask(model_for(settings_with(image_size=16), CLASSES).trainable)
+    received = [message.content["arrays"].to_numpy_ndarrays() for message in train_messages(grid)]
+    own: dict[int, list[np.ndarray]] = {}  # each site's weights from its latest training
+    for round_, reply in enumerate((r for r in replies if r.metadata.message_type == MessageType.TRAIN), 1):
+        site = int(reply.content["metrics"]["site-id"])
+        for index, is_bn in enumerate(mask):
+            expected = own[site][index] if is_bn and site in own else received[round_ - 1][index]
+            np.testing.assert_array_equal(started[site, round_][index], expected)
+        own[site] = reply.content["arrays"].to_numpy_ndarrays()
+    for site in (0, 1):
+        assert (tmp_path / "run" / "sites" / f"site_{site}" / PERSONALIZED_MODEL).is_file()
+
+
+def test_sites_fine_tune_save_and_send_only_their_scores(tmp_path):
+    """fine-tune-epochs=1: one personalize query per site after calibration; numbers only; the saved
+    model scores on the site's held-out split what the site reported."""
+    grid, replies, _ = run_coordinated(tmp_path, {"num-server-rounds": 1, "fine-tune-epochs": 1})
+    run = tmp_path / "run"
+    sent = [message.metadata.message_type for message in grid.sent]
+    assert sent == [MessageType.QUERY] * 2 + [MessageType.TRAIN] * 2 + [MessageType.QUERY] * 4
+    asked = [m.content["config"][QUERY] for m in grid.sent[-4:]]
+    assert asked == ["calibration", "calibration", PERSONALIZE, PERSONALIZE]
+    assert {m.metadata.dst_node_id for m in grid.sent[-2:]} == set(grid.get_node_ids())
+    for answer in replies[-2:]:
+        assert list(answer.content.keys()) == ["metrics"]  # no arrays: the model stays at the site
+        assert all(isinstance(value, int | float) for value in answer.content["metrics"].values())
+    rows = read_rows(run / PERSONALIZATION_CSV)
+    assert [row["site"] for row in rows] == ["0", "1"]
+    settings = settings_from_config(grid.run_config)
+    final = load_model(run / FINAL_MODEL)
+    for row in rows:
+        site = int(row["site"])
+        held_out = site_data(settings, grid.contexts[NODE_BASE + site].node_config, CLASSES).val
+        assert int(row["held_out_images"]) == len(held_out) > 0 and row["fine_tune_epochs"] == "1"
+        path = run / "sites" / f"site_{site}" / PERSONALIZED_MODEL
+        personalized = load_model(path)
+        assert stored_metadata(path)["site"] == site and personalized.temperature == 1.0
+        for model, stage in ((personalized, "personalized"), (final, "global")):
+            probabilities = predict_proba(model.model, held_out.images)  # (without the final model's T)
+            scores = held_out_metrics(held_out.labels, probabilities, CLASSES)
+            assert float(row[f"{stage}_accuracy"]) == pytest.approx(scores["val_accuracy"], abs=1e-6)
+            assert float(row[f"{stage}_balanced_accuracy"]) == pytest.approx(
+                scores["val_balanced_accuracy"], abs=1e-6
+            )
+        gain = float(row["personalized_balanced_accuracy"]) - float(row["global_balanced_accuracy"])
+        assert float(row["gain_balanced_accuracy"]) == pytest.approx(gain, abs=1e-5)
+    assert "personalization: 2 sites saved their personalized models" in (run / "logs/server.log").read_text()
+    page = (run / "report.html").read_text()
+    assert "Global against personalized model" in page and "gain balanced accuracy" in page
+
+
+def test_a_site_keeps_its_own_batchnorm_in_its_context_state():
+    model = model_for(settings_with(image_size=16), CLASSES).trainable
+    weights = model.get_weights()
+    mask = batchnorm_mask(model)
+    state = RecordDict()
+    first = SiteBatchNorm(True, model, state, 0)
+    assert first.apply(weights) == weights and SITE_BATCHNORM not in state  # nothing kept: the received
+    trained = [array + 1.0 for array in weights]
+    first.keep(trained)
+    received = [array - 1.0 for array in weights]
+    applied = SiteBatchNorm(True, model, state, 0).apply(received)  # the next message, a fresh process
+    for array, new, old, is_bn in zip(applied, trained, received, mask, strict=True):
+        np.testing.assert_array_equal(array, new if is_bn else old)
+    off = SiteBatchNorm(False, model, state, 0)
+    assert off.apply(received) == received
+    off.keep(weights)
+    assert np.array_equal(state[SITE_BATCHNORM].to_numpy_ndarrays()[0], trained[mask.index(True)])
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"fedbn": True, "norm": "group"}, "'fedbn': FedBN keeps each site's own BatchNorm layers"),
+        ({"fedbn": True, "model": "vgg16"}, r"needs model=cnn with norm=batch and no dp \(got model=vgg16"),
+        ({"fedbn": True, "norm": "group", "dp": "server-fixed"}, "norm=group, dp=server-fixed"),
+        ({"fine-tune-epochs": -1}, r"'fine-tune-epochs' must be >= 0 \(0: off\), got -1"),
+        ({"fine-tune-epochs": 1.5}, "'fine-tune-epochs': expected int"),
+    ],
+)
+def test_bad_personalization_settings_are_refused_with_one_line(config, message):
+    with pytest.raises(BrainFLError, match=message) as refused:
+        settings_from_config(config)
+    assert "\n" not in str(refused.value)
+
+
+def test_fedbn_with_secagg_keeps_each_sites_batchnorm(tmp_path, monkeypatch):
+    """On SecAgg+'s legacy path, too, a site starts round 2 from its own round-1 BatchNorm."""
+    started = recording_local_update(monkeypatch)
+    trained: dict[tuple[int, int], list[np.ndarray]] = {}
+    original = client_app.train_site
+
+    def recording_train_site(weights, config, context):
+        new_weights, metrics = original(weights, config, context)
+        trained[int(metrics["site-id"]), int(config["global-round"])] = [w.copy() for w in new_weights]
+        return new_weights, metrics
+
+    monkeypatch.setattr(client_app, "train_site", recording_train_site)
+    changes = {
+        "num-partitions": 2,
+        "wait-for-sites": 2,
+        "image-size": 16,
+        "num-server-rounds": 2,
+        "local-epochs": 1,
+    }
+    config = {**SECAGG_RUN, **changes, "fedbn": True, "calibrate": False, "output-dir": str(tmp_path)}
+    grid = run_in_process(2, config)
+    mask = batchnorm_mask(model_for(settings_with(image_size=16), CLASSES).trainable)
+    for site in (0, 1):
+        for index in (i for i, is_bn in enumerate(mask) if is_bn):
+            np.testing.assert_array_equal(started[site, 2][index], trained[site, 1][index])
+        own = grid.contexts[NODE_BASE + site].state[SITE_BATCHNORM].to_numpy_ndarrays()
+        mine = [array for array, is_bn in zip(trained[site, 2], mask, strict=True) if is_bn]
+        assert all(np.array_equal(a, b) for a, b in zip(own, mine, strict=True))
+    assert [row["round"] for row in read_rows(tmp_path / "federated_learning_results.csv")] == ["0", "1", "2"]
+    assert (tmp_path / "sites" / "site_1" / PERSONALIZED_MODEL).is_file()
+
+
+@pytest.mark.e2e
+def test_fedbn_state_survives_between_messages_on_the_deployment_engine(tmp_path):
+    """run.sh with real SuperNodes (a fresh ClientApp process per message) on the small sample: a site
+    starts from the received BatchNorm only in round 1, and saves its personalized model at the end."""
+    out = tmp_path / "run"
+    settings = "image-size=32 local-epochs=1 batch-size=8 fedbn=true fine-tune-epochs=1"
+    args = ["--sites", "2", "--rounds", "2", "--output-dir", str(out), "--port", str(free_port_block(3))]
+    result = subprocess.run(
+        [str(REPO_ROOT / "run.sh"), *args, "--run-config", settings],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for site in (0, 1):
+        log = (out / "logs" / f"client_{site}.log").read_text()
+        assert log.count("FedBN: no BatchNorm of its own yet") == 1, log[-3000:]
+        assert f"site {site} personalization: 1 fine-tuning epochs" in log
+        assert load_model(out / "sites" / f"site_{site}" / PERSONALIZED_MODEL).class_names == CLASSES
+    assert [row["site"] for row in read_rows(out / PERSONALIZATION_CSV)] == ["0", "1"]
