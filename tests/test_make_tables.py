@@ -245,7 +245,7 @@ def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, cap
     assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--check"]) == 0
     readme = (tmp_path / "README.md").read_text()
-    assert "| iid | 4 sites, IID | 40 | 0.9700 | 0.9650 | round 2, 20 s | 20 s |" in readme
+    assert "| iid | 4 sites, IID | 40 | 0.9700 | 0.9650 | - | - | round 2, 20 s | 20 s |" in readme
     assert "| timing |" not in readme and "| timing |" in (tmp_path / "BENCHMARKS.md").read_text()
     assert readme.endswith("<!-- /table -->\n")
 

@@ -13,7 +13,14 @@ from brainfl.metrics import score
 from brainfl.model_files import CHECKPOINT, ModelWriter, model_metadata, stored_metadata
 from brainfl.models import build_model
 from brainfl.recorder import RunRecorder, resume_point
-from brainfl.results import PARTITION_CSV, PREDICTIONS_CSV, RESULTS_CSV, SITE_CSV, read_rows
+from brainfl.results import (
+    PARTITION_CSV,
+    PREDICTIONS_CSV,
+    RESULTS_CSV,
+    SITE_CSV,
+    last_recorded_round,
+    read_rows,
+)
 
 CLASSES = ("a", "b")
 
@@ -104,6 +111,19 @@ def test_resume_point_returns_the_checkpoint_and_drops_later_rows(tmp_path, writ
     np.testing.assert_allclose(weights[0], trained[0])
     assert [row["round"] for row in read_rows(tmp_path / RESULTS_CSV)] == ["1", "2"]
     assert elapsed < 99.0
+    assert last_recorded_round(tmp_path / RESULTS_CSV) == 2  # the resumed model's row is there
+
+
+def test_a_row_written_before_its_checkpoint_is_dropped_and_the_round_before_stays(tmp_path, writer) -> None:
+    """Killed between a round's row and its checkpoint: resume from the round before, keeping its row once."""
+    recorder = RunRecorder(tmp_path, _test_set(), CLASSES, writer, total_rounds=3)
+    weights = writer.bundle.trainable.get_weights()
+    recorder.round_done(0, weights, _evaluation(np.full((3, 2), 0.5)))
+    recorder.results.append({"round": 1, "accuracy": 0.1, "elapsed_s": 9.0})  # no checkpoint of round 1
+    last_round, _, _ = resume_point(tmp_path, writer)
+    assert last_round == 0
+    assert [row["round"] for row in read_rows(tmp_path / RESULTS_CSV)] == ["0"]
+    assert last_recorded_round(tmp_path / RESULTS_CSV) == last_round  # so the server does not re-add row 0
 
 
 def test_clinical_columns_and_held_out_site_scores_are_recorded_and_survive_a_resume(

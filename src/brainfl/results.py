@@ -88,6 +88,12 @@ def truncate_rows_after(path: Path, last_round: int) -> float:
     return 0.0
 
 
+def last_recorded_round(path: Path) -> int | None:
+    """The round of a per-round CSV's last row (None: no rows)."""
+    rows = read_rows(path) if path.exists() else []
+    return int(rows[-1]["round"]) if rows else None
+
+
 def _csv_text(rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)

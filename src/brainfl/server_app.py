@@ -42,7 +42,7 @@ from brainfl.pipeline import initial_weights, model_for
 from brainfl.privacy import PrivacyLedger, with_privacy
 from brainfl.recorder import RunRecorder, resume_point
 from brainfl.report import make_report
-from brainfl.results import resolve_output_dir, write_run_config
+from brainfl.results import RESULTS_CSV, last_recorded_round, resolve_output_dir, write_run_config
 from brainfl.scanner_shift import write_profiles
 from brainfl.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.strategy import build_strategy
@@ -123,6 +123,9 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     if resumed:
         first_round, weights, elapsed_before = resumed
         LOG.info("resuming %s after round %d of %d", output_dir, first_round, settings.num_server_rounds)
+    # A run stopped after a round's row was written but before its checkpoint resumes from the round
+    # before, whose row is kept: that model is evaluated only if its row is missing.
+    evaluated_before = resumed is not None and last_recorded_round(output_dir / RESULTS_CSV) == first_round
     if first_round >= settings.num_server_rounds:
         LOG.info("all %d rounds are already done; outputs written to %s", first_round, output_dir)
         return
@@ -147,7 +150,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     latest: list[Evaluation] = []  # the last evaluation: of the final model once the rounds are done
 
     def evaluate_round(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if first_round and local_round == 0:
+        if evaluated_before and local_round == 0:
             return None  # the resumed model was evaluated before the interruption
         round_weights = arrays.to_numpy_ndarrays()
         evaluation = None if evaluator is None else evaluator(round_weights)
