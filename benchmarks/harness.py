@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from brainfl.calibration import CALIBRATION_JSON
 from brainfl.model_files import RUN_CONFIG
-from brainfl.results import RESULTS_CSV, SITE_CSV
+from brainfl.results import PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_folders import MEASUREMENT
@@ -41,7 +42,7 @@ from summarize_run import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-KEPT_FILES = (RESULTS_CSV, SITE_CSV, RUN_CONFIG)
+KEPT_FILES = (RESULTS_CSV, SITE_CSV, RUN_CONFIG, CALIBRATION_JSON, PERSONALIZATION_CSV)
 COMMAND_FILE = "command.txt"
 SERVER_MARKERS = ("flwr-serverapp", "flower-superexec", "flwr run")
 SITE_MARKERS = ("flwr-clientapp", "ray::", "default_worker.py")

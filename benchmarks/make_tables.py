@@ -236,6 +236,20 @@ def decode_rows(kept: list[Kept]) -> list[Row]:
     return rows
 
 
+def calibration_rows(runs: list[Run]) -> list[Row]:
+    """Runs with federated temperature scaling: T, the test set's ECE, NLL and accuracy before and after."""
+    rows = []
+    for run in (run for run in runs if run.calibration.get("test")):
+        fitted, test = run.calibration, run.calibration["test"]
+        before, after = test["before"], test["after"]
+        pairs = {f"{name} before / after": f"{before[key]:.4f} / {after[key]:.4f}"
+                 for name, key in (("ECE", "ece"), ("NLL", "nll"), ("accuracy", "accuracy"))}  # fmt: skip
+        rows.append({"run": run.name, "setting": run.cells["setting"],
+                     "sites' held-out images": fitted["examples"],
+                     "temperature": f"{fitted['temperature']:.3f}", **pairs})  # fmt: skip
+    return rows
+
+
 def throughput_rows(kept: list[Kept]) -> list[Row]:
     """A row per folder and step of ``throughput.csv``: the app's images per second and the tight loop's."""
     return [{"run": one.name, "step": r.step, "images": r.images, "batch size": r.batch_size,
@@ -292,6 +306,7 @@ TABLES: dict[str, Table] = {
         baseline=lambda run: run.plain and run.get("strategy") == "fedavg", keys=(*SCHEDULE, "norm")),
     "shifted": Table(SHIFTED_COPY, rows=shifted_rows, also=shifted_commands),
     "external-validation": Table(EVALUATE, rows=evaluation_rows, files=EVALUATION_FILES),
+    "calibration": Table(f"./run.sh --simulation --sites 4 --rounds 40 {DATA}", rows=calibration_rows),
     "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
     "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep", rows=decode_rows,

@@ -28,6 +28,7 @@ from brainfl.timings import PHASES  # site_metrics.csv's <phase>_s columns
 CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
 THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
+CALIBRATION_JSON = "calibration.json"  # brainfl.calibration: the run's federated temperature scaling
 MEASUREMENT = "measurement.json"  # a run's figures measured by the benchmark script (harness.keep_result)
 EVALUATION_FILES = ("evaluation.csv", "evaluation.json")  # brainfl evaluate (brainfl.evaluate.CSV_NAME)
 SHIFTED = {"shifted": "shifted accuracy", "shifted-leak-free": "shifted leak-free accuracy"}  # in a run
@@ -112,6 +113,7 @@ class Run(Kept):
         sites, last, words = self.folder / "site_metrics.csv", r.iloc[-1], shlex.split(self.command)
         self.sites = pd.read_csv(sites) if sites.is_file() else pd.DataFrame()
         self.measurement = json.loads(read(self.folder / MEASUREMENT) or "{}")  # harness.keep_result
+        self.calibration = json.loads(read(self.folder / CALIBRATION_JSON) or "{}")  # federated calibration
         shifted = [sub for sub in SHIFTED if (self.folder / sub / EVALUATION_FILES[0]).is_file()]
         self.shifted = {sub: shifted_evaluation(self.folder / sub, f"{self.name}/{sub}") for sub in shifted}
         self.group = self.name.rpartition("/")[0]  # the folder level it was kept at ("" = the top)

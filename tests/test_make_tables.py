@@ -369,3 +369,16 @@ def test_a_run_with_synthetic_scanner_shift_says_so_in_its_setting(tmp_path):
     shifted = next(line for line in table.splitlines() if line.startswith("| shifted-sites |"))
     plain = next(line for line in table.splitlines() if line.startswith("| plain-sites |"))
     assert "synthetic scanner shift 0.5" in shifted and "synthetic" not in plain
+
+
+def test_calibration_table_shows_the_temperature_and_ece_before_and_after(tmp_path):
+    folder = keep(tmp_path, "calibrated", [0.2, 0.9], [0, 10])
+    keep(tmp_path, "uncalibrated", [0.2, 0.9], [0, 10])
+    test = {"images": 10, "before": {"ece": 0.0761, "nll": 0.1358, "accuracy": 0.9}}
+    test["after"] = {"ece": 0.009, "nll": 0.075, "accuracy": 0.9}
+    fitted = {"temperature": 0.576, "examples": 572, "test": test}
+    (folder / "calibration.json").write_text(json.dumps(fitted))
+    table = render("calibration", tmp_path / "benchmarks" / "results")
+    row = "| calibrated | 4 sites, IID | 572 | 0.576 | 0.0761 / 0.0090 | 0.1358 / 0.0750 | 0.9000 / 0.9000 |"
+    assert row in table
+    assert "| uncalibrated |" not in table
