@@ -34,7 +34,8 @@ def _finished_run(run_dir):
     """A run folder as the app leaves it: small result files, models, logs, report and images."""
     for name in (*KEPT_FILES, "final_model.keras", "checkpoint.keras", "report.html", "accuracy.png"):
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / name).write_text(f"{name} of the run\n")
+        text = json.dumps({"file": name}) if name.endswith(".json") else f"{name} of the run"
+        (run_dir / name).write_text(text + "\n")
     (run_dir / "logs").mkdir()
     (run_dir / "logs" / "server.log").write_text("log\n")
     return run_dir
