@@ -12,7 +12,8 @@ table. A table goes between ``<!-- table:NAME -->`` and
 ``<!-- /table -->``, its folders' commands and machines under it; a question no folder answers gets one
 line and a command that would. A comparison pairs runs kept at the
 same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs.
-``result_folders.py`` reads the folders and a run's cells; this module picks the rows of each table,
+``result_folders.py`` reads the folders and a run's cells, ``artifact_tables.py`` makes the rows of the tables
+from evaluations, calibration and timings; this module picks the rows of the other tables,
 sets runs against their baselines and writes the tables into the docs::
 
     python3 benchmarks/make_tables.py           # rewrite the tables in README.md and BENCHMARKS.md
@@ -22,15 +23,20 @@ sets runs against their baselines and writes the tables into the docs::
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
+from artifact_tables import (
+    calibration_rows,
+    decode_rows,
+    evaluation_rows,
+    shifted_commands,
+    shifted_rows,
+    throughput_rows,
+)
 from result_folders import (
     EVALUATION_FILES,
     RUN_FILES,
@@ -42,10 +48,8 @@ from result_folders import (
     acc,
     duration,
     gap,
-    in_a_run,
     load,
     load_runs,
-    overall,
     ratio,
     reach,
     warm_phase_medians,
@@ -168,95 +172,6 @@ def engine_rows(runs: list[Run]) -> list[Row]:
                      "round / simulation round": versus,
                      "peak memory, all processes": run.cells["peak memory, all processes"]})  # fmt: skip
     return rows
-
-
-OVERALL = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1",
-           "ece": "ECE (top label)"}  # fmt: skip
-FIRST = ("images", *OVERALL.values(), "mean top-label confidence")  # then per-class sensitivity
-
-
-def interval(value: float, low: float, high: float) -> str:
-    """``0.982 [0.975, 0.989]``: a metric and its 95% interval; ``n/a`` when it is undefined."""
-    bounds = "" if pd.isna(low) or pd.isna(high) else f" [{low:.3f}, {high:.3f}]"
-    return "n/a" if pd.isna(value) else f"{value:.3f}{bounds}"
-
-
-def evaluation_rows(kept: list[Kept]) -> list[Row]:
-    """A row per metric (overall, then per-class sensitivity), a column per ``brainfl evaluate`` folder."""
-    rows: dict[str, Row] = {}
-    for one in (one for one in kept if not in_a_run(one)):  # a run's shifted copy: the shifted table
-        t = one.table[one.table["metric"].isin([*OVERALL, "sensitivity"])]
-        labels = t["metric"].map(OVERALL).fillna("sensitivity, " + t["class"].astype(str))
-        cells = dict(zip(labels, map(interval, t["value"], t["low"], t["high"]), strict=True))
-        bins = [(b["count"], b["confidence"]) for b in one.info.get("reliability", []) if b.get("count")]
-        mean = sum(n * c for n, c in bins) / sum(n for n, _ in bins) if bins else math.nan
-        cells |= {"images": one.info.get("images", ""), FIRST[-1]: "" if math.isnan(mean) else f"{mean:.3f}"}
-        for label, cell in cells.items():
-            rows.setdefault(label, {"metric": label})[one.name] = cell
-    return sorted(rows.values(), key=lambda row: FIRST.index(row["metric"]) if row["metric"] in FIRST else 99)
-
-
-def shifted_rows(runs: list[Run]) -> list[Row]:
-    """Runs scored on a shifted copy of Testing: accuracy there with its interval, per-class sensitivity."""
-    rows = []
-    for run in (run for run in runs if run.shifted):
-        row: Row = {"run": run.name}
-        row |= {
-            column: run.cells[column] for column in ("setting", "official accuracy", "leak-free accuracy")
-        }
-        for sub, label in SHIFTED.items():
-            scored = run.shifted.get(sub)
-            row[f"{label} [95% interval]"] = interval(*overall(scored.table)) if scored else "-"
-        if "shifted" in run.shifted:  # the whole shifted copy, class by class
-            t = run.shifted["shifted"].table
-            t = t[(t["metric"] == "sensitivity") & t["class"].notna()]
-            for name, value, low, high in zip(t["class"], t["value"], t["low"], t["high"], strict=True):
-                row[f"shifted sensitivity, {name}"] = interval(value, low, high)
-        rows.append(row)
-    columns = dict.fromkeys(column for row in rows for column in row)
-    return [{column: row.get(column, "-") for column in columns} for row in rows]  # "-": no such score
-
-
-def shifted_commands(run: Run) -> list[Kept]:
-    """A run's shifted-copy evaluations, the first of each command (one ``score`` command writes both)."""
-    parts = list(run.shifted.values())
-    return [one for at, one in enumerate(parts) if one.command not in [p.command for p in parts[:at]]]
-
-
-def decode_rows(kept: list[Kept]) -> list[Row]:
-    """A row per folder and format of ``decode_speed.csv``, with its time over the folder's JPEG time."""
-    rows = []
-    for one in kept:
-        jpeg = one.table.loc[one.table["format"] == "jpeg", "ms_per_image"].min()
-        rows += [{"run": one.name, "format": r.format, "images": r.images, "image px": r.image_size,
-                  "channels": r.channels, "mean file": f"{r.mean_file_kib:.1f} KiB",
-                  "ms per image": f"{r.ms_per_image:.2f}", "images per s": f"{r.images_per_s:.0f}",
-                  "time / JPEG time": ratio(r.ms_per_image, None if pd.isna(jpeg) else jpeg)}
-                 for r in one.table.itertuples()]  # fmt: skip
-    return rows
-
-
-def calibration_rows(runs: list[Run]) -> list[Row]:
-    """Runs with federated temperature scaling: T, the test set's ECE, NLL and accuracy before and after."""
-    rows = []
-    for run in (run for run in runs if run.calibration.get("test")):
-        fitted, test = run.calibration, run.calibration["test"]
-        before, after = test["before"], test["after"]
-        pairs = {f"{name} before / after": f"{before[key]:.4f} / {after[key]:.4f}"
-                 for name, key in (("ECE", "ece"), ("NLL", "nll"), ("accuracy", "accuracy"))}  # fmt: skip
-        rows.append({"run": run.name, "setting": run.cells["setting"],
-                     "sites' held-out images": fitted["examples"],
-                     "temperature": f"{fitted['temperature']:.3f}", **pairs})  # fmt: skip
-    return rows
-
-
-def throughput_rows(kept: list[Kept]) -> list[Row]:
-    """A row per folder and step of ``throughput.csv``: the app's images per second and the tight loop's."""
-    return [{"run": one.name, "step": r.step, "images": r.images, "batch size": r.batch_size,
-             "app, images per s": f"{r.app_images_per_s:.0f}",
-             "tight loop, images per s": f"{r.tight_images_per_s:.0f}",
-             "app / tight loop": f"{r.app_share:.2f}"}
-            for one in kept for r in one.table.itertuples()]  # fmt: skip
 
 
 DATA = "--data-dir ../shared/data/brain-tumor-mri"

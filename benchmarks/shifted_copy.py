@@ -16,13 +16,13 @@ survives. Two commands::
 
 - ``all/<class>/<stem>.png``: every scan of ``DATA/Testing``, listed as
   ``brainfl evaluate`` lists them (:func:`brainfl.evaluate.labelled_scans`,
-  class names from ``DATA/Training``), shifted by :func:`shift_image`;
+  class names from ``DATA/Training``), shifted by :func:`preparation_shift.shift_image`;
 - ``leak-free/<class>/<stem>.png``: the same PNGs of the Testing scans with no
   exact or near copy in ``DATA/Training``, chosen exactly as
   ``brainfl evaluate --leak-free-only`` chooses them (:func:`brainfl.evaluate.leak_free`);
 - ``manifest.csv``: one row per scan: ``source`` (relative to DATA), ``output``
   (relative to ``--out``, under ``all/``), ``class``, ``leak_free`` and every
-  drawn parameter (:class:`Shift`);
+  drawn parameter (:class:`preparation_shift.Shift`);
 - ``copy.txt``: the command that made the copy, its seed and data folder.
 
 Each scan's parameters come from a numpy Generator seeded with ``(seed, sha256
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import shlex
 import shutil
 import sys
@@ -57,19 +56,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from brainfl import evaluate
 from brainfl.cli import EXIT_USER_ERROR
-from brainfl.decoding import open_scan
 from brainfl.errors import BrainFLError
 from brainfl.files import write_atomically
-from brainfl.framing import HEAD_MARGIN, head_box
 from brainfl.layouts import TEST_SPLIT, TRAIN_SPLIT, class_folders, find_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import COMMAND_FILE, RESULTS, this_command
+from preparation_shift import draw_shift, shift_file
 
 SCRIPT = "benchmarks/shifted_copy.py"
 ALL = "all"
@@ -79,87 +76,10 @@ COPY_FILE = "copy.txt"
 SHIFTED = "shifted"
 SHIFTED_LEAK_FREE = "shifted-leak-free"
 KEPT_FILES = (evaluate.CSV_NAME, evaluate.JSON_NAME)
-# The shift's parameter ranges (each drawn uniformly, the resolution from the list).
-MARGIN_RANGE = (0.0, 0.06)  # added around the head on each side, as a fraction of the head's side
-ANGLE_RANGE = (-30.0, 30.0)  # rotation, degrees (counter-clockwise)
-GAMMA_RANGE = (0.7, 1.4)  # exponent on values / 255
-SCALE_RANGE = (0.55, 1.0)  # intensity factor: the brightest pixel lands between ~140 and 255
-RESOLUTIONS = (128, 160, 192, 256, 320)  # square output sides, as public sets are exported
 MANIFEST_COLUMNS = [
     "source", "output", "class", "leak_free", "margin_left", "margin_top", "margin_right",
     "margin_bottom", "angle", "gamma", "scale", "resolution",
 ]  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class Shift:
-    """The drawn parameters of one scan's copy (the manifest's columns after ``leak_free``)."""
-
-    margin_left: float
-    margin_top: float
-    margin_right: float
-    margin_bottom: float
-    angle: float
-    gamma: float
-    scale: float
-    resolution: int
-
-
-def draw_shift(seed: int, source: str) -> Shift:
-    """The parameters of the scan at ``source`` (its path relative to DATA), from ``(seed, source)`` only."""
-    digest = int.from_bytes(hashlib.sha256(source.encode()).digest()[:16], "little")
-    rng = np.random.default_rng([seed, digest])
-    margins = rng.uniform(*MARGIN_RANGE, size=4)
-    return Shift(
-        *(float(m) for m in margins),
-        angle=float(rng.uniform(*ANGLE_RANGE)),
-        gamma=float(rng.uniform(*GAMMA_RANGE)),
-        scale=float(rng.uniform(*SCALE_RANGE)),
-        resolution=int(rng.choice(RESOLUTIONS)),
-    )
-
-
-def tight_box(gray: np.ndarray, shift: Shift) -> tuple[int, int, int, int]:
-    """``(left, top, right, bottom)``: the head with the shift's margin on each side.
-
-    :func:`brainfl.decoding.head_box` gives the square around the head widened
-    by ``HEAD_MARGIN`` on every side; dividing that margin back out leaves the
-    square of the head's larger side around its centre (tight along that side),
-    to which each side adds its own drawn margin, so the box is seldom square.
-    Pillow fills what lies outside the image with black.
-    """
-    left, top, right, bottom = head_box(gray)
-    width, height = (right - left) / (1 + 2 * HEAD_MARGIN), (bottom - top) / (1 + 2 * HEAD_MARGIN)
-    centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
-    return (
-        round(centre_x - width * (0.5 + shift.margin_left)),
-        round(centre_y - height * (0.5 + shift.margin_top)),
-        round(centre_x + width * (0.5 + shift.margin_right)),
-        round(centre_y + height * (0.5 + shift.margin_bottom)),
-    )
-
-
-def shift_image(image: Image.Image, shift: Shift) -> Image.Image:
-    """An 8-bit grayscale scan cropped, rotated, gamma-corrected, darkened and resized by ``shift``.
-
-    In that order: :func:`tight_box`; a bilinear rotation about the centre
-    keeping the size (black fill, so a tight crop may lose the skull's edge at
-    the corners); ``(v / 255) ** gamma * scale``, rounded to 8 bits; a bilinear
-    resize to ``resolution`` square (a non-square crop is stretched, as in a
-    public set exported at one size).
-    """
-    image = image.crop(tight_box(np.asarray(image), shift))
-    image = image.rotate(shift.angle, resample=Image.Resampling.BILINEAR, fillcolor=0)
-    values = (np.asarray(image, dtype=np.float64) / 255.0) ** shift.gamma * shift.scale * 255.0
-    image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    return image.resize((shift.resolution, shift.resolution), Image.Resampling.BILINEAR)
-
-
-def shift_file(source: Path, target: Path, shift: Shift) -> None:
-    """Decode ``source`` as 8-bit grayscale (:func:`brainfl.decoding.open_scan`), shift it, save a PNG."""
-    image = shift_image(open_scan(source, "L"), shift)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, format="PNG")
 
 
 def testing_scans(data_dir: Path) -> tuple[list[Path], list[str], np.ndarray]:

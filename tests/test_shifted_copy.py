@@ -13,15 +13,14 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, REPO_ROOT
+from preparation_shift import RESOLUTIONS, draw_shift
 from shifted_copy import (
     ALL,
     COPY_FILE,
     LEAK_FREE,
     MANIFEST,
-    RESOLUTIONS,
     SHIFTED,
     SHIFTED_LEAK_FREE,
-    draw_shift,
     main,
     make_copy,
 )
