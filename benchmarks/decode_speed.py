@@ -14,9 +14,6 @@ of milliseconds per image and images per second. ``--keep`` writes it to
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from brainfl.data_loader import TRAIN_SPLIT, decode_image, find_classes, list_images  # noqa: E402
-from harness import COMMAND_FILE, RESULTS, this_command  # noqa: E402
+from harness import RESULTS, keep_timing_table  # noqa: E402
 from scan_files import scan_to_dicom, scan_to_png16  # noqa: E402
 
 RESULT_DIR = RESULTS / "decode-speed"
@@ -95,18 +92,7 @@ def table(rows: list[dict]) -> str:
 
 def keep(rows: list[dict], folder: Path = RESULT_DIR) -> Path:
     """Write the rows, the command and the machine to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / RESULT_CSV, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / COMMAND_FILE).write_text(this_command() + "\n")
-    load = os.getloadavg()[0]
-    (folder / "machine.txt").write_text(
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
-        f"one process, best of the timed passes; load average {load:.1f} while it ran\n"
-    )
-    return folder
+    return keep_timing_table(rows, COLUMNS, folder, RESULT_CSV)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import platform
 import random
 import shlex
 import shutil
@@ -210,6 +212,19 @@ def keep_result(
 def this_command() -> str:
     """The command line that started this benchmark script, as one shell line."""
     return shlex.join(["python3", *sys.argv])
+
+
+def keep_timing_table(rows: list[dict], columns: Sequence[str], folder: Path, csv_name: str) -> Path:
+    """Write a one-process timing benchmark's rows as ``folder/csv_name`` with ``command.txt`` and
+    ``machine.txt`` (cores, Python, the load average when it ended); return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=list(columns)).to_csv(folder / csv_name, index=False)
+    (folder / COMMAND_FILE).write_text(this_command() + "\n")
+    (folder / "machine.txt").write_text(
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
+        f"one process, best of the timed passes; load average {os.getloadavg()[0]:.1f} when it ended\n"
+    )
+    return folder
 
 
 def table_row(name: str, figures: dict[str, object], output_dir: Path) -> dict[str, object]:

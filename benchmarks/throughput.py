@@ -25,9 +25,7 @@ and ``machine.txt``::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from harness import this_command  # noqa: E402
+from harness import keep_timing_table  # noqa: E402
 
 RESULT_DIR = ROOT / "benchmarks" / "results" / "throughput"
 RESULT_CSV = "throughput.csv"
@@ -156,17 +154,7 @@ def measure(data_dir: str, run_config: str, epochs: int, repeats: int) -> list[d
 
 def keep(rows: list[dict], folder: Path = RESULT_DIR) -> Path:
     """Write the rows, the command and the machine to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / RESULT_CSV, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / "command.txt").write_text(this_command() + "\n")
-    (folder / "machine.txt").write_text(
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
-        f"one process, best of the timed passes; load average {os.getloadavg()[0]:.1f} when it ended\n"
-    )
-    return folder
+    return keep_timing_table(rows, COLUMNS, folder, RESULT_CSV)
 
 
 def main(argv: list[str] | None = None) -> None:
