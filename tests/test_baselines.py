@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl import baselines, cli
+from brainfl import baseline_sites, baselines, cli
 from brainfl.central_data import central_data
 from brainfl.client_app import validate
 from brainfl.config import settings_from_config
@@ -29,10 +29,11 @@ FAST = f"image-size=16 num-server-rounds={ROUNDS} local-epochs=1 batch-size=8 va
 
 
 def run_local(
-    capsys, tmp_path: Path, *run_configs: str, extra: tuple[str, ...] = ()
+    capsys, tmp_path: Path, *run_configs: str, extra: tuple[str, ...] = (), command: str = "local"
 ) -> tuple[int, str, list[str]]:
-    """(exit code, stdout, ``brainfl: error:`` lines) of ``brainfl local`` writing into ``tmp_path/out``."""
-    argv = ["local", "--app-dir", str(REPO_ROOT), "--run-config", f"output-dir='{tmp_path / 'out'}'"]
+    """(exit code, stdout, ``brainfl: error:`` lines) of ``brainfl local`` (or ``command``) writing into
+    ``tmp_path/out``."""
+    argv = [command, "--app-dir", str(REPO_ROOT), "--run-config", f"output-dir='{tmp_path / 'out'}'"]
     for run_config in run_configs:
         argv += ["--run-config", run_config]
     code = cli.main([*argv, *extra])
@@ -68,22 +69,23 @@ def check_trained_alone(calls: list[dict], settings, sites) -> None:
             assert call["learning_rate"] == round_learning_rate(settings.learning_rate, server_round, ROUNDS)
 
 
-def check_scores(out: Path, settings, sites, row_of: dict[str, dict[str, str]]) -> None:
-    """The CSV's held-out scores are the final model's on the site's validation split; its central
-    scores are the server's evaluator's on the saved model."""
+def check_scores(out: Path, settings, sites, row_of: dict[str, dict[str, str]], pooled: bool = False) -> None:
+    """The CSV's held-out scores are the final model's (the site's own, or the ``pooled`` one) on the
+    site's validation split; its central scores are the server's evaluator's on the saved model."""
     central = central_data(settings)
     evaluator = CentralEvaluator(
         settings,
         central.test,
         central.class_names,
         official=central.official,
-        leak_free=baselines.federation_leak_free(central, sites),
+        leak_free=baseline_sites.federation_leak_free(central, sites),
     )
     for site in sites:
         row = row_of[str(site.site_id)]
         assert (int(row["num_train"]), int(row["num_val"])) == (len(site.train), len(site.val))
         assert len(site.val) > 0
-        saved = keras.models.load_model(baselines.site_folder(out, site.site_id) / FINAL_MODEL)
+        folder = out / baselines.POOLED_FOLDER if pooled else baselines.site_folder(out, site.site_id)
+        saved = keras.models.load_model(folder / FINAL_MODEL)
         bundle = model_for(settings, central.class_names)
         bundle.trainable.set_weights(saved.get_weights())
         held_out = validate(settings, bundle, site)
@@ -119,7 +121,7 @@ def test_each_partition_site_trains_alone_and_is_scored_like_a_site_and_the_serv
     assert rows[0]["data"] == "partition 0 of 2"
     check_scores(output, settings, sites, {row["site"]: row for row in rows})
     central = central_data(settings)
-    leak_free = baselines.federation_leak_free(central, sites)
+    leak_free = baseline_sites.federation_leak_free(central, sites)
     assert leak_free is not None and not leak_free[central.test.files.index(str(copied.relative_to(data)))]
     assert leak_free.sum() == len(central.test) - 1
 
@@ -149,8 +151,35 @@ def test_sites_with_their_own_folders_train_on_all_their_own_scans(capsys, tmp_p
     assert [row["data"] for row in rows] == [str(folder) for folder in folders]
     # the hospitals' scans are made with the same seeds as the test scans: each is held by a site,
     # so, as in the federated run, there is no leak-free subset
-    assert baselines.federation_leak_free(central_data(settings), sites) is None
+    assert baseline_sites.federation_leak_free(central_data(settings), sites) is None
     check_scores(output, settings, sites, {row["site"]: row for row in rows})
+
+
+def test_the_pooled_model_trains_on_all_sites_training_splits_and_is_scored_at_each_site(
+    capsys, tmp_path, spied_updates
+):
+    data = make_dataset(tmp_path / "data", train_per_class=6)
+    run_config = f"data-dir='{data}' num-partitions=2 {FAST}"
+    code, out, errors = run_local(capsys, tmp_path, run_config, command="pooled")
+    assert code == 0 and not errors
+    output = tmp_path / "out"
+    settings = settings_of(output)
+    sites = [site_data(settings, {"partition-id": i, "num-partitions": 2}, CLASSES) for i in range(2)]
+    pooled_images = np.concatenate([site.train.images for site in sites])
+    pooled_labels = np.concatenate([site.train.labels for site in sites])
+    assert [call["server_round"] for call in spied_updates] == list(range(1, ROUNDS + 1))
+    for call in spied_updates:  # every site's training split, none of their held-out images
+        np.testing.assert_array_equal(call["inputs"], pooled_images)
+        np.testing.assert_array_equal(call["labels"], pooled_labels)
+    rows = read_rows(output / baselines.POOLED_CSV)
+    assert [row["site"] for row in rows] == ["0", "1"]
+    assert len({row["val_accuracy"] for row in rows} | {row["test_accuracy"] for row in rows}) >= 2
+    assert len({row["test_accuracy"] for row in rows}) == 1  # one model, one central score
+    check_scores(output, settings, sites, {row["site"]: row for row in rows}, pooled=True)
+    rounds = read_rows(output / baselines.POOLED_FOLDER / RESULTS_CSV)
+    assert [r["round"] for r in rounds] == ["0", "1", "2"]
+    assert json.loads((output / RUN_CONFIG).read_text())["pooled-baseline"] is True
+    assert "pooled_baseline.csv" in out
 
 
 def test_without_a_central_test_set_only_the_held_out_scores_are_written(capsys, tmp_path):

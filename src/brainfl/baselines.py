@@ -1,4 +1,4 @@
-"""The local-only baseline: what each site of a run could train alone, on its own images only.
+"""The baselines of a federated run: each site alone (local-only) and all sites' images pooled.
 
 ``brainfl local`` answers a site's question "will the shared model be better
 on my patients than the one I could train alone?". With the run's settings it
@@ -20,6 +20,16 @@ subset is the federated run's: the test images no site holds a copy of. Written:
 ``local_baseline.csv`` (one row per site), ``run_config.json`` and, per site, a
 run folder ``local_site_<i>/`` of the recorder's files (its round curves, read
 by ``brainfl report``) with its ``final_model.keras``.
+
+``brainfl pooled`` answers "how close does the federation come to sharing the
+scans?" per site: one model, trained the same way on the training splits of all
+the run's sites pooled (:func:`brainfl.baseline_sites.pool`; a feature-shifted
+site's images as its scanner made them), then scored on each site's held-out
+split, which it never trained on, and on the central test set. Written:
+``pooled_baseline.csv`` (a row per site, as ``local_baseline.csv``),
+``run_config.json`` and the model's run folder ``pooled/``. ``brainfl
+centralized`` trains on the whole training set instead, the sites' held-out
+splits included, so only the pooled baseline is scored at the sites.
 """
 
 from __future__ import annotations
@@ -33,25 +43,23 @@ from typing import Any
 import numpy as np
 
 from brainfl.aggregation import SiteReport
-from brainfl.central_data import CentralData, central_data
+from brainfl.baseline_sites import Baseline, pool, prepare
 from brainfl.client_app import site_counts, validate
 from brainfl.config import RunSettings
-from brainfl.duplicates import has_copy_in, hash_files
-from brainfl.errors import BrainFLError
 from brainfl.evaluation import CentralEvaluator, Evaluation
-from brainfl.federation_setup import Roster
 from brainfl.logs import LOG, log_to_file
 from brainfl.metrics import LEAK_FREE, SITE_SENSITIVITY
-from brainfl.model_files import FINAL_MODEL, ModelWriter, model_metadata
+from brainfl.model_files import FINAL_MODEL, ModelWriter
 from brainfl.models import ModelBundle
-from brainfl.pipeline import SiteData, initial_weights, model_for, model_inputs, site_data
+from brainfl.pipeline import SiteData, initial_weights, model_inputs
 from brainfl.recorder import RunRecorder
 from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, CsvAppender, write_run_config
 from brainfl.run_config import add_settings_arguments
+from brainfl.site_comparison import LOCAL_CSV, POOLED_CSV
 from brainfl.site_training import local_update
 from brainfl.training import round_learning_rate
 
-LOCAL_CSV = "local_baseline.csv"
+POOLED_FOLDER = "pooled"  # the pooled model's run folder in a pooled baseline's output folder
 CENTRAL_SCORES = (
     "loss",
     "accuracy",
@@ -69,29 +77,6 @@ TEST = "test_"  # prefix of the central test set's scores in local_baseline.csv
 def site_folder(output_dir: Path, site_id: int) -> Path:
     """The run folder of site ``site_id``'s model trained alone."""
     return output_dir / f"local_site_{site_id}"
-
-
-def node_configs(settings: RunSettings, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The sites' node configs, as ``run.sh`` gives them to the SuperNodes: a partition of
-    ``data-dir`` each, or (``site_dirs``) each site's own folder."""
-    count = settings.num_partitions
-    if site_dirs and len(site_dirs) != count:
-        raise BrainFLError(f"--site-data-dir: {len(site_dirs)} folders for {count} sites (num-partitions)")
-    if site_dirs:
-        return [{"partition-id": i, "data-dir": str(folder)} for i, folder in enumerate(site_dirs)]
-    return [{"partition-id": i, "num-partitions": count} for i in range(count)]
-
-
-def federation_leak_free(central: CentralData, sites: Sequence[SiteData]) -> np.ndarray | None:
-    """The federated run's leak-free test subset: the test images of which no site holds an exact
-    or near copy (what the setup query of :mod:`brainfl.federation_setup` finds)."""
-    if central.test is None:
-        return None
-    test_hashes = hash_files(central.root, central.test.files)
-    copied = np.zeros(len(test_hashes), dtype=bool)
-    for site in sites:  # the files a site hashes to answer the setup query
-        copied |= has_copy_in(test_hashes, hash_files(site.folder, [*site.train.files, *site.val.files]))
-    return Roster({site.site_id: len(site.train) for site in sites}, copied).leak_free()
 
 
 def csv_header(class_names: Sequence[str]) -> list[str]:
@@ -161,48 +146,57 @@ def site_row(
     return row
 
 
+def fresh_run_folder(folder: Path, config: dict[str, Any]) -> None:
+    """Make ``folder`` a new run folder: no round files of an earlier run left to append to."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):
+        (folder / name).unlink(missing_ok=True)
+    write_run_config(folder, config)
+
+
+def new_table(output_dir: Path, name: str, baseline: Baseline) -> CsvAppender:
+    """``output_dir/name``, emptied, with the baselines' columns; the run config beside it."""
+    write_run_config(output_dir, baseline.config)
+    (output_dir / name).unlink(missing_ok=True)
+    return CsvAppender(output_dir / name, csv_header(baseline.sites[0].train.class_names))
+
+
 def run_local(settings: RunSettings, output_dir: Path, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train and score every site's model alone (see the module docstring); return the CSV's rows."""
-    configs = node_configs(settings, site_dirs)
-    central = central_data(settings)
-    class_names = central.class_names
-    sites = [site_data(settings, config, class_names) for config in configs]
-    evaluator = None
-    if central.test is not None:
-        evaluator = CentralEvaluator(
-            settings,
-            central.test,
-            class_names,
-            official=central.official,
-            leak_free=federation_leak_free(central, sites),
-        )
-    bundle = model_for(settings, class_names)
-    writer = ModelWriter(
-        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
-    )
-    config = {
-        **settings.to_config(),
-        "class-names": ",".join(class_names),
-        "local-baseline": True,
-        "site-data-dirs": [str(folder) for folder in site_dirs],
-    }
-    write_run_config(output_dir, config)
-    (output_dir / LOCAL_CSV).unlink(missing_ok=True)
-    table = CsvAppender(output_dir / LOCAL_CSV, csv_header(class_names))
+    baseline = prepare(settings, site_dirs, "local")
+    table = new_table(output_dir, LOCAL_CSV, baseline)
     rows = []
-    for site, node_config in zip(sites, configs, strict=True):
+    for index, site in enumerate(baseline.sites):
         folder = site_folder(output_dir, site.site_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):  # a fresh run, not appended to an older one
-            (folder / name).unlink(missing_ok=True)
-        write_run_config(folder, {**config, "local-site": site.site_id})
+        fresh_run_folder(folder, {**baseline.config, "local-site": site.site_id})
         LOG.info("site %d alone: %d training images", site.site_id, len(site.train))
         started = time.monotonic()
-        trained = train_alone(settings, site, evaluator, writer, folder)
-        own = "data-dir" in node_config
-        source = str(site.folder) if own else f"partition {site.site_id} of {settings.num_partitions}"
-        row = site_row(settings, site, source, bundle, trained)
+        trained = train_alone(settings, site, baseline.evaluator, baseline.writer, folder)
+        row = site_row(settings, site, baseline.source(settings, index), baseline.writer.bundle, trained)
         rows.append({**row, "train_s": round(time.monotonic() - started, 1)})
+        table.append(rows[-1])
+    return rows
+
+
+def run_pooled(
+    settings: RunSettings, output_dir: Path, site_dirs: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Train one model on the sites' training splits pooled (the same budget, recipe and seeds as a
+    run), save it in ``output_dir/pooled/`` and score it on each site's held-out split and the central
+    test set (``pooled_baseline.csv``, a row per site); return the rows."""
+    baseline = prepare(settings, site_dirs, "pooled")
+    table = new_table(output_dir, POOLED_CSV, baseline)
+    pooled = pool(baseline.sites)
+    folder = output_dir / POOLED_FOLDER
+    fresh_run_folder(folder, baseline.config)
+    LOG.info("pooled: %d training images of %d sites", len(pooled.train), len(baseline.sites))
+    started = time.monotonic()
+    trained = train_alone(settings, pooled, baseline.evaluator, baseline.writer, folder)
+    seconds = round(time.monotonic() - started, 1)
+    rows = []
+    for index, site in enumerate(baseline.sites):
+        row = site_row(settings, site, baseline.source(settings, index), baseline.writer.bundle, trained)
+        rows.append({**row, "train_s": seconds})
         table.append(rows[-1])
     return rows
 
@@ -224,38 +218,51 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
 
 
+COMMANDS = {  # command: (what it runs, its CSV, its help, its description)
+    "local": (
+        run_local,
+        LOCAL_CSV,
+        "train each site's model alone on its own images (the local-only baseline)",
+        "Train, at each site of the run in turn, the run's model on that site's training images "
+        "alone (num-server-rounds rounds of local-epochs, no averaging); score it on the site's "
+        "held-out split and on the central test set; write local_baseline.csv.",
+    ),
+    "pooled": (
+        run_pooled,
+        POOLED_CSV,
+        "train one model on the run's sites' training images pooled (the pooled baseline)",
+        "Train the run's model on the training splits of all the run's sites pooled, with the run's "
+        "budget (num-server-rounds rounds of local-epochs); score it on each site's held-out split "
+        "and on the central test set; write pooled_baseline.csv.",
+    ),
+}
+
+
 def run(args: argparse.Namespace) -> None:
-    """The ``brainfl local`` command."""
+    """The ``brainfl local`` and ``brainfl pooled`` commands."""
     from brainfl.results import resolve_output_dir
     from brainfl.run_config import settings_from_args
 
+    train, csv_name, _, _ = COMMANDS[args.baseline]
     settings = settings_from_args(args.app_dir, args.run_config)
     output_dir = resolve_output_dir(settings)
-    with log_to_file(output_dir / "logs" / "local.log"):
-        rows = run_local(settings, output_dir, args.site_data_dir)
+    with log_to_file(output_dir / "logs" / f"{args.baseline}.log"):
+        rows = train(settings, output_dir, args.site_data_dir)
         LOG.info("outputs written to %s", output_dir)
     print(summary(rows))
-    print(f"written: {output_dir / LOCAL_CSV}")
+    print(f"written: {output_dir / csv_name}")
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``local`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "local",
-        help="train each site's model alone on its own images (the local-only baseline)",
-        description=(
-            "Train, at each site of the run in turn, the run's model on that site's training images "
-            "alone (num-server-rounds rounds of local-epochs, no averaging); score it on the site's "
-            "held-out split and on the central test set; write local_baseline.csv."
-        ),
-    )
-    add_settings_arguments(parser)
-    parser.add_argument(
-        "--site-data-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a site's own data folder (once per site, in site order) instead of a partition of data-dir",
-    )
-    parser.set_defaults(handler=run)
-    return parser
+def add_parsers(subcommands: argparse._SubParsersAction) -> None:
+    """Add the ``local`` and ``pooled`` sub-commands to the ``brainfl`` parser."""
+    for name, (_, _, help_text, description) in COMMANDS.items():
+        parser = subcommands.add_parser(name, help=help_text, description=description)
+        add_settings_arguments(parser)
+        parser.add_argument(
+            "--site-data-dir",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a site's own data folder (once per site, in site order) instead of a partition of data-dir",
+        )
+        parser.set_defaults(handler=run, baseline=name)

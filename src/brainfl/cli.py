@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(handler=prepare)
     data_check.add_parser(commands)
     centralized.add_parser(commands)
-    baselines.add_parser(commands)
+    baselines.add_parsers(commands)
     certs.add_parser(commands)
     evaluate.add_parser(commands)
     predict.add_parser(commands)
