@@ -14,7 +14,9 @@ Grad-CAM overlays of a few picked test images. It writes:
   ``calibration.json``, the temperature and the ECE after scaling), then the figures and
   tables (per class: specificity, ROC-AUC and the sensitivity's interval; per site:
   the final round's held-out scores with mean, worst and spread; with a
-  ``personalization.csv``, each site's global against personalized model), the
+  ``personalization.csv``, each site's global against personalized model; with
+  ``--baselines``, each site's accuracy alone, pooled, federated and personalized,
+  :mod:`brainfl.site_comparison`, also as ``site_comparison.csv``), the
   settings that differ from the defaults, all settings folded.
 
 A missing optional artefact leaves its section out with a note on the page.
@@ -23,17 +25,15 @@ A missing optional artefact leaves its section out with a note on the page.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brainfl.errors import BrainFLError
+from brainfl.report_tables import Table, frame_table
 
 if TYPE_CHECKING:  # pandas, scikit-learn and matplotlib load only when a report is made
-    import pandas as pd
-
     from brainfl.report_data import Run
 
 FIGURE_CURVES = "accuracy_loss.png"
@@ -42,56 +42,6 @@ FIGURE_PARTITION = "partition.png"
 GRADCAM_DIR = "gradcam_examples"
 REPORT_HTML = "report.html"
 TEMPLATE = "report.html.j2"
-
-
-@dataclasses.dataclass
-class Table:
-    """A table as the template shows it: header and rows of text (the first column is the key)."""
-
-    columns: list[str]
-    rows: list[list[str]]
-    text: bool = False  # every column left-aligned text
-
-
-def _cell(value: Any, decimals: int) -> str:
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        if math.isnan(value):
-            return ""
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{decimals}f}"
-    return str(value)
-
-
-COUNT_COLUMNS = frozenset(
-    ("round", "support", "num_train", "num_val", "sites_trained", "sites_failed", "rounds reported")
-)
-
-
-def _whole(column: str, values: pd.Series) -> bool:
-    """Whether a column holds counts: whole numbers, named as counts or not all within [0, 1]."""
-    import pandas as pd
-
-    numbers = pd.to_numeric(values, errors="coerce").dropna()
-    numbers = numbers[numbers.abs() != math.inf]
-    if numbers.empty or not (numbers == numbers.round()).all():
-        return False
-    return column in COUNT_COLUMNS or pd.api.types.is_integer_dtype(values) or bool((numbers.abs() > 1).any())
-
-
-def frame_table(frame: pd.DataFrame, index: bool = True) -> Table:
-    """A DataFrame as a :class:`Table`: count columns as integers, others with 4 decimals."""
-    if index:
-        frame = frame.reset_index()
-    decimals = [
-        0 if _whole(str(column), frame[column]) else 1 if column == "elapsed_s" else 4
-        for column in frame.columns
-    ]
-    rows = [
-        [_cell(value, places) for value, places in zip(row, decimals, strict=True)]
-        for row in frame.itertuples(index=False)
-    ]
-    return Table([str(c) for c in frame.columns], rows)
 
 
 def _test_description(run: Run) -> str:
@@ -216,11 +166,15 @@ def render(context: dict[str, Any]) -> str:
     return environment.get_template(TEMPLATE).render(**context)
 
 
-def make_report(output_dir: Path | str) -> Path:
-    """Write the figures and ``report.html`` of the run in ``output_dir``; return the page's path."""
+def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
+    """Write the figures and ``report.html`` of the run in ``output_dir``; return the page's path.
+
+    ``baselines``: folders of ``brainfl local``/``brainfl pooled`` (or other runs) whose per-site
+    held-out scores join the run's in the joining-vs-alone table (:mod:`brainfl.site_comparison`),
+    also written as ``site_comparison.csv``."""
     from brainfl import report_data as data
     from brainfl import report_figures as figures
-    from brainfl import report_sites
+    from brainfl import report_sites, site_comparison
     from brainfl.calibration import headline_items, read_calibration
     from brainfl.files import write_atomically
     from brainfl.logs import LOG
@@ -248,6 +202,9 @@ def make_report(output_dir: Path | str) -> Path:
     sites = report_sites.site_table(run)
     final_sites = report_sites.final_round_sites(run)
     personalized = report_sites.personalization_table(run)
+    compared = site_comparison.report_table(output_dir, baselines)
+    if compared is not None:
+        compared.to_csv(output_dir / site_comparison.COMPARISON_CSV, index_label="site")
     differing, every = data.settings_tables(run.config, run.notes)
     results = run.results
     if LEAK_FREE in results and results[LEAK_FREE].isna().all():
@@ -266,6 +223,7 @@ def make_report(output_dir: Path | str) -> Path:
         "site_scores": None if final_sites is None else frame_table(final_sites[1]),
         "site_scores_round": None if final_sites is None else final_sites[0],
         "personalization": None if personalized is None else frame_table(personalized),
+        "comparison": None if compared is None else frame_table(compared),
         "partition": _figure(partition, output_dir / FIGURE_PARTITION),
         "examples": gradcam_examples(run, output_dir / GRADCAM_DIR),
         "differing": Table(["setting", "value", "default"], differing, text=True),
@@ -283,7 +241,7 @@ def make_report(output_dir: Path | str) -> Path:
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl report``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    path = make_report(args.output_dir)
+    path = make_report(args.output_dir, args.baselines)
     print(f"report written to {path}")
 
 
@@ -295,5 +253,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         description="Write the figures and a self-contained report.html into a run's output folder.",
     )
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="output folders of 'brainfl local' and 'brainfl pooled' (or of other runs with a "
+        "personalization.csv) to compare with the run, per site",
+    )
     parser.set_defaults(handler=run)
     return parser
