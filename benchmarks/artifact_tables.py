@@ -101,3 +101,8 @@ def throughput_rows(kept: list[Kept]) -> list[Row]:
              "tight loop, images per s": f"{r.tight_images_per_s:.0f}",
              "app / tight loop": f"{r.app_share:.2f}"}
             for one in kept for r in one.table.itertuples()]  # fmt: skip
+
+
+def grid_rows(kept: list[Kept]) -> list[Row]:
+    """A row per setting and approach of a per-site grid (``site_grid.py``'s summary), grid by grid."""
+    return [{"grid": one.name, **row} for one in kept for row in one.table.fillna("").to_dict("records")]

@@ -33,12 +33,15 @@ from artifact_tables import (
     calibration_rows,
     decode_rows,
     evaluation_rows,
+    grid_rows,
     shifted_commands,
     shifted_rows,
     throughput_rows,
 )
 from result_folders import (
     EVALUATION_FILES,
+    GRID_CALIBRATION,
+    GRID_SUMMARY,
     RUN_FILES,
     SHIFTED,
     THRESHOLDS,
@@ -185,6 +188,7 @@ SHIFTED_COPY = (
     "python3 benchmarks/shifted_copy.py score --model benchmarks/runs/<run>/final_model.keras "
     "--copy /tmp/shifted-copy --output /tmp/shifted-scores --keep <run>"
 )
+SITE_GRID = f"python3 benchmarks/site_grid.py run {DATA}\npython3 benchmarks/site_grid.py summarize"
 TABLES: dict[str, Table] = {
     "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
                                 "shifted accuracy", "shifted leak-free accuracy", "97% reached", "wall time"),
@@ -222,6 +226,8 @@ TABLES: dict[str, Table] = {
     "shifted": Table(SHIFTED_COPY, rows=shifted_rows, also=shifted_commands),
     "external-validation": Table(EVALUATE, rows=evaluation_rows, files=EVALUATION_FILES),
     "calibration": Table(f"./run.sh --simulation --sites 4 --rounds 40 {DATA}", rows=calibration_rows),
+    "site-grid": Table(SITE_GRID, rows=grid_rows, files=(GRID_SUMMARY, "site_grid.json")),
+    "site-grid-calibration": Table(SITE_GRID, rows=grid_rows, files=(GRID_CALIBRATION, "site_grid.json")),
     "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
     "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep", rows=decode_rows,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ MEASUREMENT = "measurement.json"  # a run's figures measured by the benchmark sc
 EVALUATION_FILES = ("evaluation.csv", "evaluation.json")  # brainfl evaluate (brainfl.evaluate.CSV_NAME)
 SHIFTED = {"shifted": "shifted accuracy", "shifted-leak-free": "shifted leak-free accuracy"}  # in a run
 COPY_FILE = "copy.txt"  # beside a shifted evaluation: "command: <the shifted_copy.py make command>", ...
+GRID_SUMMARY = "site_grid_summary.csv"  # site_grid.py: per setting and approach, over seeds
+GRID_CALIBRATION = "site_grid_calibration.csv"  # site_grid.py: per setting, ECE before and after
 Row = dict[str, object]
 
 
@@ -77,11 +80,17 @@ def kept(folder: Path, name: str, csv_name: str, json_name: str, kind: type[Kept
                 read(folder / "command.txt"), read(folder / "machine.txt") or CI_MACHINE)  # fmt: skip
 
 
-def load(results: Path, csv_name: str, json_name: str, kind: type[Kept] = Kept) -> list:
-    """A ``kind`` for every folder under ``results`` holding ``csv_name``, sorted by name."""
+def load(
+    results: Path,
+    csv_name: str,
+    json_name: str,
+    kind: type[Kept] = Kept,
+    skip: Callable[[Path], bool] = lambda folder: False,
+) -> list:
+    """A ``kind`` for every folder under ``results`` holding ``csv_name`` (``skip`` of it false), by name."""
     found = sorted(results.rglob(csv_name)) if results.is_dir() else []
     return [kept(csv.parent, csv.parent.relative_to(results).as_posix(), csv_name, json_name, kind)
-            for csv in found]  # fmt: skip
+            for csv in found if not skip(csv.parent)]  # fmt: skip
 
 
 def shifted_evaluation(folder: Path, name: str) -> Kept:
@@ -141,9 +150,17 @@ class Run(Kept):
         return self.info.get(key, default)
 
 
+def in_a_grid(folder: Path, results: Path) -> bool:
+    """Whether ``folder`` is a cell of a per-site grid (``site_grid.py``: a folder above it, under
+    ``results``, holds :data:`GRID_SUMMARY`), shown by the grid's own tables only."""
+    return any(
+        (parent / GRID_SUMMARY).is_file() for parent in folder.parents if parent.is_relative_to(results)
+    )
+
+
 def load_runs(results: Path) -> list[Run]:
-    """Every run kept under ``results``, sorted by name."""
-    return load(results, *RUN_FILES, Run)
+    """Every run kept under ``results`` (a grid's cells aside), sorted by name."""
+    return load(results, *RUN_FILES, Run, skip=lambda folder: in_a_grid(folder, results))
 
 
 def acc(value: float) -> str:

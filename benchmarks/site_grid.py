@@ -1,0 +1,250 @@
+"""Per-site benchmark grid: does each site gain by joining, and which personalization helps where.
+
+For every setting (4 IID sites, 4 sites Dirichlet 0.3 with the balanced-softmax
+loss, 4 IID sites with a synthetic scanner per site) and seed, with the same
+model, rounds x local epochs and learning-rate schedule, it runs:
+
+- ``fedavg``: the federation (simulation engine), then 1 fine-tuning epoch per
+  site (``fine-tune-epochs``): ``personalization.csv`` gives each site's held-out
+  scores of the global model (FedAvg) and of its fine-tuned copy
+  (FedAvg + fine-tune); ``calibration.json`` the ECE before and after federated
+  temperature scaling;
+- ``fedbn``: the same federation with ``fedbn=true``: each site's held-out
+  scores of the global model with its own BatchNorm layers;
+- ``local``: ``brainfl local``, each site trains alone on its own images;
+- ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
+
+Every score is a site's accuracy on its own held-out split (the same images in
+all four). ``run`` trains what is missing into ``--out`` (a cell whose result
+file exists is skipped, so a stopped grid resumes) and keeps each cell's small
+files in ``benchmarks/results/<keep>/<setting>/seed<k>/<approach>/``;
+``summarize`` reads those into ``site_grid.csv`` (per site) and
+``site_grid_summary.csv`` (mean and sd over seeds of the per-site mean and of the
+worst site), which ``make_tables.py`` shows.
+
+    python3 benchmarks/site_grid.py run --data-dir ../shared/data/brain-tumor-mri --keep site-grid
+    python3 benchmarks/site_grid.py summarize --keep site-grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from brainfl.baselines import LOCAL_CSV, POOLED_CSV
+from brainfl.model_files import RUN_CONFIG
+from brainfl.results import PERSONALIZATION_CSV
+from brainfl.site_comparison import ALONE, GAIN, SCORES, comparison, gathered
+from harness import RESULTS, ROOT, free_port_block, keep_result, measured_command, this_command
+from result_folders import GRID_CALIBRATION, GRID_SUMMARY
+
+SETTINGS = {  # folder name: run-config of the setting
+    "iid4": "partitioning='iid'",
+    "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3 balanced-softmax=true",
+    "shift4": "partitioning='iid' feature-shift=1.0",
+}
+APPROACHES = ("fedavg", "fedbn", "local", "pooled")
+RESULT_FILE = {
+    "fedavg": PERSONALIZATION_CSV,
+    "fedbn": PERSONALIZATION_CSV,
+    "local": LOCAL_CSV,
+    "pooled": POOLED_CSV,
+}
+SITES = 4
+GRID_CSV = "site_grid.csv"  # per setting, seed, site and approach
+
+
+def run_config(args: argparse.Namespace, setting: str, seed: int) -> str:
+    """The run-config every approach of a cell shares."""
+    return (
+        f"{SETTINGS[setting]} num-partitions={SITES} num-server-rounds={args.rounds} "
+        f"local-epochs={args.local_epochs} seed={seed} data-dir='{args.data_dir}'"
+    )
+
+
+def command(args: argparse.Namespace, setting: str, seed: int, approach: str, out: Path) -> list[str]:
+    """The command of one approach of one cell, writing its outputs to ``out``."""
+    shared = run_config(args, setting, seed)
+    if approach in ("local", "pooled"):
+        config = f"{shared} output-dir='{out}'"
+        return ["brainfl", approach, "--app-dir", str(ROOT), "--run-config", config]
+    extra = f"fine-tune-epochs={args.fine_tune_epochs}" if approach == "fedavg" else "fedbn=true"
+    port = str(free_port_block(SITES + 2))
+    return [
+        str(ROOT / "run.sh"),
+        "--simulation",
+        "--sites",
+        str(SITES),
+        "--port",
+        port,
+        "--output-dir",
+        str(out),
+        "--data-dir",  # run.sh's options win over its run-config
+        args.data_dir,
+        "--run-config",
+        f"{shared} {extra}",
+    ]
+
+
+def keep_baseline(out: Path, target: Path, line: str, result_file: str) -> None:
+    """Keep a baseline's CSV and run config with its command (a baseline has no round results)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (result_file, RUN_CONFIG):
+        shutil.copyfile(out / name, target / name)
+    (target / "command.txt").write_text(line + "\n")
+
+
+def run_baseline(line: list[str], out: Path) -> dict[str, object]:
+    """Run a baseline command (its output in ``out.log``); its seconds, as ``measured_command`` gives them."""
+    started = time.monotonic()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "w") as handle:
+        code = subprocess.run(line, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"{' '.join(line)} failed (exit {code}); see {handle.name}")
+    return {"command_s": round(time.monotonic() - started, 1)}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train every missing cell (a run whose result file is there already is only kept) and keep it."""
+    (RESULTS / args.keep).mkdir(parents=True, exist_ok=True)
+    (RESULTS / args.keep / "command.txt").write_text(this_command() + "\n")
+    for seed in args.seeds:
+        for setting in args.settings:
+            for approach in args.approaches:
+                out = args.out / setting / f"seed{seed}" / approach
+                target = RESULTS / args.keep / setting / f"seed{seed}" / approach
+                if (target / RESULT_FILE[approach]).is_file():
+                    continue
+                line = command(args, setting, seed, approach, out)
+                text = " ".join(line)
+                print(f"{setting} seed {seed} {approach}: {text}", flush=True)
+                baseline = approach in ("local", "pooled")
+                figures: dict[str, object] = {}
+                if not (out / RESULT_FILE[approach]).is_file():
+                    figures = run_baseline(line, out) if baseline else measured_command(line, out)
+                if baseline:
+                    keep_baseline(out, target, text, RESULT_FILE[approach])
+                else:
+                    keep_result(out, str(target.relative_to(RESULTS)), text, measurement=figures)
+                print(f"  done in {figures.get('command_s', '(already run)')} s", flush=True)
+
+
+def cell_sites(cell: Path) -> pd.DataFrame:
+    """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy."""
+    found = gathered(cell / approach for approach in APPROACHES if (cell / approach).is_dir())
+    tables = {score: comparison(found, score).drop(columns=GAIN, errors="ignore") for score in SCORES}
+    sites = [site for site in tables["accuracy"].index if str(site).isdigit()]
+    frames = {score: table.loc[sites].rename_axis("site").reset_index() for score, table in tables.items()}
+    long = [frame.melt("site", var_name="approach", value_name=score) for score, frame in frames.items()]
+    return long[0].merge(long[1], on=["site", "approach"])
+
+
+def mean_sd(values: pd.Series) -> str:
+    """``mean ± sd`` over seeds (sd with n - 1; only the mean for one seed)."""
+    if len(values) < 2:
+        return f"{values.mean():.4f}"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
+def summary(sites: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and approach, over seeds: the per-site mean and the worst site (mean ± sd), the worst
+    site's distance below the mean, and at how many (seed, site) pairs the approach beats training alone."""
+    per_seed = sites.groupby(["setting", "approach", "seed"])["accuracy"].agg(["mean", "min"]).reset_index()
+    alone = sites[sites["approach"] == ALONE].set_index(["setting", "seed", "site"])["accuracy"]
+    rows = []
+    for (setting, approach), group in per_seed.groupby(["setting", "approach"], sort=False):
+        mine = sites[(sites["setting"] == setting) & (sites["approach"] == approach)]
+        versus = mine.set_index(["setting", "seed", "site"])["accuracy"]
+        versus, base = versus.align(alone, join="inner")
+        rows.append(
+            {
+                "setting": setting,
+                "approach": approach,
+                "seeds": len(group),
+                "site mean accuracy": mean_sd(group["mean"]),
+                "worst site accuracy": mean_sd(group["min"]),
+                "worst below mean, points": round(float((group["mean"] - group["min"]).mean()) * 100, 2),
+                "sites above alone": "" if approach == ALONE else f"{int((versus > base).sum())}/{len(base)}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def calibration(keep: Path) -> pd.DataFrame:
+    """Per setting, over seeds: the FedAvg model's test ECE before and after federated temperature scaling."""
+    rows = []
+    for path in sorted(keep.glob("*/seed*/fedavg/calibration.json")):
+        test = json.loads(path.read_text())["test"]
+        setting, seed = path.parts[-4], path.parts[-3]
+        rows.append(
+            {"setting": setting, "seed": seed, "before": test["before"]["ece"], "after": test["after"]["ece"]}
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return (
+        table.groupby("setting", sort=False)
+        .agg(seeds=("seed", "count"), before=("before", mean_sd), after=("after", mean_sd),
+             worst_after=("after", "max"))
+        .rename(columns={"before": "ECE before", "after": "ECE after", "worst_after": "worst ECE after"})
+        .reset_index()
+    )  # fmt: skip
+
+
+def summarize(keep: Path) -> None:
+    """Write the grid's per-site table, summary and calibration summary from the cells kept in ``keep``."""
+    cells = sorted(keep.glob("*/seed*"))
+    if not cells:
+        raise SystemExit(f"no kept cell under {keep}")
+    sites = pd.concat(
+        [cell_sites(cell).assign(setting=cell.parent.name, seed=int(cell.name.removeprefix("seed")))
+         for cell in cells]
+    )[["setting", "seed", "site", "approach", *SCORES]]  # fmt: skip
+    order = {name: i for i, name in enumerate(SETTINGS)}
+    sites = sites.sort_values(
+        ["setting", "seed", "site"], key=lambda c: c.map(order) if c.name == "setting" else c
+    )
+    sites.round(6).to_csv(keep / GRID_CSV, index=False)
+    summary(sites).to_csv(keep / GRID_SUMMARY, index=False)
+    calibration(keep).to_csv(keep / GRID_CALIBRATION, index=False)
+    (keep / "machine.txt").write_text(
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
+        "one run at a time\n"
+    )
+    print(summary(sites).to_string(index=False))
+    print(calibration(keep).to_string(index=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    runner = sub.add_parser("run", help="train the missing cells and keep their result files")
+    runner.add_argument("--data-dir", required=True)
+    runner.add_argument("--rounds", type=int, default=3)
+    runner.add_argument("--local-epochs", type=int, default=2)
+    runner.add_argument("--fine-tune-epochs", type=int, default=1)
+    runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
+    runner.add_argument("--out", type=Path, default=Path("/tmp/site-grid"))
+    runner.add_argument("--keep", default="site-grid")
+    summarizer = sub.add_parser("summarize", help="the kept cells' per-site table and summaries")
+    summarizer.add_argument("--keep", default="site-grid")
+    args = parser.parse_args()
+    if args.action == "run":
+        run(args)
+    else:
+        summarize(RESULTS / args.keep)
+
+
+if __name__ == "__main__":
+    main()

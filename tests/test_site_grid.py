@@ -1,0 +1,89 @@
+"""The per-site grid's summary: per-site rows, mean ± sd over seeds, worst site, wins over training alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brainfl.results import PERSONALIZATION_CSV, RESULTS_CSV
+from make_tables import render
+from result_folders import GRID_CALIBRATION, GRID_SUMMARY, in_a_grid, load_runs
+from site_grid import GRID_CSV, summarize
+
+# per seed, the two sites' held-out accuracy of each approach
+ALONE = {1: [0.60, 0.80], 2: [0.70, 0.80]}
+FEDERATED = {1: [0.85, 0.75], 2: [0.90, 0.86]}
+TUNED = {1: [0.86, 0.84], 2: [0.91, 0.88]}
+POOLED = {1: [0.90, 0.92], 2: [0.93, 0.94]}
+
+
+def baseline(path: Path, accuracies: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"site": i, "val_accuracy": a, "val_balanced_accuracy": a - 0.05} for i, a in enumerate(accuracies)
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def federated(folder: Path, fedbn: bool, first: list[float], second: list[float], ece: float) -> None:
+    """A kept federated run: personalization (global, then personalized), calibration, round results."""
+    folder.mkdir(parents=True)
+    (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn, "num-server-rounds": 3}))
+    pd.DataFrame(
+        [
+            {"site": i, "fine_tune_epochs": 0 if fedbn else 1, "global_accuracy": g,
+             "personalized_accuracy": p, "global_balanced_accuracy": g, "personalized_balanced_accuracy": p}
+            for i, (g, p) in enumerate(zip(first, second, strict=True))
+        ]
+    ).to_csv(folder / PERSONALIZATION_CSV, index=False)  # fmt: skip
+    test = {"before": {"ece": ece}, "after": {"ece": ece / 4}}
+    (folder / "calibration.json").write_text(json.dumps({"test": test}))
+    pd.DataFrame({"round": [0, 1], "accuracy": [0.2, 0.8], "elapsed_s": [0, 9]}).to_csv(folder / RESULTS_CSV)
+
+
+@pytest.fixture
+def grid(tmp_path) -> Path:
+    keep = tmp_path / "results" / "grid"
+    for seed in (1, 2):
+        cell = keep / "shift4" / f"seed{seed}"
+        baseline(cell / "local" / "local_baseline.csv", ALONE[seed])
+        baseline(cell / "pooled" / "pooled_baseline.csv", POOLED[seed])
+        federated(cell / "fedavg", False, FEDERATED[seed], TUNED[seed], ece=0.08 * seed)
+        federated(cell / "fedbn", True, FEDERATED[seed], POOLED[seed], ece=0.2)
+    (keep / "command.txt").write_text("python3 benchmarks/site_grid.py run\n")
+    return keep
+
+
+def test_summary_is_mean_and_sd_over_seeds_of_site_mean_and_worst_site(grid):
+    results = grid.parent
+    assert not in_a_grid(grid / "shift4" / "seed1" / "fedavg", results)  # before the summary
+    summarize(grid)
+    sites = pd.read_csv(grid / GRID_CSV)
+    assert len(sites) == 2 * 2 * 6  # seeds x sites x approaches
+    alone = sites[(sites["approach"] == "alone") & (sites["seed"] == 2)]
+    assert alone["accuracy"].tolist() == ALONE[2]
+    summary = pd.read_csv(grid / GRID_SUMMARY).set_index("approach")
+    # alone: site means 0.70 and 0.75 -> 0.725 ± 0.0354; worst sites 0.60 and 0.70 -> 0.65 ± 0.0707
+    assert summary.loc["alone", "site mean accuracy"] == "0.7250 ± 0.0354"
+    assert summary.loc["alone", "worst site accuracy"] == "0.6500 ± 0.0707"
+    assert summary.loc["alone", "worst below mean, points"] == pytest.approx(7.5)
+    assert summary.loc["federated", "sites above alone"] == "3/4"  # seed 1 site 1: 0.75 < 0.80
+    assert summary.loc["FedAvg + fine-tune", "sites above alone"] == "4/4"
+    assert summary.loc["FedBN, own BN", "site mean accuracy"] == "0.9225 ± 0.0177"  # site means 0.91 and 0.935
+    calibration = pd.read_csv(grid / GRID_CALIBRATION).set_index("setting")
+    assert calibration.loc["shift4", "ECE before"] == "0.1200 ± 0.0566"
+    assert calibration.loc["shift4", "worst ECE after"] == pytest.approx(0.04)
+    assert in_a_grid(grid / "shift4" / "seed1" / "fedavg", results)
+    assert load_runs(results) == []  # the grid's runs are shown by its own tables only
+    table = render("site-grid", results)
+    assert "| grid/shift4 |" not in table and "| grid | shift4 | FedBN, own BN | 2 |" in table
+    assert "python3 benchmarks/site_grid.py run" in table
+    assert "0.1200 ± 0.0566" in render("site-grid-calibration", results)
+
+
+def test_summarize_without_cells_stops_with_the_folder(tmp_path):
+    with pytest.raises(SystemExit, match="no kept cell"):
+        summarize(tmp_path)
