@@ -386,7 +386,7 @@ def test_gradcam_examples_are_the_most_confident_right_and_wrong_per_class(recor
     for cam in (recorded_run / report.GRADCAM_DIR).glob("*.png"):
         with Image.open(cam) as image:
             assert image.size == (224, 224)
-    assert len(image_sources(page)) == 3 + len(expected)
+    assert len(image_sources(page)) == 4 + len(expected)  # curves, confusion, partition, reliability
     assert page.count(">correct: true ") == 4 and page.count(">wrong: true ") == 4
     assert ">wrong: true glioma, predicted meningioma (p=0.85), " in page
 
@@ -522,3 +522,20 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(page, tmp_p
     broken = page.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAAA", 1)
     found = images_check(broken, tmp_path / "broken")
     assert found == {"data-images-ok": "false", "data-images-count": str(expected), "data-images-broken": "1"}
+
+
+def test_reliability_diagrams_unscaled_and_with_the_calibrated_temperature(tmp_path, recorded_run):
+    with Image.open(recorded_run / report.FIGURE_RELIABILITY[0]) as figure:  # no calibration.json
+        assert figure.format == "PNG" and np.asarray(figure.convert("L")).std() > 5
+    assert not (recorded_run / report.FIGURE_RELIABILITY[1]).exists()
+    page = (recorded_run / report.REPORT_HTML).read_text()
+    assert "Reliability diagram, unscaled" in page and "scaled by the calibrated temperature" not in page
+
+    run = record_run(tmp_path / "calibrated", None)
+    record = {"temperature": 0.5, "examples": 40, "sites": [{"site": 0, "examples": 40, "temperature": 0.5}]}
+    (run / "calibration.json").write_text(json.dumps({**record, "at_grid_bound": False, "test": None}))
+    page = make_report(run)
+    unscaled, scaled = (Image.open(run / name) for name in report.FIGURE_RELIABILITY)
+    with unscaled, scaled:  # the same predictions, sharpened by T = 0.5: other bins, other bars
+        assert not np.array_equal(np.asarray(unscaled), np.asarray(scaled))
+    assert "Reliability diagram, scaled by the calibrated temperature" in page

@@ -72,7 +72,9 @@ def test_summary_is_mean_and_sd_over_seeds_of_site_mean_and_worst_site(grid):
     assert summary.loc["alone", "worst below mean, points"] == pytest.approx(7.5)
     assert summary.loc["federated", "sites above alone"] == "3/4"  # seed 1 site 1: 0.75 < 0.80
     assert summary.loc["FedAvg + fine-tune", "sites above alone"] == "4/4"
-    assert summary.loc["FedBN, own BN", "site mean accuracy"] == "0.9225 ± 0.0177"  # site means 0.91 and 0.935
+    assert (
+        summary.loc["FedBN, own BN", "site mean accuracy"] == "0.9225 ± 0.0177"
+    )  # site means 0.91 and 0.935
     calibration = pd.read_csv(grid / GRID_CALIBRATION).set_index("setting")
     assert calibration.loc["shift4", "ECE before"] == "0.1200 ± 0.0566"
     assert calibration.loc["shift4", "worst ECE after"] == pytest.approx(0.04)

@@ -27,9 +27,11 @@ def plot_confusion_counts(counts: np.ndarray, class_names: Sequence[str], path: 
     return plot_confusion(shown, normalized, class_names, path, broken)
 
 
-def plot_reliability(reliability: pd.DataFrame, ece: tuple[float, float, float], path: Path) -> Path:
+def plot_reliability(
+    reliability: pd.DataFrame, ece: tuple[float, float, float], path: Path, title: str = "Reliability"
+) -> Path:
     """Accuracy against mean confidence per confidence bin, over the diagonal of perfect calibration,
-    with the number of images per bin below."""
+    with the number of images per bin below; ``title`` heads the ECE in the figure's title."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
     figure = Figure(figsize=(5.5, 6.2), dpi=FIGURE_DPI, layout="constrained")
@@ -58,7 +60,7 @@ def plot_reliability(reliability: pd.DataFrame, ece: tuple[float, float, float],
         label="(mean confidence, accuracy)",
     )
     value, low, high = ece
-    curve_axis.set_title(f"Reliability (top label): ECE {value:.3f} [{low:.3f}, {high:.3f}]")
+    curve_axis.set_title(f"{title} (top label): ECE {value:.3f} [{low:.3f}, {high:.3f}]")
     curve_axis.set_ylabel("accuracy")
     curve_axis.set_xlim(0, 1)
     curve_axis.set_ylim(0, 1.02)

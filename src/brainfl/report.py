@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pandas, scikit-learn and matplotlib load only when a report
 FIGURE_CURVES = "accuracy_loss.png"
 FIGURE_CONFUSION = "confusion_matrix.png"
 FIGURE_PARTITION = "partition.png"
+FIGURE_RELIABILITY = ("reliability.png", "reliability_scaled.png")
 GRADCAM_DIR = "gradcam_examples"
 REPORT_HTML = "report.html"
 TEMPLATE = "report.html.j2"
@@ -186,8 +187,14 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
     calibration = read_calibration(output_dir)
 
     curves = figures.plot_curves(run.results, run.sites, output_dir / FIGURE_CURVES)
-    confusion, per_class, description = None, None, ""
+    confusion, per_class, description, reliability = None, None, "", []
     if run.predictions is not None:
+        temperature = float(calibration["temperature"]) if calibration else None
+        paths = (output_dir / FIGURE_RELIABILITY[0], output_dir / FIGURE_RELIABILITY[1])
+        predictions = run.predictions
+        reliability = figures.plot_reliability_pair(
+            predictions.labels, predictions.probabilities, names, temperature, paths
+        )
         counts, normalized, no_prediction = data.confusion(run.predictions, len(names))
         confusion = figures.plot_confusion(
             counts, normalized, names, output_dir / FIGURE_CONFUSION, no_prediction
@@ -214,6 +221,7 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
         "output_dir": str(output_dir),
         "headline": [*data.headline(run), *(headline_items(calibration) if calibration else [])],
         "calibration": calibration_section(calibration),
+        "reliability": [figures.data_uri(path) for path in reliability],
         "curves": figures.data_uri(curves),
         "rounds": frame_table(results, index=False) if not results.empty else None,
         "confusion": _figure(confusion, output_dir / FIGURE_CONFUSION),

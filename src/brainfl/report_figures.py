@@ -131,3 +131,30 @@ def plot_partition(table: pd.DataFrame, stacks: Sequence[str], path: Path) -> Pa
     axis.margins(y=0.12)
     figure.savefig(path, format="png")
     return path
+
+
+RELIABILITY_RESAMPLES = 200  # bootstrap resamples of the ECE's interval in the report's reliability figures
+
+
+def plot_reliability_pair(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    temperature: float | None,
+    paths: tuple[Path, Path],
+) -> list[Path]:
+    """Reliability diagrams of the saved test predictions as the model computes them (``paths[0]``)
+    and, given the run's calibrated ``temperature``, scaled by it (``paths[1]``)."""
+    from brainfl.calibration import scale_probabilities
+    from brainfl.evaluate_figures import plot_reliability
+    from brainfl.uncertainty import score_with_intervals
+
+    shown = [("Unscaled", probabilities, paths[0])]
+    if temperature is not None:
+        scaled = scale_probabilities(probabilities, temperature)
+        shown.append((f"Scaled by T={temperature:.3f}", scaled, paths[1]))
+    drawn = []
+    for title, values, path in shown:
+        scores = score_with_intervals(labels, values, class_names, resamples=RELIABILITY_RESAMPLES)
+        drawn.append(plot_reliability(scores.reliability, scores.overall["ece"], path, title))
+    return drawn
