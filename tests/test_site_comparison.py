@@ -78,7 +78,7 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
 def test_comparison_puts_approaches_side_by_side_with_the_gain_and_worst_site(tmp_path, baselines):
     personalization_csv(tmp_path / "run", fedbn=False, epochs=1)
     table = site_comparison.comparison(site_comparison.gathered([baselines, tmp_path / "run"]))
-    assert list(table.columns) == ["alone", "pooled", "federated", "FedAvg + fine-tune", "federated - alone"]
+    assert list(table.columns) == ["alone", "federated", "FedAvg + fine-tune", "pooled", "federated - alone"]
     gains = [g - a for g, a in zip(GLOBAL, ALONE, strict=True)]
     assert table.loc[["0", "1", "2"], "federated - alone"].tolist() == pytest.approx(gains)
     assert table.loc["mean", "alone"] == pytest.approx(0.7)

@@ -36,6 +36,15 @@ LOCAL_CSV = "local_baseline.csv"  # written by brainfl.baselines
 POOLED_CSV = "pooled_baseline.csv"
 ALONE, POOLED, FEDERATED = "alone", "pooled", "federated"
 GAIN = "federated - alone"
+ORDER = (
+    ALONE,
+    FEDERATED,
+    "FedAvg + fine-tune",
+    "FedBN",
+    "FedBN, own BN",
+    "FedBN, own BN + fine-tune",
+    POOLED,
+)
 COMPARISON_CSV = "site_comparison.csv"  # the report's table, beside report.html
 SCORES = ("accuracy", "balanced_accuracy")
 
@@ -98,10 +107,11 @@ def gathered(folders: Iterable[Path]) -> dict[str, pd.DataFrame]:
 
 
 def comparison(found: Mapping[str, pd.DataFrame], score: str = "accuracy") -> pd.DataFrame:
-    """One row per site, one column per approach (``score`` on the site's held-out split), the
-    federated model's gain over training alone where both are there; then the mean, the worst and
-    the spread (max - min) over the sites."""
-    table = pd.DataFrame({approach: scores[score] for approach, scores in found.items()})
+    """One row per site, one column per approach in :data:`ORDER` (``score`` on the site's held-out
+    split), the federated model's gain over training alone where both are there; then the mean, the
+    worst and the spread (max - min) over the sites."""
+    ordered = sorted(found, key=lambda a: ORDER.index(a) if a in ORDER else len(ORDER))
+    table = pd.DataFrame({approach: found[approach][score] for approach in ordered})
     federated = next((a for a in (FEDERATED, "FedBN") if a in table), None)
     if ALONE in table and federated:
         table[GAIN] = table[federated] - table[ALONE]
