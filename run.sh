@@ -26,6 +26,7 @@ MIN_SITES=""  # empty: from the run config (min-sites)
 RESUME_DIR=""
 SITE_DATA_DIRS=""
 CERTS_DIR=""
+BASELINES=0
 
 usage() {
   cat <<USAGE
@@ -44,6 +45,9 @@ Usage: ./run.sh [options]
   --site-data-dirs "D0 D1 ..."  give each site its own data folder (all its Training images) instead of
                      a partition of --data-dir, as real hospitals have (deployment only)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
+  --baselines        after the run, train its baselines with its settings (brainfl local: each site
+                     alone; brainfl pooled: the sites' images pooled) into <output-dir>/baselines/ and
+                     remake the report with each site's alone / federated / pooled accuracy
   --run-config CONF  a conf file, e.g. conf/dirichlet-0.3.toml, or "K=V ..." overrides, e.g.
                      "local-epochs=2 image-size=96"; may be repeated (later ones win); the options
                      above win over it. Every setting: docs/settings.md
@@ -67,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --run-config) need_value "$@"; RUN_CONFIGS+=("$2"); shift 2 ;;
     --resume) need_value "$@"; RESUME_DIR="$2"; shift 2 ;;
     --site-data-dirs) need_value "$@"; SITE_DATA_DIRS="$2"; shift 2 ;;
+    --baselines) BASELINES=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
   esac
@@ -140,9 +145,7 @@ PY
 )"
 mkdir -p "$LOG_DIR"
 running() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
+stop_processes() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for _ in $(seq 1 20); do  # up to 10 s to stop gracefully, then force
     alive=0
@@ -151,6 +154,11 @@ cleanup() {
     sleep 0.5
   done
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_processes
   rm -rf "$FLWR_HOME"
   echo "outputs: $OUTPUT_DIR"
   exit "$status"
@@ -252,3 +260,13 @@ grep -q "outputs written to" "$LOG_DIR/server.log" 2>/dev/null || {
   echo "run.sh: error: the run did not finish; see $LOG_DIR/server.log and $LOG_DIR/superlink.log" >&2
   exit 1
 }
+if [[ $BASELINES == 1 ]]; then
+  stop_processes  # the baselines need no federation: the cores are theirs
+  PIDS=()
+  for kind in local pooled; do
+    echo "baseline: brainfl $kind into $OUTPUT_DIR/baselines/$kind"
+    brainfl "$kind" --app-dir "$ROOT" --run-config "$RUN_CONFIG_FILE" \
+      --run-config "output-dir='$OUTPUT_DIR/baselines/$kind'" "${SITE_ARGS[@]}"
+  done
+  brainfl report "$OUTPUT_DIR" --baselines "$OUTPUT_DIR/baselines/local" "$OUTPUT_DIR/baselines/pooled"
+fi

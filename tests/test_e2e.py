@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import socket
@@ -49,7 +50,7 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
     port = free_port_block(3)
     data = real_subset(PER_CLASS)
     args = ["--sites", "2", "--rounds", "2", "--data-dir", str(data), "--output-dir", str(out)]
-    result = run_script(*args, "--port", str(port), "--run-config", DEPLOY_RUN)
+    result = run_script(*args, "--port", str(port), "--run-config", DEPLOY_RUN, "--baselines")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"outputs: {out}" in result.stdout
 
@@ -83,6 +84,20 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
     assert stored_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
     assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
+    check_baselines(out)
+
+
+def check_baselines(out: Path) -> None:
+    """``--baselines``: each site alone and the sites pooled, with the run's settings, beside the run."""
+    for kind, name in (("local", "local_baseline.csv"), ("pooled", "pooled_baseline.csv")):
+        rows = read_rows(out / "baselines" / kind / name)
+        assert [row["site"] for row in rows] == ["0", "1"] and all(row["val_accuracy"] for row in rows)
+        config = json.loads((out / "baselines" / kind / "run_config.json").read_text())
+        assert config["local-epochs"] == 5 and config["image-size"] == 32  # the run's settings
+    compared = read_rows(out / "site_comparison.csv")
+    assert [row["site"] for row in compared][:2] == ["0", "1"]
+    assert {"alone", "federated, round 1 model", "pooled", "federated - alone"} <= set(compared[0])
+    assert "Joining against going alone" in (out / "report.html").read_text()
 
 
 def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, real_subset):

@@ -112,3 +112,15 @@ def test_a_baselines_folder_without_scores_is_one_clear_error(tmp_path, capsys):
     code = cli.main(["report", str(run), "--baselines", str(tmp_path / "missing")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainfl: error:")]
     assert code == 2 and len(errors) == 1 and "missing" in errors[0]
+
+
+def test_without_personalization_the_last_rounds_site_scores_stand_for_the_federated_model(
+    tmp_path, baselines
+):
+    run = record_run(tmp_path / "run", None)  # rounds 1-2; site 2 reported round 1 only
+    found = site_comparison.approaches(run)
+    assert list(found) == ["federated, round 1 model"]
+    assert found["federated, round 1 model"]["accuracy"].to_dict() == pytest.approx({"0": 0.5, "1": 0.51})
+    table = site_comparison.comparison(site_comparison.gathered([baselines, run]))
+    assert list(table.columns) == ["alone", "federated, round 1 model", "pooled", "federated - alone"]
+    assert table.loc["1", "federated - alone"] == pytest.approx(0.51 - 0.8)

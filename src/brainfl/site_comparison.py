@@ -11,7 +11,10 @@ held-out (validation) split, and each run of the question writes those scores:
   ``fedbn``): the final global model as the site received it (``federated``, or
   ``FedBN`` for a FedBN run, whose global model carries averaged BatchNorm), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
-  (``... + fine-tune``).
+  (``... + fine-tune``); without that file, the held-out scores its sites sent with
+  the last round's training replies (``site_metrics.csv``), of the model they
+  received in that round (``federated, round <R> model``: the model before the
+  last round's update, a little behind the final one).
 
 :func:`approaches` reads whichever of these a folder holds;
 :func:`comparison` puts them side by side, one row per site, with the gain of
@@ -30,7 +33,7 @@ import pandas as pd
 
 from brainfl.errors import BrainFLError
 from brainfl.report_sites import site_order, with_summary
-from brainfl.results import PERSONALIZATION_CSV
+from brainfl.results import PERSONALIZATION_CSV, SITE_CSV
 
 LOCAL_CSV = "local_baseline.csv"  # written by brainfl.baselines
 POOLED_CSV = "pooled_baseline.csv"
@@ -82,6 +85,18 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def last_round_scores(path: Path) -> tuple[str, pd.DataFrame] | None:
+    """(label, scores) of ``site_metrics.csv``'s last round with held-out scores: each site's score of
+    the model it received in that round; None without any."""
+    table = pd.read_csv(path, dtype={"site": str})
+    if "val_accuracy" not in table or table["val_accuracy"].isna().all():
+        return None
+    scored = table[table["val_accuracy"].notna()]
+    last = int(scored["round"].max())
+    rows = scored[scored["round"] == last].drop_duplicates("site", keep="last").set_index("site")
+    return f"{FEDERATED}, round {last - 1} model", _scores(rows, "val_", path)
+
+
 def approaches(folder: Path) -> dict[str, pd.DataFrame]:
     """Per approach found in ``folder``, its scores (:data:`SCORES`) on each site's held-out split
     (index: site). A site without a held-out split has NaN scores."""
@@ -95,6 +110,8 @@ def approaches(folder: Path) -> dict[str, pd.DataFrame]:
         for stage, label in personalization_labels(folder, table).items():
             if f"{stage}_accuracy" in table:
                 found[label] = _scores(table, f"{stage}_", path)
+    elif (folder / SITE_CSV).is_file() and (last := last_round_scores(folder / SITE_CSV)):
+        found[last[0]] = last[1]
     return found
 
 
@@ -106,13 +123,18 @@ def gathered(folders: Iterable[Path]) -> dict[str, pd.DataFrame]:
     return found
 
 
+def _rank(approach: str) -> int:
+    """An approach's place in :data:`ORDER` (``federated, round <R> model`` as ``federated``; others last)."""
+    base = FEDERATED if approach.startswith(f"{FEDERATED}, ") else approach
+    return ORDER.index(base) if base in ORDER else len(ORDER)
+
+
 def comparison(found: Mapping[str, pd.DataFrame], score: str = "accuracy") -> pd.DataFrame:
     """One row per site, one column per approach in :data:`ORDER` (``score`` on the site's held-out
     split), the federated model's gain over training alone where both are there; then the mean, the
     worst and the spread (max - min) over the sites."""
-    ordered = sorted(found, key=lambda a: ORDER.index(a) if a in ORDER else len(ORDER))
-    table = pd.DataFrame({approach: found[approach][score] for approach in ordered})
-    federated = next((a for a in (FEDERATED, "FedBN") if a in table), None)
+    table = pd.DataFrame({approach: found[approach][score] for approach in sorted(found, key=_rank)})
+    federated = next((a for a in table if _rank(a) == ORDER.index(FEDERATED) or a == "FedBN"), None)
     if ALONE in table and federated:
         table[GAIN] = table[federated] - table[ALONE]
     table = table.loc[site_order(table.index)]
