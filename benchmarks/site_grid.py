@@ -1,7 +1,7 @@
 """Per-site benchmark grid: does each site gain by joining, and which personalization helps where.
 
-For every setting (4 IID sites, 4 sites Dirichlet 0.3 with the balanced-softmax
-loss, 4 IID sites with a synthetic scanner per site) and seed, with the same
+For every setting (4 IID sites, 4 sites Dirichlet 0.3, 4 IID sites with a
+synthetic scanner per site) and seed, with the same
 model, rounds x local epochs and learning-rate schedule, it runs:
 
 - ``fedavg``: the federation (simulation engine), then 1 fine-tuning epoch per
@@ -15,7 +15,9 @@ model, rounds x local epochs and learning-rate schedule, it runs:
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
 Every score is a site's accuracy on its own held-out split (the same images in
-all four). ``run`` trains what is missing into ``--out`` (a cell whose result
+all four). Every approach trains with plain cross-entropy: the balanced-softmax
+loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
+trained alone with it on a few classes scores near zero on its own skewed split. ``run`` trains what is missing into ``--out`` (a cell whose result
 file exists is skipped, so a stopped grid resumes) and keeps each cell's small
 files in ``benchmarks/results/<keep>/<setting>/seed<k>/<approach>/``;
 ``summarize`` reads those into ``site_grid.csv`` (per site) and
@@ -48,7 +50,7 @@ from result_folders import GRID_CALIBRATION, GRID_SUMMARY
 
 SETTINGS = {  # folder name: run-config of the setting
     "iid4": "partitioning='iid'",
-    "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3 balanced-softmax=true",
+    "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
 APPROACHES = ("fedavg", "fedbn", "local", "pooled")
