@@ -10,6 +10,7 @@ import pytest
 from flwr.app import MessageType, RecordDict
 
 import brainfl.client_app as client_app
+from brainfl import personalization
 from brainfl.aggregation import weighted_average
 from brainfl.config import settings_from_config, settings_with
 from brainfl.errors import BrainFLError
@@ -20,6 +21,7 @@ from brainfl.model_files import FINAL_MODEL, load_model, stored_metadata
 from brainfl.personalization import PERSONALIZE, PERSONALIZED_MODEL
 from brainfl.pipeline import model_for, site_data
 from brainfl.results import PERSONALIZATION_CSV, read_rows
+from brainfl.site_training import local_update
 from brainfl.training import predict_proba
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
@@ -110,10 +112,20 @@ def test_with_fraction_train_a_site_starts_from_its_own_batchnorm_once_it_has_tr
         assert (tmp_path / "run" / "sites" / f"site_{site}" / PERSONALIZED_MODEL).is_file()
 
 
-def test_sites_fine_tune_save_and_send_only_their_scores(tmp_path):
-    """fine-tune-epochs=1: one personalize query per site after calibration; numbers only; the saved
-    model scores on the site's held-out split what the site reported."""
-    grid, replies, _ = run_coordinated(tmp_path, {"num-server-rounds": 1, "fine-tune-epochs": 1})
+def test_sites_fine_tune_save_and_send_only_their_scores(tmp_path, monkeypatch):
+    """fine-tune-epochs=1: one personalize query per site after calibration, fine-tuning at
+    fine-tune-learning-rate; numbers only; the saved model scores on the site's held-out split what
+    the site reported."""
+    rates = []
+
+    def recording(settings, bundle, inputs, labels, **options):
+        rates.append(options["learning_rate"])
+        return local_update(settings, bundle, inputs, labels, **options)
+
+    monkeypatch.setattr(personalization, "local_update", recording)
+    run_config = {"num-server-rounds": 1, "fine-tune-epochs": 1, "fine-tune-learning-rate": 0.0007}
+    grid, replies, _ = run_coordinated(tmp_path, run_config)
+    assert rates == pytest.approx([0.0007, 0.0007])  # one fine-tuning per site
     run = tmp_path / "run"
     sent = [message.metadata.message_type for message in grid.sent]
     assert sent == [MessageType.QUERY] * 2 + [MessageType.TRAIN] * 2 + [MessageType.QUERY] * 4
@@ -175,6 +187,7 @@ def test_a_site_keeps_its_own_batchnorm_in_its_context_state():
         ({"fedbn": True, "norm": "group", "dp": "server-fixed"}, "norm=group, dp=server-fixed"),
         ({"fine-tune-epochs": -1}, r"'fine-tune-epochs' must be >= 0 \(0: off\), got -1"),
         ({"fine-tune-epochs": 1.5}, "'fine-tune-epochs': expected int"),
+        ({"fine-tune-learning-rate": 0.0}, "'fine-tune-learning-rate' must be"),
     ],
 )
 def test_bad_personalization_settings_are_refused_with_one_line(config, message):

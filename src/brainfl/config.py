@@ -90,6 +90,7 @@ class RunSettings:
     calibrate: bool
     fedbn: bool
     fine_tune_epochs: int
+    fine_tune_learning_rate: float
 
     @property
     def channels(self) -> int:
@@ -201,7 +202,8 @@ def _within(settings: RunSettings, name: str, low: float, high: float, closed: s
 def validate(settings: RunSettings) -> None:
     """Raise :class:`BrainFLError` naming the first setting out of range or in conflict."""
     _positive(settings, "num_server_rounds", "local_epochs", "batch_size", "image_size", "num_partitions")
-    _positive(settings, "learning_rate", "dirichlet_alpha", "min_sites", "round_timeout")
+    _positive(settings, "learning_rate", "fine_tune_learning_rate", "dirichlet_alpha", "min_sites")
+    _positive(settings, "round_timeout")
     for key, value, choices in (
         ("model", settings.model, MODEL_NAMES),
         ("partitioning", settings.partitioning, PARTITIONINGS),

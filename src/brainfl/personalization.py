@@ -3,7 +3,7 @@
 With ``fine-tune-epochs`` > 0 or ``fedbn=true`` the coordinator sends every
 connected SuperNode one query message (``config["query"] = "personalize"``,
 :data:`PERSONALIZE`) with the final global weights (after calibration), the
-class names, the last round's learning rate and ``fine-tune-epochs``. The site
+class names, ``fine-tune-learning-rate`` and ``fine-tune-epochs``. The site
 (:func:`personalize_site`)
 
 1. scores the global model as received (``final_model.keras``'s weights) on its
@@ -11,9 +11,11 @@ class names, the last round's learning rate and ``fine-tune-epochs``. The site
 2. with FedBN, puts its own BatchNorm arrays on top (:mod:`brainfl.fedbn`) and,
    when it also fine-tunes, scores that model too (stage ``site_bn``);
 3. fine-tunes it for ``fine-tune-epochs`` epochs on its own training images
-   with :func:`brainfl.site_training.local_update` at the last round's learning
-   rate (the end of the cosine schedule: the model keeps to where the
-   federation left it), then precise BN from its own images;
+   with :func:`brainfl.site_training.local_update` at ``fine-tune-learning-rate``
+   (default a tenth of the first round's: enough to adapt to the site's own
+   scanner and class mix, while the last round's, at the end of the cosine
+   schedule, would change little but the BatchNorm statistics), then precise
+   BN from its own images;
 4. scores it again (stage ``personalized``), saves it as a brainfl model file
    at the site (:func:`personalized_model_path`; no temperature: the global
    model's does not describe the fine-tuned one) and answers with numbers
@@ -50,7 +52,6 @@ from brainfl.model_files import ModelWriter, model_metadata
 from brainfl.pipeline import SiteData, model_for, model_inputs
 from brainfl.results import PERSONALIZATION_CSV, CsvAppender
 from brainfl.site_training import local_update, validate
-from brainfl.training import round_learning_rate
 
 PERSONALIZE = "personalize"  # the query config's QUERY value of this query
 EPOCHS = "fine-tune-epochs"  # the query's epochs of fine-tuning
@@ -108,7 +109,7 @@ def personalization_query(
     config = {
         QUERY: PERSONALIZE,
         "class-names": ",".join(class_names),
-        "learning-rate": float(round_learning_rate(settings.learning_rate, last, last)),
+        "learning-rate": settings.fine_tune_learning_rate,
         "global-round": last,
         EPOCHS: settings.fine_tune_epochs,
     }
