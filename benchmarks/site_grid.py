@@ -17,12 +17,17 @@ model, rounds x local epochs and learning-rate schedule, it runs:
 Every score is a site's accuracy on its own held-out split (the same images in
 all four). Every approach trains with plain cross-entropy: the balanced-softmax
 loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
-trained alone with it on a few classes scores near zero on its own skewed split. ``run`` trains what is missing into ``--out`` (a cell whose result
-file exists is skipped, so a stopped grid resumes) and keeps each cell's small
-files in ``benchmarks/results/<keep>/<setting>/seed<k>/<approach>/``;
-``summarize`` reads those into ``site_grid.csv`` (per site) and
-``site_grid_summary.csv`` (mean and sd over seeds of the per-site mean and of the
-worst site), which ``make_tables.py`` shows.
+trained alone with it on a few classes scores near zero on its own skewed split.
+
+``run`` trains what is missing into ``--out`` (a cell whose result file exists
+is skipped, so a stopped grid resumes; ``--rounds``, ``--local-epochs``,
+``--seeds``, ``--settings`` and ``--approaches`` pick a smaller or longer grid)
+and keeps each cell's small files in
+``benchmarks/results/<keep>/<setting>/seed<k>/<approach>/``; ``summarize``
+reads those into ``site_grid.csv`` (per site), ``site_grid_summary.csv`` (mean
+and sd over seeds of the per-site mean and of the worst site, and at how many
+sites each approach beats training alone) and ``site_grid_calibration.csv``,
+which ``make_tables.py`` shows.
 
     python3 benchmarks/site_grid.py run --data-dir ../shared/data/brain-tumor-mri --keep site-grid
     python3 benchmarks/site_grid.py summarize --keep site-grid
@@ -160,7 +165,8 @@ def mean_sd(values: pd.Series) -> str:
 def summary(sites: pd.DataFrame) -> pd.DataFrame:
     """Per setting and approach, over seeds: the per-site mean and the worst site (mean ± sd), the worst
     site's distance below the mean, and at how many (seed, site) pairs the approach beats training alone."""
-    per_seed = sites.groupby(["setting", "approach", "seed"])["accuracy"].agg(["mean", "min"]).reset_index()
+    keys = ["setting", "approach", "seed"]
+    per_seed = sites.groupby(keys, sort=False)["accuracy"].agg(["mean", "min"]).reset_index()
     alone = sites[sites["approach"] == ALONE].set_index(["setting", "seed", "site"])["accuracy"]
     rows = []
     for (setting, approach), group in per_seed.groupby(["setting", "approach"], sort=False):
