@@ -224,10 +224,11 @@ def summarize(keep: Path) -> None:
     sites.round(6).to_csv(keep / GRID_CSV, index=False)
     summary(sites).to_csv(keep / GRID_SUMMARY, index=False)
     calibration(keep).to_csv(keep / GRID_CALIBRATION, index=False)
-    (keep / "machine.txt").write_text(
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
-        "one run at a time\n"
-    )
+    if not (keep / "machine.txt").is_file():  # a note on what shared the machine stays
+        (keep / "machine.txt").write_text(
+            f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
+            "one run at a time\n"
+        )
     print(summary(sites).to_string(index=False))
     print(calibration(keep).to_string(index=False))
 
@@ -252,6 +253,9 @@ def main() -> None:
         run(args)
     else:
         summarize(RESULTS / args.keep)
+        commands = RESULTS / args.keep / "command.txt"
+        lines = commands.read_text().splitlines() if commands.is_file() else []
+        commands.write_text("\n".join(dict.fromkeys([*lines, this_command()])) + "\n")
 
 
 if __name__ == "__main__":
