@@ -202,7 +202,7 @@ def calibration(keep: Path) -> pd.DataFrame:
     return (
         table.groupby("setting", sort=False)
         .agg(seeds=("seed", "count"), before=("before", mean_sd), after=("after", mean_sd),
-             worst_after=("after", "max"))
+             worst_after=("after", lambda after: round(after.max(), 4)))
         .rename(columns={"before": "ECE before", "after": "ECE after", "worst_after": "worst ECE after"})
         .reset_index()
     )  # fmt: skip
