@@ -131,11 +131,13 @@ def measured_run(args: list[str], output_dir: Path) -> dict[str, object]:
 
 
 def measured_command(
-    command: list[str], output_dir: Path, env: dict[str, str] | None = None
+    command: list[str], output_dir: Path, env: dict[str, str] | None = None, rounds: bool = True
 ) -> dict[str, object]:
     """Run a command that writes a run's outputs to ``output_dir``; return figures and peak memory.
 
-    ``env``: the command's environment (default: this process's)."""
+    ``env``: the command's environment (default: this process's). ``rounds``: the command writes a
+    run's per-round results, whose figures (accuracy, time to thresholds, round latencies) are read;
+    False for one without them (a baseline's per-site table): only its seconds and memory."""
     started = time.monotonic()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(output_dir.with_suffix(".log"), "w") as handle:
@@ -154,10 +156,10 @@ def measured_command(
     if returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {returncode}); see {handle.name}")
     return {
-        **summarize(output_dir),
+        **(summarize(output_dir) if rounds else {}),
         "command": shlex.join(command),
         "command_s": round(time.monotonic() - started, 1),
-        "round_latency_s": round_latencies(output_dir),
+        "round_latency_s": round_latencies(output_dir) if rounds else [],
         "peak_total_gib": round(sampler.peak_total / GIB, 2),
         "peak_server_gib": round(sampler.peak_server / GIB, 2),
         "peak_site_gib": round(sampler.peak_site / GIB, 2),

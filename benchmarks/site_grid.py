@@ -40,16 +40,13 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from brainfl.baselines import LOCAL_CSV, POOLED_CSV
 from brainfl.model_files import RUN_CONFIG
 from brainfl.results import PERSONALIZATION_CSV
-from brainfl.site_comparison import ALONE, GAIN, SCORES, comparison, gathered
+from brainfl.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, gathered, rank
 from harness import RESULTS, ROOT, free_port_block, keep_result, measured_command, this_command
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY
 
@@ -109,17 +106,6 @@ def keep_baseline(out: Path, target: Path, line: str, result_file: str) -> None:
     (target / "command.txt").write_text(line + "\n")
 
 
-def run_baseline(line: list[str], out: Path) -> dict[str, object]:
-    """Run a baseline command (its output in ``out.log``); its seconds, as ``measured_command`` gives them."""
-    started = time.monotonic()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".log"), "w") as handle:
-        code = subprocess.run(line, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    if code:
-        raise SystemExit(f"{' '.join(line)} failed (exit {code}); see {handle.name}")
-    return {"command_s": round(time.monotonic() - started, 1)}
-
-
 def run(args: argparse.Namespace) -> None:
     """Train every missing cell (a run whose result file is there already is only kept) and keep it."""
     (RESULTS / args.keep).mkdir(parents=True, exist_ok=True)
@@ -137,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
                 baseline = approach in ("local", "pooled")
                 figures: dict[str, object] = {}
                 if not (out / RESULT_FILE[approach]).is_file():
-                    figures = run_baseline(line, out) if baseline else measured_command(line, out)
+                    figures = measured_command(line, out, rounds=not baseline)
                 if baseline:
                     keep_baseline(out, target, text, RESULT_FILE[approach])
                 else:
@@ -148,11 +134,10 @@ def run(args: argparse.Namespace) -> None:
 def cell_sites(cell: Path) -> pd.DataFrame:
     """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy."""
     found = gathered(cell / approach for approach in APPROACHES if (cell / approach).is_dir())
-    tables = {score: comparison(found, score).drop(columns=GAIN, errors="ignore") for score in SCORES}
-    sites = [site for site in tables["accuracy"].index if str(site).isdigit()]
-    frames = {score: table.loc[sites].rename_axis("site").reset_index() for score, table in tables.items()}
-    long = [frame.melt("site", var_name="approach", value_name=score) for score, frame in frames.items()]
-    return long[0].merge(long[1], on=["site", "approach"])
+    return pd.concat(
+        [found[approach].rename_axis("site").reset_index().assign(approach=approach)
+         for approach in sorted(found, key=rank)]
+    )  # fmt: skip
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -221,16 +206,17 @@ def summarize(keep: Path) -> None:
     sites = sites.sort_values(
         ["setting", "seed", "site"], key=lambda c: c.map(order) if c.name == "setting" else c
     )
+    summarized, calibrated = summary(sites), calibration(keep)
     sites.round(6).to_csv(keep / GRID_CSV, index=False)
-    summary(sites).to_csv(keep / GRID_SUMMARY, index=False)
-    calibration(keep).to_csv(keep / GRID_CALIBRATION, index=False)
+    summarized.to_csv(keep / GRID_SUMMARY, index=False)
+    calibrated.to_csv(keep / GRID_CALIBRATION, index=False)
     if not (keep / "machine.txt").is_file():  # a note on what shared the machine stays
         (keep / "machine.txt").write_text(
             f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python {platform.python_version()}; "
             "one run at a time\n"
         )
-    print(summary(sites).to_string(index=False))
-    print(calibration(keep).to_string(index=False))
+    print(summarized.to_string(index=False))
+    print(calibrated.to_string(index=False))
 
 
 def main() -> None:

@@ -53,16 +53,24 @@ def site_table(run: Run) -> pd.DataFrame:
     return table
 
 
-def final_round_sites(run: Run) -> tuple[int, pd.DataFrame] | None:
-    """(round, table): each site's held-out scores in the last round with any, then the
-    :data:`SUMMARY_ROWS` over the sites (a class a site's split lacks is left out of them); None
-    without per-site validation scores."""
-    sites = run.sites
+def last_scored_round(sites: pd.DataFrame) -> tuple[int, pd.DataFrame] | None:
+    """(round, rows): ``site_metrics.csv``'s last round with held-out scores and each site's last row
+    of it (index: site); None without any held-out score."""
     if sites.empty or "val_accuracy" not in sites or sites["val_accuracy"].isna().all():
         return None
     scored = sites[sites["val_accuracy"].notna()]
     last = int(scored["round"].max())
-    rows = scored[scored["round"] == last].drop_duplicates("site", keep="last").set_index("site")
+    return last, scored[scored["round"] == last].drop_duplicates("site", keep="last").set_index("site")
+
+
+def final_round_sites(run: Run) -> tuple[int, pd.DataFrame] | None:
+    """(round, table): each site's held-out scores in the last round with any, then the
+    :data:`SUMMARY_ROWS` over the sites (a class a site's split lacks is left out of them); None
+    without per-site validation scores."""
+    found = last_scored_round(run.sites)
+    if found is None:
+        return None
+    last, rows = found
     names = {
         "val_accuracy": "accuracy",
         "val_balanced_accuracy": "balanced accuracy",

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainfl.errors import BrainFLError
-from brainfl.report_sites import site_order, with_summary
+from brainfl.report_sites import last_scored_round, site_order, with_summary
 from brainfl.results import PERSONALIZATION_CSV, SITE_CSV
 
 LOCAL_CSV = "local_baseline.csv"  # written by brainfl.baselines
@@ -88,12 +88,10 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
 def last_round_scores(path: Path) -> tuple[str, pd.DataFrame] | None:
     """(label, scores) of ``site_metrics.csv``'s last round with held-out scores: each site's score of
     the model it received in that round; None without any."""
-    table = pd.read_csv(path, dtype={"site": str})
-    if "val_accuracy" not in table or table["val_accuracy"].isna().all():
+    found = last_scored_round(pd.read_csv(path, dtype={"site": str}))
+    if found is None:
         return None
-    scored = table[table["val_accuracy"].notna()]
-    last = int(scored["round"].max())
-    rows = scored[scored["round"] == last].drop_duplicates("site", keep="last").set_index("site")
+    last, rows = found
     return f"{FEDERATED}, round {last - 1} model", _scores(rows, "val_", path)
 
 
@@ -123,7 +121,7 @@ def gathered(folders: Iterable[Path]) -> dict[str, pd.DataFrame]:
     return found
 
 
-def _rank(approach: str) -> int:
+def rank(approach: str) -> int:
     """An approach's place in :data:`ORDER` (``federated, round <R> model`` as ``federated``; others last)."""
     base = FEDERATED if approach.startswith(f"{FEDERATED}, ") else approach
     return ORDER.index(base) if base in ORDER else len(ORDER)
@@ -133,8 +131,8 @@ def comparison(found: Mapping[str, pd.DataFrame], score: str = "accuracy") -> pd
     """One row per site, one column per approach in :data:`ORDER` (``score`` on the site's held-out
     split), the federated model's gain over training alone where both are there; then the mean, the
     worst and the spread (max - min) over the sites."""
-    table = pd.DataFrame({approach: found[approach][score] for approach in sorted(found, key=_rank)})
-    federated = next((a for a in table if _rank(a) == ORDER.index(FEDERATED) or a == "FedBN"), None)
+    table = pd.DataFrame({approach: found[approach][score] for approach in sorted(found, key=rank)})
+    federated = next((a for a in table if rank(a) == ORDER.index(FEDERATED) or a == "FedBN"), None)
     if ALONE in table and federated:
         table[GAIN] = table[federated] - table[ALONE]
     table = table.loc[site_order(table.index)]
@@ -147,10 +145,13 @@ def report_table(run_dir: Path, baselines: Sequence[Path]) -> pd.DataFrame | Non
     mistake named in one line."""
     if not baselines:
         return None
+    found: dict[str, pd.DataFrame] = {}
     for folder in baselines:
         if not folder.is_dir():
             raise BrainFLError(f"--baselines: folder not found: {folder}")
-        if not approaches(folder):
+        scores = approaches(folder)
+        if not scores:
             files = ", ".join((LOCAL_CSV, POOLED_CSV, PERSONALIZATION_CSV))
             raise BrainFLError(f"--baselines: {folder} holds none of {files}")
-    return comparison(gathered([*baselines, run_dir]))
+        found.update(scores)
+    return comparison({**found, **approaches(run_dir)})
