@@ -3,7 +3,7 @@
 A SuperNode starts a new ``flwr-clientapp`` process for every message, so a
 site pays Python, the imports, the data load, the model build and Keras'
 tracing every round besides training. Each run here is such a fresh process
-(``--child``): it imports ``brainfl.client_app`` as Flower does and hands its
+(``--child``): it imports ``brainfl.federation.client_app`` as Flower does and hands its
 ClientApp (mods included) a train message with the run's initial weights,
 then, where that message did not score the received model itself (and
 unless ``--train-only``), an evaluate message. No app logic is copied: phase
@@ -63,7 +63,7 @@ def child(spec_file: str, site: int) -> None:
             marks[phase] = time.time(), time.process_time()
             print(MARKER + phase, file=sys.stderr, flush=True)
 
-    from brainfl import client_app  # what flwr-clientapp loads
+    from brainfl.federation import client_app  # what flwr-clientapp loads
 
     mark("imports")
     _instrument(client_app, mark, marks)
@@ -149,19 +149,25 @@ def _instrument(client_app, mark, marks) -> None:
         if "validation predict" in marks:
             mark("validation metrics")
 
-    wrap("site_data", "brainfl.pipeline", after=lambda _: mark("data"))
-    wrap("model_for", "brainfl.pipeline", after=model_built)
-    wrap("predict_proba", "brainfl.training", after=lambda _: mark("validation predict"))
-    wrap("local_update", "brainfl.site_training", before=training_starts, after=lambda _: mark("precise BN"))
+    wrap("site_data", "brainfl.data.sites", after=lambda _: mark("data"))
+    wrap("model_for", "brainfl.model.process_cache", after=model_built)
+    wrap("predict_proba", "brainfl.model.training", after=lambda _: mark("validation predict"))
+    wrap(
+        "local_update",
+        "brainfl.federation.site_training",
+        before=training_starts,
+        after=lambda _: mark("precise BN"),
+    )
 
 
 def prepare(workload: str, data_dir: Path, work_dir: Path, train_only: bool, sites: int) -> Path:
     """Warm the caches a SuperNode finds after round 1, write the initial weights; return the spec file."""
     import numpy as np
 
-    from brainfl.aggregation import round_settings
-    from brainfl.config import default_run_config, settings_from_config
-    from brainfl.pipeline import initial_weights, load_run_dataset, site_data
+    from brainfl.data.sites import load_run_dataset, site_data
+    from brainfl.federation.bookkeeping import round_settings
+    from brainfl.model.process_cache import initial_weights
+    from brainfl.settings.run_settings import default_run_config, settings_from_config
     from subset import make_subset
 
     per_class, partitions, overrides = WORKLOADS[workload]

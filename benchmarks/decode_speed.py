@@ -3,7 +3,7 @@
 Takes ``--n`` real scans (seeded, spread over the classes) of ``<data-dir>/Training``,
 writes each as a 16-bit PNG (values x 257) and as a 12-bit DICOM (Rescale
 Slope/Intercept, Window Center/Width; ``benchmarks/scan_files.py``) in a temporary
-folder, then times :func:`brainfl.data_loader.decode_image` (the app's one
+folder, then times :func:`brainfl.data.loading.decode_image` (the app's one
 decoder) over each format, best of ``--repeats`` passes, and prints a table
 of milliseconds per image and images per second. ``--keep`` writes it to
 ``benchmarks/results/decode-speed/decode_speed.csv`` with ``command.txt``::
@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from brainfl.data_loader import TRAIN_SPLIT, decode_image, find_classes, list_images  # noqa: E402
+from brainfl.data.loading import TRAIN_SPLIT, decode_image, find_classes, list_images  # noqa: E402
 from harness import RESULTS, keep_timing_table  # noqa: E402
 from scan_files import scan_to_dicom, scan_to_png16  # noqa: E402
 

@@ -3,17 +3,17 @@
 Everything that decides a result is the app's: the settings are read as
 ``brainfl`` reads ``--run-config`` (:func:`brainfl.cli.settings_from_args`:
 the pyproject defaults, then ``K=V`` pairs or conf files), the sites are
-the ClientApp's (:func:`brainfl.pipeline.site_data`: the run's partitioning
+the ClientApp's (:func:`brainfl.data.sites.site_data`: the run's partitioning
 less each site's validation hold-out), every site runs
-:func:`brainfl.site_training.local_update` from the global weights with the
-round's learning rate (:func:`brainfl.training.round_learning_rate`) and
-replies what a ClientApp replies (:func:`brainfl.client_app.site_counts`),
-the server averages with :func:`brainfl.strategy.weighted_average` (example
+:func:`brainfl.federation.site_training.local_update` from the global weights with the
+round's learning rate (:func:`brainfl.model.training.round_learning_rate`) and
+replies what a ClientApp replies (:func:`brainfl.federation.client_app.site_counts`),
+the server averages with :func:`brainfl.federation.strategy.weighted_average` (example
 counts; with ``strategy='fedavgm'`` then FedAvgM's server step, :class:`ServerStep`),
 scores the global model with the server's evaluator
-(:class:`brainfl.evaluation.CentralEvaluator`: :func:`brainfl.metrics.score`
+(:class:`brainfl.evaluation.test_set.CentralEvaluator`: :func:`brainfl.evaluation.metrics.score`
 on its test set, leak-free subset included) and writes the round with the
-server's recorder (:class:`brainfl.recorder.RunRecorder`). A *pooled*
+server's recorder (:class:`brainfl.federation.recorder.RunRecorder`). A *pooled*
 federation is the centralized baseline: one site holding every training
 image. Only Flower's engine (messages, processes) is left out, so a recipe
 costs minutes here before a full run is spent on it.
@@ -34,25 +34,26 @@ from pathlib import Path
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from brainfl.aggregation import (
+from brainfl.core.errors import BrainFLError
+from brainfl.data.sites import SiteData, load_run_dataset, site_data
+from brainfl.evaluation.test_set import CentralEvaluator
+from brainfl.federation.bookkeeping import (
     NUM_EXAMPLES,
     SiteReport,
     aggregate_site_metrics,
     server_step_with_plain_statistics,
 )
-from brainfl.client_app import site_counts
-from brainfl.config import RunSettings
-from brainfl.errors import BrainFLError
-from brainfl.evaluation import CentralEvaluator
-from brainfl.model_files import ModelWriter, model_metadata
-from brainfl.pipeline import SiteData, initial_weights, load_run_dataset, model_inputs, site_data
-from brainfl.recorder import RunRecorder
-from brainfl.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
-from brainfl.run_config import settings_from_args
-from brainfl.server_app import statistics_mask
-from brainfl.site_training import local_update
-from brainfl.strategy import SERVER_LEARNING_RATES, weighted_average
-from brainfl.training import round_learning_rate
+from brainfl.federation.client_app import site_counts
+from brainfl.federation.recorder import RunRecorder
+from brainfl.federation.server_app import statistics_mask
+from brainfl.federation.site_training import local_update
+from brainfl.federation.strategy import SERVER_LEARNING_RATES, weighted_average
+from brainfl.model.files import ModelWriter, model_metadata
+from brainfl.model.process_cache import initial_weights, model_inputs
+from brainfl.model.training import round_learning_rate
+from brainfl.report.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
+from brainfl.settings.run_config import settings_from_args
+from brainfl.settings.run_settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SiteUpdate = Callable[..., dict[str, float]]  # local_update's signature
@@ -77,7 +78,7 @@ class ServerStep:
     ``fedavg`` takes the average. ``fedavgm`` is Flower's FedAvgM (SGD with
     momentum on ``old - average``, the server learning rate and momentum of
     the settings) for trained weights, and the plain average for statistics
-    (:func:`brainfl.aggregation.server_step_with_plain_statistics`, as the
+    (:func:`brainfl.federation.bookkeeping.server_step_with_plain_statistics`, as the
     app's strategy does).
     """
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainfl.results import SITE_CSV
+from brainfl.report.results import SITE_CSV
 from harness import ROOT, free_port_block, keep_result, markdown_table, measured_command
 from result_folders import FIRST_WARM_ROUND, warm_phase_medians
 from subset import make_subset

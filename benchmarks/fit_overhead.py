@@ -40,8 +40,8 @@ def timed(work: Callable[[], object]) -> tuple[float, float]:
 def measure(data_dir: str, run_config: str) -> dict[str, float]:
     """One pooled round against one round at the run's sites, on one compiled model."""
     import emulator  # here, so that a Ray worker imports it (and TensorFlow) itself
-    from brainfl.pipeline import initial_weights
-    from brainfl.site_training import local_update
+    from brainfl.federation.site_training import local_update
+    from brainfl.model.process_cache import initial_weights
 
     settings = emulator.settings_for(f'data-dir="{data_dir}"', run_config)
     sites, pooled = emulator.federation(settings), emulator.federation(settings, pooled=True)

@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from brainfl.calibration import CALIBRATION_JSON
-from brainfl.model_files import RUN_CONFIG
-from brainfl.results import PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV
+from brainfl.evaluation.calibration import CALIBRATION_JSON
+from brainfl.model.files import RUN_CONFIG
+from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_folders import MEASUREMENT

@@ -2,7 +2,7 @@
 
 The product has no attack code. A test or benchmark that needs a malicious
 site installs :func:`poisoning_mod` in front of the site's own ClientApp
-(``brainfl.client_app.client_app_with(poisoning_mod(...))``): the chosen
+(``brainfl.federation.client_app.client_app_with(poisoning_mod(...))``): the chosen
 sites train honestly, then replace the weights they send by a poisoned
 update relative to the weights they received:
 
@@ -37,7 +37,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from brainfl.logs import LOG
+from brainfl.core.logs import LOG
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
@@ -131,8 +131,8 @@ def simulate(run_config: Mapping[str, Any], num_sites: int, client_mods: Sequenc
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from brainfl.client_app import client_app_with
-    from brainfl.server_app import app as project_server_app
+    from brainfl.federation.client_app import client_app_with
+    from brainfl.federation.server_app import app as project_server_app
 
     server_app = ServerApp()
 
@@ -161,8 +161,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from brainfl.cli import settings_from_args
-    from brainfl.config import settings_from_config
-    from brainfl.pipeline import load_run_dataset
+    from brainfl.data.sites import load_run_dataset
+    from brainfl.settings.run_settings import settings_from_config
 
     args = parse_args(argv)
     output_dir = args.output_dir.expanduser().resolve()

@@ -4,10 +4,10 @@ Two runs of the one-process federation of :mod:`emulator` from the same
 initial weights, sites and seeds, scored on the server's test set after
 every round (official / leak-free accuracy):
 
-- ``keras averages``: each site only trains (:func:`brainfl.training.train`)
+- ``keras averages``: each site only trains (:func:`brainfl.model.training.train`)
   and sends Keras' moving averages of its last batches' statistics;
 - ``precise BN``: each site runs the app's update,
-  :func:`brainfl.site_training.local_update`, which re-estimates them on
+  :func:`brainfl.federation.site_training.local_update`, which re-estimates them on
   the site's own images after training.
 
 BatchNorm trains on batch statistics, so the statistics a site sends never
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 import emulator
-from brainfl.config import RunSettings
-from brainfl.models import ModelBundle
-from brainfl.site_training import local_update, update_seed
-from brainfl.training import train
+from brainfl.federation.site_training import local_update, update_seed
+from brainfl.model.architectures import ModelBundle
+from brainfl.model.training import train
+from brainfl.settings.run_settings import RunSettings
 from harness import keep_result, markdown_table, this_command
 
 

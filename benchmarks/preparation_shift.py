@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainfl.decoding import open_scan
-from brainfl.framing import HEAD_MARGIN, head_box
+from brainfl.data.decoding import open_scan
+from brainfl.data.framing import HEAD_MARGIN, head_box
 
 # The shift's parameter ranges (each drawn uniformly, the resolution from the list).
 MARGIN_RANGE = (0.0, 0.06)  # added around the head on each side, as a fraction of the head's side
@@ -57,7 +57,7 @@ def draw_shift(seed: int, source: str) -> Shift:
 def tight_box(gray: np.ndarray, shift: Shift) -> tuple[int, int, int, int]:
     """``(left, top, right, bottom)``: the head with the shift's margin on each side.
 
-    :func:`brainfl.decoding.head_box` gives the square around the head widened
+    :func:`brainfl.data.decoding.head_box` gives the square around the head widened
     by ``HEAD_MARGIN`` on every side; dividing that margin back out leaves the
     square of the head's larger side around its centre (tight along that side),
     to which each side adds its own drawn margin, so the box is seldom square.
@@ -91,7 +91,8 @@ def shift_image(image: Image.Image, shift: Shift) -> Image.Image:
 
 
 def shift_file(source: Path, target: Path, shift: Shift) -> None:
-    """Decode ``source`` as 8-bit grayscale (:func:`brainfl.decoding.open_scan`), shift it, save a PNG."""
+    """Decode ``source`` as 8-bit grayscale (:func:`brainfl.data.decoding.open_scan`), shift it,
+    save a PNG."""
     image = shift_image(open_scan(source, "L"), shift)
     target.parent.mkdir(parents=True, exist_ok=True)
     image.save(target, format="PNG")

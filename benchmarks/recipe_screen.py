@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 import emulator
-from brainfl.config import RunSettings
-from brainfl.errors import BrainFLError
+from brainfl.core.errors import BrainFLError
+from brainfl.settings.run_settings import RunSettings
 from harness import keep_result, this_command
 
 KINDS = ("central", "fedavg")

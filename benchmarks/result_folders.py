@@ -24,14 +24,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainfl.timings import PHASES  # site_metrics.csv's <phase>_s columns
+from brainfl.core.timings import PHASES  # site_metrics.csv's <phase>_s columns
 
 CI_MACHINE = "2 CPU cores, no GPU (the project's CI machine)"
 THRESHOLDS = (95, 97, 98)  # official accuracy, percent
 RUN_FILES = ("federated_learning_results.csv", "run_config.json")  # and site_metrics.csv
-CALIBRATION_JSON = "calibration.json"  # brainfl.calibration: the run's federated temperature scaling
+CALIBRATION_JSON = (
+    "calibration.json"  # brainfl.evaluation.calibration: the run's federated temperature scaling
+)
 MEASUREMENT = "measurement.json"  # a run's figures measured by the benchmark script (harness.keep_result)
-EVALUATION_FILES = ("evaluation.csv", "evaluation.json")  # brainfl evaluate (brainfl.evaluate.CSV_NAME)
+EVALUATION_FILES = (
+    "evaluation.csv",
+    "evaluation.json",
+)  # brainfl evaluate (brainfl.evaluation.external.CSV_NAME)
 SHIFTED = {"shifted": "shifted accuracy", "shifted-leak-free": "shifted leak-free accuracy"}  # in a run
 COPY_FILE = "copy.txt"  # beside a shifted evaluation: "command: <the shifted_copy.py make command>", ...
 GRID_SUMMARY = "site_grid_summary.csv"  # site_grid.py: per setting and approach, over seeds

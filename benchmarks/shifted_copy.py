@@ -15,11 +15,11 @@ survives. Two commands::
 ``make`` writes into ``--out``:
 
 - ``all/<class>/<stem>.png``: every scan of ``DATA/Testing``, listed as
-  ``brainfl evaluate`` lists them (:func:`brainfl.evaluate.labelled_scans`,
+  ``brainfl evaluate`` lists them (:func:`brainfl.evaluation.external.labelled_scans`,
   class names from ``DATA/Training``), shifted by :func:`preparation_shift.shift_image`;
 - ``leak-free/<class>/<stem>.png``: the same PNGs of the Testing scans with no
   exact or near copy in ``DATA/Training``, chosen exactly as
-  ``brainfl evaluate --leak-free-only`` chooses them (:func:`brainfl.evaluate.leak_free`);
+  ``brainfl evaluate --leak-free-only`` chooses them (:func:`brainfl.evaluation.external.leak_free`);
 - ``manifest.csv``: one row per scan: ``source`` (relative to DATA), ``output``
   (relative to ``--out``, under ``all/``), ``class``, ``leak_free`` and every
   drawn parameter (:class:`preparation_shift.Shift`);
@@ -29,8 +29,8 @@ Each scan's parameters come from a numpy Generator seeded with ``(seed, sha256
 of the scan's path relative to DATA)``: the copy is the same byte for byte on
 every run, and a scan's copy does not depend on which other scans are listed.
 
-``score`` runs :func:`brainfl.evaluate.evaluate_model` and
-:func:`brainfl.evaluate.write_outputs` on ``COPY/all`` into ``OUTPUT/shifted/``
+``score`` runs :func:`brainfl.evaluation.external.evaluate_model` and
+:func:`brainfl.evaluation.external.write_outputs` on ``COPY/all`` into ``OUTPUT/shifted/``
 and on ``COPY/leak-free`` into ``OUTPUT/shifted-leak-free/`` (CSV, JSON and
 figures as ``brainfl evaluate`` writes them) and prints both accuracies with
 their bootstrap 95% intervals. ``--keep NAME`` copies the two small files of
@@ -58,11 +58,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from brainfl import evaluate
-from brainfl.cli import EXIT_USER_ERROR
-from brainfl.errors import BrainFLError
-from brainfl.files import write_atomically
-from brainfl.layouts import TEST_SPLIT, TRAIN_SPLIT, class_folders, find_classes
+from brainfl.core.errors import EXIT_USER_ERROR, BrainFLError
+from brainfl.core.files import write_atomically
+from brainfl.data.layouts import TEST_SPLIT, TRAIN_SPLIT, class_folders, find_classes
+from brainfl.evaluation import external as evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import COMMAND_FILE, RESULTS, this_command

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainfl.model_files import RUN_CONFIG
-from brainfl.results import PERSONALIZATION_CSV
-from brainfl.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, gathered, rank
+from brainfl.model.files import RUN_CONFIG
+from brainfl.report.results import PERSONALIZATION_CSV
+from brainfl.report.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, gathered, rank
 from harness import RESULTS, ROOT, free_port_block, keep_result, measured_command, this_command
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY
 

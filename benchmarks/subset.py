@@ -5,7 +5,7 @@ of ``Training`` and of ``Testing`` (where the source has one) and links them
 under ``destination`` in the same Kaggle layout, so any command that takes a
 ``data-dir`` runs on it as on the full dataset; nothing is copied and the
 source is only read. The images are listed the app's way
-(:func:`brainfl.data_loader.list_images`), so the subset holds only files the
+(:func:`brainfl.data.loading.list_images`), so the subset holds only files the
 app would load::
 
     python3 benchmarks/subset.py ../shared/data/brain-tumor-mri /tmp/brain-12 --per-class 12
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainfl.data_loader import TEST_SPLIT, TRAIN_SPLIT, find_classes, list_images
+from brainfl.data.loading import TEST_SPLIT, TRAIN_SPLIT, find_classes, list_images
 
 
 def make_subset(source: Path | str, destination: Path | str, per_class: int, seed: int = 0) -> Path:

@@ -4,15 +4,15 @@ In one process, on the run's real training images held in memory, this
 times each of the app's steps and a tight loop over the same model and
 images, one after the other, after a warm-up call of each (tracing left out):
 
-- **training**: :func:`brainfl.training.train` (the sites' and centralized
+- **training**: :func:`brainfl.model.training.train` (the sites' and centralized
   training: its tf.data pipeline, shuffling, AdamW, augmentation) against
   Keras ``fit`` over pre-batched, pre-cast, cached in-memory batches with a
   whole epoch per execution (``steps_per_execution`` = batches per epoch),
   no shuffling;
-- **evaluation**: :func:`brainfl.training.predict_proba` (the server's and a
+- **evaluation**: :func:`brainfl.model.training.predict_proba` (the server's and a
   site's scoring) against ``predict`` over pre-batched cached batches with
   every batch in one execution;
-- **precise BN**: :func:`brainfl.batch_norm.recalibrate_batchnorm` against
+- **precise BN**: :func:`brainfl.model.batch_norm.recalibrate_batchnorm` against
   its own traced moments function over the same pre-cast batches.
 
 It prints images per second and the app's share of the tight loop; ``--keep``
@@ -69,7 +69,7 @@ def cached_batches(inputs: np.ndarray, batch_size: int, labels: np.ndarray | Non
 
 def training_rates(settings, model_factory, inputs, labels, epochs: int, repeats: int) -> tuple[float, float]:
     """(app, tight) training images per second."""
-    from brainfl.training import compile_model, train
+    from brainfl.model.training import compile_model, train
 
     size, classes = settings.batch_size, len(np.unique(labels))
     recipe = {"learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay}
@@ -97,7 +97,7 @@ def training_rates(settings, model_factory, inputs, labels, epochs: int, repeats
 
 def evaluation_rates(model, inputs, repeats: int, batch_size: int = 128) -> tuple[float, float]:
     """(app, tight) scoring images per second."""
-    from brainfl.training import predict_proba
+    from brainfl.model.training import predict_proba
 
     predict_proba(model, inputs)
     app = best_rate(lambda: predict_proba(model, inputs, batch_size), len(inputs), repeats)
@@ -110,7 +110,7 @@ def evaluation_rates(model, inputs, repeats: int, batch_size: int = 128) -> tupl
 
 def precise_bn_rates(model, inputs, batch_size: int, repeats: int) -> tuple[float, float]:
     """(app, tight) precise-BN images per second, over at most PRECISE_BN_IMAGES images."""
-    from brainfl.batch_norm import PRECISE_BN_IMAGES, _batch_moments_function, recalibrate_batchnorm
+    from brainfl.model.batch_norm import PRECISE_BN_IMAGES, _batch_moments_function, recalibrate_batchnorm
 
     used = inputs[:PRECISE_BN_IMAGES]
     recalibrate_batchnorm(model, used, batch_size)
@@ -123,8 +123,8 @@ def precise_bn_rates(model, inputs, batch_size: int, repeats: int) -> tuple[floa
 def measure(data_dir: str, run_config: str, epochs: int, repeats: int) -> list[dict]:
     """One row per step: the app's images per second, the tight loop's, and their ratio."""
     import emulator
-    from brainfl.models import build_model
-    from brainfl.pipeline import load_run_dataset
+    from brainfl.data.sites import load_run_dataset
+    from brainfl.model.architectures import build_model
 
     settings = emulator.settings_for(f'data-dir="{data_dir}"', run_config)
     train_set = load_run_dataset(settings).train

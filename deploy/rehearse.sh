@@ -140,8 +140,8 @@ ROUNDS="$(python3 - "$ROOT" "$RUN_CONFIG_FILE" "${RUN_CONFIGS[@]}" "$OPTIONS" <<
 import sys
 from pathlib import Path
 
-from brainfl.errors import BrainFLError
-from brainfl.run_config import overrides_from_args, settings_from_args, to_toml
+from brainfl.core.errors import BrainFLError
+from brainfl.settings.run_config import overrides_from_args, settings_from_args, to_toml
 
 root, out, *configs = sys.argv[1:]
 try:

@@ -99,7 +99,7 @@ def run_benchmark(script: str, *args: str, timeout: float = 900) -> subprocess.C
 @pytest.fixture
 def first_row_nan(monkeypatch) -> None:
     """Make ``training.predict_proba`` return NaN for its first row (a model broken for one scan)."""
-    from brainfl import training
+    from brainfl.model import training
 
     real = training.predict_proba
 

@@ -1,6 +1,6 @@
 """An in-process Flower grid: the real ServerApp and ClientApp code, one Python process.
 
-``InProcessGrid`` delivers each message to a ClientApp (``brainfl.client_app.app``,
+``InProcessGrid`` delivers each message to a ClientApp (``brainfl.federation.client_app.app``,
 or another one, e.g. ``client_app_with(poisoning_mod(...))``) with the
 context a SuperNode would give it (``partition-id``, ``num-partitions``) and
 returns the replies, so strategy, DP, SecAgg+ and poisoning tests run the
@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from brainfl.client_app import app as project_client_app
+from brainfl.federation.client_app import app as project_client_app
 
 NODE_BASE = 1000
 
@@ -182,7 +182,7 @@ def run_in_process(num_sites: int, run_config: dict, **grid_options) -> InProces
 
     ``grid_options`` go to :class:`InProcessGrid` (``node_config``, ``tap``, ``client_app``).
     """
-    from brainfl.server_app import app as server_app  # only the runs need the server's imports
+    from brainfl.federation.server_app import app as server_app  # only the runs need the server's imports
 
     grid = InProcessGrid(num_sites, run_config, **grid_options)
     server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)

@@ -11,17 +11,20 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl import baseline_sites, baselines, cli
-from brainfl.central_data import central_data
-from brainfl.client_app import validate
-from brainfl.config import settings_from_config
-from brainfl.evaluation import CentralEvaluator
-from brainfl.metrics import LEAK_FREE
-from brainfl.model_files import FINAL_MODEL, RUN_CONFIG
-from brainfl.pipeline import model_for, site_data
-from brainfl.results import RESULTS_CSV, SITE_CSV, read_rows
-from brainfl.site_training import local_update
-from brainfl.training import round_learning_rate
+from brainfl import cli
+from brainfl.baselines import local_pooled as baselines
+from brainfl.baselines import setup as baseline_sites
+from brainfl.data.central import central_data
+from brainfl.data.sites import site_data
+from brainfl.evaluation.metrics import LEAK_FREE
+from brainfl.evaluation.test_set import CentralEvaluator
+from brainfl.federation.client_app import validate
+from brainfl.federation.site_training import local_update
+from brainfl.model.files import FINAL_MODEL, RUN_CONFIG
+from brainfl.model.process_cache import model_for
+from brainfl.model.training import round_learning_rate
+from brainfl.report.results import RESULTS_CSV, SITE_CSV, read_rows
+from brainfl.settings.run_settings import settings_from_config
 from conftest import CLASSES, REPO_ROOT, make_dataset
 
 ROUNDS = 2

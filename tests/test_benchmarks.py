@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-from brainfl.model_files import RUN_CONFIG
-from brainfl.results import RESULTS_CSV
+from brainfl.model.files import RUN_CONFIG
+from brainfl.report.results import RESULTS_CSV
 from conftest import CLASSES, make_dataset, run_benchmark
 from harness import COMMAND_FILE, KEPT_FILES, keep_result
 from result_folders import MEASUREMENT, load_runs

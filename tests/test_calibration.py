@@ -12,8 +12,9 @@ from flwr.app import ConfigRecord, MessageType, RecordDict
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from brainfl import evaluate, predict
-from brainfl.calibration import (
+from brainfl.core.errors import BrainFLError
+from brainfl.evaluation import external as evaluate
+from brainfl.evaluation.calibration import (
     CALIBRATION_JSON,
     TEMPERATURES,
     SiteCurve,
@@ -22,15 +23,15 @@ from brainfl.calibration import (
     headline_items,
     nll_curve,
     report_view,
-    scale_probabilities,
     scores,
 )
-from brainfl.client_app import query_round
-from brainfl.config import settings_with
-from brainfl.errors import BrainFLError
-from brainfl.federated_calibration import CALIBRATION, NLL, calibrate, skip_reason
-from brainfl.federation_setup import QUERY, SETUP
-from brainfl.model_files import FINAL_MODEL, load_model, read_metadata, save_model, stored_metadata
+from brainfl.federation.calibration_query import CALIBRATION, NLL, calibrate, skip_reason
+from brainfl.federation.client_app import query_round
+from brainfl.federation.setup import QUERY, SETUP
+from brainfl.inference import predict
+from brainfl.model.files import FINAL_MODEL, load_model, read_metadata, save_model, stored_metadata
+from brainfl.model.outputs import scale_probabilities
+from brainfl.settings.run_settings import settings_with
 from conftest import REPO_ROOT
 from inprocess import NODE_BASE, InProcessGrid
 from test_federation_setup import run_coordinated

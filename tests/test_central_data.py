@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from brainfl.central_data import central_data
-from brainfl.config import settings_with
-from brainfl.errors import BrainFLError
+from brainfl.core.errors import BrainFLError
+from brainfl.data.central import central_data
+from brainfl.settings.run_settings import settings_with
 from conftest import CLASSES, make_dataset, write_image
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from brainfl.centralized import run_centralized
-from brainfl.config import settings_from_config
-from brainfl.model_files import FINAL_MODEL
-from brainfl.results import RESULTS_CSV, read_rows
+from brainfl.baselines.centralized import run_centralized
+from brainfl.model.files import FINAL_MODEL
+from brainfl.report.results import RESULTS_CSV, read_rows
+from brainfl.settings.run_settings import settings_from_config
 
 
 @pytest.mark.realdata

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from brainfl.certs import make_credentials
+from brainfl.federation.certs import make_credentials
 
 
 def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from brainfl import cli
-from brainfl import run_config as run_configs
+from brainfl.settings import run_config as run_configs
 from conftest import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"

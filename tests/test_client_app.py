@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
-from brainfl import site_training
-from brainfl.aggregation import CLASS_COUNT_PREFIX
-from brainfl.batch_norm import recalibrate_batchnorm
-from brainfl.client_app import redact_paths
-from brainfl.config import settings_from_config
-from brainfl.data_loader import find_classes
-from brainfl.models import build_cnn
-from brainfl.pipeline import SiteData, initial_weights, site_data
-from brainfl.strategy import round_settings
-from brainfl.training import site_class_prior, train
+from brainfl.data.loading import find_classes
+from brainfl.data.sites import SiteData, site_data
+from brainfl.federation import site_training
+from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX
+from brainfl.federation.client_app import redact_paths
+from brainfl.federation.strategy import round_settings
+from brainfl.model.architectures import build_cnn
+from brainfl.model.batch_norm import recalibrate_batchnorm
+from brainfl.model.process_cache import initial_weights
+from brainfl.model.training import site_class_prior, train
+from brainfl.settings.run_settings import settings_from_config
 from conftest import REPO_ROOT
 from inprocess import InProcessGrid, send_train_round
 
@@ -119,7 +120,7 @@ def test_training_reply_carries_the_sites_image_count_per_class(tmp_path):
 def test_training_reply_scores_the_received_model_on_the_sites_held_out_split(tmp_path):
     from sklearn.metrics import balanced_accuracy_score, recall_score
 
-    from brainfl.training import predict_proba
+    from brainfl.model.training import predict_proba
 
     # half of each site's images held out, and a once-trained model sent: predictions of several classes
     config = {**ONE_ROUND, "output-dir": str(tmp_path), "local-epochs": 1, "val-fraction": 0.5}

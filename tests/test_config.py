@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from flwr.common.config import fuse_dicts, parse_config_args
 
-from brainfl.config import (
+from brainfl.core.errors import BrainFLError
+from brainfl.settings.run_config import check_overrides_apply, settings_from_args
+from brainfl.settings.run_settings import (
     SETTING_KEYS,
     RunSettings,
     default_run_config,
     settings_from_config,
     settings_with,
 )
-from brainfl.errors import BrainFLError
-from brainfl.run_config import check_overrides_apply, settings_from_args
 from conftest import REPO_ROOT
 
 CONF_FILES = sorted((REPO_ROOT / "conf").glob("*.toml"))

@@ -1,4 +1,4 @@
-"""Tests of the duplicate / leakage check (brainfl.duplicates, `brainfl check-data`) on tiny folders."""
+"""Tests of the duplicate / leakage check (brainfl.data.duplicates, `brainfl check-data`) on tiny folders."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from brainfl import data_check, duplicates
-from brainfl.data_check import add_parser, check_data, summarize
-from brainfl.duplicates import (
+from brainfl.core.errors import BrainFLError
+from brainfl.data import check as data_check
+from brainfl.data import duplicates
+from brainfl.data.check import add_parser, check_data, summarize
+from brainfl.data.duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
     PAIR_COLUMNS,
     find_duplicates,
@@ -24,7 +26,6 @@ from brainfl.duplicates import (
     leak_free_test_mask,
     near_pairs,
 )
-from brainfl.errors import BrainFLError
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +152,7 @@ def test_leak_free_mask_marks_exactly_the_leak_free_files(dataset: Path) -> None
 
 
 def test_leak_free_paths_match_the_data_loader(dataset: Path) -> None:
-    from brainfl.data_loader import load_dataset
+    from brainfl.data.loading import load_dataset
 
     test_files = set(load_dataset(dataset, image_size=32, channels=1).test.files)
     assert leak_free_test_files(dataset) < test_files
@@ -251,7 +252,7 @@ def test_check_data_defaults_to_cwd(dataset: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_old_names_stay_importable_from_data_check() -> None:
-    """server_app and the benchmarks import the leak-free mask from brainfl.data_check."""
+    """server_app and the benchmarks import the leak-free mask from brainfl.data.check."""
     for name in data_check.__all__:
         assert hasattr(data_check, name), name
     assert data_check.leak_free_test_mask is leak_free_test_mask
@@ -282,9 +283,9 @@ def test_real_dataset_has_the_documented_exact_leak(real_data: Path) -> None:
 def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tmp_path):
     import shutil
 
-    from brainfl.config import settings_with
-    from brainfl.data_loader import load_dataset
-    from brainfl.evaluation import leak_free_mask
+    from brainfl.data.loading import load_dataset
+    from brainfl.evaluation.test_set import leak_free_mask
+    from brainfl.settings.run_settings import settings_with
     from conftest import make_dataset
 
     root = make_dataset(tmp_path / "leaky", train_per_class=3, test_per_class=2)

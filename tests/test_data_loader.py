@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainfl import data_loader
-from brainfl.data_loader import decode_image, load_dataset, load_split
-from brainfl.errors import BrainFLError
+from brainfl.core.errors import BrainFLError
+from brainfl.data import loading as data_loader
+from brainfl.data.loading import decode_image, load_dataset, load_split
 from conftest import CLASSES, write_image
 
 
@@ -100,8 +100,8 @@ def test_decode_real_grayscale_and_rgb_images(real_data):
 
 
 def test_a_site_folder_uses_all_its_training_images_with_the_server_classes(tiny_dataset):
-    from brainfl.config import settings_with
-    from brainfl.pipeline import site_data
+    from brainfl.data.sites import site_data
+    from brainfl.settings.run_settings import settings_with
 
     (tiny_dataset / "Testing").rename(tiny_dataset.parent / "elsewhere")
     for image in (tiny_dataset / "Training" / "glioma").iterdir():
@@ -115,8 +115,8 @@ def test_a_site_folder_uses_all_its_training_images_with_the_server_classes(tiny
 
 
 def test_a_site_with_a_class_the_server_does_not_know_fails_clearly(tiny_dataset):
-    from brainfl.config import settings_with
-    from brainfl.pipeline import site_data
+    from brainfl.data.sites import site_data
+    from brainfl.settings.run_settings import settings_with
 
     write_image(tiny_dataset / "Training" / "lymphoma" / "x.jpg", 7)
     with pytest.raises(BrainFLError, match="lymphoma is not one of the classes"):
@@ -124,8 +124,8 @@ def test_a_site_with_a_class_the_server_does_not_know_fails_clearly(tiny_dataset
 
 
 def test_every_cache_goes_to_brainfl_cache_dir(tiny_dataset, isolated_cache):
-    from brainfl.config import settings_with
-    from brainfl.pipeline import site_data
+    from brainfl.data.sites import site_data
+    from brainfl.settings.run_settings import settings_with
 
     settings = settings_with(image_size=16, data_dir=str(tiny_dataset), num_partitions=2)
     site = site_data(settings, {"partition-id": 1, "num-partitions": 2}, CLASSES)

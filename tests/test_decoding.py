@@ -9,8 +9,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from brainfl import data_loader
-from brainfl.decoding import (
+from brainfl.core.errors import BrainFLError
+from brainfl.data import loading as data_loader
+from brainfl.data.decoding import (
     SCAN_SUFFIXES,
     decode_scan,
     has_dicom_magic,
@@ -18,8 +19,7 @@ from brainfl.decoding import (
     open_scan,
     window_to_uint8,
 )
-from brainfl.errors import BrainFLError
-from brainfl.framing import HEAD_MARGIN, crop_box, head_box
+from brainfl.data.framing import HEAD_MARGIN, crop_box, head_box
 from conftest import CLASSES
 from scan_files import correlation, read_gray, scan_to_dicom, scan_to_png16, write_dicom
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import keras
 import pytest
 
-import brainfl.models  # noqa: F401 - registers the custom layers for loading
-from brainfl.model_files import stored_metadata
+import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
+from brainfl.model.files import stored_metadata
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
 

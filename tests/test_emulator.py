@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import emulator
-from brainfl.config import settings_with
+from brainfl.settings.run_settings import settings_with
 
 
 def settings(**changes):

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import evaluate, predict
-from brainfl.uncertainty import OVERALL, PER_CLASS
+from brainfl.evaluation import external as evaluate
+from brainfl.evaluation.intervals import OVERALL, PER_CLASS
+from brainfl.inference import predict
 from conftest import CLASSES, REPO_ROOT
 from test_predict import one_line_error, tiny_model_file
 

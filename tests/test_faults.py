@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import pytest
 
-import brainfl.models  # noqa: F401 - registers the custom layers for loading
+import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
 from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows, run_script
 

@@ -10,10 +10,10 @@ import pytest
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from PIL import Image
 
-from brainfl.errors import BrainFLError
-from brainfl.federation_setup import TEST_COPIES, roster_from_replies
-from brainfl.model_files import FINAL_MODEL
-from brainfl.results import read_rows
+from brainfl.core.errors import BrainFLError
+from brainfl.federation.setup import TEST_COPIES, roster_from_replies
+from brainfl.model.files import FINAL_MODEL
+from brainfl.report.results import read_rows
 from conftest import CLASSES, write_image
 from inprocess import InProcessGrid, make_reply, run_in_process
 

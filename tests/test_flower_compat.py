@@ -3,7 +3,7 @@
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import FitIns, ndarrays_to_parameters
 
-from brainfl import flower_compat
+from brainfl.federation import flower_compat
 
 
 def test_every_adapted_name_resolves() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainfl import gradcam
-from brainfl.errors import BrainFLError
-from brainfl.framing import crop_box
-from brainfl.model_files import load_model
-from brainfl.models import build_model
+from brainfl.core.errors import BrainFLError
+from brainfl.data.framing import crop_box
+from brainfl.inference import gradcam
+from brainfl.model.architectures import build_model
+from brainfl.model.files import load_model
 from conftest import REPO_ROOT
 from test_predict import tiny_model_file
 

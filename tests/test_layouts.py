@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainfl.config import settings_with
-from brainfl.data_loader import ImageSet, load_dataset, load_images
-from brainfl.errors import BrainFLError
-from brainfl.layouts import CLASS_FOLDERS, KAGGLE_SPLIT, LABELS_CSV, detect_layout, split_patient
-from brainfl.pipeline import site_data
+from brainfl.core.errors import BrainFLError
+from brainfl.data.layouts import CLASS_FOLDERS, KAGGLE_SPLIT, LABELS_CSV, detect_layout, split_patient
+from brainfl.data.loading import ImageSet, load_dataset, load_images
+from brainfl.data.sites import site_data
+from brainfl.settings.run_settings import settings_with
 from conftest import CLASSES, REPO_ROOT
 
 SAMPLE = REPO_ROOT / "sample_data"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainfl.metrics import classification_metrics
+from brainfl.evaluation.metrics import classification_metrics
 
 
 def test_metrics_match_hand_computed_values():
@@ -33,7 +33,8 @@ def test_non_finite_outputs_count_as_wrong_with_infinite_loss():
 def test_score_counts_non_finite_rows_as_wrong_everywhere_including_leak_free():
     import numpy as np
 
-    from brainfl.metrics import LEAK_FREE, predicted_classes, score
+    from brainfl.evaluation.metrics import LEAK_FREE, score
+    from brainfl.model.outputs import predicted_classes
 
     probabilities = np.array([[0.9, 0.1], [np.nan, 0.5], [0.2, 0.8], [np.inf, 0.0]])
     labels = np.array([0, 0, 1, 0])
@@ -59,7 +60,7 @@ SMALL_PROBABILITIES = np.array(
 
 
 def test_server_scorer_adds_hand_computed_clinical_metrics():
-    from brainfl.metrics import interval_columns, score
+    from brainfl.evaluation.metrics import interval_columns, score
 
     names = ["a", "b", "c"]
     scores = score(SMALL_LABELS, SMALL_PROBABILITIES, names, resamples=50)
@@ -77,7 +78,7 @@ def test_server_scorer_adds_hand_computed_clinical_metrics():
 
 
 def test_server_scorer_intervals_contain_the_point_estimates():
-    from brainfl.metrics import score
+    from brainfl.evaluation.metrics import score
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, 400)
@@ -95,7 +96,7 @@ def test_server_scorer_intervals_contain_the_point_estimates():
 
 
 def test_server_scorer_survives_a_broken_model():
-    from brainfl.metrics import score
+    from brainfl.evaluation.metrics import score
 
     scores = score(np.array([0, 1, 1]), np.full((3, 2), np.nan), ["a", "b"], resamples=20)
     assert scores["accuracy"] == scores["balanced_accuracy"] == scores["accuracy_high"] == 0.0
@@ -105,7 +106,7 @@ def test_server_scorer_survives_a_broken_model():
 def test_held_out_metrics_give_every_class_a_key_nan_where_the_split_lacks_it():
     from sklearn.metrics import balanced_accuracy_score
 
-    from brainfl.metrics import held_out_metrics
+    from brainfl.evaluation.metrics import held_out_metrics
 
     labels = np.array([0, 0, 1, 1])  # no class c in this site's split
     metrics = held_out_metrics(labels, SMALL_PROBABILITIES[:4], ["a", "b", "c"])

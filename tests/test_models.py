@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl import pipeline
-from brainfl.config import settings_with
-from brainfl.data_loader import load_dataset
-from brainfl.errors import BrainFLError
-from brainfl.models import build_model, build_vgg16_extractor
+from brainfl.core.errors import BrainFLError
+from brainfl.data.loading import load_dataset
+from brainfl.model import process_cache
+from brainfl.model.architectures import build_model, build_vgg16_extractor
+from brainfl.settings.run_settings import settings_with
 
 
 def test_cnn_takes_raw_grayscale_pixels_and_outputs_probabilities():
@@ -55,14 +55,14 @@ def test_vgg16_features_are_computed_once_and_cached(tiny_dataset, monkeypatch):
     settings = settings_with(model="vgg16", image_size=32)
     images = load_dataset(tiny_dataset, 32, 3).train
     bundle = build_model("vgg16", 32, 4)
-    first = pipeline.model_inputs(settings, bundle, images)
+    first = process_cache.model_inputs(settings, bundle, images)
     assert first.shape == (16, 512)
     monkeypatch.setattr(bundle, "features", lambda *a, **k: pytest.fail("features recomputed"))
-    np.testing.assert_array_equal(pipeline.model_inputs(settings, bundle, images), first)
+    np.testing.assert_array_equal(process_cache.model_inputs(settings, bundle, images), first)
 
 
 def test_gamma_augmentation_changes_contrast_per_image_in_training_only():
-    from brainfl.models import AUGMENT_GAMMA, RandomGamma
+    from brainfl.model.architectures import AUGMENT_GAMMA, RandomGamma
 
     layer = RandomGamma(AUGMENT_GAMMA, seed=3)
     ramp = np.tile(np.linspace(0, 255, 64, dtype="float32"), (8, 64, 1))[..., None]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainfl.errors import BrainFLError
-from brainfl.partitioning import holdout_split, partition_indices, split_validation
+from brainfl.core.errors import BrainFLError
+from brainfl.data.partitioning import holdout_split, partition_indices, split_validation
 
 LABELS = np.repeat(np.arange(4), [130, 140, 160, 150])
 

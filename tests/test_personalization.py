@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 from flwr.app import MessageType, RecordDict
 
-import brainfl.client_app as client_app
-from brainfl import personalization
-from brainfl.aggregation import weighted_average
-from brainfl.config import settings_from_config, settings_with
-from brainfl.errors import BrainFLError
-from brainfl.fedbn import SITE_BATCHNORM, SiteBatchNorm, batchnorm_mask
-from brainfl.federation_setup import QUERY
-from brainfl.metrics import held_out_metrics
-from brainfl.model_files import FINAL_MODEL, load_model, stored_metadata
-from brainfl.personalization import PERSONALIZE, PERSONALIZED_MODEL
-from brainfl.pipeline import model_for, site_data
-from brainfl.results import PERSONALIZATION_CSV, read_rows
-from brainfl.site_training import local_update
-from brainfl.training import predict_proba
+import brainfl.federation.client_app as client_app
+from brainfl.core.errors import BrainFLError
+from brainfl.data.sites import site_data
+from brainfl.evaluation.metrics import held_out_metrics
+from brainfl.federation import personalization
+from brainfl.federation.bookkeeping import weighted_average
+from brainfl.federation.fedbn import SITE_BATCHNORM, SiteBatchNorm, batchnorm_mask
+from brainfl.federation.personalization import PERSONALIZE, PERSONALIZED_MODEL
+from brainfl.federation.setup import QUERY
+from brainfl.federation.site_training import local_update
+from brainfl.model.files import FINAL_MODEL, load_model, stored_metadata
+from brainfl.model.process_cache import model_for
+from brainfl.model.training import predict_proba
+from brainfl.report.results import PERSONALIZATION_CSV, read_rows
+from brainfl.settings.run_settings import settings_from_config, settings_with
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
 from inprocess import NODE_BASE, run_in_process, train_messages

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import predict
-from brainfl.data_loader import load_dataset
-from brainfl.errors import BrainFLError
-from brainfl.model_files import model_metadata, read_metadata, save_model
-from brainfl.models import build_model
-from brainfl.training import predict_proba, train
+from brainfl.core.errors import BrainFLError
+from brainfl.data.loading import load_dataset
+from brainfl.inference import predict
+from brainfl.model.architectures import build_model
+from brainfl.model.files import model_metadata, read_metadata, save_model
+from brainfl.model.training import predict_proba, train
 from conftest import CLASSES, REPO_ROOT
 
 SAMPLE = REPO_ROOT / "sample_data"
@@ -229,8 +229,8 @@ def test_only_the_images_with_finite_outputs_get_a_class_and_an_overlay(model_fi
 
 
 def test_write_gradcams_stays_importable_from_predict():
-    from brainfl import gradcam
-    from brainfl.predict import write_gradcams
+    from brainfl.inference import gradcam
+    from brainfl.inference.gradcam import write_gradcams
 
     assert write_gradcams is gradcam.write_gradcams
 
@@ -295,8 +295,8 @@ def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(
 
 def test_a_model_decodes_scans_as_its_metadata_says_it_was_trained(model_file, tmp_path):
     """New files crop to the head; a file written before cropping (no ``crop``) is decoded uncropped."""
-    from brainfl.decoding import decode_scan
-    from brainfl.model_files import load_model
+    from brainfl.data.decoding import decode_scan
+    from brainfl.model.files import load_model
 
     scan = next((SAMPLE / "Testing" / "glioma").glob("*.jpg"))
     wide = tmp_path / "wide.png"

@@ -9,11 +9,11 @@ import pytest
 from dp_accounting import dp_event, rdp
 from flwr.app import ArrayRecord
 
-from brainfl.config import RunSettings, settings_from_config
-from brainfl.errors import BrainFLError
-from brainfl.privacy import PrivacyLedger, accounting_problem, with_privacy
-from brainfl.results import read_rows
-from brainfl.strategy import build_strategy
+from brainfl.core.errors import BrainFLError
+from brainfl.federation.privacy import PrivacyLedger, accounting_problem, with_privacy
+from brainfl.federation.strategy import build_strategy
+from brainfl.report.results import read_rows
+from brainfl.settings.run_settings import RunSettings, settings_from_config
 from conftest import REPO_ROOT, cache_at
 from inprocess import keep_train_replies, make_reply, run_in_process, train_messages
 

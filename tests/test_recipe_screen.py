@@ -17,11 +17,12 @@ import pytest
 import emulator
 import precise_bn
 import recipe_screen
-from brainfl.pipeline import initial_weights, load_run_dataset
-from brainfl.results import RESULTS_CSV, SITE_CSV, results_header
-from brainfl.site_training import local_update
-from brainfl.strategy import weighted_average
-from brainfl.training import round_learning_rate
+from brainfl.data.sites import load_run_dataset
+from brainfl.federation.site_training import local_update
+from brainfl.federation.strategy import weighted_average
+from brainfl.model.process_cache import initial_weights
+from brainfl.model.training import round_learning_rate
+from brainfl.report.results import RESULTS_CSV, SITE_CSV, results_header
 from conftest import make_dataset, run_benchmark
 from subset import make_subset
 

@@ -7,13 +7,13 @@ import logging
 import numpy as np
 import pytest
 
-from brainfl.aggregation import SiteReport
-from brainfl.evaluation import CentralTestSet, Evaluation
-from brainfl.metrics import score
-from brainfl.model_files import CHECKPOINT, ModelWriter, model_metadata, stored_metadata
-from brainfl.models import build_model
-from brainfl.recorder import RunRecorder, resume_point
-from brainfl.results import (
+from brainfl.evaluation.metrics import score
+from brainfl.evaluation.test_set import CentralTestSet, Evaluation
+from brainfl.federation.bookkeeping import SiteReport
+from brainfl.federation.recorder import RunRecorder, resume_point
+from brainfl.model.architectures import build_model
+from brainfl.model.files import CHECKPOINT, ModelWriter, model_metadata, stored_metadata
+from brainfl.report.results import (
     PARTITION_CSV,
     PREDICTIONS_CSV,
     RESULTS_CSV,
@@ -129,7 +129,7 @@ def test_a_row_written_before_its_checkpoint_is_dropped_and_the_round_before_sta
 def test_clinical_columns_and_held_out_site_scores_are_recorded_and_survive_a_resume(
     tmp_path, writer
 ) -> None:
-    from brainfl.results import results_header, site_header
+    from brainfl.report.results import results_header, site_header
 
     test = _test_set()
     probabilities = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])

@@ -28,11 +28,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainfl import data_loader, report, training
-from brainfl.config import default_run_config
-from brainfl.errors import BrainFLError
-from brainfl.report_data import PARTITION_CSV, PREDICTIONS_CSV
-from brainfl.results import RESULTS_CSV, SITE_CSV, CsvAppender, results_header, site_header
+from brainfl.core.errors import BrainFLError
+from brainfl.data import loading as data_loader
+from brainfl.model import training
+from brainfl.report import page as report
+from brainfl.report.results import RESULTS_CSV, SITE_CSV, CsvAppender, results_header, site_header
+from brainfl.report.run import PARTITION_CSV, PREDICTIONS_CSV
+from brainfl.settings.run_settings import default_run_config
 from conftest import CLASSES
 from test_predict import IMAGE_SIZE, SAMPLE, tiny_model_file
 
@@ -162,7 +164,7 @@ def no_pipeline() -> Iterator[None]:
         raise AssertionError("the report must not decode the data set nor evaluate a model")
 
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("brainfl.pipeline", "brainfl.partitioning"):
+        for name in ("brainfl.data.sites", "brainfl.data.partitioning"):
             patch.setitem(sys.modules, name, None)  # `import` raises ImportError
         patch.setattr(data_loader, "load_dataset", refuse)
         patch.setattr(training, "predict_proba", refuse)
@@ -321,7 +323,7 @@ def test_confusion_and_per_class_numbers_come_from_the_saved_predictions(recorde
 
 
 def report_data_confusion(run: Path):
-    from brainfl.report_data import confusion, read_run
+    from brainfl.report.run import confusion, read_run
 
     return confusion(read_run(run).predictions, len(CLASSES))
 
@@ -348,7 +350,7 @@ def test_final_round_site_scores_with_mean_worst_and_spread(page):
 
 
 def test_a_run_without_the_clinical_columns_still_reports(tmp_path):
-    from brainfl.metrics import interval_columns
+    from brainfl.evaluation.metrics import interval_columns
 
     run = record_run(tmp_path / "run", None)  # as an older version wrote it:
     for name, new in ((RESULTS_CSV, interval_columns(CLASSES)), (SITE_CSV, site_header(CLASSES)[8:13])):

@@ -7,12 +7,8 @@ import csv
 import keras
 import numpy as np
 
-from brainfl.model_files import save_model, stored_metadata
-from brainfl.results import (
-    CsvAppender,
-    results_header,
-    truncate_rows_after,
-)
+from brainfl.model.files import save_model, stored_metadata
+from brainfl.report.results import CsvAppender, results_header, truncate_rows_after
 
 
 def test_results_header_starts_with_round_loss_accuracy_and_names_classes():
@@ -60,7 +56,7 @@ def test_an_existing_file_keeps_its_header_and_rows_follow_it(tmp_path, caplog):
 
 
 def test_site_header_puts_the_held_out_scores_after_val_accuracy():
-    from brainfl.results import SITE_FIELDS, site_header
+    from brainfl.report.results import SITE_FIELDS, site_header
 
     header = site_header(["glioma", "notumor"])
     at = header.index("val_accuracy")

@@ -17,13 +17,14 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from brainfl.client_app import client_app_with
-from brainfl.config import RunSettings, settings_from_config
-from brainfl.data_loader import ImageSet
-from brainfl.pipeline import initial_weights, load_run_dataset, model_for
-from brainfl.results import read_rows
-from brainfl.strategy import build_strategy, round_settings
-from brainfl.training import predict_proba, train
+from brainfl.data.loading import ImageSet
+from brainfl.data.sites import load_run_dataset
+from brainfl.federation.client_app import client_app_with
+from brainfl.federation.strategy import build_strategy, round_settings
+from brainfl.model.process_cache import initial_weights, model_for
+from brainfl.model.training import predict_proba, train
+from brainfl.report.results import read_rows
+from brainfl.settings.run_settings import RunSettings, settings_from_config
 from conftest import REPO_ROOT, cache_at
 from inprocess import NODE_BASE, InProcessGrid, make_reply, run_in_process, send_train_round
 from poisoning import poisoned_arrays, poisoning_mod

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from brainfl.config import settings_with
-from brainfl.errors import BrainFLError
-from brainfl.pipeline import cached_partition, load_run_dataset, site_data
-from brainfl.scanner_shift import PROFILES_JSON, scanner_profile, shift_images, write_profiles
+from brainfl.core.errors import BrainFLError
+from brainfl.data.scanner_shift import PROFILES_JSON, scanner_profile, shift_images, write_profiles
+from brainfl.data.sites import cached_partition, load_run_dataset, site_data
+from brainfl.settings.run_settings import settings_with
 from conftest import CLASSES
 
 RNG = np.random.default_rng(0)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-import brainfl.client_app as client_app
-from brainfl.model_files import FINAL_MODEL
-from brainfl.results import read_rows
-from brainfl.secure_aggregation import QUANTIZATION_RANGE
+import brainfl.federation.client_app as client_app
+from brainfl.federation.secure_aggregation import QUANTIZATION_RANGE
+from brainfl.model.files import FINAL_MODEL
+from brainfl.report.results import read_rows
 from conftest import REPO_ROOT
 from inprocess import run_in_process
 

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl.model_files import FINAL_MODEL
-from brainfl.results import read_rows
+from brainfl.model.files import FINAL_MODEL
+from brainfl.report.results import read_rows
 from conftest import cache_at
 from inprocess import run_in_process
 

@@ -132,8 +132,8 @@ def model_file(tmp_path_factory) -> Path:
     """An untrained tiny cnn saved with brainfl metadata: scoring needs a model, not a good one."""
     import keras
 
-    from brainfl.model_files import model_metadata, save_model
-    from brainfl.models import build_model
+    from brainfl.model.architectures import build_model
+    from brainfl.model.files import model_metadata, save_model
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("model") / "final_model.keras"

@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brainfl import cli, report, site_comparison
-from brainfl.errors import BrainFLError
-from brainfl.results import PERSONALIZATION_CSV
+from brainfl import cli
+from brainfl.core.errors import BrainFLError
+from brainfl.report import page as report
+from brainfl.report import site_comparison
+from brainfl.report.results import PERSONALIZATION_CSV
 from test_report import make_report, read_table, record_run
 
 ALONE = [0.70, 0.80, 0.60]

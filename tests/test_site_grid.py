@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brainfl.results import PERSONALIZATION_CSV, RESULTS_CSV
+from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV
 from make_tables import render
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY, in_a_grid, load_runs
 from site_grid import GRID_CSV, summarize

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
-from brainfl.aggregation import SiteBookkeeping, SiteReport
-from brainfl.config import settings_from_config
-from brainfl.strategy import BrainFedAvg, build_strategy, weighted_average
+from brainfl.federation.bookkeeping import SiteBookkeeping, SiteReport
+from brainfl.federation.strategy import BrainFedAvg, build_strategy, weighted_average
+from brainfl.settings.run_settings import settings_from_config
 from inprocess import InProcessGrid, make_reply
 
 
@@ -158,8 +158,8 @@ def test_server_momentum_steps_weights_but_averages_batchnorm_statistics_plainly
 
 
 def test_statistics_mask_marks_the_batchnorm_moving_statistics():
-    from brainfl.models import build_model
-    from brainfl.server_app import statistics_mask
+    from brainfl.federation.server_app import statistics_mask
+    from brainfl.model.architectures import build_model
 
     model = build_model("cnn", 32, 4).trainable
     mask = statistics_mask(model)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-import brainfl.timings as timings
-from brainfl.timings import PHASES, MessageTimer
+import brainfl.core.timings as timings
+from brainfl.core.timings import PHASES, MessageTimer
 
 
 def test_startup_is_counted_for_the_first_message_of_a_process_only(monkeypatch):

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from brainfl import training
-from brainfl.batch_norm import _batch_moments_function, recalibrate_batchnorm
-from brainfl.training import (
+from brainfl.model import training
+from brainfl.model.batch_norm import _batch_moments_function, recalibrate_batchnorm
+from brainfl.model.training import (
     EAGER_MAX_BATCHES,
     PriorAdjustedCrossEntropy,
     predict_proba,
@@ -194,8 +194,8 @@ def test_train_is_reproducible_for_a_seed_whatever_ran_before() -> None:
     """Same weights, data and seed give the same update, even after other training in the process."""
     import numpy as np
 
-    from brainfl.models import build_model
-    from brainfl.training import train
+    from brainfl.model.architectures import build_model
+    from brainfl.model.training import train
 
     model = build_model("cnn", 32, 2).trainable
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_train_is_reproducible_for_a_seed_whatever_ran_before() -> None:
 
 def _small_cnn_update(monkeypatch, eager: bool) -> tuple[list[np.ndarray], dict, bool]:
     """One 2-step update of a fresh CNN, op by op or traced; its weights, metrics and mode."""
-    from brainfl.models import build_model
+    from brainfl.model.architectures import build_model
 
     if not eager:
         monkeypatch.setattr(training, "EAGER_MAX_BATCHES", 0)
@@ -250,7 +250,7 @@ def test_a_traced_training_step_outlives_eager_calls():
 
 
 def test_predicting_a_few_batches_eagerly_gives_the_traced_probabilities():
-    from brainfl.models import build_model
+    from brainfl.model.architectures import build_model
 
     model = build_model("cnn", 32, 4).trainable
     images = np.random.default_rng(1).integers(0, 255, (40, 32, 32, 1), dtype=np.uint8)

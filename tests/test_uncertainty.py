@@ -1,4 +1,4 @@
-"""Tests of :mod:`brainfl.uncertainty`: each metric against a case computed by hand, and the bootstrap."""
+"""Tests of :mod:`brainfl.evaluation.intervals`: each metric against a case done by hand; the bootstrap."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from brainfl.uncertainty import (
+from brainfl.evaluation.intervals import (
     OVERALL,
     PER_CLASS,
     resample_weights,

@@ -5,132 +5,30 @@ process starts (``run.sh`` calls it), decoding and caching the images so
 that the sites and the server start training at once. A user mistake ends
 with one line on stderr and exit code 2, never a traceback.
 
-``--run-config`` values are read by :mod:`brainfl.run_config`.
+``--run-config`` values are read by :mod:`brainfl.settings.run_config`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from brainfl.config import RunSettings, default_run_config
-from brainfl.errors import BrainFLError
-from brainfl.files import write_atomically
-from brainfl.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
-
-if TYPE_CHECKING:
-    from brainfl.central_data import CentralData
-
-EXIT_USER_ERROR = 2
-
-
-def prepare(args: argparse.Namespace) -> None:
-    """Validate settings and data, decode and cache the images, check the partitions.
-
-    Prints the settings that differ from the defaults, the data folder's layout
-    and what the data gives: images, classes, test images and site sizes.
-    """
-    from brainfl.central_data import central_data
-    from brainfl.pipeline import check_vgg_weights
-
-    settings = settings_from_args(args.app_dir, args.run_config)
-    if args.await_all_sites:
-        settings = dataclasses.replace(settings, wait_for_sites=settings.num_partitions)
-    defaults = default_run_config(args.app_dir)
-    changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
-    print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
-    check_vgg_weights(settings)
-    central = central_data(settings)
-    print(describe_central(central))
-    if args.site_data_dir:
-        check_site_folders(settings, args.site_data_dir, central.class_names)
-    else:
-        check_partitions(settings)
-    if args.write_run_config:
-        text = to_toml(settings.to_config())
-        try:
-            write_atomically(Path(args.write_run_config), lambda handle: handle.write(text.encode()))
-        except OSError as error:
-            raise BrainFLError(
-                f"--write-run-config: cannot write {args.write_run_config} ({error.strerror or error})"
-            ) from None
-
-
-def check_partitions(settings: RunSettings) -> None:
-    """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
-    from brainfl.partitioning import partition_indices
-    from brainfl.pipeline import describe_layout, load_run_dataset
-
-    dataset = load_run_dataset(settings)
-    print(describe_layout(dataset, settings.test_fraction))
-    train = dataset.train
-    parts = partition_indices(
-        train.labels,
-        settings.num_partitions,
-        settings.partitioning,
-        settings.dirichlet_alpha,
-        settings.seed,
-        train.groups,
-    )
-    print(
-        f"data ok: {len(train)} training images in {len(train.class_names)} classes "
-        f"({', '.join(train.class_names)}), {len(dataset.test)} test images; "
-        f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
-    )
-
-
-def describe_central(central: CentralData) -> str:
-    """One line on what the coordinator evaluates on."""
-    classes = ", ".join(central.class_names)
-    if central.test is None:
-        return f"coordinator: no central test set (test-dir=none); classes {classes}"
-    kind = "its test folder or Testing split" if central.official else "a hold-out of data-dir"
-    return f"coordinator: {len(central.test)} test images ({kind}, {central.root}); classes {classes}"
-
-
-def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:
-    """Load each site's own folder as its SuperNode will (layout, formats, split), caching the images."""
-    from brainfl.pipeline import site_data
-
-    if site_dirs and len(site_dirs) != settings.num_partitions:
-        raise BrainFLError(
-            f"--site-data-dir: {len(site_dirs)} folders for {settings.num_partitions} sites (num-partitions)"
-        )
-    for site_id, site_dir in enumerate(site_dirs):
-        site = site_data(settings, {"partition-id": site_id, "data-dir": site_dir}, class_names)
-        print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
+from brainfl.baselines import centralized
+from brainfl.baselines import local_pooled as baselines
+from brainfl.core.errors import EXIT_USER_ERROR, BrainFLError
+from brainfl.data import check as data_check
+from brainfl.evaluation import external as evaluate
+from brainfl.federation import certs, prepare
+from brainfl.inference import predict
+from brainfl.report import page as report
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``brainfl`` command and its sub-commands."""
-    from brainfl import baselines, centralized, certs, data_check, evaluate, predict, report
-
     parser = argparse.ArgumentParser(prog="brainfl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    prep = commands.add_parser("prepare", help="validate settings and data, and cache decoded images")
-    add_settings_arguments(prep)
-    prep.add_argument(
-        "--write-run-config",
-        metavar="FILE",
-        help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
-    )
-    prep.add_argument(
-        "--site-data-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a site's own data folder (once per site, in site order): loaded and cached as the site will",
-    )
-    prep.add_argument(
-        "--await-all-sites",
-        action="store_true",
-        help="set wait-for-sites to num-partitions: round 1 waits for every site (run.sh)",
-    )
-    prep.set_defaults(handler=prepare)
+    prepare.add_parser(commands)
     data_check.add_parser(commands)
     centralized.add_parser(commands)
     baselines.add_parsers(commands)

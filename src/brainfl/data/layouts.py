@@ -1,0 +1,246 @@
+"""Dataset folder layouts: which one a data folder uses, and its scans with labels and patients.
+
+Three layouts are recognised (:func:`detect_layout`), in this order:
+
+* ``labels.csv`` at the folder's root (:data:`LABELS_CSV`): columns
+  ``path,label[,patient]``, paths relative to the folder, for scans not sorted
+  into class folders; the class names are the sorted unique labels;
+* ``Training/<class>/`` and/or ``Testing/<class>/`` (:data:`KAGGLE_SPLIT`, the
+  Kaggle split): class names come from the Training folders;
+* any other folder of class sub-folders (:data:`CLASS_FOLDERS`, as in an
+  ImageFolder): the server's test set is a stratified hold-out.
+
+Scans may sit at any depth under a class folder (patient or study folders);
+the first folder level under the class folder is then the scan's patient,
+and the splits keep a patient's scans together. Hidden files and folders are
+skipped. A file with a scan-like suffix the decoder does not read is an
+error naming it (or, with ``skip-unreadable``, a warning naming it).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from brainfl.core.errors import BrainFLError
+from brainfl.core.logs import LOG
+from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
+
+TRAIN_SPLIT = "Training"
+TEST_SPLIT = "Testing"
+LABELS_FILE = "labels.csv"
+KAGGLE_SPLIT = "kaggle split"
+CLASS_FOLDERS = "class folders (hold-out test)"
+LABELS_CSV = "labels.csv"
+CSV_COLUMNS = ("path", "label", "patient")
+# Folder names of a split layout that is not spelled Training/Testing (never class names).
+SPLIT_LIKE_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+# Suffixes of files that look like scans: one the decoder does not read is named, not skipped.
+SCAN_LIKE_SUFFIXES = (
+    *sorted(SCAN_SUFFIXES), ".gif", ".webp", ".jp2", ".j2k", ".pgm", ".ppm", ".ima",
+    ".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd",
+)  # fmt: skip
+
+
+class Entry(NamedTuple):
+    """One scan: its path, its label (index into the class names) and its patient (or None)."""
+
+    path: Path
+    label: int
+    group: str | None
+
+
+def is_hidden(path: Path | PurePosixPath) -> bool:
+    """Whether a file or folder name is hidden (starts with a dot)."""
+    return path.name.startswith(".")
+
+
+def looks_like_scan(path: Path | PurePosixPath) -> bool:
+    """Whether a file name ends in a scan-like suffix (read or not by the decoder)."""
+    return path.name.lower().endswith(SCAN_LIKE_SUFFIXES)
+
+
+def _unsupported(paths: list[Path], skip_unsupported: bool) -> None:
+    if not paths:
+        return
+    if not skip_unsupported:
+        raise BrainFLError(
+            f"unsupported scan file {paths[0]} ({len(paths)} such files; convert them, remove them "
+            "or set skip-unreadable=true to skip them)"
+        )
+    for path in paths:
+        LOG.warning("skipping unsupported scan file %s", path)
+
+
+def detect_layout(data_dir: Path) -> str:
+    """:data:`LABELS_CSV`, :data:`KAGGLE_SPLIT` or :data:`CLASS_FOLDERS` (see the module docstring)."""
+    if not data_dir.is_dir():
+        raise BrainFLError(f"data directory not found: {data_dir}")
+    if (data_dir / LABELS_FILE).is_file():
+        return LABELS_CSV
+    if (data_dir / TRAIN_SPLIT).is_dir() or (data_dir / TEST_SPLIT).is_dir():
+        return KAGGLE_SPLIT
+    return CLASS_FOLDERS
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Sorted class names: the visible sub-folders of a folder."""
+    if not folder.is_dir():
+        raise BrainFLError(f"data folder not found: {folder}")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
+    if not classes:
+        raise BrainFLError(f"no class folders in {folder} (expected {folder}/<class>/*.jpg)")
+    return classes
+
+
+def _walk(folder: Path, seen: set[Path]) -> tuple[list[Path], list[Path]]:
+    """(scans the decoder reads, unsupported scan-like files) under ``folder``, at any depth."""
+    real = folder.resolve()
+    if real in seen:  # a symlinked folder loop
+        return [], []
+    seen.add(real)
+    scans: list[Path] = []
+    unsupported: list[Path] = []
+    for path in sorted(folder.iterdir()):
+        if is_hidden(path):
+            continue
+        if path.is_dir():
+            more, odd = _walk(path, seen)
+            scans += more
+            unsupported += odd
+        elif path.is_file():
+            if is_scan_file(path):
+                scans.append(path)
+            elif looks_like_scan(path):
+                unsupported.append(path)
+    return scans, unsupported
+
+
+def folder_patient(relative: PurePosixPath | Path) -> str | None:
+    """Patient of a scan from its path under its class folder: the first folder, if nested."""
+    return relative.parts[0] if len(relative.parts) > 1 else None
+
+
+def list_class_folders(folder: Path, class_names: list[str], skip_unsupported: bool = False) -> list[Entry]:
+    """Every scan under ``folder/<class>/`` for each class, sorted by class then path.
+
+    The groups are the patients (:func:`folder_patient`) where any scan is
+    nested; a scan directly in its class folder is then a patient of its own.
+    Without nesting every group is None.
+    """
+    entries: list[Entry] = []
+    for label, name in enumerate(class_names):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        scans, unsupported = _walk(class_dir, set())
+        _unsupported(unsupported, skip_unsupported)
+        if not scans:
+            raise BrainFLError(f"class folder has no images: {class_dir}")
+        for path in scans:
+            relative = path.relative_to(class_dir)
+            entries.append(Entry(path, label, folder_patient(relative) or f"{name}/{relative.as_posix()}"))
+    if not any(len(entry.path.relative_to(folder).parts) > 2 for entry in entries):
+        entries = [entry._replace(group=None) for entry in entries]
+    return entries
+
+
+def class_folders(folder: Path, class_names: list[str] | None) -> list[str]:
+    """The class folders of ``folder``, checked against ``class_names`` (the label order) if given."""
+    found = find_classes(folder)
+    if class_names is None:
+        return found
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise BrainFLError(
+            f"class folder {folder / unknown[0]} is not one of the classes {', '.join(class_names)}"
+        )
+    return class_names
+
+
+def check_class_folders_layout(data_dir: Path, class_names: list[str] | None) -> list[str]:
+    """:func:`class_folders` of a class-folders dataset: no scans at its root, no split-like folders."""
+    loose = sorted(p for p in data_dir.iterdir() if p.is_file() and not is_hidden(p) and looks_like_scan(p))
+    if loose:
+        raise BrainFLError(
+            f"scan outside a class folder: {loose[0]} (put scans in {data_dir}/<class>/, "
+            f"a {TRAIN_SPLIT}/{TEST_SPLIT} split, or list them in {data_dir / LABELS_FILE})"
+        )
+    names = class_folders(data_dir, class_names)
+    if {name.lower() for name in find_classes(data_dir)} <= SPLIT_LIKE_NAMES:
+        raise BrainFLError(
+            f"the folders of {data_dir} ({', '.join(find_classes(data_dir))}) look like splits, not "
+            f"classes: name them {TRAIN_SPLIT} and {TEST_SPLIT}"
+        )
+    return names
+
+
+def _csv_path(data_dir: Path, text: str, where: str) -> Path:
+    if not text.strip():
+        raise BrainFLError(f"{where}: empty path")
+    relative = PurePosixPath(text.strip().replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise BrainFLError(f"{where}: path '{text}' must be relative to {data_dir}, inside it")
+    path = data_dir / relative
+    if not path.is_file():
+        raise BrainFLError(f"{where}: unknown path '{text}' (no such file in {data_dir})")
+    return path
+
+
+def read_labels_csv(
+    data_dir: Path, class_names: list[str] | None = None, skip_unsupported: bool = False
+) -> tuple[list[Entry], list[str]]:
+    """The scans listed in ``data_dir/labels.csv`` and the class names (sorted labels, or ``class_names``).
+
+    Rows keep the file's order. Without a ``patient`` column the groups are
+    None; a row with an empty patient is a patient of its own.
+    """
+    csv_file = data_dir / LABELS_FILE
+    try:
+        with csv_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip().lower() for name in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BrainFLError(f"cannot read {csv_file}: {error}") from None
+    unknown = [name for name in header if name not in CSV_COLUMNS]
+    if unknown or not {"path", "label"} <= set(header) or len(set(header)) != len(header):
+        raise BrainFLError(f"{csv_file}: header {','.join(header)!r} is not path,label[,patient]")
+    if not rows:
+        raise BrainFLError(f"{csv_file}: no scans listed")
+    parsed: list[tuple[Path, str, str | None]] = []
+    seen: dict[Path, int] = {}
+    unsupported = []
+    for line, row in rows:
+        where = f"{csv_file} line {line}"
+        if len(row) != len(header):
+            raise BrainFLError(f"{where}: {len(row)} columns, the header has {len(header)}")
+        values = dict(zip(header, row, strict=True))
+        path = _csv_path(data_dir, values["path"], where)
+        label = values["label"].strip()
+        if not label:
+            raise BrainFLError(f"{where}: empty label")
+        if path in seen:
+            raise BrainFLError(f"{where}: '{values['path']}' is listed twice (also line {seen[path]})")
+        seen[path] = line
+        if not is_scan_file(path):
+            unsupported.append(path)
+            continue
+        patient = values.get("patient", "").strip() or (f"line {line}" if "patient" in header else None)
+        parsed.append((path, label, patient))
+    _unsupported(unsupported, skip_unsupported)
+    names = class_names if class_names is not None else sorted({label for _, label, _ in parsed})
+    index = {name: i for i, name in enumerate(names)}
+    for path, label, _ in parsed:
+        if label not in index:
+            raise BrainFLError(
+                f"{csv_file} line {seen[path]}: label '{label}' is not one of the classes {', '.join(names)}"
+            )
+    return [Entry(path, index[label], patient) for path, label, patient in parsed], names
+
+
+def split_patient(file: str) -> str | None:
+    """Patient of a ``<split>/<class>/...`` file name (as check-data lists them), if nested."""
+    parts = PurePosixPath(file.replace("\\", "/")).parts
+    return parts[2] if len(parts) > 3 else None

@@ -1,8 +1,0 @@
-"""User-facing error type: one clear line naming the file or setting at fault."""
-
-
-class BrainFLError(Exception):
-    """A mistake in the user's data or settings, reported as a single line.
-
-    Code that catches it prints ``str(error)`` and exits without a traceback.
-    """

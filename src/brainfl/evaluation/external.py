@@ -1,0 +1,290 @@
+"""``brainfl evaluate MODEL DATA``: external validation of a saved model on a labelled folder of scans.
+
+DATA holds one folder of scans per class (``DATA/<class>/*.jpg``), or a
+``DATA/Testing/<class>/`` split, which is then used; the folders must be among
+the model's classes (a class the model does not know is an error naming its
+folder; a model class without a folder is reported and scored as absent).
+Every scan is decoded by the model's own preprocessing
+(:meth:`brainfl.model.files.LoadedModel.preprocess`, as in training) and
+scored by :mod:`brainfl.evaluation.intervals`: each metric with its bootstrap 95%
+interval. The probabilities are scaled by the model's calibrated temperature
+(:meth:`~brainfl.model.files.LoadedModel.probabilities`, as ``brainfl predict``),
+which the output names. The command prints them and writes into ``--output``:
+
+- ``evaluation.csv``: ``metric, class, value, low, high`` (``class`` empty when overall);
+- ``evaluation.json``: the same, with the confusion matrix, the reliability
+  table, the images per class, skipped files, the temperature and the bootstrap settings;
+- ``confusion_matrix.png`` and ``reliability.png``.
+
+An unreadable scan stops the command, naming the file, unless
+``--skip-unreadable``, which leaves it out and lists it. ``--leak-free-only``
+keeps the ``DATA/Testing`` scans with no exact or near copy in ``DATA/Training``
+(:mod:`brainfl.data.duplicates`), for a model trained on that Training split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brainfl.core.errors import BrainFLError
+from brainfl.core.files import write_atomically
+from brainfl.data import layouts
+from brainfl.data.duplicates import leak_free_test_mask
+from brainfl.data.loading import TEST_SPLIT, TRAIN_SPLIT
+from brainfl.evaluation import intervals as uncertainty
+from brainfl.evaluation.figures import plot_confusion_counts, plot_reliability
+from brainfl.inference.predict import predict_scans, temperature_note
+from brainfl.model.files import load_model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from brainfl.evaluation.intervals import Scores
+
+CSV_NAME = "evaluation.csv"
+JSON_NAME = "evaluation.json"
+FIGURE_CONFUSION = "confusion_matrix.png"
+FIGURE_RELIABILITY = "reliability.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A model scored on a labelled folder: what was scored, the probabilities and the scores."""
+
+    model: Path
+    model_name: str
+    data: Path
+    files: list[Path]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    skipped: list[Path]
+    leak_free_only: bool
+    scores: Scores
+    temperature: float = 1.0  # the model's, applied to its probabilities (1: not calibrated)
+
+
+def labelled_scans(data_dir: Path | str, class_names: Sequence[str]) -> tuple[list[Path], np.ndarray]:
+    """The scans of a labelled folder and their labels (indices into ``class_names``).
+
+    The one place that reads DATA's layout, through :mod:`brainfl.data.layouts`: a
+    ``labels.csv``; the ``Testing`` split of a Kaggle-style folder (its
+    ``Training`` split when there is no ``Testing``); or class folders, with
+    scans at any depth. A class the model does not know is an error.
+    """
+    import numpy as np
+
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise BrainFLError(f"data folder not found: {root}")
+    layout = layouts.detect_layout(root)
+    if layout == layouts.LABELS_CSV:
+        entries, names = layouts.read_labels_csv(root)
+        unknown = [name for name in names if name not in class_names]
+        if unknown:
+            raise BrainFLError(
+                f"label '{unknown[0]}' in {root / layouts.LABELS_FILE} is not one of the model's "
+                f"classes ({', '.join(class_names)})"
+            )
+        labels = [list(class_names).index(names[entry.label]) for entry in entries]
+        return [entry.path for entry in entries], np.asarray(labels, dtype=np.int64)
+    split_dir = root
+    if layout == layouts.KAGGLE_SPLIT:
+        split_dir = (
+            root / layouts.TEST_SPLIT if (root / layouts.TEST_SPLIT).is_dir() else root / layouts.TRAIN_SPLIT
+        )
+    unknown = [name for name in layouts.find_classes(split_dir) if name not in class_names]
+    if unknown:
+        raise BrainFLError(
+            f"class folder {split_dir / unknown[0]} is not one of the model's classes "
+            f"({', '.join(class_names)})"
+        )
+    entries = layouts.list_class_folders(split_dir, list(class_names))
+    return [entry.path for entry in entries], np.asarray([entry.label for entry in entries], dtype=np.int64)
+
+
+def leak_free(data_dir: Path, files: Sequence[Path]) -> np.ndarray:
+    """Mask of the ``DATA/Testing`` scans with no exact or near copy in ``DATA/Training``."""
+    root = Path(data_dir).expanduser()
+    if not (root / TRAIN_SPLIT).is_dir() or not (root / TEST_SPLIT).is_dir():
+        raise BrainFLError(f"--leak-free-only needs {root}/{TRAIN_SPLIT} and {root}/{TEST_SPLIT}")
+    return leak_free_test_mask(root, [str(path.relative_to(root)) for path in files])
+
+
+def evaluate_model(
+    model_path: Path | str,
+    data_dir: Path | str,
+    skip_unreadable: bool = False,
+    leak_free_only: bool = False,
+    resamples: int | None = None,
+    seed: int | None = None,
+) -> Evaluation:
+    """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals."""
+    import numpy as np
+
+    loaded = load_model(model_path)
+    data = Path(data_dir).expanduser()
+    files, labels = labelled_scans(data, loaded.class_names)
+    if leak_free_only:
+        mask = leak_free(data, files)
+        if not mask.any():
+            raise BrainFLError(f"--leak-free-only: every scan of {data} has a copy in its Training folder")
+        files, labels = [f for f, keep in zip(files, mask, strict=True) if keep], labels[mask]
+
+    probabilities, unreadable = predict_scans(loaded, files, skip_unreadable)
+    if len(unreadable) == len(files):
+        raise BrainFLError(f"no readable scans in {data}")
+    kept = np.setdiff1d(np.arange(len(files)), unreadable)
+    scores = uncertainty.score_with_intervals(
+        labels[kept],
+        probabilities,
+        loaded.class_names,
+        resamples=uncertainty.RESAMPLES if resamples is None else resamples,
+        seed=uncertainty.SEED if seed is None else seed,
+    )
+    return Evaluation(
+        loaded.path,
+        loaded.model_name,
+        data,
+        [files[i] for i in kept],
+        labels[kept],
+        probabilities,
+        [files[i] for i in unreadable],
+        leak_free_only,
+        scores,
+        loaded.temperature,
+    )
+
+
+def summary(evaluation: Evaluation) -> dict[str, Any]:
+    """Everything ``evaluation.json`` holds: what was scored, then the scores."""
+    return {
+        "model": str(evaluation.model),
+        "model_name": evaluation.model_name,
+        "data": str(evaluation.data),
+        "skipped_unreadable": [str(path) for path in evaluation.skipped],
+        "leak_free_only": evaluation.leak_free_only,
+        "temperature": evaluation.temperature,
+        **evaluation.scores.to_dict(),
+    }
+
+
+def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
+    """Write the CSV, the JSON and both figures into ``output_dir``; the paths written."""
+    scores = evaluation.scores
+    text = json.dumps(summary(evaluation), indent=2, allow_nan=False) + "\n"
+    paths = [output_dir / name for name in (CSV_NAME, JSON_NAME, FIGURE_CONFUSION, FIGURE_RELIABILITY)]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(paths[0], lambda handle: scores.table().to_csv(handle, index=False))
+        write_atomically(paths[1], lambda handle: handle.write(text.encode()))
+        plot_confusion_counts(scores.confusion, scores.class_names, paths[2])
+        plot_reliability(scores.reliability, scores.overall["ece"], paths[3])
+    except OSError as error:
+        raise BrainFLError(f"--output: cannot write {output_dir}: {error.strerror or error}") from None
+    return paths
+
+
+def _cell(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def print_scores(evaluation: Evaluation) -> None:
+    """The metrics and their intervals as a table on the terminal, with what was scored."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    scores = evaluation.scores
+    per_class = scores.confusion.sum(axis=1)
+    counts = ", ".join(f"{n} {c}" for c, n in zip(scores.class_names, per_class, strict=True))
+
+    print(f"{evaluation.model} on {scores.images} scans of {evaluation.data} ({counts})")
+    print(temperature_note(evaluation.temperature))
+    view = Table()
+    for column in ("metric", "class", "value", "95% interval"):
+        view.add_column(column, justify="right" if column in ("value", "95% interval") else "left")
+    for row in scores.table().itertuples(index=False):
+        cells = (row.metric, row[1], _cell(row.value), f"[{_cell(row.low)}, {_cell(row.high)}]")
+        view.add_row(*map(Text, cells))  # Text: brackets are not rich markup
+    console = Console()
+    if not console.is_terminal:  # piped or captured: keep rows whole
+        console = Console(width=200)
+    console.print(view)
+    absent = [c for c, n in zip(scores.class_names, per_class, strict=True) if n == 0]
+    if absent:
+        print(f"no scans of {', '.join(absent)}: their sensitivity and ROC-AUC are n/a")
+    if scores.non_finite:
+        print(
+            f"{scores.non_finite} of {scores.images} scans: the model's outputs are not finite (NaN or inf); "
+            "counted wrong, left out of ROC-AUC and ECE"
+        )
+    print(
+        f"intervals: {scores.confidence:.0%} percentile bootstrap over scans, "
+        f"{scores.resamples} resamples, seed {scores.seed}"
+    )
+
+
+def default_output(model: Path | str, data: Path | str) -> Path:
+    """``./evaluation-<model file stem>-<data folder name>``."""
+    return Path(f"evaluation-{Path(model).stem}-{Path(data).expanduser().resolve().name}")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Handler of ``brainfl evaluate``."""
+    evaluation = evaluate_model(
+        args.model, args.data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed
+    )
+    if evaluation.skipped:
+        print(f"skipped {len(evaluation.skipped)} unreadable files:")
+        for path in evaluation.skipped:
+            print(f"  {path}")
+    print_scores(evaluation)
+    output_dir = Path(args.output).expanduser() if args.output else default_output(args.model, args.data)
+    write_outputs(evaluation, output_dir)
+    print(f"written to {output_dir}: {CSV_NAME}, {JSON_NAME}, {FIGURE_CONFUSION}, {FIGURE_RELIABILITY}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command to the ``brainfl`` parser."""
+    parser = subcommands.add_parser(
+        "evaluate",
+        help="score a saved model on a labelled folder of scans, with 95%% intervals",
+        description="External validation: every metric of a saved model on DATA with its bootstrap "
+        "95%% interval, printed and written as CSV, JSON and figures.",
+    )
+    parser.add_argument("model", type=Path, help="a brainfl model, e.g. final_model.keras")
+    parser.add_argument("data", type=Path, help="labelled scans: DATA/<class>/*.jpg or DATA/Testing/<class>/")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write (default: ./evaluation-MODEL-DATA)",
+    )
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded, and list them"
+    )
+    parser.add_argument(
+        "--leak-free-only",
+        action="store_true",
+        help="score only DATA/Testing scans with no exact or near copy in DATA/Training",
+    )
+    parser.add_argument(
+        "--resamples", type=_positive, default=None, help="bootstrap resamples (default: 1000)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
+    parser.set_defaults(handler=run)
+    return parser

@@ -1,0 +1,289 @@
+"""Flower ClientApp: one hospital site training on, and evaluating, its own scans.
+
+Images never leave the site: a reply carries only model weights and metrics.
+Each message is handled with the site's log file attached
+(``logs/client_<site>.log``); a data problem fails the site's round with a
+one-line reason that also reaches the server log.
+
+One training function serves both of Flower's paths: the Message API's
+train messages, and the legacy ``FitIns`` messages of the SecAgg+ workflow
+(``secagg=true``), where Flower's ``secaggplus_mod`` masks the reply. With
+client-side DP, Flower's clipping mods clip the update before it leaves.
+:func:`client_app_with` builds the same app with extra mods in front (the
+robustness tests and benchmark install a poisoning mod that way).
+A training reply carries the site's image counts per class (its row of the
+run's partition table) next to its metrics, and first scores the received
+model on the site's held-out split: loss, accuracy, balanced accuracy and
+sensitivity per class (of the server's classes, NaN for one the split lacks).
+With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
+(:mod:`brainfl.federation.fedbn`). A query message is the coordinator's setup query
+before round 1, or its calibration or personalization query after the last
+round (its config's ``query`` says which; :mod:`brainfl.federation.personalization`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from brainfl.core.errors import BrainFLError
+from brainfl.core.logs import LOG, log_to_file
+from brainfl.core.timings import MessageTimer
+from brainfl.data.duplicates import has_copy_in, hash_files
+from brainfl.data.sites import SiteData, site_data
+from brainfl.evaluation.metrics import SITE_SENSITIVITY
+from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX
+from brainfl.federation.calibration_query import CALIBRATION, GRID, site_answer
+from brainfl.federation.fedbn import SiteBatchNorm
+from brainfl.federation.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
+from brainfl.federation.flower_compat import recorddict_compat as compat
+from brainfl.federation.personalization import PERSONALIZE, personalize_site
+from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
+from brainfl.federation.site_training import class_counts, local_update, validate
+from brainfl.model.process_cache import model_for, model_inputs
+from brainfl.model.training import predict_proba
+from brainfl.settings.run_settings import RunSettings, settings_from_config
+
+LEGACY_PARAMETERS = "fitins.parameters"
+
+
+def privacy_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's client-side clipping mod for train messages that carry a clipping norm."""
+    config = msg.content.config_records.get("config", {})
+    if msg.metadata.message_type != MessageType.TRAIN or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    adaptive = str(context.run_config.get("dp", "")).endswith("adaptive")
+    return (adaptiveclipping_mod if adaptive else fixedclipping_mod)(msg, context, call_next)
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of the SecAgg+ workflow (others pass through)."""
+    if SECAGG_CONFIGS_KEY in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+STANDARD_MODS = (secure_aggregation_mod, privacy_mods)
+SITE_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s:,;'\"()]+")
+
+
+def redact_paths(text: str) -> str:
+    """Replace each file path in ``text`` by ``<site>/`` and its last component."""
+    return SITE_PATH.sub(lambda match: "<site>/" + re.split(r"[/\\]", match.group().rstrip("/\\"))[-1], text)
+
+
+def site_log_path(context: Context, settings: RunSettings) -> Path:
+    """``<log-dir>/client_<site>.log``: node config ``log-dir``, else the run's output logs."""
+    site = context.node_config.get("partition-id", context.node_id)
+    log_dir = context.node_config.get("log-dir") or (
+        Path(settings.output_dir) / "logs" if settings.output_dir else Path("logs")
+    )
+    return Path(str(log_dir)).expanduser() / f"client_{site}.log"
+
+
+@contextmanager
+def site_session(
+    config: Mapping[str, Any], context: Context, timer: MessageTimer | None = None
+) -> Iterator[tuple[RunSettings, SiteData]]:
+    """Settings and local data for one message (its ``config``), with the site log attached."""
+    settings = settings_from_config(context.run_config)
+    timer = timer or MessageTimer()
+    with log_to_file(site_log_path(context, settings)):
+        try:
+            class_names = tuple(str(config["class-names"]).split(","))
+            with timer.phase("data"):
+                site = site_data(settings, context.node_config, class_names)
+            yield settings, site
+        except BrainFLError as error:
+            site = context.node_config.get("partition-id", context.node_id)
+            LOG.error("site %s: %s", site, error)
+            # The reply reaches the server's log: say what is wrong, not where the site keeps its files.
+            raise BrainFLError(f"site {site}: {redact_paths(str(error))}") from None
+
+
+def train_site(
+    weights: list[np.ndarray], config: Mapping[str, Any], context: Context
+) -> tuple[list[np.ndarray], dict[str, float | int]]:
+    """Score the received ``weights`` (with FedBN, the site's own BatchNorm on top) on this site's
+    validation split, then train them on its training split; return the new weights and the metrics
+    (with each phase's seconds)."""
+    timer = MessageTimer()
+    with site_session(config, context, timer) as (settings, site):
+        with timer.phase("model"):
+            bundle = model_for(settings, site.train.class_names)
+            batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+            bundle.trainable.set_weights(batchnorm.apply(weights))
+        server_round = int(config.get("global-round", config.get("server-round", 0)))
+        with timer.phase("validation"):
+            received = validate(settings, bundle, site)  # every reply has the same metric keys
+        with timer.phase("training"):
+            metrics = local_update(
+                settings,
+                bundle,
+                model_inputs(settings, bundle, site.train),
+                site.train.labels,
+                learning_rate=float(config["learning-rate"]),
+                server_round=server_round,
+                site_id=site.site_id,
+                epochs=int(config.get("local-epochs", settings.local_epochs)),
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+            )
+        LOG.info(
+            "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f; "
+            "the received model's validation %s",
+            site.site_id,
+            server_round,
+            len(site.train),
+            metrics["train_loss"],
+            metrics["train_accuracy"],
+            held_out_summary(received),
+        )
+        LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
+        trained = bundle.trainable.get_weights()
+        batchnorm.keep(trained)
+        return trained, {**metrics, **received, **site_counts(site), **timer.metrics()}
+
+
+def site_counts(site: SiteData) -> dict[str, int]:
+    """The site's id, image counts and training images per class, as sent with every training reply."""
+    counts = class_counts(site.train.labels, len(site.train.class_names))
+    return {
+        "num-examples": len(site.train),
+        "num_train": len(site.train),
+        "num_val": len(site.val),
+        "site-id": site.site_id,
+        **{f"{CLASS_COUNT_PREFIX}{index}": count for index, count in enumerate(counts)},
+    }
+
+
+def train_round(msg: Message, context: Context) -> Message:
+    """Train the received global model on this site's training split."""
+    if LEGACY_PARAMETERS in msg.content.array_records:
+        return train_legacy_round(msg, context)
+    weights, metrics = train_site(msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"], context)
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def train_legacy_round(msg: Message, context: Context) -> Message:
+    """The same training for the legacy workflow's ``FitIns`` (the SecAgg+ path)."""
+    fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    weights, metrics = train_site(parameters_to_ndarrays(fit_ins.parameters), fit_ins.config, context)
+    fit_res = FitRes(
+        status=Status(code=Code.OK, message="ok"),
+        parameters=ndarrays_to_parameters(weights),
+        num_examples=int(metrics["num-examples"]),
+        metrics=metrics,
+    )
+    return Message(content=compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
+
+
+def held_out_summary(metrics: Mapping[str, float]) -> str:
+    """The site's log text of :func:`validate`'s metrics (``nan``: a class its split lacks)."""
+    sensitivity = ", ".join(
+        f"{key.removeprefix(SITE_SENSITIVITY)} {value:.4f}"
+        for key, value in metrics.items()
+        if key.startswith(SITE_SENSITIVITY)
+    )
+    return (
+        f"accuracy {metrics['val_accuracy']:.4f}, balanced accuracy {metrics['val_balanced_accuracy']:.4f}"
+        f" (sensitivity: {sensitivity})"
+    )
+
+
+def evaluate_round(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this site's validation split (``fraction-evaluate`` > 0)."""
+    with site_session(msg.content["config"], context) as (settings, site):
+        bundle = model_for(settings, site.train.class_names)
+        batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+        bundle.trainable.set_weights(batchnorm.apply(msg.content["arrays"].to_numpy_ndarrays()))
+        metrics = validate(settings, bundle, site)
+        LOG.info(
+            "site %d round %s: validation %s",
+            site.site_id,
+            msg.content["config"]["server-round"],
+            held_out_summary(metrics),
+        )
+        evaluated = len(site.val) or len(site.train)
+        reply = MetricRecord({**metrics, "num-examples": evaluated, "site-id": site.site_id})
+    return Message(content=RecordDict({"metrics": reply}), reply_to=msg)
+
+
+def setup_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's setup query: this site's counts and which test images it holds.
+
+    Only indices into the coordinator's test list leave the site, never a hash of its own scans.
+    """
+    with site_session(msg.content["config"], context) as (_settings, site):
+        copies = np.empty(0, dtype=np.int64)
+        if TEST_HASHES in msg.content.array_records:
+            test_hashes = msg.content[TEST_HASHES].to_numpy_ndarrays()[0]
+            own = hash_files(site.folder, [*site.train.files, *site.val.files])
+            copies = np.flatnonzero(has_copy_in(test_hashes, own)).astype(np.int64)
+            LOG.info(
+                "site %d: %d of the coordinator's %d test images have a copy among its %d scans",
+                site.site_id,
+                len(copies),
+                len(test_hashes),
+                len(own),
+            )
+        content = RecordDict({"metrics": MetricRecord(site_counts(site)), TEST_COPIES: ArrayRecord([copies])})
+    return Message(content=content, reply_to=msg)
+
+
+def calibration_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's calibration query: the final model's summed NLL on this site's validation
+    split at each temperature asked, and the split's size (:mod:`brainfl.federation.calibration_query`)."""
+    config = msg.content["config"]
+    with site_session(config, context) as (settings, site):
+        probabilities = np.empty((0, len(site.val.class_names)), dtype=np.float32)
+        if len(site.val):  # (never the training images: the model fitted them, too confidently)
+            bundle = model_for(settings, site.train.class_names)
+            bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+            probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, site.val))
+        answer = site_answer(site.site_id, site.val.labels, probabilities, list(config[GRID]))
+    return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
+
+
+def personalization_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's personalization query: fine-tune the final model here, save it here, and
+    reply with its held-out scores before and after (:mod:`brainfl.federation.personalization`)."""
+    config = msg.content["config"]
+    with site_session(config, context) as (settings, site):
+        weights = msg.content["arrays"].to_numpy_ndarrays()
+        answer = personalize_site(settings, site, weights, config, context)
+    return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
+
+
+QUERIES = {SETUP: setup_round, CALIBRATION: calibration_round, PERSONALIZE: personalization_round}
+
+
+def query_round(msg: Message, context: Context) -> Message:
+    """The coordinator's queries: ``setup`` before round 1, ``calibration`` and ``personalize`` after."""
+    asked = str(msg.content["config"].get(QUERY, SETUP))
+    if asked not in QUERIES:
+        raise BrainFLError(f"unknown query '{asked}' (this site answers: {', '.join(QUERIES)})")
+    return QUERIES[asked](msg, context)
+
+
+def client_app_with(*extra_mods) -> ClientApp:
+    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods."""
+    client_app = ClientApp(mods=[*extra_mods, *STANDARD_MODS])
+    client_app.train()(train_round)
+    client_app.evaluate()(evaluate_round)
+    client_app.query()(query_round)
+    return client_app
+
+
+app = client_app_with()

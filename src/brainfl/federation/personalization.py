@@ -1,0 +1,247 @@
+"""After the last round: each site's own copy of the final model, fine-tuned, saved and scored at the site.
+
+With ``fine-tune-epochs`` > 0 or ``fedbn=true`` the coordinator sends every
+connected SuperNode one query message (``config["query"] = "personalize"``,
+:data:`PERSONALIZE`) with the final global weights (after calibration), the
+class names, ``fine-tune-learning-rate`` and ``fine-tune-epochs``. The site
+(:func:`personalize_site`)
+
+1. scores the global model as received (``final_model.keras``'s weights) on its
+   held-out split (:func:`brainfl.federation.site_training.validate`);
+2. with FedBN, puts its own BatchNorm arrays on top (:mod:`brainfl.federation.fedbn`) and,
+   when it also fine-tunes, scores that model too (stage ``site_bn``);
+3. fine-tunes it for ``fine-tune-epochs`` epochs on its own training images
+   with :func:`brainfl.federation.site_training.local_update` at ``fine-tune-learning-rate``
+   (default a tenth of the first round's: enough to adapt to the site's own
+   scanner and class mix, while the last round's, at the end of the cosine
+   schedule, would change little but the BatchNorm statistics), then precise
+   BN from its own images;
+4. scores it again (stage ``personalized``), saves it as a brainfl model file
+   at the site (:func:`personalized_model_path`; no temperature: the global
+   model's does not describe the fine-tuned one) and answers with numbers
+   only: its held-out and training image counts and each stage's held-out
+   loss, accuracy, balanced accuracy and sensitivity per class.
+
+A site without a validation split fine-tunes and saves its model but answers
+0 held-out images and no scores (its training images would flatter the model
+fine-tuned on them). The coordinator writes ``personalization.csv`` (one row
+per site: each stage's scores and the gain, personalized minus global) and
+logs one line; the report shows the table. The fine-tuned models and their
+training never leave the sites. With ``dp`` the answers, like the held-out
+scores every train reply carries, are not covered by the DP accounting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from brainfl.core.logs import LOG
+from brainfl.data.sites import SiteData
+from brainfl.evaluation.metrics import held_out_keys
+from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
+from brainfl.federation.fedbn import SiteBatchNorm
+from brainfl.federation.setup import QUERY, query_sites
+from brainfl.federation.site_training import local_update, validate
+from brainfl.model.files import ModelWriter, model_metadata
+from brainfl.model.process_cache import model_for, model_inputs
+from brainfl.report.results import PERSONALIZATION_CSV, CsvAppender
+from brainfl.settings.run_settings import RunSettings
+
+PERSONALIZE = "personalize"  # the query config's QUERY value of this query
+EPOCHS = "fine-tune-epochs"  # the query's epochs of fine-tuning
+PERSONALIZED_MODEL = "personalized_model.keras"
+GLOBAL, SITE_BN, PERSONALIZED, GAIN = "global", "site_bn", "personalized", "gain"
+COUNTS = ("held_out_images", "num_train", "fine_tune_epochs")
+
+
+def enabled(settings: RunSettings) -> bool:
+    """Whether the run asks the sites for their personalized models (fine-tuning or FedBN)."""
+    return settings.fine_tune_epochs > 0 or settings.fedbn
+
+
+def stages(fedbn: bool, epochs: int) -> tuple[str, ...]:
+    """The models a site scores: the global one as received; with FedBN and fine-tuning, the global one
+    with the site's own BatchNorm; the one it saves."""
+    return (GLOBAL, *((SITE_BN,) if fedbn and epochs else ()), PERSONALIZED)
+
+
+def score_names(class_names: Sequence[str]) -> list[str]:
+    """``loss``, ``accuracy``, ``balanced_accuracy`` and ``sensitivity_<class>`` per class."""
+    return [key.removeprefix("val_") for key in held_out_keys(class_names)]
+
+
+def personalization_header(chosen: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Columns of ``personalization.csv``: the site, its counts, then per score each stage and the gain."""
+    scores = [
+        column
+        for name in names
+        for column in (
+            *(f"{stage}_{name}" for stage in chosen),
+            *([f"{GAIN}_{name}"] if name != "loss" else []),
+        )
+    ]
+    return ["site", *COUNTS, *scores]
+
+
+def personalized_model_path(context: Context, settings: RunSettings) -> Path:
+    """Where a site saves its personalized model: ``<node config output-dir>/run-<run id>/``, else
+    ``<output-dir>/sites/site_<n>/`` (all sites on the coordinator's machine, as in simulation), else
+    ``sites/site_<n>/`` in the working folder."""
+    own = str(context.node_config.get("output-dir", "") or "")
+    if own:
+        return Path(own).expanduser() / f"run-{context.run_id}" / PERSONALIZED_MODEL
+    site = context.node_config.get("partition-id", context.node_id)
+    base = Path(settings.output_dir).expanduser() if settings.output_dir else Path()
+    return base / "sites" / f"site_{site}" / PERSONALIZED_MODEL
+
+
+def personalization_query(
+    weights: list[np.ndarray], class_names: Sequence[str], settings: RunSettings
+) -> RecordDict:
+    """What every site gets: the final weights, the class names, the learning rate and the epochs."""
+    last = settings.num_server_rounds
+    config = {
+        QUERY: PERSONALIZE,
+        "class-names": ",".join(class_names),
+        "learning-rate": settings.fine_tune_learning_rate,
+        "global-round": last,
+        EPOCHS: settings.fine_tune_epochs,
+    }
+    return RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
+
+
+def personalize_site(
+    settings: RunSettings,
+    site: SiteData,
+    weights: list[np.ndarray],
+    config: Mapping[str, Any],
+    context: Context,
+) -> MetricRecord:
+    """Score, fine-tune, score again and save the site's model (see the module docstring); the answer."""
+    bundle = model_for(settings, site.train.class_names)
+    epochs = int(config.get(EPOCHS, settings.fine_tune_epochs))
+    chosen = stages(settings.fedbn, epochs)
+
+    def held_out() -> dict[str, float]:
+        if not len(site.val):
+            return dict.fromkeys(held_out_keys(site.val.class_names), math.nan)
+        return validate(settings, bundle, site)
+
+    bundle.trainable.set_weights(weights)
+    scores = {GLOBAL: held_out()}
+    batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+    bundle.trainable.set_weights(batchnorm.apply(weights))
+    if SITE_BN in chosen:
+        scores[SITE_BN] = held_out()
+    if epochs:
+        local_update(
+            settings,
+            bundle,
+            model_inputs(settings, bundle, site.train),
+            site.train.labels,
+            learning_rate=float(config["learning-rate"]),
+            server_round=int(config["global-round"]) + 1,
+            site_id=site.site_id,
+            epochs=epochs,
+        )
+    scores[PERSONALIZED] = held_out()
+    path = personalized_model_path(context, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names, fedbn = site.train.class_names, settings.fedbn
+    metadata = model_metadata(
+        settings.model, names, settings.image_size, settings.channels, site=site.site_id, fedbn=fedbn
+    )
+    ModelWriter(bundle, {**metadata, "fine_tune_epochs": epochs}).write(path, bundle.trainable.get_weights())
+    LOG.info(
+        "site %d personalization: %d fine-tuning epochs on %d images; held-out balanced accuracy %s; "
+        "saved %s",
+        site.site_id,
+        epochs,
+        len(site.train),
+        " -> ".join(f"{stage} {scores[stage]['val_balanced_accuracy']:.4f}" for stage in chosen),
+        path,
+    )
+    counts = {"site-id": site.site_id, NUM_EXAMPLES: len(site.val), "num_train": len(site.train)}
+    answer = {
+        f"{stage}_{key.removeprefix('val_')}": float(v)
+        for stage in chosen
+        for key, v in scores[stage].items()
+    }
+    return MetricRecord({**counts, "fine_tune_epochs": epochs, **answer})
+
+
+def site_row(reply: Message, chosen: Sequence[str], names: Sequence[str]) -> dict[str, Any] | None:
+    """A site's row of ``personalization.csv`` from its answer (None, with a warning, when it is not
+    the numbers asked for)."""
+    metrics = reply.content["metrics"]
+    keys = [f"{stage}_{name}" for stage in chosen for name in names]
+    missing = [key for key in (*keys, NUM_EXAMPLES) if not isinstance(metrics.get(key), int | float)]
+    if missing:
+        LOG.warning(
+            "personalization: dropped site %d's answer (no number for %s)", site_of(reply), missing[0]
+        )
+        return None
+    row: dict[str, Any] = {key: float(metrics[key]) for key in keys}
+    row.update({f"{GAIN}_{name}": row[f"{PERSONALIZED}_{name}"] - row[f"{GLOBAL}_{name}"] for name in names})
+    counts = {
+        "site": site_of(reply),
+        "held_out_images": int(metrics[NUM_EXAMPLES]),
+        "num_train": int(metrics.get("num_train", 0)),
+        "fine_tune_epochs": int(metrics.get("fine_tune_epochs", 0)),
+    }
+    return {**counts, **row}
+
+
+def personalize(
+    grid: Grid,
+    settings: RunSettings,
+    weights: list[np.ndarray],
+    class_names: Sequence[str],
+    output_dir: Path,
+) -> list[dict[str, Any]]:
+    """Ask every site for its personalized model's scores (see the module docstring); write
+    ``personalization.csv``. Returns its rows (none when the run does not personalize)."""
+    (output_dir / PERSONALIZATION_CSV).unlink(missing_ok=True)  # an earlier run's, in a reused folder
+    if not enabled(settings):
+        return []
+    content = personalization_query(weights, class_names, settings)
+    replies = query_sites(grid, content, grid.get_node_ids(), settings.round_timeout, "personalization")
+    chosen, names = stages(settings.fedbn, settings.fine_tune_epochs), score_names(class_names)
+    rows = sorted(
+        (row for reply in replies if (row := site_row(reply, chosen, names)) is not None),
+        key=lambda row: row["site"],
+    )
+    if not rows:
+        LOG.warning("personalization: no site answered the personalization query")
+        return []
+    appender = CsvAppender(output_dir / PERSONALIZATION_CSV, personalization_header(chosen, names))
+    for row in rows:
+        appender.append(row)
+    LOG.info("%s", summary(rows))
+    return rows
+
+
+def summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The log line: the sites' held-out balanced accuracy, global against personalized, and the gain."""
+    scored = [row for row in rows if row["held_out_images"] > 0]
+    text = f"personalization: {len(rows)} sites saved their personalized models"
+    if not scored:
+        return text + "; none has a validation split to score them on"
+    gains = [row[f"{GAIN}_balanced_accuracy"] for row in scored]
+    worst = min(scored, key=lambda row: row[f"{GAIN}_balanced_accuracy"])
+    means = {
+        stage: float(np.nanmean([row[f"{stage}_balanced_accuracy"] for row in scored]))
+        for stage in (GLOBAL, PERSONALIZED)
+    }
+    return (
+        f"{text}; held-out balanced accuracy, mean over {len(scored)} sites: global {means[GLOBAL]:.4f}"
+        f" -> personalized {means[PERSONALIZED]:.4f} (gain {float(np.nanmean(gains)):+.4f}; "
+        f"worst site {worst['site']} {worst[f'{GAIN}_balanced_accuracy']:+.4f})"
+    )

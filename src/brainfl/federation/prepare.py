@@ -1,0 +1,116 @@
+"""``brainfl prepare``: check a run's settings and data before any Flower process starts (run.sh calls it).
+
+It decodes and caches the images so that the sites and the server start
+training at once, prints the layout found and the sites' sizes, and writes
+the checked run config for ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from brainfl.core.errors import BrainFLError
+from brainfl.core.files import write_atomically
+from brainfl.data.central import CentralData, central_data
+from brainfl.data.partitioning import partition_indices
+from brainfl.data.sites import describe_layout, load_run_dataset, site_data
+from brainfl.model.process_cache import check_vgg_weights
+from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
+from brainfl.settings.run_settings import RunSettings, default_run_config
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Validate settings and data, decode and cache the images, check the partitions.
+
+    Prints the settings that differ from the defaults, the data folder's layout
+    and what the data gives: images, classes, test images and site sizes.
+    """
+    settings = settings_from_args(args.app_dir, args.run_config)
+    if args.await_all_sites:
+        settings = dataclasses.replace(settings, wait_for_sites=settings.num_partitions)
+    defaults = default_run_config(args.app_dir)
+    changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
+    print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
+    check_vgg_weights(settings)
+    central = central_data(settings)
+    print(describe_central(central))
+    if args.site_data_dir:
+        check_site_folders(settings, args.site_data_dir, central.class_names)
+    else:
+        check_partitions(settings)
+    if args.write_run_config:
+        text = to_toml(settings.to_config())
+        try:
+            write_atomically(Path(args.write_run_config), lambda handle: handle.write(text.encode()))
+        except OSError as error:
+            raise BrainFLError(
+                f"--write-run-config: cannot write {args.write_run_config} ({error.strerror or error})"
+            ) from None
+
+
+def check_partitions(settings: RunSettings) -> None:
+    """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
+    dataset = load_run_dataset(settings)
+    print(describe_layout(dataset, settings.test_fraction))
+    train = dataset.train
+    parts = partition_indices(
+        train.labels,
+        settings.num_partitions,
+        settings.partitioning,
+        settings.dirichlet_alpha,
+        settings.seed,
+        train.groups,
+    )
+    print(
+        f"data ok: {len(train)} training images in {len(train.class_names)} classes "
+        f"({', '.join(train.class_names)}), {len(dataset.test)} test images; "
+        f"{len(parts)} sites of {min(map(len, parts))}-{max(map(len, parts))} images"
+    )
+
+
+def describe_central(central: CentralData) -> str:
+    """One line on what the coordinator evaluates on."""
+    classes = ", ".join(central.class_names)
+    if central.test is None:
+        return f"coordinator: no central test set (test-dir=none); classes {classes}"
+    kind = "its test folder or Testing split" if central.official else "a hold-out of data-dir"
+    return f"coordinator: {len(central.test)} test images ({kind}, {central.root}); classes {classes}"
+
+
+def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:
+    """Load each site's own folder as its SuperNode will (layout, formats, split), caching the images."""
+    if site_dirs and len(site_dirs) != settings.num_partitions:
+        raise BrainFLError(
+            f"--site-data-dir: {len(site_dirs)} folders for {settings.num_partitions} sites (num-partitions)"
+        )
+    for site_id, site_dir in enumerate(site_dirs):
+        site = site_data(settings, {"partition-id": site_id, "data-dir": site_dir}, class_names)
+        print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``prepare`` sub-command."""
+    prep = subcommands.add_parser("prepare", help="validate settings and data, and cache decoded images")
+    add_settings_arguments(prep)
+    prep.add_argument(
+        "--write-run-config",
+        metavar="FILE",
+        help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
+    )
+    prep.add_argument(
+        "--site-data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a site's own data folder (once per site, in site order): loaded and cached as the site will",
+    )
+    prep.add_argument(
+        "--await-all-sites",
+        action="store_true",
+        help="set wait-for-sites to num-partitions: round 1 waits for every site (run.sh)",
+    )
+    prep.set_defaults(handler=prepare)
+    return prep

@@ -1,0 +1,74 @@
+"""One site's local update: the training step every engine, baseline and benchmark shares.
+
+:func:`local_update` trains a model's weights on a site's images for the
+round's local epochs (AdamW, the round's learning rate, optional proximal
+term and balanced-softmax prior) and then sets its BatchNorm statistics from
+the site's own un-augmented images (precise BN). The ClientApp, the
+centralized baseline (one "site" holding all the data) and the benchmarks'
+one-process federations call it, so they train exactly alike. :func:`validate`
+is a site's score of a model on its held-out split (the sites' replies, the
+personalization query and the local-only baseline).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainfl.data.sites import SiteData
+from brainfl.evaluation.metrics import held_out_metrics
+from brainfl.model.architectures import ModelBundle
+from brainfl.model.batch_norm import recalibrate_batchnorm
+from brainfl.model.process_cache import model_inputs
+from brainfl.model.training import predict_proba, site_class_prior, train
+from brainfl.settings.run_settings import RunSettings
+
+
+def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
+    """The shuffling/augmentation seed of one site in one round (differs per site and round)."""
+    return settings.seed + 1000 * server_round + max(site_id, 0)
+
+
+def local_update(
+    settings: RunSettings,
+    bundle: ModelBundle,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    learning_rate: float,
+    server_round: int,
+    site_id: int = 0,
+    epochs: int | None = None,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Train ``bundle.trainable`` in place on ``inputs``/``labels``; return the training metrics."""
+    num_classes = bundle.trainable.output_shape[-1]
+    metrics = train(
+        bundle.trainable,
+        inputs,
+        labels,
+        epochs=settings.local_epochs if epochs is None else epochs,
+        batch_size=settings.batch_size,
+        learning_rate=learning_rate,
+        weight_decay=settings.weight_decay,
+        label_smoothing=settings.label_smoothing,
+        seed=update_seed(settings, server_round, site_id),
+        proximal_mu=proximal_mu,
+        class_prior=site_class_prior(labels, num_classes) if settings.balanced_softmax else None,
+    )
+    recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)
+    return metrics
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """How many images of each class a site holds (its row of the partition table)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes].tolist()
+
+
+def validate(settings: RunSettings, bundle: ModelBundle, site: SiteData) -> dict[str, float]:
+    """The model's ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and
+    ``val_sensitivity_<class>`` on the site's held-out split (training images where it has none);
+    the classes are the server's, so every site replies with the same keys (NaN: a class the split
+    lacks)."""
+    held_out = site.val if len(site.val) else site.train
+    probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
+    return held_out_metrics(held_out.labels, probabilities, held_out.class_names)

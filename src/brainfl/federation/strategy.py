@@ -1,0 +1,153 @@
+"""The strategies a run can use: the project's FedAvg and Flower's others, by the ``strategy`` setting.
+
+:class:`BrainFedAvg` is the project's FedAvg (weights averaged by each site's
+example count); :func:`build_strategy` gives the one named by the
+``strategy`` setting (FedProx, FedAdam, FedYogi, FedAvgM, Krum, Multi-Krum,
+trimmed mean, median: Flower's implementations) with the bookkeeping of
+:class:`brainfl.federation.bookkeeping.SiteBookkeeping`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
+
+from brainfl.federation.bookkeeping import (
+    NUM_EXAMPLES,
+    ReportSink,
+    SiteBookkeeping,
+    SiteReport,
+    example_weighted_average,
+    round_settings,
+    weighted_average,
+)
+from brainfl.settings.run_settings import RunSettings
+
+__all__ = ["NUM_EXAMPLES", "SiteReport", "build_strategy", "round_settings", "weighted_average"]
+
+
+class BrainFedAvg(SiteBookkeeping, FedAvg):
+    """The project's FedAvg: sites' weights averaged by their example counts.
+
+    With ``uniform=True`` every site weighs the same, as differential-privacy
+    accounting assumes (the noise is calibrated to an average of equals).
+    """
+
+    def __init__(self, *, uniform: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.uniform = uniform
+
+    def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """Average by example count (or uniformly)."""
+        return ArrayRecord(example_weighted_average(replies, self.arrayrecord_key, self.uniform))
+
+
+class BrainFedProx(SiteBookkeeping, FedProx):
+    """Flower's FedProx (sends ``proximal-mu``; sites add the proximal term to their loss)."""
+
+
+class BrainFedAdam(SiteBookkeeping, FedAdam):
+    """Flower's FedAdam: Adam on the server over the averaged update."""
+
+    server_step = True
+
+
+class BrainFedYogi(SiteBookkeeping, FedYogi):
+    """Flower's FedYogi: Yogi on the server over the averaged update."""
+
+    server_step = True
+
+
+class BrainFedAvgM(SiteBookkeeping, FedAvgM):
+    """Flower's FedAvgM: server-side momentum."""
+
+    server_step = True
+
+
+class BrainKrum(SiteBookkeeping, Krum):
+    """Flower's Krum: keeps the one update closest to its neighbours."""
+
+
+class BrainMultiKrum(SiteBookkeeping, MultiKrum):
+    """Flower's Multi-Krum: averages the updates Krum ranks best."""
+
+
+class BrainTrimmedMean(SiteBookkeeping, FedTrimmedAvg):
+    """Flower's FedTrimmedAvg: per coordinate, the mean without the extremes."""
+
+
+class BrainMedian(SiteBookkeeping, FedMedian):
+    """Flower's FedMedian: per-coordinate median."""
+
+
+# Default server learning rates where the setting is 0 (FedAdam's own 0.1 is far too large
+# for a CNN trained from scratch; 0.01 is FedYogi's default and what adaptive FL papers use).
+SERVER_LEARNING_RATES = {"fedadam": 0.01, "fedyogi": 0.01, "fedavgm": 1.0}
+
+
+def strategy_options(settings: RunSettings, num_sites: int) -> tuple[type[SiteBookkeeping], dict]:
+    """The class and the strategy-specific arguments for ``settings.strategy``."""
+    server_lr = settings.server_learning_rate or SERVER_LEARNING_RATES.get(settings.strategy, 1.0)
+    byzantine = settings.byzantine_sites
+    return {
+        "fedavg": (BrainFedAvg, {"uniform": settings.dp != "none"}),
+        "fedprox": (BrainFedProx, {"proximal_mu": settings.proximal_mu}),
+        "fedadam": (BrainFedAdam, {"eta": server_lr}),
+        "fedyogi": (BrainFedYogi, {"eta": server_lr}),
+        "fedavgm": (
+            BrainFedAvgM,
+            {"server_learning_rate": server_lr, "server_momentum": settings.server_momentum},
+        ),
+        "krum": (BrainKrum, {"num_malicious_nodes": byzantine}),
+        "multikrum": (
+            BrainMultiKrum,
+            {"num_malicious_nodes": byzantine, "num_nodes_to_select": max(1, num_sites - byzantine)},
+        ),
+        "trimmed-mean": (BrainTrimmedMean, {"beta": settings.trim_beta}),
+        "median": (BrainMedian, {}),
+    }[settings.strategy]
+
+
+def build_strategy(
+    settings: RunSettings,
+    class_names: Sequence[str],
+    learning_rate_for_round: Callable[[int], float],
+    *,
+    num_sites: int,
+    report: ReportSink | None = None,
+    round_offset: int = 0,
+    statistics_mask: Sequence[bool] = (),
+) -> SiteBookkeeping:
+    """The strategy named by ``settings.strategy``, with the run's sampling and waiting settings.
+
+    ``num_sites`` is the number of sites that joined (Multi-Krum keeps all but
+    ``byzantine-sites`` of them); ``statistics_mask`` marks the model's arrays that
+    are statistics, not trained weights (BatchNorm moving mean and variance);
+    ``report`` receives each stage's :class:`SiteReport`.
+    """
+    strategy_class, options = strategy_options(settings, num_sites)
+    return strategy_class(
+        learning_rate_for_round=learning_rate_for_round,
+        class_names=class_names,
+        report=report,
+        round_offset=round_offset,
+        statistics_mask=statistics_mask,
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=settings.min_sites,
+        min_evaluate_nodes=settings.min_sites if settings.fraction_evaluate else 0,
+        min_available_nodes=settings.min_sites,
+        **options,
+    )

@@ -1,0 +1,1 @@
+"""A saved model applied to scans: ``brainfl predict`` and Grad-CAM heat maps."""

@@ -1,0 +1,212 @@
+"""``brainfl predict``: classify MRI scans with a saved brainfl model.
+
+The model file carries its class names and its input preprocessing (image
+size and channels, see :mod:`brainfl.model.files`). Each image,
+of any size, grayscale or RGB, is decoded exactly as in training with
+:func:`brainfl.data.loading.decode_image`. Predictions are named by class;
+``--gradcam`` also writes a Grad-CAM overlay of the predicted class per image.
+The probabilities are scaled by the temperature the model file records
+(:meth:`brainfl.model.files.LoadedModel.probabilities`; 1 without one), which
+changes confidence, never the class.
+Classes are read from the probabilities by :func:`brainfl.model.outputs.predicted_classes`,
+so an image whose model outputs are not finite (a broken model) is predicted
+as ``invalid``, never as a class, and gets no overlay.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from brainfl.core.errors import BrainFLError
+from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
+from brainfl.inference.gradcam import gradcam_names, write_gradcams
+from brainfl.model.files import LoadedModel, load_model
+from brainfl.model.outputs import predicted_classes
+
+FILE_COLUMN = "file"
+PREDICTED_COLUMN = "predicted_class"
+GRADCAM_COLUMN = "gradcam"
+# predicted_class of an image whose model outputs are not finite (NaN or inf): no class
+INVALID = "invalid"
+BATCH_SIZE = 32
+DECODE_CHUNK = 256  # scans decoded at a time (bounded memory for large folders)
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_images(paths: Iterable[Path | str]) -> list[Path]:
+    """The files named, and the image files under the folders named (recursively, hidden skipped)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            images = sorted(
+                p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path) and is_scan_file(p)
+            )
+            if not images:
+                suffixes = ", ".join(sorted(SCAN_SUFFIXES))
+                raise BrainFLError(f"no image files ({suffixes}, or DICOM) in folder {path}")
+            found.extend(images)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BrainFLError(f"image file or folder not found: {path}")
+    if not found:
+        raise BrainFLError("no images given")
+    return found
+
+
+def predict_scans(loaded: LoadedModel, files: Sequence[Path], skip_unreadable: bool) -> tuple[Any, list[int]]:
+    """Probabilities (N x classes, scaled by the model's temperature) of the readable scans; indices of
+    the unreadable ones (if skipped)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    parts, skipped = [], []
+    for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="predicting", disable=None, leave=False):
+        inputs = []
+        for index in range(start, min(start + DECODE_CHUNK, len(files))):
+            try:
+                inputs.append(loaded.preprocess(files[index]))
+            except BrainFLError as error:
+                if not skip_unreadable:
+                    raise BrainFLError(f"{error} (use --skip-unreadable to leave such files out)") from None
+                skipped.append(index)
+        if inputs:
+            parts.append(loaded.probabilities(np.stack(inputs), batch_size=BATCH_SIZE))
+    empty = np.empty((0, len(loaded.class_names)), dtype=np.float32)
+    return np.concatenate(parts) if parts else empty, skipped
+
+
+def predict_files(
+    model_path: Path | str,
+    paths: Iterable[Path | str],
+    gradcam_dir: Path | str | None = None,
+    skip_unreadable: bool = False,
+):
+    """Predict every image of ``paths`` (files or folders) with the model at ``model_path``.
+
+    Returns a pandas DataFrame: ``file``, ``predicted_class`` and one
+    probability column per class name (rows sum to 1; scaled by the model's temperature,
+    ``table.attrs["temperature"]``, which never changes the predicted class); with ``gradcam_dir``,
+    also ``gradcam``, the overlay written for the predicted class. An image
+    whose outputs are not finite has ``predicted_class`` ``invalid`` (:data:`INVALID`),
+    its probabilities as the model gave them (NaN) and no overlay (``gradcam`` empty).
+    An unreadable file fails the call unless ``skip_unreadable``, which leaves it out;
+    ``table.attrs["skipped"]`` lists those.
+    """
+    import numpy as np
+    import pandas as pd
+
+    loaded = load_model(model_path)
+    found = find_images(paths)
+    probabilities, unreadable = predict_scans(loaded, found, skip_unreadable)
+    files = [path for index, path in enumerate(found) if index not in set(unreadable)]
+    predicted = predicted_classes(probabilities)
+    table = pd.DataFrame(
+        {
+            FILE_COLUMN: [str(path) for path in files],
+            PREDICTED_COLUMN: [loaded.class_names[i] if i >= 0 else INVALID for i in predicted],
+            **{name: probabilities[:, i].astype(float) for i, name in enumerate(loaded.class_names)},
+        }
+    )
+    table.attrs["class_names"] = list(loaded.class_names)
+    table.attrs["temperature"] = loaded.temperature
+    table.attrs["skipped"] = [str(found[index]) for index in unreadable]
+    if gradcam_dir is not None:
+        valid = np.flatnonzero(predicted >= 0)
+        names = gradcam_names(files)  # numbered over all files, whichever get an overlay
+        written = write_gradcams(
+            loaded,
+            [files[i] for i in valid],
+            np.stack([loaded.preprocess(files[i]) for i in valid]) if len(valid) else np.empty((0,)),
+            predicted[valid],
+            Path(gradcam_dir),
+            [names[i] for i in valid],
+        )
+        cams = [""] * len(files)
+        for i, path in zip(valid, written, strict=True):
+            cams[i] = str(path)
+        table[GRADCAM_COLUMN] = cams
+    return table
+
+
+def print_table(table, class_names: Sequence[str]) -> None:
+    """The predictions as a table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_lines=False)
+    view.add_column(FILE_COLUMN, overflow="fold")
+    view.add_column("class")
+    for name in class_names:
+        view.add_column(name, justify="right")
+    for row in table.to_dict("records"):
+        view.add_row(
+            str(row[FILE_COLUMN]),
+            str(row[PREDICTED_COLUMN]),
+            *(f"{row[name]:.3f}" for name in class_names),
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: no terminal width to fit, keep rows whole
+        console = Console(width=10_000)
+    console.print(view)
+
+
+def temperature_note(temperature: float) -> str:
+    """The line saying which temperature scaled the probabilities (``predict`` and ``evaluate``)."""
+    if temperature == 1.0:
+        return "probabilities as the model computes them (temperature 1: the model file records no other)"
+    return (
+        f"probabilities scaled by the model's calibrated temperature T={temperature:.3f}: softmax(log p / T)"
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Handler of ``brainfl predict``."""
+    table = predict_files(args.model, args.paths, args.gradcam, args.skip_unreadable)
+    for skipped in table.attrs["skipped"]:
+        print(f"skipped unreadable file: {skipped}")
+    print_table(table, table.attrs["class_names"])
+    print(temperature_note(table.attrs["temperature"]))
+    invalid = int((table[PREDICTED_COLUMN] == INVALID).sum())
+    if invalid:
+        print(
+            f"{invalid} of {len(table)} images: the model's outputs are not finite (NaN or inf), "
+            f"no class is predicted ('{INVALID}'): the model is broken"
+        )
+    if args.csv is not None:
+        csv_path = Path(args.csv).expanduser()
+        try:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(csv_path, index=False)
+        except OSError as error:
+            raise BrainFLError(f"--csv: cannot write {csv_path}: {error.strerror}") from None
+        print(f"predictions written to {csv_path}")
+    if args.gradcam is not None:
+        print(f"Grad-CAM overlays written to {Path(args.gradcam).expanduser()}")
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``predict`` sub-command to the ``brainfl`` parser."""
+    parser = subcommands.add_parser(
+        "predict",
+        help="classify MRI images with a saved model",
+        description="Print the class and the probability of each class for every image.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    parser.add_argument("--model", required=True, type=Path, help="a brainfl model, e.g. final_model.keras")
+    parser.add_argument("--csv", type=Path, default=None, help="also save the predictions to this CSV file")
+    parser.add_argument(
+        "--gradcam", type=Path, default=None, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR"
+    )
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded; list them"
+    )
+    parser.set_defaults(handler=run)
+    return parser

@@ -1,0 +1,215 @@
+"""Keras models: a compact CNN trained from scratch and a VGG-16 transfer model.
+
+Every model takes raw pixel values (0-255, uint8 cast to float) and does its
+own normalization, so the preprocessing travels inside the saved model. A
+:class:`ModelBundle` separates what federated learning trains and exchanges
+(``trainable``) from a frozen ``extractor`` whose outputs can be computed once
+and cached (the VGG-16 base); ``inference_model()`` joins them for saving and
+prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from brainfl.core.errors import BrainFLError
+
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class VGGPreprocess(keras.layers.Layer):
+    """Caffe-style VGG input: RGB 0-255 to BGR minus the ImageNet mean."""
+
+    def call(self, inputs):
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(VGG_MEAN_BGR, dtype=inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class PerImageStandardization(keras.layers.Layer):
+    """Scale each image to zero mean and unit variance (robust to scanner contrast)."""
+
+    def call(self, inputs):
+        mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(inputs, axis=(1, 2, 3), keepdims=True)
+        return (inputs - mean) / (std + 1.0)
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class RandomGamma(keras.layers.Layer):
+    """Training-only gamma change of raw 0-255 pixels: ``255 * (x / 255) ** g``, ``g`` log-uniform per image.
+
+    Scanners and exports differ in contrast curve, not only in scale (which
+    :class:`PerImageStandardization` removes); ``g`` is drawn from
+    ``[1 / factor, factor]``.
+    """
+
+    def __init__(self, factor: float = 1.5, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training: bool = False):
+        if not training:
+            return inputs
+        spread = float(np.log(self.factor))
+        shape = (keras.ops.shape(inputs)[0], 1, 1, 1)
+        exponent = keras.ops.exp(
+            keras.random.uniform(shape, -spread, spread, dtype=inputs.dtype, seed=self.seed_generator)
+        )
+        return 255.0 * keras.ops.power(keras.ops.clip(inputs / 255.0, 0.0, 1.0), exponent)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """A model split into a frozen feature ``extractor`` (or None) and the ``trainable`` part."""
+
+    name: str
+    trainable: keras.Model
+    extractor: keras.Model | None = None
+    class_names: tuple[str, ...] = ()
+
+    def inference_model(self) -> keras.Model:
+        """The whole model from image to class probabilities (shares layers)."""
+        if self.extractor is None:
+            return self.trainable
+        inputs = keras.Input(self.extractor.input_shape[1:], name="image")
+        outputs = self.trainable(self.extractor(inputs))
+        return keras.Model(inputs, outputs, name=f"{self.name}_full")
+
+    def features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """What ``trainable`` consumes: the images, or the extractor's outputs."""
+        if self.extractor is None:
+            return images
+        return self.extractor.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+
+
+GROUPS = 8
+
+
+def _normalization(norm: str, name: str) -> keras.layers.Layer:
+    """BatchNorm (momentum 0.9) or GroupNorm, which keeps no statistics to average or noise."""
+    if norm == "group":
+        return keras.layers.GroupNormalization(groups=GROUPS, name=f"{name}_gn")
+    return keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")
+
+
+def _conv_norm_relu(x, filters: int, name: str, norm: str, strides: int = 1):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(
+        x
+    )
+    x = _normalization(norm, name)(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+AUGMENT_GAMMA = 1.5  # gamma drawn from [1/1.5, 1.5]
+AUGMENT_ROTATION = 30 / 360  # up to +-30 degrees
+
+# Output channels of the stride-2 stem, then of each 3x3 convolution stage.
+CNN_STEM = 16
+CNN_STAGES = (32, 64, 128, 256)
+
+
+def build_cnn(image_size: int, channels: int, num_classes: int, norm: str = "batch") -> keras.Model:
+    """Compact CNN (~0.4M parameters) trained from scratch.
+
+    Augmentation (active only in training) covers how other hospitals
+    prepare scans: flip, gamma (:data:`AUGMENT_GAMMA`), rotation up to
+    :data:`AUGMENT_ROTATION` turns, zoom and shift; then per-image
+    standardization (any intensity scale), a stride-2 stem and four
+    conv-BN-ReLU stages (max pooling between them), global average pooling,
+    dropout and a softmax layer. BatchNorm momentum is 0.9: Keras' default
+    0.99 leaves the moving statistics far from the data after the few
+    hundred steps of a federated round. ``norm="group"`` uses GroupNorm
+    (8 groups) instead: nothing data-dependent to average across sites, and
+    nothing that DP noise can push out of range.
+    """
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    # Nearest-neighbour resampling: bilinear resampling blurs every training image,
+    # so BatchNorm learned a variance ~19% below that of sharp test images, which
+    # cost 5 points of test accuracy (0.900 vs 0.950 with re-estimated statistics).
+    resample = {"fill_mode": "constant", "interpolation": "nearest"}
+    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(inputs)
+    x = RandomGamma(AUGMENT_GAMMA, name="aug_gamma")(x)
+    x = keras.layers.RandomRotation(AUGMENT_ROTATION, name="aug_rotate", **resample)(x)
+    x = keras.layers.RandomZoom(0.1, name="aug_zoom", **resample)(x)
+    x = keras.layers.RandomTranslation(0.08, 0.08, name="aug_shift", **resample)(x)
+    x = PerImageStandardization(name="standardize")(x)
+    x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
+    for stage, filters in enumerate(CNN_STAGES, start=1):
+        x = _conv_norm_relu(x, filters, f"stage{stage}", norm)
+        if stage < len(CNN_STAGES):
+            x = keras.layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.3, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def _vgg_weights_argument(weights: str) -> str | None:
+    if weights in ("", "none"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BrainFLError(f"setting 'vgg-weights': weights file not found: {path}")
+    return str(path)
+
+
+def build_vgg16_extractor(image_size: int, weights: str = "none") -> keras.Model:
+    """Frozen VGG-16 convolutional base with global average pooling (512 features)."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = VGGPreprocess(name="vgg_preprocess")(inputs)
+    try:
+        base = keras.applications.VGG16(
+            include_top=False, weights=_vgg_weights_argument(weights), input_shape=(image_size, image_size, 3)
+        )
+    except BrainFLError:
+        raise
+    except Exception as error:  # keras raises several types for download/file problems
+        raise BrainFLError(
+            f"setting 'vgg-weights'={weights!r}: cannot load VGG-16 weights ({error.__class__.__name__}); "
+            "without internet put vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 in ~/.keras/models, "
+            "pass its path, or use none"
+        ) from None
+    base.trainable = False
+    x = base(x, training=False)
+    outputs = keras.layers.GlobalAveragePooling2D(name="vgg_pool")(x)
+    return keras.Model(inputs, outputs, name="vgg16_extractor")
+
+
+def build_vgg16_head(num_features: int, num_classes: int) -> keras.Model:
+    """Small classifier trained on cached VGG-16 features."""
+    inputs = keras.Input((num_features,), name="features")
+    x = keras.layers.Dense(256, activation="relu", name="head_dense")(inputs)
+    x = keras.layers.Dropout(0.3, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="vgg16_head")
+
+
+def build_model(
+    name: str,
+    image_size: int,
+    num_classes: int,
+    vgg_weights: str = "none",
+    class_names: tuple[str, ...] = (),
+    norm: str = "batch",
+) -> ModelBundle:
+    """Build the named model (``cnn`` or ``vgg16``) for ``num_classes`` classes."""
+    if name == "cnn":
+        return ModelBundle(name, build_cnn(image_size, 1, num_classes, norm), None, class_names)
+    if name == "vgg16":
+        extractor = build_vgg16_extractor(image_size, vgg_weights)
+        head = build_vgg16_head(extractor.output_shape[-1], num_classes)
+        return ModelBundle(name, head, extractor, class_names)
+    raise BrainFLError(f"setting 'model': unknown model '{name}' (choose one of: cnn, vgg16)")

@@ -1,0 +1,167 @@
+"""Run outputs: per-round CSVs flushed as each round ends, and the run config.
+
+``federated_learning_results.csv`` gets one row per round (round 0 is the
+model before training), with the server's clinical metrics and their
+bootstrap intervals (:func:`brainfl.evaluation.metrics.interval_columns`);
+``site_metrics.csv`` one row per site and round, with the site's held-out
+balanced accuracy and per-class sensitivity;
+``partition.csv`` one row per site (its image counts per class, as the site
+reported them); ``test_predictions.csv`` the latest global model's
+probabilities for every test image (rewritten each round);
+``personalization.csv`` (:mod:`brainfl.federation.personalization`) one row per site,
+after the last round. The report is made from these files alone.
+Model files are :mod:`brainfl.model.files`' job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from brainfl.core.files import write_atomically
+from brainfl.core.logs import LOG
+from brainfl.core.timings import PHASES
+from brainfl.evaluation.metrics import LEAK_FREE, METRIC_NAMES, SITE_SENSITIVITY, interval_columns
+from brainfl.model.files import RUN_CONFIG
+from brainfl.settings.run_settings import RunSettings
+
+RESULTS_CSV = "federated_learning_results.csv"
+SITE_CSV = "site_metrics.csv"
+PARTITION_CSV = "partition.csv"
+PREDICTIONS_CSV = "test_predictions.csv"
+PERSONALIZATION_CSV = "personalization.csv"  # written by brainfl.federation.personalization
+ROUND_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "sites_trained", "sites_failed")
+SITE_FIELDS = (
+    "round",
+    "site",
+    "num_train",
+    "num_val",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    *(f"{phase}_s" for phase in PHASES),
+)
+
+
+def results_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
+    per_class = [f"recall_{name}" for name in class_names]
+    clinical = interval_columns(class_names)
+    return ["round", *METRIC_NAMES, *per_class, LEAK_FREE, *clinical, *ROUND_FIELDS, "epsilon", "elapsed_s"]
+
+
+def site_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of ``site_metrics.csv``: :data:`SITE_FIELDS` with the site's held-out balanced accuracy
+    and sensitivity per class after ``val_accuracy``."""
+    held_out = ["val_balanced_accuracy", *(f"{SITE_SENSITIVITY}{name}" for name in class_names)]
+    at = SITE_FIELDS.index("val_accuracy") + 1
+    return [*SITE_FIELDS[:at], *held_out, *SITE_FIELDS[at:]]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a per-round CSV as dicts (empty when the file does not exist)."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def truncate_rows_after(path: Path, last_round: int) -> float:
+    """Drop rows with ``round > last_round`` from a per-round CSV; return the last ``elapsed_s`` kept."""
+    if not path.exists():
+        return 0.0
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return 0.0
+    header, body = rows[0], [row for row in rows[1:] if row and int(row[0]) <= last_round]
+    write_atomically(path, lambda f: f.write(_csv_text([header, *body]).encode()))
+    if "elapsed_s" in header and body:
+        return float(body[-1][header.index("elapsed_s")] or 0.0)
+    return 0.0
+
+
+def last_recorded_round(path: Path) -> int | None:
+    """The round of a per-round CSV's last row (None: no rows)."""
+    rows = read_rows(path) if path.exists() else []
+    return int(rows[-1]["round"]) if rows else None
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+class CsvAppender:
+    """Append rows to a CSV with a fixed header, flushing after every row.
+
+    An existing file keeps its own header (a resumed run of an older version): the
+    rows follow it, and columns it lacks are left out.
+    """
+
+    def __init__(self, path: Path, header: Sequence[str]) -> None:
+        self.path = path
+        self.header = list(header)
+        if not path.exists() or path.stat().st_size == 0:
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerow(self.header)
+            return
+        with open(path, newline="", encoding="utf-8") as handle:
+            existing = next(csv.reader(handle), self.header)
+        if existing != self.header:
+            left_out = [column for column in self.header if column not in existing]
+            LOG.warning("%s keeps its columns; left out: %s", path.name, ", ".join(left_out) or "none")
+            self.header = existing
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Write one row (missing columns empty, floats with 6 significant digits)."""
+        values = [_format(row.get(column, "")) for column in self.header]
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow(values)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _format(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def write_run_config(output_dir: Path, config: Mapping[str, Any]) -> None:
+    """Record the run's settings (and extras such as class names) as JSON."""
+    (output_dir / RUN_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def partition_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of ``partition.csv``: the site, its image counts, its training images per class."""
+    return ["site", "num_train", "num_val", *class_names]
+
+
+def write_predictions(
+    path: Path,
+    files: Sequence[str],
+    labels: Sequence[int],
+    leak_free: Sequence[bool] | None,
+    probabilities: Any,
+    class_names: Sequence[str],
+) -> None:
+    """Write ``test_predictions.csv``: file, true label, leak-free flag, one probability per class."""
+    rows = [["file", "label", "leak_free", *class_names]]
+    for index, (file, label) in enumerate(zip(files, labels, strict=True)):
+        flag = "" if leak_free is None else int(bool(leak_free[index]))
+        rows.append([file, int(label), flag, *(f"{float(p):.6g}" for p in probabilities[index])])
+    write_atomically(path, lambda handle: handle.write(_csv_text(rows).encode()))
+
+
+def resolve_output_dir(settings: RunSettings) -> Path:
+    """``output-dir`` or ``outputs/<timestamp>``, created with its ``logs`` folder."""
+    path = Path(settings.output_dir or f"outputs/{datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    return path

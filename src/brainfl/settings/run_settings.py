@@ -1,0 +1,276 @@
+"""Typed run settings, their defaults and their checks.
+
+The settings are the kebab-case keys declared in the app's ``pyproject.toml``
+under ``[tool.flwr.app.config]``, which is also the only place their default
+values are written: Flower merges a run's overrides into that table and hands
+the result to the apps as ``context.run_config``, and
+:func:`default_run_config` reads the same table for everything else (the
+``brainfl`` command, tests, benchmarks). :class:`RunSettings` only names and
+types the keys; :func:`settings_from_config` fills missing keys from the
+defaults, converts the values and checks them, so validation happens once.
+The keys and their meaning are listed in ``docs/settings.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from brainfl.core.errors import BrainFLError
+
+MODEL_NAMES = ("cnn", "vgg16")
+PARTITIONINGS = ("iid", "dirichlet")
+NORMS = ("batch", "group")
+SERVER_STEPS = ("fedadam", "fedyogi", "fedavgm")
+STRATEGIES = ("fedavg", "fedprox", *SERVER_STEPS, "krum", "multikrum", "trimmed-mean", "median")
+DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
+# Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
+# poolings), Keras' VGG-16 refuses inputs under 32 x 32.
+MIN_IMAGE_SIZE = {"cnn": 15, "vgg16": 32}
+# Where the app's pyproject.toml is when no app folder is given: the source tree (editable
+# install, or the app folder Flower unpacks), else a copy packaged in the brainfl package.
+DEFAULT_APP_DIRS = (Path(__file__).resolve().parents[3], Path(__file__).resolve().parents[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """All settings of one run; field names mirror the run-config keys.
+
+    The fields have no defaults on purpose: those live in ``pyproject.toml``.
+    Build settings with :func:`settings_from_config` or :func:`settings_with`.
+    """
+
+    num_server_rounds: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    model: str
+    image_size: int
+    num_partitions: int
+    partitioning: str
+    dirichlet_alpha: float
+    feature_shift: float
+    data_dir: str
+    test_dir: str
+    class_names: str
+    output_dir: str
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    skip_unreadable: bool
+    vgg_weights: str
+    label_smoothing: float
+    weight_decay: float
+    fraction_train: float
+    fraction_evaluate: float
+    min_sites: int
+    wait_for_sites: int
+    resume: bool
+    tensorboard: bool
+    round_timeout: float
+    norm: str
+    balanced_softmax: bool
+    strategy: str
+    proximal_mu: float
+    server_learning_rate: float
+    server_momentum: float
+    byzantine_sites: int
+    trim_beta: float
+    dp: str
+    dp_noise_multiplier: float
+    dp_clipping_norm: float
+    dp_delta: float
+    secagg: bool
+    secagg_clipping_range: float
+    calibrate: bool
+    fedbn: bool
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+
+    @property
+    def channels(self) -> int:
+        """Image channels the model expects: grayscale CNN, RGB for VGG-16."""
+        return 3 if self.model == "vgg16" else 1
+
+    def to_config(self) -> dict[str, Any]:
+        """Return the settings as a kebab-case run-config mapping."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+_TYPES: dict[str, type] = typing.get_type_hints(RunSettings)
+SETTING_KEYS = tuple(f.name.replace("_", "-") for f in dataclasses.fields(RunSettings))
+
+
+def pyproject_path(app_dir: Path | str | None = None) -> Path:
+    """The app's ``pyproject.toml``: in ``app_dir``, else in :data:`DEFAULT_APP_DIRS`."""
+    folders = [Path(app_dir).expanduser()] if app_dir is not None else DEFAULT_APP_DIRS
+    for folder in folders:
+        if (folder / "pyproject.toml").is_file():
+            return (folder / "pyproject.toml").resolve()
+    raise BrainFLError(f"no pyproject.toml in {folders[0]} (pass the app folder with --app-dir)")
+
+
+@functools.lru_cache(maxsize=8)
+def _declared_config(path: Path, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
+        raise BrainFLError(f"cannot read [tool.flwr.app.config] from {path}: {error}") from None
+    return tuple(table.items())
+
+
+def default_run_config(app_dir: Path | str | None = None) -> dict[str, Any]:
+    """The app's declared run config (every key with its default), from ``pyproject.toml``."""
+    path = pyproject_path(app_dir)
+    return dict(_declared_config(path, path.stat().st_mtime_ns))
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a raw config value to the field's type, or fail naming the setting."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise BrainFLError(f"setting '{key}': expected {kind.__name__}, got {value!r}") from None
+
+
+def settings_from_config(config: Mapping[str, Any], app_dir: Path | str | None = None) -> RunSettings:
+    """Build validated :class:`RunSettings` from a (possibly partial) run-config mapping.
+
+    Missing keys take the app's defaults (read from ``app_dir``'s
+    ``pyproject.toml`` only when a key is missing); keys that are not
+    settings are ignored (a run's ``run_config.json`` also holds
+    ``class-names``). Every value is type-checked and range-checked with a
+    one-line :class:`BrainFLError`.
+    """
+    merged = dict(config)
+    if any(key not in merged for key in SETTING_KEYS):
+        merged = {**default_run_config(app_dir), **merged}
+        missing = [key for key in SETTING_KEYS if key not in merged]
+        if missing:
+            raise BrainFLError(f"setting '{missing[0]}' is not declared in {pyproject_path(app_dir)}")
+    values = {
+        key.replace("-", "_"): _coerce(key, merged[key], _TYPES[key.replace("-", "_")])
+        for key in SETTING_KEYS
+    }
+    settings = RunSettings(**values)
+    validate(settings)
+    return settings
+
+
+def settings_with(app_dir: Path | str | None = None, **overrides: Any) -> RunSettings:
+    """The app's default settings with some fields changed, e.g. ``settings_with(image_size=16)``."""
+    unknown = sorted(set(overrides) - set(_TYPES))
+    if unknown:
+        raise TypeError(f"RunSettings has no field '{unknown[0]}'")
+    return settings_from_config({k.replace("_", "-"): v for k, v in overrides.items()}, app_dir)
+
+
+def _positive(settings: RunSettings, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise BrainFLError(
+                f"setting '{name.replace('_', '-')}' must be positive, got {getattr(settings, name)}"
+            )
+
+
+def _within(settings: RunSettings, name: str, low: float, high: float, closed: str) -> None:
+    """``closed`` says which ends are included: ``"[)"``, ``"(]"``, ``"[]"`` or ``"()"``."""
+    value = getattr(settings, name)
+    above = value >= low if closed[0] == "[" else value > low
+    below = value <= high if closed[1] == "]" else value < high
+    if not (above and below):
+        interval = f"{closed[0]}{low:g}, {high:g}{closed[1]}"
+        raise BrainFLError(f"setting '{name.replace('_', '-')}' must be in {interval}, got {value}")
+
+
+def validate(settings: RunSettings) -> None:
+    """Raise :class:`BrainFLError` naming the first setting out of range or in conflict."""
+    _positive(settings, "num_server_rounds", "local_epochs", "batch_size", "image_size", "num_partitions")
+    _positive(settings, "learning_rate", "fine_tune_learning_rate", "dirichlet_alpha", "min_sites")
+    _positive(settings, "round_timeout")
+    for key, value, choices in (
+        ("model", settings.model, MODEL_NAMES),
+        ("partitioning", settings.partitioning, PARTITIONINGS),
+        ("norm", settings.norm, NORMS),
+        ("strategy", settings.strategy, STRATEGIES),
+        ("dp", settings.dp, DP_MODES),
+    ):
+        if value not in choices:
+            what = "model " if key == "model" else ""
+            raise BrainFLError(
+                f"setting '{key}': unknown {what}'{value}' (choose one of: {', '.join(choices)})"
+            )
+    _within(settings, "val_fraction", 0, 1, "[)")
+    _within(settings, "test_fraction", 0, 1, "()")
+    _within(settings, "fraction_train", 0, 1, "(]")
+    _within(settings, "fraction_evaluate", 0, 1, "[]")
+    _within(settings, "label_smoothing", 0, 1, "[)")
+    _within(settings, "feature_shift", 0, 1, "[]")
+    if settings.weight_decay < 0 or settings.wait_for_sites < 0:
+        raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
+    if settings.fine_tune_epochs < 0:
+        raise BrainFLError(
+            f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.fine_tune_epochs}"
+        )
+    validate_privacy(settings)
+    validate_combinations(settings)
+
+
+def validate_privacy(settings: RunSettings) -> None:
+    """Range checks of the differential-privacy, secure-aggregation and robustness settings."""
+    _positive(settings, "dp_noise_multiplier", "dp_clipping_norm", "secagg_clipping_range")
+    _within(settings, "dp_delta", 0, 1, "()")
+    _within(settings, "trim_beta", 0, 0.5, "[)")
+    _within(settings, "server_momentum", 0, 1, "[)")
+    if settings.proximal_mu < 0 or settings.server_learning_rate < 0 or settings.byzantine_sites < 0:
+        raise BrainFLError("settings 'proximal-mu', 'server-learning-rate', 'byzantine-sites' must be >= 0")
+
+
+def validate_combinations(settings: RunSettings) -> None:
+    """Settings that are each valid but cannot work together."""
+    smallest = MIN_IMAGE_SIZE[settings.model]
+    if settings.image_size < smallest:
+        raise BrainFLError(
+            f"setting 'image-size': {settings.image_size} px is too small for model "
+            f"{settings.model} (at least {smallest})"
+        )
+    if settings.resume and not settings.output_dir:
+        raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
+    if settings.fedbn and (settings.model, settings.norm, settings.dp) != ("cnn", "batch", "none"):
+        raise BrainFLError(
+            "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn with "
+            f"norm=batch and no dp (got model={settings.model}, norm={settings.norm}, dp={settings.dp})"
+        )
+    if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
+        raise BrainFLError(
+            "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
+            "use norm=group with the cnn model"
+        )
+    if settings.secagg and (settings.dp != "none" or settings.strategy != "fedavg" or settings.resume):
+        raise BrainFLError(
+            "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
+            "it cannot be combined with dp, another strategy or resume"
+        )
+
+
+def resolve_path(value: str, setting: str) -> Path:
+    """Return an absolute path for a path setting, or fail naming the setting."""
+    if not value:
+        raise BrainFLError(f"setting '{setting}' is empty")
+    return Path(value).expanduser().resolve()
