@@ -11,15 +11,10 @@ from pydicom.pixels import apply_modality_lut
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data import loading as data_loader
-from brainfl.data.decoding import (
-    SCAN_SUFFIXES,
-    decode_scan,
-    has_dicom_magic,
-    is_scan_file,
-    open_scan,
-    window_to_uint8,
-)
+from brainfl.data.decoding import SCAN_SUFFIXES, decode_scan, is_scan_file, open_scan
 from brainfl.data.framing import HEAD_MARGIN, crop_box, head_box
+from brainfl.data.readers import reader_for
+from brainfl.data.windowing import window_to_uint8
 from conftest import CLASSES
 from scan_files import correlation, read_gray, scan_to_dicom, scan_to_png16, write_dicom
 
@@ -190,7 +185,7 @@ def test_monochrome1_is_inverted(scans, tmp_path):
 def test_dicom_without_extension_is_found_by_its_bytes(scans, tmp_path):
     for name in ("IM000001", "1.2.840.113619.2.55.3.1"):
         path = scan_to_dicom(scans[0], tmp_path / name)
-        assert has_dicom_magic(path) and is_scan_file(path)
+        assert reader_for(path).name == "dicom" and is_scan_file(path)
         assert correlation(gray(path), gray(scans[0])) > 0.99
     (tmp_path / "README").write_text("not a scan\n")
     (tmp_path / "notes.txt").write_text("x" * 300)
