@@ -13,6 +13,29 @@ from pathlib import Path
 
 LOG = logging.getLogger("flwr.brainfl")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Flower's strategies log each round's whole MetricRecord and, at the end, the run's whole
+# metrics history ("Final results:", one line each): hundreds of lines that the result CSVs
+# and the report hold already. These are their format strings.
+FLOWER_METRIC_DUMPS = frozenset(
+    {"\t└──> Aggregated MetricRecord: %s", "\t└──> MetricRecord: %s", "Final results:", "\t%s"}
+)
+
+
+class _WithoutMetricDumps(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in FLOWER_METRIC_DUMPS
+
+
+@contextmanager
+def without_metric_dumps() -> Iterator[None]:
+    """Leave Flower's metric dumps out of every log while the block runs; the round lines stay."""
+    quiet = _WithoutMetricDumps()
+    flower_logger = logging.getLogger("flwr")
+    flower_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        flower_logger.removeFilter(quiet)
 
 
 @contextmanager

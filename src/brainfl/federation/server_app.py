@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from brainfl.core.errors import BrainFLError
-from brainfl.core.logs import LOG, log_to_file
+from brainfl.core.logs import LOG, log_to_file, without_metric_dumps
 from brainfl.data.central import CentralData, central_data
 from brainfl.data.duplicates import hash_files
 from brainfl.data.scanner_shift import write_profiles
@@ -204,7 +204,7 @@ def main(grid: Grid, context: Context) -> None:
         LOG.error("%s", error)
         return
     output_dir = resolve_output_dir(settings)
-    with log_to_file(output_dir / "logs" / "server.log"):
+    with log_to_file(output_dir / "logs" / "server.log"), without_metric_dumps():
         try:
             run_federation(grid, context, settings, output_dir)
         except BrainFLError as error:

@@ -103,11 +103,6 @@ def overrides_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) 
     return overrides
 
 
-def run_config_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -> dict[str, Any]:
-    """The app's default run config from ``pyproject.toml`` with the ``--run-config`` values applied."""
-    return {**default_run_config(app_dir), **overrides_from_args(app_dir, run_configs)}
-
-
 def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -> RunSettings:
     """Checked settings from ``--run-config`` values, refusing overrides that would have no effect."""
     defaults = default_run_config(app_dir)
