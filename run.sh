@@ -190,7 +190,7 @@ done
 
 if [[ $SECURE == 1 ]]; then
   CERTS_DIR="$(abspath "${CERTS_DIR:-$OUTPUT_DIR/certs}")"
-  [[ -f "$CERTS_DIR/ca.crt" ]] || brainfl certs --out "$CERTS_DIR" --sites "$SITES"
+  [[ -f "$CERTS_DIR/ca.crt" ]] || brainfl certs --output-dir "$CERTS_DIR" --sites "$SITES"
   for site_file in ca.crt server.pem server.key; do
     [[ -f "$CERTS_DIR/$site_file" ]] || { echo "run.sh: error: missing $CERTS_DIR/$site_file" >&2; exit 2; }
   done

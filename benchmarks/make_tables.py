@@ -182,7 +182,9 @@ SUITE = f"python3 benchmarks/suite.py {DATA} --workload image-size=64"
 PRIVACY = f"python3 benchmarks/privacy_robustness.py {DATA} --rounds 4 --local-epochs 1"
 SUITE160 = f'{SUITE} --epochs 160 --local-epochs 4 --only centralized "4 IID" --keep fed160'
 SKEW = '--only "4 IID" "4 Dir 0.3" "4 Dir 0.3 balanced softmax" --keep skew24'
-EVALUATE = "brainfl evaluate outputs/<run>/final_model.keras ../shared/data/brain-tumor-mri --output DIR"
+EVALUATE = (
+    "brainfl evaluate --model outputs/<run>/final_model.keras ../shared/data/brain-tumor-mri --output-dir DIR"
+)
 SHIFTED_COPY = (
     f"python3 benchmarks/shifted_copy.py make {DATA} --out /tmp/shifted-copy\n"
     "python3 benchmarks/shifted_copy.py score --model benchmarks/runs/<run>/final_model.keras "

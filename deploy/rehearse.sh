@@ -279,7 +279,7 @@ NAMES
 echo "rehearsal $RUN_ID: bridge $BRIDGE, coordinator $COORD_IP ($NS_COORD), sites ${SITE_IPS[*]}"
 
 # --- credentials and each host's env file (deploy/*.env.example) --------------------------------
-brainfl certs --out "$CERTS_DIR" --hosts "$COORD_IP" --sites "$SITES" >"$LOG_DIR/certs.log" 2>&1 ||
+brainfl certs --output-dir "$CERTS_DIR" --hosts "$COORD_IP" --sites "$SITES" >"$LOG_DIR/certs.log" 2>&1 ||
   fail "brainfl certs failed, see $LOG_DIR/certs.log"
 cat >"$REHEARSAL_DIR/coordinator.env" <<ENV
 BRAINFL_CA_CERT="$CERTS_DIR/ca.crt"

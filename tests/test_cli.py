@@ -203,7 +203,7 @@ def test_unwritable_cache_folder_and_outputs_are_one_line_errors(capsys, tmp_pat
     blocker.write_text("not a folder")
     code, _, errors = run_prepare(capsys, extra=("--write-run-config", str(blocker / "run.toml")))
     assert code == 2 and len(errors) == 1 and f"--write-run-config: cannot write {blocker}" in errors[0]
-    code = cli.main(["check-data", str(REPO_ROOT / "sample_data"), "--output", str(blocker / "out")])
+    code = cli.main(["check-data", str(REPO_ROOT / "sample_data"), "--output-dir", str(blocker / "out")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainfl: error:")]
     assert code == 2 and len(errors) == 1 and f"--output: cannot create the folder {blocker}" in errors[0]
     monkeypatch.setenv("BRAINFL_CACHE_DIR", str(blocker / "cache"))

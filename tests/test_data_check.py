@@ -263,12 +263,12 @@ def test_add_parser_wires_the_subcommand(dataset: Path, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="brainfl")
     add_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "cli-out"
-    args = parser.parse_args(["check-data", str(dataset), "--output", str(out), "--threshold", "0"])
-    assert (args.data_dir, args.output, args.threshold) == (dataset, out, 0)
+    args = parser.parse_args(["check-data", str(dataset), "--output-dir", str(out), "--threshold", "0"])
+    assert (args.data_dir, args.output_dir, args.threshold) == (dataset, out, 0)
     args.handler(args)
     assert (out / "leak_free_test_files.txt").is_file()
     defaults = parser.parse_args(["check-data", str(dataset)])
-    assert (defaults.output, defaults.threshold) == (None, NEAR_DUPLICATE_THRESHOLD)
+    assert (defaults.output_dir, defaults.threshold) == (None, NEAR_DUPLICATE_THRESHOLD)
 
 
 def test_real_dataset_has_the_documented_exact_leak(real_data: Path) -> None:

@@ -35,7 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run(*argv: str | Path) -> None:
-    args = parse(["evaluate", *map(str, argv), "--resamples", RESAMPLES])
+    model, *rest = map(str, argv)
+    args = parse(["evaluate", "--model", model, *rest, "--resamples", RESAMPLES])
     args.handler(args)
 
 
@@ -50,7 +51,7 @@ def copy_classes(target: Path, names=CLASSES, per_class: int = 3) -> Path:
 
 def test_command_prints_every_metric_and_writes_the_four_files(model_file, tmp_path, capsys):
     out = tmp_path / "out"
-    run(model_file, SAMPLE / "Testing", "--output", out)
+    run(model_file, SAMPLE / "Testing", "--output-dir", out)
     printed = capsys.readouterr().out
     for word in (*OVERALL, *PER_CLASS, *CLASSES, "95% interval", "32 scans"):
         assert word in printed
@@ -92,14 +93,14 @@ def test_default_output_folder_is_named_after_model_and_data(model_file, tmp_pat
 def test_a_class_folder_the_model_does_not_know_is_named(model_file, tmp_path):
     data = copy_classes(tmp_path / "hospital")
     shutil.copytree(data / "glioma", data / "astrocytoma")
-    message = one_line_error(lambda: run(model_file, data, "--output", tmp_path / "out"))
+    message = one_line_error(lambda: run(model_file, data, "--output-dir", tmp_path / "out"))
     assert str(data / "astrocytoma") in message and "glioma" in message
     assert not (tmp_path / "out").exists()
 
 
 def test_a_class_without_scans_is_reported_as_absent(model_file, tmp_path, capsys):
     data = copy_classes(tmp_path / "hospital", names=CLASSES[:3])
-    run(model_file, data, "--output", tmp_path / "out")
+    run(model_file, data, "--output-dir", tmp_path / "out")
     assert "no scans of pituitary" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert summary["images_per_class"]["pituitary"] == 0
@@ -111,9 +112,9 @@ def test_an_unreadable_scan_is_an_error_unless_skipped(model_file, tmp_path, cap
     data = copy_classes(tmp_path / "hospital")
     broken = data / "meningioma" / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
-    message = one_line_error(lambda: run(model_file, data, "--output", tmp_path / "out"))
+    message = one_line_error(lambda: run(model_file, data, "--output-dir", tmp_path / "out"))
     assert str(broken) in message and "--skip-unreadable" in message
-    run(model_file, data, "--output", tmp_path / "out", "--skip-unreadable")
+    run(model_file, data, "--output-dir", tmp_path / "out", "--skip-unreadable")
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable files" in printed and str(broken) in printed
     summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
@@ -125,24 +126,24 @@ def test_user_mistakes_are_one_line(model_file, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert f"--output: cannot write {blocker}" in one_line_error(
-        lambda: run(model_file, data, "--output", blocker)
+        lambda: run(model_file, data, "--output-dir", blocker)
     )
     assert "data folder not found" in one_line_error(lambda: run(model_file, tmp_path / "nowhere"))
     assert "model file not found" in one_line_error(lambda: run(tmp_path / "no.keras", data))
     assert "--leak-free-only needs" in one_line_error(lambda: run(model_file, data, "--leak-free-only"))
     with pytest.raises(SystemExit):
-        parse(["evaluate", str(model_file), str(data), "--resamples", "0"])
+        parse(["evaluate", "--model", str(model_file), str(data), "--resamples", "0"])
 
 
 def test_leak_free_only_scores_the_testing_scans_without_a_copy_in_training(model_file, tmp_path):
-    run(model_file, SAMPLE, "--leak-free-only", "--output", tmp_path / "out")
+    run(model_file, SAMPLE, "--leak-free-only", "--output-dir", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert summary["leak_free_only"] is True and 0 < summary["images"] < 32
 
 
 def test_scans_with_non_finite_outputs_count_wrong(model_file, tmp_path, first_row_nan, capsys):
     data = copy_classes(tmp_path / "hospital", per_class=2)
-    run(model_file, data, "--output", tmp_path / "out")
+    run(model_file, data, "--output-dir", tmp_path / "out")
     assert "1 of 8 scans: the model's outputs are not finite" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert summary["non_finite"] == 1
@@ -158,7 +159,15 @@ def test_cli_runs_the_command_when_registered(model_file, tmp_path, capsys):
     if "evaluate" not in choices:
         pytest.skip("brainfl.cli does not register the evaluate sub-command yet")
     data = copy_classes(tmp_path / "hospital", per_class=1)
-    argv = ["evaluate", str(model_file), str(data), "--output", str(tmp_path / "out"), "--resamples", "20"]
-    assert cli.main(argv) == 0
-    assert cli.main(["evaluate", str(model_file), str(tmp_path / "nowhere")]) == 2
+    argv = ["evaluate", "--model", str(model_file), str(data), "--output-dir", str(tmp_path / "out")]
+    assert cli.main([*argv, "--resamples", "20"]) == 0
+    assert cli.main(["evaluate", "--model", str(model_file), str(tmp_path / "nowhere")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+    # the spellings of earlier releases still work, each with a warning naming the new one
+    old = ["evaluate", str(model_file), str(data), "--output", str(tmp_path / "old"), "--resamples", "20"]
+    assert cli.main(old) == 0
+    err = capsys.readouterr().err
+    assert "--output is deprecated, use --output-dir" in err and "use --model MODEL DATA" in err
+    assert (tmp_path / "old" / "evaluation.csv").is_file()
+    assert cli.main(["evaluate", str(data)]) == 2  # no model at all
+    assert "--model" in capsys.readouterr().err

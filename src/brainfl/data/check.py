@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from brainfl.core.arguments import add_output_dir
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.data.duplicates import (
@@ -201,21 +202,20 @@ def check_data(
 
 def run_check_data(args: argparse.Namespace) -> None:
     """Handler of ``brainfl check-data``."""
-    check_data(args.data_dir, args.output, args.threshold)
+    check_data(args.data_dir, args.output_dir, args.threshold)
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``check-data <data-dir> [--output DIR] [--threshold N]`` to a sub-command parser set."""
+    """Add ``check-data <data-dir> [--output-dir DIR] [--threshold N]`` to a sub-command parser set."""
     parser = subcommands.add_parser(
         "check-data",
         help="find exact and near-duplicate images, label conflicts and the leak-free Testing subset",
     )
     parser.add_argument("data_dir", type=Path, help="dataset folder with Training/ and Testing/")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help=f"folder for duplicates.csv and leak_free_test_files.txt (default: ./{DEFAULT_OUTPUT})",
+    add_output_dir(
+        parser,
+        f"folder for duplicates.csv and leak_free_test_files.txt (default: ./{DEFAULT_OUTPUT})",
+        old=["--output"],
     )
     parser.add_argument(
         "--threshold",

@@ -1,4 +1,4 @@
-"""``brainfl evaluate MODEL DATA``: external validation of a saved model on a labelled folder of scans.
+"""``brainfl evaluate --model MODEL DATA``: external validation of a saved model on labelled scans.
 
 DATA holds one folder of scans per class (``DATA/<class>/*.jpg``), or a
 ``DATA/Testing/<class>/`` split, which is then used; the folders must be among
@@ -28,10 +28,12 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brainfl.core.arguments import add_model, add_output_dir
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.data import layouts
@@ -235,17 +237,30 @@ def default_output(model: Path | str, data: Path | str) -> Path:
     return Path(f"evaluation-{Path(model).stem}-{Path(data).expanduser().resolve().name}")
 
 
+def model_and_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--model FILE DATA``; the earlier ``MODEL DATA`` (positional model) with a warning."""
+    if args.model is not None and len(args.data) == 1:
+        return args.model, args.data[0]
+    if args.model is None and len(args.data) == 2:
+        print("brainfl evaluate: warning: MODEL DATA is deprecated, use --model MODEL DATA", file=sys.stderr)
+        return args.data[0], args.data[1]
+    raise BrainFLError(
+        "evaluate: give the model with --model FILE and one data folder (brainfl evaluate --help)"
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl evaluate``."""
+    model, data = model_and_data(args)
     evaluation = evaluate_model(
-        args.model, args.data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed
+        model, data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed
     )
     if evaluation.skipped:
         print(f"skipped {len(evaluation.skipped)} unreadable files:")
         for path in evaluation.skipped:
             print(f"  {path}")
     print_scores(evaluation)
-    output_dir = Path(args.output).expanduser() if args.output else default_output(args.model, args.data)
+    output_dir = Path(args.output_dir).expanduser() if args.output_dir else default_output(model, data)
     write_outputs(evaluation, output_dir)
     print(f"written to {output_dir}: {CSV_NAME}, {JSON_NAME}, {FIGURE_CONFUSION}, {FIGURE_RELIABILITY}")
 
@@ -265,15 +280,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         description="External validation: every metric of a saved model on DATA with its bootstrap "
         "95%% interval, printed and written as CSV, JSON and figures.",
     )
-    parser.add_argument("model", type=Path, help="a brainfl model, e.g. final_model.keras")
-    parser.add_argument("data", type=Path, help="labelled scans: DATA/<class>/*.jpg or DATA/Testing/<class>/")
+    add_model(parser, required=False)  # required once the positional MODEL of earlier releases is gone
     parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where to write (default: ./evaluation-MODEL-DATA)",
+        "data", type=Path, nargs="+", help="labelled scans: DATA/<class>/*.jpg or DATA/Testing/<class>/"
     )
+    add_output_dir(parser, "where to write (default: ./evaluation-MODEL-DATA)", old=["--output"])
     parser.add_argument(
         "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded, and list them"
     )

@@ -1,6 +1,6 @@
 """Credentials for a secure federation: a CA, the SuperLink's TLS certificate, site keys.
 
-``brainfl certs --out certs/ --hosts coordinator.example.org 10.0.0.5 --sites 3``
+``brainfl certs --output-dir certs/ --hosts coordinator.example.org 10.0.0.5 --sites 3``
 writes ``ca.crt``/``ca.key`` (the federation's certificate authority),
 ``server.pem``/``server.key`` (the SuperLink's TLS certificate, valid for
 localhost, 127.0.0.1, ::1 and every given host name or IP) and, per site,
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from brainfl.core.arguments import add_output_dir
 from brainfl.core.errors import BrainFLError
 
 VALIDITY_DAYS = 365
@@ -137,14 +138,14 @@ def make_credentials(out: Path, hosts: list[str], sites: int) -> None:
 
 def run_certs(args: argparse.Namespace) -> None:
     """Handler of ``brainfl certs``."""
-    make_credentials(args.out, list(args.hosts), args.sites)
-    print(f"wrote CA, SuperLink certificate and {args.sites} site key pairs to {args.out}")
+    make_credentials(args.output_dir, list(args.hosts), args.sites)
+    print(f"wrote CA, SuperLink certificate and {args.sites} site key pairs to {args.output_dir}")
 
 
 def add_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``certs`` sub-command."""
     parser = subcommands.add_parser("certs", help="create a CA, a SuperLink TLS certificate and site keys")
-    parser.add_argument("--out", type=Path, default=Path("certs"), help="output folder (default: certs/)")
+    add_output_dir(parser, "output folder (default: certs/)", default=Path("certs"), old=["--out"])
     parser.add_argument("--hosts", nargs="*", default=[], help="extra host names or IPs of the SuperLink")
     parser.add_argument("--sites", type=int, default=2, help="number of site key pairs (default: 2)")
     parser.set_defaults(handler=run_certs)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from brainfl.core.arguments import add_model
 from brainfl.core.errors import BrainFLError
 from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
 from brainfl.inference.gradcam import gradcam_names, write_gradcams
@@ -200,7 +201,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         description="Print the class and the probability of each class for every image.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
-    parser.add_argument("--model", required=True, type=Path, help="a brainfl model, e.g. final_model.keras")
+    add_model(parser)
     parser.add_argument("--csv", type=Path, default=None, help="also save the predictions to this CSV file")
     parser.add_argument(
         "--gradcam", type=Path, default=None, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR"
