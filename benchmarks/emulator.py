@@ -1,4 +1,4 @@
-"""A one-process FedAvg federation built from the app's own functions, for benchmarks without Flower.
+"""A one-process FedAvg federation built from the app's own functions, for benchmarks without Flower's engine.
 
 Everything that decides a result is the app's: the settings are read as
 ``brainfl`` reads ``--run-config`` (:func:`brainfl.cli.settings_from_args`:
@@ -7,16 +7,19 @@ the ClientApp's (:func:`brainfl.data.sites.site_data`: the run's partitioning
 less each site's validation hold-out), every site runs
 :func:`brainfl.federation.site_training.local_update` from the global weights with the
 round's learning rate (:func:`brainfl.model.training.round_learning_rate`) and
-replies what a ClientApp replies (:func:`brainfl.federation.client_app.site_counts`),
-the server averages with :func:`brainfl.federation.strategy.weighted_average` (example
-counts; with ``strategy='fedavgm'`` then FedAvgM's server step, :class:`ServerStep`),
-scores the global model with the server's evaluator
+replies what a ClientApp replies (its weights, and the metrics of
+:func:`brainfl.federation.client_app.site_counts`, in a Flower ``Message``), the
+server's step is the ServerApp's strategy (:func:`brainfl.federation.strategy.build_strategy`:
+FedAvg by example counts, or FedAvgM with the settings' server learning rate and
+momentum and BatchNorm statistics plainly averaged) aggregating those replies
+(:class:`ServerStep`), the server's evaluator scores the global model
 (:class:`brainfl.evaluation.test_set.CentralEvaluator`: :func:`brainfl.evaluation.metrics.score`
-on its test set, leak-free subset included) and writes the round with the
-server's recorder (:class:`brainfl.federation.recorder.RunRecorder`). A *pooled*
-federation is the centralized baseline: one site holding every training
-image. Only Flower's engine (messages, processes) is left out, so a recipe
-costs minutes here before a full run is spent on it.
+on its test set, leak-free subset included) and the server's recorder writes
+the round (:class:`brainfl.federation.recorder.RunRecorder`, the strategy's
+report sink). A *pooled* federation is the centralized baseline: one site
+holding every training image. Only Flower's engine (grid, processes,
+transport) is left out, so a recipe costs minutes here before a full run is
+spent on it.
 
 A run's folder therefore holds a run's files (``federated_learning_results.csv``
 with round 0 the initial model, ``site_metrics.csv`` with training metrics
@@ -28,26 +31,25 @@ Decoded images are cached in ``$BRAINFL_CACHE_DIR`` as by the app.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.common import DEFAULT_TTL
+from flwr.serverapp.strategy import FedAvgM
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data.sites import SiteData, load_run_dataset, site_data
 from brainfl.evaluation.test_set import CentralEvaluator
-from brainfl.federation.bookkeeping import (
-    NUM_EXAMPLES,
-    SiteReport,
-    aggregate_site_metrics,
-    server_step_with_plain_statistics,
-)
+from brainfl.federation.bookkeeping import ReportSink, SiteBookkeeping, SiteReport
 from brainfl.federation.client_app import site_counts
 from brainfl.federation.recorder import RunRecorder
 from brainfl.federation.server_app import statistics_mask
 from brainfl.federation.site_training import local_update
-from brainfl.federation.strategy import SERVER_LEARNING_RATES, weighted_average
+from brainfl.federation.strategy import build_strategy
 from brainfl.model.files import ModelWriter, model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
 from brainfl.model.training import round_learning_rate
@@ -71,34 +73,86 @@ def settings_for(*run_configs: str) -> RunSettings:
 EMULATED_STRATEGIES = ("fedavg", "fedavgm")
 
 
-@dataclasses.dataclass
-class ServerStep:
-    """The server's step from the FedAvg of the sites' weights to the next global weights.
+def site_reply(
+    site_id: int, server_round: int, weights: Sequence[np.ndarray], metrics: dict[str, float | int]
+) -> Message:
+    """A site's train reply as the ServerApp receives it: the ClientApp's ``arrays`` and ``metrics`` records.
 
-    ``fedavg`` takes the average. ``fedavgm`` is Flower's FedAvgM (SGD with
-    momentum on ``old - average``, the server learning rate and momentum of
-    the settings) for trained weights, and the plain average for statistics
-    (:func:`brainfl.federation.bookkeeping.server_step_with_plain_statistics`, as the
-    app's strategy does).
+    ``metrics`` holds the example count the strategy weighs by (``num-examples``,
+    from :func:`brainfl.federation.client_app.site_counts`) and the site's id.
+    """
+    metadata = Metadata(
+        run_id=0,
+        message_id=f"train-{server_round}-{site_id}",
+        src_node_id=site_id,
+        dst_node_id=0,
+        reply_to_message_id=f"configure-train-{server_round}-{site_id}",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=DEFAULT_TTL,
+        message_type=MessageType.TRAIN,
+    )
+    content = RecordDict({"arrays": ArrayRecord(list(weights)), "metrics": MetricRecord(metrics)})
+    return make_message(metadata=metadata, content=content)
+
+
+class ServerStep:
+    """The server's step from the sites' train replies to the next global weights: the app's strategy's.
+
+    The strategy is the ServerApp's (:func:`brainfl.federation.strategy.build_strategy`
+    with the run's settings, cosine learning-rate schedule and the model's
+    ``statistics`` mask): ``fedavg`` averages the replies by example count,
+    ``fedavgm`` is Flower's FedAvgM (SGD with momentum on ``old - average``,
+    the server learning rate and momentum of the settings) for trained weights
+    and the plain average for statistics. Each call hands the strategy the
+    round's global weights as its ``configure_train`` keeps them (the model
+    replies are checked against, and FedAvgM's starting point in its first
+    round; no site is sampled here, every site trains), then returns what its
+    ``aggregate_train`` makes of the replies: the global weights unchanged when
+    no reply is usable, as in a Flower run. The strategy's :class:`SiteReport`
+    of each round goes to ``report`` and is kept in ``last_report``.
     """
 
-    settings: RunSettings
-    statistics: list[bool]
-    velocity: list[np.ndarray] | None = None
+    def __init__(
+        self,
+        settings: RunSettings,
+        statistics: Sequence[bool],
+        *,
+        num_sites: int = 1,
+        class_names: Sequence[str] = (),
+        report: ReportSink | None = None,
+    ) -> None:
+        def learning_rate_for_round(server_round: int) -> float:
+            return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
 
-    def __call__(self, old: list[np.ndarray], averaged: list[np.ndarray]) -> list[np.ndarray]:
-        if self.settings.strategy == "fedavg":
-            return averaged
-        pseudo_gradient = [before - after for before, after in zip(old, averaged, strict=True)]
-        momentum = self.settings.server_momentum
-        if momentum > 0:
-            self.velocity = pseudo_gradient if self.velocity is None else [
-                momentum * v + g for v, g in zip(self.velocity, pseudo_gradient, strict=True)
-            ]  # fmt: skip
-            pseudo_gradient = self.velocity
-        rate = self.settings.server_learning_rate or SERVER_LEARNING_RATES["fedavgm"]
-        stepped = [before - rate * g for before, g in zip(old, pseudo_gradient, strict=True)]
-        return server_step_with_plain_statistics(stepped, averaged, self.statistics)
+        self.sink = report
+        self.last_report: SiteReport | None = None
+        self.strategy: SiteBookkeeping = build_strategy(
+            settings,
+            class_names,
+            learning_rate_for_round,
+            num_sites=num_sites,
+            report=self._report,
+            statistics_mask=statistics,
+        )
+
+    def _report(self, server_round: int, report: SiteReport) -> None:
+        self.last_report = report
+        if self.sink is not None:
+            self.sink(server_round, report)
+
+    def learning_rate(self, server_round: int) -> float:
+        """The learning rate the strategy sends the sites in ``server_round``."""
+        return float(self.strategy.learning_rate_for_round(server_round))
+
+    def __call__(
+        self, server_round: int, weights: Sequence[np.ndarray], replies: Sequence[Message]
+    ) -> list[np.ndarray]:
+        self.strategy.global_arrays = list(weights)
+        if isinstance(self.strategy, FedAvgM) and self.strategy.current_arrays is None:
+            self.strategy.current_arrays = ArrayRecord(list(weights))
+        aggregated, _ = self.strategy.aggregate_train(server_round, replies)
+        return list(weights) if aggregated is None else aggregated.to_numpy_ndarrays()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,12 +196,19 @@ def federation(settings: RunSettings, pooled: bool = False) -> Federation:
 
 
 def fedavg_round(
-    fed: Federation, weights: list[np.ndarray], server_round: int, update: SiteUpdate = local_update
+    fed: Federation,
+    weights: list[np.ndarray],
+    server_round: int,
+    update: SiteUpdate = local_update,
+    step: ServerStep | None = None,
 ) -> tuple[list[np.ndarray], SiteReport]:
-    """One round: every site updates ``weights``; return their FedAvg and the sites' training report."""
+    """One round: every site updates ``weights`` and replies; ``step`` (by default the run's strategy,
+    fresh) aggregates the replies. Return the next global weights and the sites' training report."""
     settings, model = fed.settings, fed.evaluator.bundle.trainable
-    learning_rate = round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
-    trained, replies = [], {}
+    if step is None:
+        step = server_step(fed)
+    learning_rate = step.learning_rate(server_round)
+    replies = []
     for site in fed.sites:
         model.set_weights(weights)
         metrics = update(
@@ -159,11 +220,21 @@ def fedavg_round(
             server_round=server_round,
             site_id=site.data.site_id,
         )
-        trained.append(model.get_weights())
-        replies[site.data.site_id] = {**metrics, **site_counts(site.data)}
-    records = [RecordDict({"metrics": MetricRecord(reply)}) for reply in replies.values()]
-    report = SiteReport("train", replies, dict(aggregate_site_metrics(records, NUM_EXAMPLES)), len(replies))
-    return weighted_average(trained, [len(site.data.train) for site in fed.sites]), report
+        reply = {**metrics, **site_counts(site.data)}
+        replies.append(site_reply(site.data.site_id, server_round, model.get_weights(), reply))
+    aggregated = step(server_round, weights, replies)
+    return aggregated, step.last_report
+
+
+def server_step(fed: Federation, report: ReportSink | None = None) -> ServerStep:
+    """The run's strategy for the federation's sites and model, reporting each round to ``report``."""
+    return ServerStep(
+        fed.settings,
+        statistics_mask(fed.evaluator.bundle.trainable),
+        num_sites=len(fed.sites),
+        class_names=fed.class_names,
+        report=report,
+    )
 
 
 def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) -> list[dict[str, float]]:
@@ -182,13 +253,11 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
     write_run_config(output_dir, {**config, "centralized": fed.pooled})
     weights = initial_weights(settings, fed.class_names)
-    server_step = ServerStep(settings, statistics_mask(fed.evaluator.bundle.trainable))
+    step = server_step(fed, recorder.site_report)
     scores = []
     for server_round in range(rounds + 1):
         if server_round:
-            averaged, report = fedavg_round(fed, weights, server_round, update)
-            weights = server_step(weights, averaged)
-            recorder.site_report(server_round, report)
+            weights, _ = fedavg_round(fed, weights, server_round, update, step)
         evaluation = fed.evaluator(weights)
         recorder.round_done(server_round, weights, evaluation)
         scores.append(evaluation.metrics)

@@ -1,37 +1,121 @@
-"""The emulator's server step: FedAvg's average, or FedAvgM's step with statistics plainly averaged."""
+"""The emulator's server step is the app's strategy: FedAvg's average, or FedAvgM's step with statistics
+plainly averaged, taken by ``aggregate_train`` on the sites' replies as the ServerApp receives them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord
 
 import emulator
+from brainfl.evaluation.test_set import CentralEvaluator
+from brainfl.federation.bookkeeping import example_weighted_average
+from brainfl.federation.server_app import statistics_mask
+from brainfl.federation.strategy import BrainFedAvgM, build_strategy
+from brainfl.model.training import round_learning_rate
 from brainfl.settings.run_settings import settings_with
+from conftest import make_dataset
+from inprocess import InProcessGrid
 
 
 def settings(**changes):
     return settings_with(**changes)
 
 
+def reply(site: int, weights: list[np.ndarray], examples: int):
+    return emulator.site_reply(
+        site, 1, weights, {"num-examples": examples, "num_train": examples, "site-id": site}
+    )
+
+
 def test_fedavg_takes_the_average():
     step = emulator.ServerStep(settings(strategy="fedavg"), [False, True])
-    old, averaged = [np.zeros(2), np.zeros(2)], [np.ones(2), np.full(2, 3.0)]
-    assert step(old, averaged) is averaged
+    old = [np.zeros(2), np.zeros(2)]
+    replies = [reply(0, [np.zeros(2), np.ones(2)], 1), reply(1, [np.full(2, 1.5), np.full(2, 4.0)], 2)]
+    averaged = step(1, old, replies)  # by example count: (1 * site 0 + 2 * site 1) / 3
+    assert np.allclose(averaged[0], 1.0) and np.allclose(averaged[1], 3.0)
+    assert sorted(step.last_report.sites) == [0, 1] and step.last_report.sites_replied == 2
 
 
 def test_fedavgm_steps_trained_weights_and_averages_statistics():
     step = emulator.ServerStep(
         settings(strategy="fedavgm", server_learning_rate=2.0, server_momentum=0.5), [False, True]
     )
+    assert isinstance(step.strategy, BrainFedAvgM)  # the app's FedAvgM
     old, averaged = [np.zeros(2), np.zeros(2)], [np.ones(2), np.full(2, 3.0)]
-    first = step(old, averaged)
+    first = step(1, old, [reply(0, averaged, 10)])
     assert np.allclose(first[0], 2.0)  # old - 2 * (old - average)
     assert np.allclose(first[1], 3.0)  # a statistic: the plain average
-    second = step(first, [np.full(2, 3.0), np.full(2, 4.0)])  # pseudo-gradient -1, velocity 0.5 * -1 - 1
+    second = step(2, first, [reply(0, [np.full(2, 3.0), np.full(2, 4.0)], 10)])
+    # pseudo-gradient -1, velocity 0.5 * -1 - 1
     assert np.allclose(second[0], 2.0 + 2.0 * 1.5)
     assert np.allclose(second[1], 4.0)
+
+
+def test_no_usable_reply_keeps_the_global_weights():
+    step = emulator.ServerStep(settings(strategy="fedavgm", server_momentum=0.9), [False])
+    old = [np.zeros(2, np.float32)]
+    broken = [reply(0, [np.array([np.nan, 1.0], np.float32)], 10), reply(1, [np.ones(3, np.float32)], 10)]
+    np.testing.assert_array_equal(step(1, old, broken)[0], old[0])  # both dropped, as by the ServerApp
+    assert step.last_report.sites_replied == 0 and step.last_report.sites_failed == 2
 
 
 def test_other_strategies_are_refused():
     with pytest.raises(emulator.BrainFLError, match="fedavg and fedavgm only"):
         emulator.federation(settings(strategy="krum"))
+
+
+def test_a_fedavgm_run_takes_the_strategys_step_on_the_sites_replies(tmp_path, monkeypatch):
+    """Two rounds with momentum: every global model the run scores is what the app's BrainFedAvgM,
+    configured as the ServerApp configures it, makes of the replies the emulated sites sent."""
+    data = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2)
+    run_settings = emulator.settings_for(
+        f'data-dir="{data}"',
+        "image-size=32 batch-size=8 num-partitions=2 num-server-rounds=2",
+        'strategy="fedavgm" server-learning-rate=2.0 server-momentum=0.9',
+    )
+    fed = emulator.federation(run_settings)
+    learning_rates = []
+
+    def drift(settings, bundle, inputs, labels, *, learning_rate, server_round, site_id):
+        """An update without training: each site moves every weight by its own step."""
+        learning_rates.append(learning_rate)
+        model = bundle.trainable
+        model.set_weights([w + np.float32(0.01 * (site_id + 1) * server_round) for w in model.get_weights()])
+        return {"train_loss": 1.0 + site_id, "train_accuracy": 0.5}
+
+    calls, scored = [], []
+    aggregate_train, evaluate = BrainFedAvgM.aggregate_train, CentralEvaluator.__call__
+
+    def recorded_aggregate_train(self, server_round, replies):
+        calls.append((server_round, list(replies)))
+        return aggregate_train(self, server_round, calls[-1][1])
+
+    def recorded_evaluate(self, weights):
+        scored.append([np.array(w) for w in weights])
+        return evaluate(self, weights)
+
+    monkeypatch.setattr(BrainFedAvgM, "aggregate_train", recorded_aggregate_train)
+    monkeypatch.setattr(CentralEvaluator, "__call__", recorded_evaluate)
+    scores = emulator.run(fed, tmp_path / "run", drift)
+    monkeypatch.undo()
+
+    assert len(scores) == len(scored) == 3  # the initial model, then each round
+    assert [(server_round, len(replies)) for server_round, replies in calls] == [(1, 2), (2, 2)]
+    assert learning_rates == [round_learning_rate(run_settings.learning_rate, r, 2) for r in (1, 1, 2, 2)]
+    mask = statistics_mask(fed.evaluator.bundle.trainable)
+    assert any(mask) and not all(mask)
+    direct = build_strategy(run_settings, fed.class_names, float, num_sites=2, statistics_mask=mask)
+    for server_round, replies in calls:  # the ServerApp's sequence: configure_train, then aggregate_train
+        grid = InProcessGrid(2, {})
+        direct.configure_train(server_round, ArrayRecord(scored[server_round - 1]), ConfigRecord(), grid)
+        arrays, _ = direct.aggregate_train(server_round, replies)
+        expected = arrays.to_numpy_ndarrays()
+        for got, want in zip(scored[server_round], expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    plain = example_weighted_average(calls[-1][1], "arrays")
+    for got, average, is_statistic in zip(scored[2], plain, mask, strict=True):
+        if is_statistic:
+            np.testing.assert_allclose(got, average, rtol=1e-6, atol=1e-7)
+        else:  # the server step (learning rate 2, momentum 0.9) goes past the sites' average
+            assert not np.allclose(got, average)
