@@ -5,10 +5,10 @@ writes each as a 16-bit PNG (values x 257) and as a 12-bit DICOM (Rescale
 Slope/Intercept, Window Center/Width; ``benchmarks/scan_files.py``) in a temporary
 folder, then times :func:`brainfl.data.loading.decode_image` (the app's one
 decoder) over each format, best of ``--repeats`` passes, and prints a table
-of milliseconds per image and images per second. ``--keep`` writes it to
-``benchmarks/results/decode-speed/decode_speed.csv`` with ``command.txt``::
+of milliseconds per image and images per second. ``--keep NAME`` writes it to
+``benchmarks/results/NAME/decode_speed.csv`` with ``command.txt`` and ``machine.txt``::
 
-    python3 benchmarks/decode_speed.py --data-dir ../shared/data/brain-tumor-mri --n 200 --keep
+    python3 benchmarks/decode_speed.py --data-dir ../shared/data/brain-tumor-mri --n 200 --keep decode-speed
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from brainfl.data.loading import TRAIN_SPLIT, decode_image, find_classes, list_images  # noqa: E402
-from harness import RESULTS, keep_timing_table  # noqa: E402
+from harness import RESULTS, add_keep, keep_timing_table  # noqa: E402
 from scan_files import scan_to_dicom, scan_to_png16  # noqa: E402
 
-RESULT_DIR = RESULTS / "decode-speed"
+RESULT_NAME = "decode-speed"  # what the committed tables read; a bare --keep keeps there
+RESULT_DIR = RESULTS / RESULT_NAME
 RESULT_CSV = "decode_speed.csv"
 COLUMNS = ("format", "images", "image_size", "channels", "mean_file_kib", "ms_per_image", "images_per_s")
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per format, best kept")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", action="store_true", help=f"write {RESULT_DIR.relative_to(ROOT)}/")
+    add_keep(parser, bare=RESULT_NAME)
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be at least 1")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(table(rows))
     if args.keep:
-        print(f"kept: {keep(rows)}")
+        print(f"kept: {keep(rows, RESULTS / args.keep)}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ load, model build, validation of the received model, training); what a
 round spends outside the slowest site's message is the engines' waiting and
 messaging. ``--per-class N`` runs on a symlinked subset of N images per class
 and split (the load test's tiny workload); ``--repo DIR`` runs another
-checkout's ``run.sh`` (a before/after comparison). ``--keep NAME`` copies
-each run's result files to ``benchmarks/results/NAME-<engine>/``.
+checkout's ``run.sh`` with that checkout's package (a before/after
+comparison: ``git worktree add ../brainfl-<commit> <commit>``, then ``--repo
+../brainfl-<commit>``), and the kept command names the commit and the
+worktree. The runs go to ``--output-dir`` (default: a new folder under the
+run checkout's ``benchmarks/runs/``); ``--keep NAME`` copies each run's
+result files to ``benchmarks/results/NAME-<engine>/``.
 
     python3 benchmarks/engine_rounds.py --data-dir ../shared/data/brain-tumor-mri --sites 4 --rounds 3
     python3 benchmarks/engine_rounds.py --data-dir ../shared/data/brain-tumor-mri --sites 10 --rounds 3 \\
@@ -23,13 +27,23 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from brainfl.report.results import SITE_CSV
-from harness import ROOT, free_port_block, keep_result, markdown_table, measured_command
+from harness import (
+    ROOT,
+    add_keep,
+    add_output_dir,
+    free_port_block,
+    fresh_output_dir,
+    keep_result,
+    markdown_table,
+    measured_command,
+    shown_command,
+    worktree_command,
+)
 from result_folders import FIRST_WARM_ROUND, warm_phase_medians
 from subset import make_subset
 
@@ -45,9 +59,10 @@ def phase_medians(output_dir: Path) -> dict[str, float]:
     return medians
 
 
-def run_engine(args: argparse.Namespace, engine: str, data_dir: str) -> dict[str, object]:
-    """One ``run.sh`` run on ``engine``; its warm round time and phase medians."""
-    output_dir = args.out / engine
+def run_engine(args: argparse.Namespace, engine: str, data_dir: str, subset: list[str]) -> dict[str, object]:
+    """One ``run.sh`` run on ``engine``; its warm round time and phase medians (``subset``: the command
+    that made the data folder, a step of the kept command)."""
+    output_dir = args.output_dir / engine
     command = [str(args.repo / "run.sh"), "--sites", str(args.sites), "--rounds", str(args.rounds)]
     command += ["--data-dir", data_dir, "--port", str(free_port_block(args.sites + 2))]
     command += ["--output-dir", str(output_dir)]
@@ -59,9 +74,10 @@ def run_engine(args: argparse.Namespace, engine: str, data_dir: str) -> dict[str
     env = None if args.repo == ROOT else {**os.environ, "PYTHONPATH": str(args.repo / "src")}
     figures = measured_command(command, output_dir, env)
     if args.keep:
-        shown = str(figures["command"]).replace(f"{ROOT}/run.sh", "./run.sh")
         if env:
-            shown = f"PYTHONPATH={args.repo}/src {shown}"
+            shown = worktree_command(command, args.repo, subset)
+        else:
+            shown = " && ".join([*([shown_command(subset)] if subset else []), shown_command(command)])
         keep_result(output_dir, f"{args.keep}-{engine}", shown, measurement=figures)
     latencies = figures["round_latency_s"]
     warm = latencies[1:] or latencies
@@ -85,13 +101,23 @@ def main() -> None:
     parser.add_argument("--run-config", default="", help='"key=value ..." for every run')
     parser.add_argument("--per-class", type=int, default=0, help="a subset of N images per class and split")
     parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose run.sh runs")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-engines-")))
-    parser.add_argument("--keep", default="", help="also keep results in benchmarks/results/KEEP-<engine>/")
+    add_output_dir(parser, None)
+    add_keep(parser, where="NAME-<engine>/")
     args = parser.parse_args()
-    data_dir = str(Path(args.data_dir).resolve())
+    args.repo = args.repo.resolve()
+    args.output_dir = (args.output_dir or fresh_output_dir("engines", under=args.repo)).resolve()
+    data_dir, subset = str(Path(args.data_dir).resolve()), []
     if args.per_class:
-        data_dir = str(make_subset(args.data_dir, args.out / "data", args.per_class))
-    rows = [run_engine(args, engine, data_dir) for engine in args.engines]
+        data_dir = str(make_subset(args.data_dir, args.output_dir / "data", args.per_class))
+        subset = [
+            "python3",
+            "benchmarks/subset.py",
+            args.data_dir,
+            data_dir,
+            "--per-class",
+            f"{args.per_class}",
+        ]
+    rows = [run_engine(args, engine, data_dir, subset) for engine in args.engines]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print(markdown_table(rows, columns))
     if len(rows) == 2:

@@ -10,21 +10,33 @@ the run's figures from :func:`summarize_run.summarize` and the exact command.
 images) to ``benchmarks/results/<name>/`` with the command that made them and,
 given the figures :func:`measured_command` returned, their numbers in
 ``measurement.json`` (peak memory, wall and command seconds, round latencies).
+
+A kept command is one shell line that reruns from the repository root as
+written (:func:`shown_command`): paths in this checkout and beside it
+relative, a run of another checkout as a ``git worktree`` of its commit
+(:func:`worktree_command`). Every script spells its options alike
+(:func:`add_output_dir`, :func:`add_keep`): ``--output-dir DIR`` for its
+scratch outputs, ``--keep NAME`` for ``benchmarks/results/NAME/``; the earlier
+``--out`` (``--output``) and a bare ``--keep`` still work, hidden, with a
+warning on stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +46,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from brainfl.core.arguments import add_old_spellings
 from brainfl.evaluation.calibration import CALIBRATION_JSON
 from brainfl.model.files import RUN_CONFIG
 from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV
@@ -44,6 +57,7 @@ from summarize_run import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs"  # scratch outputs (git-ignored)
 KEPT_FILES = (RESULTS_CSV, SITE_CSV, RUN_CONFIG, CALIBRATION_JSON, PERSONALIZATION_CSV)
 COMMAND_FILE = "command.txt"
 SERVER_MARKERS = ("flwr-serverapp", "flower-superexec", "flwr run")
@@ -157,7 +171,7 @@ def measured_command(
         raise SystemExit(f"{' '.join(command)} failed (exit {returncode}); see {handle.name}")
     return {
         **(summarize(output_dir) if rounds else {}),
-        "command": shlex.join(command),
+        "command": shown_command(command),
         "command_s": round(time.monotonic() - started, 1),
         "round_latency_s": round_latencies(output_dir) if rounds else [],
         "peak_total_gib": round(sampler.peak_total / GIB, 2),
@@ -203,7 +217,7 @@ def keep_result(
         (target / file_name).unlink(missing_ok=True)
         if (Path(run_dir) / file_name).is_file():
             shutil.copyfile(Path(run_dir) / file_name, target / file_name)
-    line = command if isinstance(command, str) else shlex.join(command)
+    line = command if isinstance(command, str) else shell_join(command)
     (target / COMMAND_FILE).write_text(line.replace("\n", " ") + "\n")
     (target / MEASUREMENT).unlink(missing_ok=True)
     if measurement:
@@ -211,9 +225,118 @@ def keep_result(
     return target
 
 
+def shell_join(words: Sequence[str]) -> str:
+    """``words`` as one shell line; a word holding single quotes (a run config) in double quotes."""
+    plain = re.compile(r'[^"$`\\!]*')  # nothing that double quotes leave special
+    return " ".join(
+        f'"{word}"' if "'" in word and plain.fullmatch(word) else shlex.quote(word) for word in words
+    )
+
+
+def relative_paths(word: str, at: Path = ROOT, moved: Mapping[Path, Path] | None = None) -> str:
+    """``word`` with every path in this checkout or beside it (in its parent folder) relative to ``at``.
+
+    ``moved``: a checkout's folder and the folder it is shown in instead (another checkout shown as a
+    worktree beside this one). Other paths (``/tmp/...``) stay as they are."""
+    places = {**(moved or {}), ROOT: ROOT, ROOT.parent: ROOT.parent}
+    for real, shown in places.items():  # the deepest first: a moved checkout, this one, the folder beside
+        if real == real.parent:
+            continue  # the file system's root: not a folder beside the checkout
+        pattern = rf"(?<![\w./-]){re.escape(str(real))}(/[^\s'\"]*)?(?![\w.-])"
+        word = re.sub(pattern, lambda m, shown=shown: os.path.relpath(f"{shown}{m[1] or ''}", at), word)
+    return word
+
+
+def shown_command(command: Sequence[str], at: Path = ROOT, moved: Mapping[Path, Path] | None = None) -> str:
+    """``command`` as one shell line run from ``at`` (default: the repository root), paths relative to it."""
+    words = [relative_paths(word, at, moved) for word in command]
+    if words and words[0] != command[0] and "/" not in words[0]:
+        words[0] = f"./{words[0]}"  # a program in that folder: ./run.sh
+    return shell_join(words)
+
+
+def worktree_command(command: Sequence[str], repo: Path, first: Sequence[str] = ()) -> str:
+    """``command``, run with the package of ``repo`` (a checkout other than this one), as one line to
+    rerun from the repository root: a ``git worktree`` of ``repo``'s commit beside this checkout,
+    ``first`` (a step run from the root, such as the subset of the data it reads), then ``command`` in
+    the worktree with its own ``src/`` first on the path."""
+    found = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    commit = found.stdout.strip() if found.returncode == 0 else ""
+    tree = ROOT.parent / (f"brainfl-{commit}" if commit else repo.name)
+    steps = [f"(test -d ../{tree.name} || git worktree add ../{tree.name} {commit})"] if commit else []
+    steps += [shown_command(first, moved={repo: tree})] if first else []
+    steps.append(f"(cd ../{tree.name} && PYTHONPATH=src {shown_command(command, tree, {repo: tree})})")
+    return " && ".join(steps)
+
+
+def fresh_output_dir(name: str, under: Path = ROOT) -> Path:
+    """A new scratch folder ``benchmarks/runs/<name>-XXXXXXXX`` of the checkout ``under``."""
+    runs = under / "benchmarks" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=runs))
+
+
+def add_output_dir(
+    parser: argparse.ArgumentParser,
+    default: Path | None,
+    old: Sequence[str] = ("--out",),
+    help_text: str = "",
+) -> None:
+    """``--output-dir DIR``: where a benchmark writes its runs (scratch: models, logs, figures).
+
+    ``default`` None: a new folder ``benchmarks/runs/<script>-XXXXXXXX`` (:func:`fresh_output_dir`), or
+    the option is required, as the script says. ``old``: earlier spellings, hidden, with a warning."""
+    where = f"default: {default}" if default is not None else "default: a new folder under benchmarks/runs/"
+    parser.add_argument("--output-dir", type=Path, default=default, metavar="DIR", help=help_text or where)
+    add_old_spellings(parser, "--output-dir", old, type=Path)
+
+
+class _Keep(argparse.Action):
+    """``--keep NAME``; a bare ``--keep`` (an earlier switch) keeps in ``bare`` with a warning."""
+
+    def __init__(self, *args: object, bare: str | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.bare = bare
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if values is None:
+            print(
+                f"{parser.prog}: warning: {option_string} without a NAME is deprecated, "
+                f"use {option_string} {self.bare}",
+                file=sys.stderr,
+            )
+            values = self.bare
+        setattr(namespace, self.dest, values)
+
+
+def add_keep(
+    parser: argparse.ArgumentParser, default: str | None = None, bare: str | None = None, where: str = ""
+) -> None:
+    """``--keep NAME``: also keep the run's small result files in ``benchmarks/results/NAME/``.
+
+    ``default``: the name kept without the option (None: nothing is kept). ``bare``: the name an
+    earlier bare ``--keep`` kept in, still accepted with a warning. ``where``: the folders under
+    ``benchmarks/results/`` if not ``NAME/`` itself (``NAME/<setting>/``)."""
+    kept = f"benchmarks/results/{where or 'NAME/'}"
+    help_text = f"also keep the small result files in {kept}" + (f" (default: {default})" if default else "")
+    extra = {"nargs": "?", "const": None} if bare else {}
+    parser.add_argument(
+        "--keep", action=_Keep, bare=bare, default=default, metavar="NAME", help=help_text, **extra
+    )
+
+
 def this_command() -> str:
-    """The command line that started this benchmark script, as one shell line."""
-    return shlex.join(["python3", *sys.argv])
+    """The command line that started this benchmark script, as one shell line run from the repository
+    root (:func:`shown_command`)."""
+    return shown_command(["python3", *sys.argv])
 
 
 def keep_timing_table(rows: list[dict], columns: Sequence[str], folder: Path, csv_name: str) -> Path:

@@ -8,9 +8,9 @@ measured); with ``evaluation.csv`` (``brainfl evaluate``) a column of the extern
 it is a run's ``shifted/`` or ``shifted-leak-free/`` (``benchmarks/shifted_copy.py``: the run's final model
 on a shifted copy of the Testing split), which the runs and shifted tables show with the run; with
 ``decode_speed.csv`` rows of the decode-time table; with ``throughput.csv`` rows of the throughput
-table. A table goes between ``<!-- table:NAME -->`` and
-``<!-- /table -->``, its folders' commands and machines under it; a question no folder answers gets one
-line and a command that would. A comparison pairs runs kept at the
+table. A table goes between ``<!-- table:NAME -->`` and ``<!-- /table -->``, under it each of its
+folders' command and, in BENCHMARKS.md, the machine it ran on (README.md points there); a question no
+folder answers gets one line and a command that would. A comparison pairs runs kept at the
 same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs.
 ``result_folders.py`` reads the folders and a run's cells, ``artifact_tables.py`` makes the rows of the tables
 from evaluations, calibration and timings; this module picks the rows of the other tables,
@@ -59,7 +59,10 @@ from result_folders import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "BENCHMARKS.md")
+DOCS = {"README.md": False, "BENCHMARKS.md": True}  # doc: whether it notes each folder's machine
+MACHINES_THERE = (
+    "The machine each ran on is noted beside its command in [BENCHMARKS.md](BENCHMARKS.md#every-kept-run)."
+)
 SCALE_SITES = 10  # a run with at least this many sites answers "scale"
 ROBUST = ("krum", "multikrum", "trimmed-mean", "median")
 SCHEDULE = ("image-size", "model", "num-partitions", "num-server-rounds", "local-epochs", "emulator")
@@ -186,9 +189,9 @@ EVALUATE = (
     "brainfl evaluate --model outputs/<run>/final_model.keras ../shared/data/brain-tumor-mri --output-dir DIR"
 )
 SHIFTED_COPY = (
-    f"python3 benchmarks/shifted_copy.py make {DATA} --out /tmp/shifted-copy\n"
+    f"python3 benchmarks/shifted_copy.py make {DATA} --output-dir benchmarks/runs/shifted-copy\n"
     "python3 benchmarks/shifted_copy.py score --model benchmarks/runs/<run>/final_model.keras "
-    "--copy /tmp/shifted-copy --output /tmp/shifted-scores --keep <run>"
+    "--copy benchmarks/runs/shifted-copy --output-dir benchmarks/runs/<run>-shifted --keep <run>"
 )
 SITE_GRID = f"python3 benchmarks/site_grid.py run {DATA}\npython3 benchmarks/site_grid.py summarize"
 TABLES: dict[str, Table] = {
@@ -230,9 +233,10 @@ TABLES: dict[str, Table] = {
     "calibration": Table(f"./run.sh --simulation --sites 4 --rounds 40 {DATA}", rows=calibration_rows),
     "site-grid": Table(SITE_GRID, rows=grid_rows, files=(GRID_SUMMARY, "site_grid.json")),
     "site-grid-calibration": Table(SITE_GRID, rows=grid_rows, files=(GRID_CALIBRATION, "site_grid.json")),
-    "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep", rows=throughput_rows,
+    "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep throughput", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
-    "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep", rows=decode_rows,
+    "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep decode-speed",
+                         rows=decode_rows,
                          files=("decode_speed.csv", "decode_speed.json")),
 }  # fmt: skip
 
@@ -243,8 +247,9 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows])
 
 
-def render(name: str, results: Path) -> str:
-    """The text between ``<!-- table:name -->`` and ``<!-- /table -->``: table, commands, machine."""
+def render(name: str, results: Path, machines: bool = True) -> str:
+    """The text between ``<!-- table:name -->`` and ``<!-- /table -->``: the table, then each folder's
+    command under its name and, with ``machines``, the machine it ran on (else a pointer to them)."""
     if name not in TABLES:
         raise SystemExit(f"unknown table '{name}' (known: {', '.join(TABLES)})")
     table = TABLES[name]
@@ -255,14 +260,20 @@ def render(name: str, results: Path) -> str:
         return f"{no}\n\n```bash\n{table.command}\n```\n"
     used = [one for one in kept if any(one.name in row or one.name in row.values() for row in rows)]
     used = [part for one in used for part in (one, *table.also(one))]
-    commands = "\n".join(f"# {one.name}\n{one.command or '(no command.txt)'}" for one in used)
-    machines = "; ".join(sorted({one.machine for one in used}))
-    return f"{markdown(rows)}\n\nCommands:\n\n```bash\n{commands}\n```\n\nMachine: {machines}.\n"
+    commands = "\n".join(
+        f"# {one.name}\n"
+        + (f"# machine: {one.machine}\n" if machines else "")
+        + (one.command or "(no command.txt)")
+        for one in used
+    )
+    heading = "Commands, each with the machine it ran on:" if machines else "Commands:"
+    after = "" if machines else f"\n{MACHINES_THERE}\n"
+    return f"{markdown(rows)}\n\n{heading}\n\n```bash\n{commands}\n```\n{after}"
 
 
-def regenerate(text: str, results: Path) -> str:
+def regenerate(text: str, results: Path, machines: bool = True) -> str:
     """``text`` with every marked table replaced by its rendering from the folders under ``results``."""
-    return MARKER.sub(lambda m: f"{m[1]}\n{render(m['name'], results)}\n{m[4]}", text)
+    return MARKER.sub(lambda m: f"{m[1]}\n{render(m['name'], results, machines)}\n{m[4]}", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this one)")
     args = parser.parse_args(argv)
     results, stale = args.root / "benchmarks" / "results", []
-    for doc in (args.root / name for name in DOCS):
+    for name, machines in DOCS.items():
+        doc = args.root / name
         text = doc.read_text()
-        if (new := regenerate(text, results)) != text:
+        if (new := regenerate(text, results, machines)) != text:
             stale.append(doc.name)
             if not args.check:
                 doc.write_text(new)

@@ -20,8 +20,9 @@ Run as a script, it trains a federation on Flower's simulation engine
 ClientApp; ``run_simulation`` takes no run config, so :func:`simulate` hands
 the run's settings to both apps itself. Its outputs are a normal run's::
 
-    python3 benchmarks/poisoning.py --data-dir ../shared/data/brain-tumor-mri --output-dir /tmp/p \\
-        --sites 5 --rounds 3 --poison sign-flip --poisoned-sites 0 --run-config "strategy='median'"
+    python3 benchmarks/poisoning.py --data-dir ../shared/data/brain-tumor-mri \\
+        --output-dir benchmarks/runs/poisoned --sites 5 --rounds 3 --poison sign-flip --poisoned-sites 0 \\
+        --run-config "strategy='median'"
 """
 
 from __future__ import annotations

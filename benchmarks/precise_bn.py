@@ -18,8 +18,8 @@ state from one training call to the next)::
     python3 benchmarks/precise_bn.py --data-dir ../shared/data/brain-tumor-mri \\
         --run-config "num-server-rounds=6 num-partitions=4 local-epochs=1"
 
-``--out`` gets each run in the app's format; ``--keep NAME`` also copies its
-small result files to ``benchmarks/results/NAME/<run>/``.
+``--output-dir`` gets each run in the app's format; ``--keep NAME`` also
+copies its small result files to ``benchmarks/results/NAME/<run>/``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from brainfl.federation.site_training import local_update, update_seed
 from brainfl.model.architectures import ModelBundle
 from brainfl.model.training import train
 from brainfl.settings.run_settings import RunSettings
-from harness import keep_result, markdown_table, this_command
+from harness import add_keep, add_output_dir, keep_result, markdown_table, this_command
 
 
 def keras_averages_update(
@@ -69,8 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=6"')
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/precise_bn"))
-    parser.add_argument("--keep", default="", help="also keep the results in benchmarks/results/KEEP/")
+    add_output_dir(parser, Path("benchmarks/runs/precise_bn"))
+    add_keep(parser, where="NAME/<run>/")
     args = parser.parse_args()
     settings = emulator.settings_for(f'data-dir="{args.data_dir}"', args.run_config)
     if settings.balanced_softmax:
@@ -78,7 +78,7 @@ def main() -> None:
     fed = emulator.federation(settings)
     table = [{"round": server_round} for server_round in range(settings.num_server_rounds + 1)]
     for arm, update in ARMS.items():
-        output_dir = args.out / arm.replace(" ", "_")
+        output_dir = args.output_dir / arm.replace(" ", "_")
         for line, row in zip(table, emulator.run(fed, output_dir, update), strict=True):
             line[arm] = f"{row['accuracy']:.4f} / {row.get('leak_free_accuracy', float('nan')):.4f}"
         if args.keep:

@@ -11,7 +11,8 @@ the whole poisoning table (its clean row too, for like-for-like timings)
 runs through ``poisoning.py``: Flower's ``run_simulation`` with the project's
 ServerApp and ``client_app_with(poisoning_mod(...))``, on the same Ray
 backend defaults as ``run.sh --simulation``. Prints the two Markdown tables
-and writes them to ``<out>/privacy_robustness.md``.
+and writes them to ``<output-dir>/privacy_robustness.md`` (default: a new
+folder under ``benchmarks/runs/``), which also holds every setting's run.
 
     python3 benchmarks/privacy_robustness.py --data-dir ../shared/data/brain-tumor-mri
 """
@@ -22,10 +23,16 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
-from harness import markdown_table, measured_command, measured_run, table_row
+from harness import (
+    add_output_dir,
+    fresh_output_dir,
+    markdown_table,
+    measured_command,
+    measured_run,
+    table_row,
+)
 
 COLUMNS = ["setting", "accuracy", "leak_free", "f1_macro", "epsilon", "wall_s", "mean_round_s"]
 POISONING = Path(__file__).resolve().parent / "poisoning.py"
@@ -54,7 +61,7 @@ def poison_settings() -> dict[str, tuple[int, list[str], str]]:
 
 
 def output_dir_for(args: argparse.Namespace, name: str) -> Path:
-    return args.out / "".join(ch if ch.isalnum() else "_" for ch in name)
+    return args.output_dir / "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def overrides_for(args: argparse.Namespace, config: str) -> str:
@@ -101,11 +108,12 @@ def main() -> None:
     parser.add_argument("--workload", default="image-size=64", help="run-config shared by every setting")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--clipping-norm", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-privacy-")))
+    add_output_dir(parser, None)
     parser.add_argument("--only", choices=("privacy", "poison"), default=None)
     parser.add_argument("--match", default="", help="run only the settings whose name contains this")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir = (args.output_dir or fresh_output_dir("privacy")).resolve()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     if args.only in (None, "privacy"):
         sections.append(("Privacy (4 IID sites)", *run_privacy_table(args)))
@@ -115,7 +123,7 @@ def main() -> None:
         f"### {title}\n\n{table}\n\nCommands:\n\n" + "\n".join(f"    {c}" for c in commands)
         for title, table, commands in sections
     )
-    (args.out / "privacy_robustness.md").write_text(text + "\n")
+    (args.output_dir / "privacy_robustness.md").write_text(text + "\n")
     print(text)
 
 

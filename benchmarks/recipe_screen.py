@@ -13,10 +13,10 @@ Every recipe gets ``--passes`` passes over the training data, as
 ``--run-config`` says otherwise), and is scored on the server's test set
 after each round: official and leak-free accuracy.
 
-One JSON line per recipe is appended to ``<out>/recipe_screen.jsonl`` and
-each recipe's run is written in the app's format to ``<out>/<recipe>/``;
-``--keep NAME`` also copies its small result files to
-``benchmarks/results/NAME/<recipe>/``::
+One JSON line per recipe is appended to ``<output-dir>/recipe_screen.jsonl``
+and each recipe's run is written in the app's format to
+``<output-dir>/<recipe>/``; ``--keep NAME`` also copies its small result
+files to ``benchmarks/results/NAME/<recipe>/``::
 
     python3 benchmarks/recipe_screen.py --data-dir ../shared/data/brain-tumor-mri --passes 6 \\
         --run-config "num-partitions=4" --recipes "central,central:batch-size=128,fedavg,fedavg:batch-size=8"
@@ -36,7 +36,7 @@ from pathlib import Path
 import emulator
 from brainfl.core.errors import BrainFLError
 from brainfl.settings.run_settings import RunSettings
-from harness import keep_result, this_command
+from harness import add_keep, add_output_dir, keep_result, this_command
 
 KINDS = ("central", "fedavg")
 
@@ -88,18 +88,18 @@ def main() -> None:
     parser.add_argument("--recipes", default="central,fedavg", help="comma-separated recipes (see above)")
     parser.add_argument("--passes", type=int, default=6, help="passes over the training data per recipe")
     parser.add_argument("--run-config", default="", help='overrides for every recipe, e.g. "image-size=96"')
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/recipe_screen"))
-    parser.add_argument("--keep", default="", help="also keep the results in benchmarks/results/KEEP/")
+    add_output_dir(parser, Path("benchmarks/runs/recipe_screen"))
+    add_keep(parser, where="NAME/<recipe>/")
     args = parser.parse_args()
     recipes = args.recipes.split(",")
     # Every recipe is checked first: a typo in the last one fails before the first one trains.
     checked = [recipe_settings(recipe, args.data_dir, args.run_config, args.passes) for recipe in recipes]
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     for recipe, (pooled, settings) in zip(recipes, checked, strict=True):
-        output_dir = args.out / folder_name(recipe)
+        output_dir = args.output_dir / folder_name(recipe)
         result = run_recipe(recipe, pooled, settings, output_dir)
         print(json.dumps(result), flush=True)
-        with (args.out / "recipe_screen.jsonl").open("a") as handle:
+        with (args.output_dir / "recipe_screen.jsonl").open("a") as handle:
             handle.write(json.dumps(result) + "\n")
         if args.keep:
             keep_result(output_dir, f"{args.keep}/{folder_name(recipe)}", this_command())

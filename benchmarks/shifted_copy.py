@@ -8,11 +8,12 @@ on it with ``brainfl evaluate``'s own code, to see how much of the accuracy
 survives. Two commands::
 
     python3 benchmarks/shifted_copy.py make --data-dir ../shared/data/brain-tumor-mri \\
-        --out /tmp/shifted-copy [--seed 0]
+        --output-dir benchmarks/runs/shifted-copy [--seed 0]
     python3 benchmarks/shifted_copy.py score --model benchmarks/runs/iid4-r40/final_model.keras \\
-        --copy /tmp/shifted-copy --output /tmp/shifted-scores [--keep iid4-r40] [--resamples N]
+        --copy benchmarks/runs/shifted-copy --output-dir benchmarks/runs/iid4-r40-shifted \\
+        [--keep iid4-r40] [--resamples N]
 
-``make`` writes into ``--out``:
+``make`` writes into its ``--output-dir``:
 
 - ``all/<class>/<stem>.png``: every scan of ``DATA/Testing``, listed as
   ``brainfl evaluate`` lists them (:func:`brainfl.evaluation.external.labelled_scans`,
@@ -21,7 +22,7 @@ survives. Two commands::
   exact or near copy in ``DATA/Training``, chosen exactly as
   ``brainfl evaluate --leak-free-only`` chooses them (:func:`brainfl.evaluation.external.leak_free`);
 - ``manifest.csv``: one row per scan: ``source`` (relative to DATA), ``output``
-  (relative to ``--out``, under ``all/``), ``class``, ``leak_free`` and every
+  (relative to ``--output-dir``, under ``all/``), ``class``, ``leak_free`` and every
   drawn parameter (:class:`preparation_shift.Shift`);
 - ``copy.txt``: the command that made the copy, its seed and data folder.
 
@@ -31,8 +32,8 @@ every run, and a scan's copy does not depend on which other scans are listed.
 
 ``score`` runs :func:`brainfl.evaluation.external.evaluate_model` and
 :func:`brainfl.evaluation.external.write_outputs` on ``COPY/all`` into ``OUTPUT/shifted/``
-and on ``COPY/leak-free`` into ``OUTPUT/shifted-leak-free/`` (CSV, JSON and
-figures as ``brainfl evaluate`` writes them) and prints both accuracies with
+and on ``COPY/leak-free`` into ``OUTPUT/shifted-leak-free/`` (OUTPUT: its
+``--output-dir``; CSV, JSON and figures as ``brainfl evaluate`` writes them) and prints both accuracies with
 their bootstrap 95% intervals. ``--keep NAME`` copies the two small files of
 each (``evaluation.csv``, ``evaluation.json``) with a ``command.txt`` (this
 command) and the copy's ``copy.txt`` into ``benchmarks/results/NAME/shifted/``
@@ -64,7 +65,7 @@ from brainfl.data.layouts import TEST_SPLIT, TRAIN_SPLIT, class_folders, find_cl
 from brainfl.evaluation import external as evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import COMMAND_FILE, RESULTS, this_command
+from harness import COMMAND_FILE, RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_file
 
 SCRIPT = "benchmarks/shifted_copy.py"
@@ -101,10 +102,10 @@ def _clear(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise BrainFLError(f"--out {out} is a file, not a folder")
+        raise BrainFLError(f"--output-dir {out} is a file, not a folder")
     if any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BrainFLError(
-            f"--out {out} is not empty and holds no shifted copy ({MANIFEST}): not replacing it"
+            f"--output-dir {out} is not empty and holds no shifted copy ({MANIFEST}): not replacing it"
         )
     for name in (ALL, LEAK_FREE):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -235,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make", help="write a shifted copy of DATA/Testing")
     make.add_argument("--data-dir", type=Path, required=True, help="DATA with Training/ and Testing/")
-    make.add_argument("--out", type=Path, required=True, help="where the copy goes (created or replaced)")
+    add_output_dir(make, None, help_text="where the copy goes (created or replaced; required)")
     make.add_argument("--seed", type=int, default=0, help="seed of the drawn shifts (default: 0)")
     score = commands.add_parser("score", help="score a model on a shifted copy with brainfl evaluate")
     score.add_argument("--model", type=Path, required=True, help="a brainfl model, e.g. final_model.keras")
     score.add_argument("--copy", type=Path, required=True, help="a folder written by make")
-    score.add_argument("--output", type=Path, required=True, help="where shifted/ and shifted-leak-free/ go")
-    score.add_argument("--keep", metavar="NAME", help="copy the small files into benchmarks/results/NAME/")
+    add_output_dir(score, None, ("--output",), "where shifted/ and shifted-leak-free/ go (required)")
+    add_keep(score, where="NAME/shifted/ and NAME/shifted-leak-free/ (NAME: a kept run)")
     score.add_argument(
         "--resamples", type=_positive, default=None, help="bootstrap resamples (default: 1000)"
     )
@@ -250,17 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, results_root: Path | str = RESULTS) -> int:
     """Run ``make`` or ``score``; bad input is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output_dir is None:  # required; checked here, as an earlier spelling may give it
+        parser.error(f"{args.command}: the following arguments are required: --output-dir")
     command = this_command() if argv is None else shlex.join(["python3", SCRIPT, *argv])
     try:
         if args.command == "make":
-            manifest = make_copy(args.data_dir, args.out, args.seed, command)
+            manifest = make_copy(args.data_dir, args.output_dir, args.seed, command)
             counts = manifest.groupby("class")["leak_free"].agg(["size", "sum"])
             for name, row in counts.iterrows():
                 print(f"{name}: {row['size']} scans, {row['sum']} leak-free")
-            print(f"written to {args.out}: {ALL}/, {LEAK_FREE}/, {MANIFEST}, {COPY_FILE}")
+            print(f"written to {args.output_dir}: {ALL}/, {LEAK_FREE}/, {MANIFEST}, {COPY_FILE}")
         else:
-            score_copy(args.model, args.copy, args.output, args.keep, results_root, args.resamples, command)
+            score_copy(
+                args.model, args.copy, args.output_dir, args.keep, results_root, args.resamples, command
+            )
     except BrainFLError as error:
         print(f"shifted_copy: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

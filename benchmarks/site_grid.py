@@ -19,7 +19,8 @@ all four). Every approach trains with plain cross-entropy: the balanced-softmax
 loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
 trained alone with it on a few classes scores near zero on its own skewed split.
 
-``run`` trains what is missing into ``--out`` (a cell whose result file exists
+``run`` trains what is missing into ``--output-dir`` (default
+``benchmarks/runs/<keep>``; a cell whose result file exists
 is skipped, so a stopped grid resumes; ``--rounds``, ``--local-epochs``,
 ``--seeds``, ``--settings`` and ``--approaches`` pick a smaller or longer grid)
 and keeps each cell's small files in
@@ -47,7 +48,18 @@ import pandas as pd
 from brainfl.model.files import RUN_CONFIG
 from brainfl.report.results import PERSONALIZATION_CSV
 from brainfl.report.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, gathered, rank
-from harness import RESULTS, ROOT, free_port_block, keep_result, measured_command, this_command
+from harness import (
+    RESULTS,
+    ROOT,
+    RUNS,
+    add_keep,
+    add_output_dir,
+    free_port_block,
+    keep_result,
+    measured_command,
+    shown_command,
+    this_command,
+)
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY
 
 SETTINGS = {  # folder name: run-config of the setting
@@ -113,12 +125,12 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for setting in args.settings:
             for approach in args.approaches:
-                out = args.out / setting / f"seed{seed}" / approach
+                out = args.output_dir / setting / f"seed{seed}" / approach
                 target = RESULTS / args.keep / setting / f"seed{seed}" / approach
                 if (target / RESULT_FILE[approach]).is_file():
                     continue
                 line = command(args, setting, seed, approach, out)
-                text = " ".join(line)
+                text = shown_command(line)
                 print(f"{setting} seed {seed} {approach}: {text}", flush=True)
                 baseline = approach in ("local", "pooled")
                 figures: dict[str, object] = {}
@@ -230,12 +242,13 @@ def main() -> None:
     runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
-    runner.add_argument("--out", type=Path, default=Path("/tmp/site-grid"))
-    runner.add_argument("--keep", default="site-grid")
+    add_output_dir(runner, None, help_text="where the runs go (default: benchmarks/runs/<keep>)")
+    add_keep(runner, "site-grid", where="NAME/<setting>/seed<k>/<approach>/")
     summarizer = sub.add_parser("summarize", help="the kept cells' per-site table and summaries")
-    summarizer.add_argument("--keep", default="site-grid")
+    add_keep(summarizer, "site-grid")
     args = parser.parse_args()
     if args.action == "run":
+        args.output_dir = (args.output_dir or RUNS / args.keep).resolve()
         run(args)
     else:
         summarize(RESULTS / args.keep)

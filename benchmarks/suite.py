@@ -4,8 +4,10 @@ One command runs every setting one after the other on this machine (so the
 ratios are fair), then prints a Markdown table (official and leak-free
 accuracy, macro F1, per-class recall, wall time, time to 95% / 97%, peak
 memory of the server and of one site, federated / centralized wall-time
-ratio), writes it to ``<out>/suite.md`` with the commands, and plots accuracy
-per round for every setting (``<out>/suite_accuracy.png``).
+ratio), writes it to ``<output-dir>/suite.md`` with the commands, and plots
+accuracy per round for every setting (``<output-dir>/suite_accuracy.png``);
+``--output-dir`` (default: a new folder under ``benchmarks/runs/``) also holds
+every setting's run.
 
     python3 benchmarks/suite.py --data-dir ../shared/data/brain-tumor-mri --epochs 12 --local-epochs 2
     python3 benchmarks/suite.py --data-dir ../shared/data/brain-tumor-mri --tiny   # CI: seconds, not hours
@@ -25,13 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # picks a non-interactive backend on a headless machine
 import pandas as pd
 
-from harness import ROOT, keep_result, markdown_table, measured_command, measured_run, table_row
+from harness import (
+    ROOT,
+    add_keep,
+    add_output_dir,
+    fresh_output_dir,
+    keep_result,
+    markdown_table,
+    measured_command,
+    measured_run,
+    table_row,
+)
 from subset import make_subset
 
 DIR03 = "partitioning='dirichlet' dirichlet-alpha=0.3"
@@ -126,26 +137,27 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--epochs", type=int, default=12, help="passes over the data, every setting")
     parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="brainfl-suite-")))
+    add_output_dir(parser, None)
     parser.add_argument("--workload", default="", help='run-config for every setting, e.g. "image-size=64"')
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
     parser.add_argument("--tiny", action="store_true", help="a few dozen images, one round (CI)")
-    parser.add_argument("--keep", default="", help="also keep the results in benchmarks/results/KEEP/")
+    add_keep(parser, where="NAME/<setting>/")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir = (args.output_dir or fresh_output_dir("suite")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         args.epochs, args.local_epochs = 1, 1
-        args.data_dir = str(make_subset(args.data_dir, args.out / "data", TINY_PER_CLASS))
+        args.data_dir = str(make_subset(args.data_dir, out / "data", TINY_PER_CLASS))
     names = args.only or (TINY_SETTINGS if args.tiny else list(SETTINGS))
     rows, curves, commands = [], {}, []
     for name in names:
-        output_dir = args.out / name.replace(" ", "_").replace(".", "").replace("(", "").replace(")", "")
+        output_dir = out / name.replace(" ", "_").replace(".", "").replace("(", "").replace(")", "")
         command, via_run_script = command_for(name, args, output_dir)
-        commands.append(("./run.sh " if via_run_script else "") + " ".join(command))
         if via_run_script:
             figures = measured_run(command, output_dir)
         else:
             figures = measured_command(command, output_dir)
+        commands.append(str(figures["command"]))
         rows.append(table_row(name, figures, output_dir))
         if args.keep:
             keep_result(
@@ -154,7 +166,7 @@ def main() -> None:
         curves[name] = accuracy_per_pass(output_dir, args.local_epochs if SETTINGS[name][0] else 1)
         print(json.dumps({"setting": name, **figures}), flush=True)
     add_time_ratios(rows, args.local_epochs)
-    plot(curves, args.out / "suite_accuracy.png")
+    plot(curves, out / "suite_accuracy.png")
     machine = f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     text = "\n".join(
         [
@@ -167,9 +179,9 @@ def main() -> None:
             *[f"    {c}" for c in commands],
         ]
     )
-    (args.out / "suite.md").write_text(text + "\n")
+    (out / "suite.md").write_text(text + "\n")
     print(text)
-    print(f"table: {args.out / 'suite.md'}  plot: {args.out / 'suite_accuracy.png'}")
+    print(f"table: {out / 'suite.md'}  plot: {out / 'suite_accuracy.png'}")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ images, one after the other, after a warm-up call of each (tracing left out):
 - **precise BN**: :func:`brainfl.model.batch_norm.recalibrate_batchnorm` against
   its own traced moments function over the same pre-cast batches.
 
-It prints images per second and the app's share of the tight loop; ``--keep``
-writes ``benchmarks/results/throughput/throughput.csv`` with ``command.txt``
+It prints images per second and the app's share of the tight loop; ``--keep
+NAME`` writes ``benchmarks/results/NAME/throughput.csv`` with ``command.txt``
 and ``machine.txt``::
 
-    python3 benchmarks/throughput.py --data-dir ../shared/data/brain-tumor-mri --keep
+    python3 benchmarks/throughput.py --data-dir ../shared/data/brain-tumor-mri --keep throughput
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from harness import keep_timing_table  # noqa: E402
+from harness import RESULTS, add_keep, keep_timing_table  # noqa: E402
 
-RESULT_DIR = ROOT / "benchmarks" / "results" / "throughput"
+RESULT_NAME = "throughput"  # what the committed tables read; a bare --keep keeps there
+RESULT_DIR = RESULTS / RESULT_NAME
 RESULT_CSV = "throughput.csv"
 COLUMNS = ["step", "images", "batch_size", "app_images_per_s", "tight_images_per_s", "app_share"]
 
@@ -163,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-config", default="", help='overrides, e.g. "image-size=64 batch-size=32"')
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed training call (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per step, fastest kept")
-    parser.add_argument("--keep", action="store_true", help=f"write {RESULT_DIR.relative_to(ROOT)}/")
+    add_keep(parser, bare=RESULT_NAME)
     args = parser.parse_args(argv)
     rows = measure(args.data_dir, args.run_config, args.epochs, args.repeats)
     for row in rows:
         print("  ".join(f"{key}={value}" for key, value in row.items()))
     if args.keep:
-        print(f"kept: {keep(rows)}")
+        print(f"kept: {keep(rows, RESULTS / args.keep)}")
 
 
 if __name__ == "__main__":

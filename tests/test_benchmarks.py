@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
 from brainfl.model.files import RUN_CONFIG
 from brainfl.report.results import RESULTS_CSV
 from conftest import CLASSES, make_dataset, run_benchmark
-from harness import COMMAND_FILE, KEPT_FILES, keep_result
+from harness import COMMAND_FILE, KEPT_FILES, ROOT, add_keep, add_output_dir, keep_result, shown_command
 from result_folders import MEASUREMENT, load_runs
 from subset import make_subset
 from suite import add_time_ratios
@@ -84,6 +86,33 @@ def test_keep_result_keeps_the_measured_numbers_and_drops_an_old_measurement(tmp
     assert not (kept / MEASUREMENT).exists()
 
 
+def test_a_kept_command_reruns_from_the_repository_root():
+    data, runs = ROOT.parent / "shared" / "data", ROOT / "benchmarks" / "runs" / "x"
+    command = [str(ROOT / "run.sh"), "--data-dir", str(data), "--output-dir", str(runs), "--port", "9"]
+    command += ["--run-config", f"partitioning='iid' output-dir='{runs}'", "--certs-dir", "/tmp/certs"]
+    assert shown_command(command) == (
+        "./run.sh --data-dir ../shared/data --output-dir benchmarks/runs/x --port 9 "
+        "--run-config \"partitioning='iid' output-dir='benchmarks/runs/x'\" --certs-dir /tmp/certs"
+    )  # paths in the checkout and beside it relative; others as they are
+    assert shown_command(["brainfl", "local", "--app-dir", str(ROOT)]) == "brainfl local --app-dir ."
+
+
+def test_the_earlier_spellings_still_parse_with_a_warning(capsys):
+    parser = argparse.ArgumentParser(prog="script.py")
+    add_output_dir(parser, None)
+    add_keep(parser, bare="decode-speed")
+    args = parser.parse_args(["--out", "scratch", "--keep"])
+    assert (args.output_dir, args.keep) == (Path("scratch"), "decode-speed")
+    assert capsys.readouterr().err.splitlines() == [
+        "script.py: warning: --out is deprecated, use --output-dir",
+        "script.py: warning: --keep without a NAME is deprecated, use --keep decode-speed",
+    ]
+    args = parser.parse_args(["--output-dir", "scratch", "--keep", "decode-2"])
+    assert (args.output_dir, args.keep) == (Path("scratch"), "decode-2") and not capsys.readouterr().err
+    assert "--out " not in parser.format_help()  # hidden
+    assert parser.parse_args([]).keep is None  # kept only when asked
+
+
 def test_make_subset_links_n_seeded_images_per_class_and_split(tmp_path):
     source = make_dataset(tmp_path / "full", train_per_class=5, test_per_class=2)
     subset = make_subset(source, tmp_path / "subset", per_class=3, seed=1)
@@ -104,7 +133,7 @@ def test_make_subset_links_n_seeded_images_per_class_and_split(tmp_path):
 @pytest.mark.e2e
 def test_suite_tiny_mode_writes_the_table_and_the_plot(tmp_path, real_data):
     out = tmp_path / "suite"
-    run_benchmark("suite.py", "--tiny", "--data-dir", str(real_data), "--out", str(out))
+    run_benchmark("suite.py", "--tiny", "--data-dir", str(real_data), "--output-dir", str(out))
     table = (out / "suite.md").read_text()
     for setting in ("| centralized |", "| 4 IID |", "| 10 Dir 0.3 |"):
         assert setting in table

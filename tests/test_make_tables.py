@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from make_tables import ROOT, main, regenerate, render
-from result_folders import load_runs
+from result_folders import CI_MACHINE, load_runs
 
 FED = {  # the settings of a federated run, as run_config.json holds them
     "num-partitions": 4, "partitioning": "iid", "dirichlet-alpha": 1.0, "balanced-softmax": False,
@@ -35,7 +35,7 @@ def keep(
     )
     settings = {**FED, "num-server-rounds": len(accuracy) - 1, **config}
     (folder / "run_config.json").write_text(json.dumps(settings))
-    (folder / "command.txt").write_text((command or f"./run.sh --simulation --output-dir /tmp/{name}") + "\n")
+    (folder / "command.txt").write_text((command or f"./run.sh --simulation --output-dir runs/{name}") + "\n")
     return folder
 
 
@@ -86,8 +86,8 @@ def test_federated_vs_centralized_passes_and_time_to_the_central_final_accuracy(
     assert row[5] == "6 / 3, 2.00"  # passes to 0.96
     assert row[6] == "90 s / 30 s, 3.00"  # time to 0.96
     assert row[7] == "not reached / not reached, - |"
-    assert "Machine: 2 CPU cores, no GPU (the project's CI machine)." in table
-    assert "./run.sh --simulation --output-dir /tmp/fed" in table
+    assert f"# fed\n# machine: {CI_MACHINE}\n./run.sh --simulation --output-dir runs/fed\n" in table
+    assert "Machine:" not in table  # each folder's machine sits with its command
 
 
 def test_label_skew_gap_is_dirichlet_minus_iid_in_points_on_the_same_schedule(tmp_path):
@@ -132,7 +132,9 @@ def evaluation(root: Path, name: str, metrics: list[tuple], machine: str = "", *
     table.to_csv(folder / "evaluation.csv", index=False)
     if info:
         (folder / "evaluation.json").write_text(json.dumps(info))
-    (folder / "command.txt").write_text(f"brainfl evaluate final_model.keras data --output {name}\n")
+    (folder / "command.txt").write_text(
+        f"brainfl evaluate --model final_model.keras data --output-dir {name}\n"
+    )
     if machine:
         (folder / "machine.txt").write_text(machine + "\n")
     return folder
@@ -171,8 +173,9 @@ def test_external_validation_shows_each_metric_with_its_interval_one_column_per_
     order = list(rows)[1:]  # below the header
     assert order[:6] == ["| images", "| accuracy", "| balanced accuracy", "| macro F1", "| ECE (top label)",
                          "| mean top-label confidence"]  # fmt: skip
-    assert "# eval/official\nbrainfl evaluate final_model.keras data --output eval/official" in table
-    assert "Machine: 1 GPU; 2 CPU cores, no GPU (the project's CI machine)." in table
+    official = "brainfl evaluate --model final_model.keras data --output-dir eval/official"
+    assert f"# eval/official\n# machine: 1 GPU\n{official}\n" in table
+    assert f"# eval/leak-free\n# machine: {CI_MACHINE}\n" in table  # no machine.txt: the CI machine
 
 
 def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
@@ -183,7 +186,7 @@ def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
         "mean_file_kib": [7.3, 36.6, 98.8], "ms_per_image": [0.358, 2.922, 1.188],
         "images_per_s": [2796.5, 342.2, 841.8],
     }).to_csv(folder / "decode_speed.csv", index=False)  # fmt: skip
-    (folder / "command.txt").write_text("python3 benchmarks/decode_speed.py --n 200 --keep\n")
+    (folder / "command.txt").write_text("python3 benchmarks/decode_speed.py --n 200 --keep decode-speed\n")
     (folder / "machine.txt").write_text("2 CPU cores (x86_64), no GPU\n")
     table = render("decode-time", tmp_path / "benchmarks" / "results")
     lines = table.splitlines()
@@ -192,8 +195,8 @@ def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
     assert lines[2] == "| decode-speed | jpeg | 200 | 64 | 1 | 7.3 KiB | 0.36 | 2796 | 1.00 |"
     assert lines[3] == "| decode-speed | png16 | 200 | 64 | 1 | 36.6 KiB | 2.92 | 342 | 8.16 |"
     assert lines[4] == "| decode-speed | dicom | 200 | 64 | 1 | 98.8 KiB | 1.19 | 842 | 3.32 |"
-    assert "python3 benchmarks/decode_speed.py --n 200 --keep" in table
-    assert table.endswith("Machine: 2 CPU cores (x86_64), no GPU.\n")
+    command = "python3 benchmarks/decode_speed.py --n 200 --keep decode-speed"
+    assert table.endswith(f"# decode-speed\n# machine: 2 CPU cores (x86_64), no GPU\n{command}\n```\n")
 
 
 def test_throughput_has_a_row_per_step_with_the_apps_share_of_the_tight_loop(tmp_path):
@@ -204,13 +207,13 @@ def test_throughput_has_a_row_per_step_with_the_apps_share_of_the_tight_loop(tmp
         "app_images_per_s": [600.7, 3742.4], "tight_images_per_s": [634.0, 3767.6],
         "app_share": [0.948, 0.993],
     }).to_csv(folder / "throughput.csv", index=False)  # fmt: skip
-    (folder / "command.txt").write_text("python3 benchmarks/throughput.py --keep\n")
+    (folder / "command.txt").write_text("python3 benchmarks/throughput.py --keep throughput\n")
     lines = render("throughput", tmp_path / "benchmarks" / "results").splitlines()
     header = "| run | step | images | batch size | app, images per s | tight loop, images per s "
     assert lines[0] == header + "| app / tight loop |"
     assert lines[2] == "| throughput | training | 5708 | 32 | 601 | 634 | 0.95 |"
     assert lines[3] == "| throughput | evaluation | 5708 | 128 | 3742 | 3768 | 0.99 |"
-    assert "python3 benchmarks/throughput.py --keep" in "\n".join(lines)
+    assert "python3 benchmarks/throughput.py --keep throughput" in lines
 
 
 def test_tables_without_their_folders_say_so_with_a_command(tmp_path):
@@ -244,10 +247,13 @@ def test_check_detects_stale_docs_and_a_rewrite_makes_them_current(tmp_path, cap
     assert "No result folder" in (tmp_path / "README.md").read_text()  # --check writes nothing
     assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--check"]) == 0
-    readme = (tmp_path / "README.md").read_text()
+    readme, benchmarks = ((tmp_path / name).read_text() for name in ("README.md", "BENCHMARKS.md"))
     assert "| iid | 4 sites, IID | 40 | 0.9700 | 0.9650 | - | - | round 2, 20 s | 20 s |" in readme
-    assert "| timing |" not in readme and "| timing |" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| timing |" not in readme and "| timing |" in benchmarks
     assert readme.endswith("<!-- /table -->\n")
+    # each folder's machine in BENCHMARKS.md, beside its command; README.md points there
+    assert f"# iid\n# machine: {CI_MACHINE}\n./run.sh" in benchmarks
+    assert "# machine:" not in readme and "[BENCHMARKS.md](BENCHMARKS.md#every-kept-run)" in readme
 
 
 def test_an_unknown_table_name_stops_with_the_known_names(tmp_path):
@@ -306,9 +312,9 @@ def shifted(run_folder: Path, sub: str, accuracy: tuple, sensitivity: dict[str, 
     pd.DataFrame(metrics, columns=["metric", "class", "value", "low", "high"]).to_csv(
         folder / "evaluation.csv", index=False
     )
-    score = f"python3 benchmarks/shifted_copy.py score --copy /tmp/copy --keep {run_folder.name}"
+    score = f"python3 benchmarks/shifted_copy.py score --copy runs/copy --keep {run_folder.name}"
     (folder / "command.txt").write_text(score + "\n")  # one command scores and keeps both
-    make = "python3 benchmarks/shifted_copy.py make --out /tmp/copy"
+    make = "python3 benchmarks/shifted_copy.py make --output-dir runs/copy"
     (folder / "copy.txt").write_text(f"command: {make}\nseed: 0\ndata: /data/brain-tumor-mri\n")
 
 
@@ -345,10 +351,11 @@ def test_shifted_copy_accuracy_shows_in_the_runs_table_and_its_own_table_not_in_
         "| 0.600 [0.550, 0.650] | 0.900 [0.850, 0.950] |"
     )
     assert "| plain |" not in table  # no shifted copy scored
-    make, score = "python3 benchmarks/shifted_copy.py make --out /tmp/copy", "score --copy /tmp/copy --keep"
-    assert f"# iid\n./run.sh --simulation --output-dir /tmp/iid\n# iid/shifted\n{make}\n" in table
-    assert f"{score} iid\n# dir/shifted-leak-free\n{make}\n" not in table  # runs sorted: dir first
-    assert f"# dir/shifted-leak-free\n{make}\npython3 benchmarks/shifted_copy.py {score} dir\n" in table
+    make = "python3 benchmarks/shifted_copy.py make --output-dir runs/copy"
+    score, ci = "score --copy runs/copy --keep", f"# machine: {CI_MACHINE}"
+    assert f"# iid\n{ci}\n./run.sh --simulation --output-dir runs/iid\n# iid/shifted\n{ci}\n{make}\n" in table
+    assert f"{score} iid\n# dir/shifted-leak-free\n" not in table  # runs sorted: dir first
+    assert f"# dir/shifted-leak-free\n{ci}\n{make}\npython3 benchmarks/shifted_copy.py {score} dir\n" in table
     assert "# iid/shifted-leak-free" not in table  # the same command as iid/shifted: listed once
     external = render("external-validation", results)
     assert external.splitlines()[0] == "| metric | evaluate-iid/official |"  # not iid/shifted

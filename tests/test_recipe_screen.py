@@ -154,7 +154,7 @@ def test_the_keras_averages_arm_trains_the_same_weights_and_differs_only_in_bn_s
 def test_tiny_screen_on_real_images_records_every_round(tmp_path, real_data):
     data = make_subset(real_data, tmp_path / "data", per_class=6)
     out = tmp_path / "screen"
-    options = ["--passes", "2", "--out", str(out), "--run-config", "image-size=32 batch-size=8"]
+    options = ["--passes", "2", "--output-dir", str(out), "--run-config", "image-size=32 batch-size=8"]
     recipes = ["--recipes", "central,fedavg:local-epochs=2"]
     run_benchmark("recipe_screen.py", "--data-dir", str(data), *options, *recipes, timeout=600)
     central, fedavg = (json.loads(line) for line in (out / "recipe_screen.jsonl").read_text().splitlines())
@@ -169,7 +169,7 @@ def test_tiny_screen_on_real_images_records_every_round(tmp_path, real_data):
 def test_tiny_precise_bn_comparison_on_real_images_prints_both_arms_every_round(tmp_path, real_data):
     data = make_subset(real_data, tmp_path / "data", per_class=6)
     config = "image-size=32 batch-size=8 num-server-rounds=1 local-epochs=1"
-    options = ["--data-dir", str(data), "--run-config", config, "--out", str(tmp_path / "runs")]
+    options = ["--data-dir", str(data), "--run-config", config, "--output-dir", str(tmp_path / "runs")]
     output = run_benchmark("precise_bn.py", *options, timeout=600).stdout
     assert "| round | keras averages | precise BN |" in output
     rounds = [line.split(" | ")[0] for line in output.splitlines() if line.startswith("| ") and "/" in line]

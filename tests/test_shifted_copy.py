@@ -149,7 +149,7 @@ def test_score_writes_both_evaluations_and_keeps_the_small_files(copy, model_fil
     for name, text in run_files.items():
         (results / "run-a").mkdir(parents=True, exist_ok=True)
         (results / "run-a" / name).write_text(text)
-    argv = ["score", "--model", str(model_file), "--copy", str(out), "--output", str(tmp_path / "scores")]
+    argv = ["score", "--model", str(model_file), "--copy", str(out), "--output-dir", str(tmp_path / "scores")]
     assert main([*argv, "--resamples", "20", "--keep", "run-a"], results_root=results) == 0
     printed = capsys.readouterr().out
     assert f"{SHIFTED}: accuracy" in printed and f"{SHIFTED_LEAK_FREE}: accuracy" in printed
@@ -180,18 +180,18 @@ def test_bad_input_is_one_line_and_exit_code_2(copy, model_file, tmp_path, capsy
     no_testing = tmp_path / "no-testing"
     (no_testing / "Training" / "glioma").mkdir(parents=True)
     assert str(no_testing) in _error(
-        capsys, ["make", "--data-dir", str(no_testing), "--out", str(tmp_path / "o")]
+        capsys, ["make", "--data-dir", str(no_testing), "--output-dir", str(tmp_path / "o")]
     )
     missing = tmp_path / "missing.keras"
-    score = ["score", "--copy", str(out), "--output", str(tmp_path / "s")]
+    score = ["score", "--copy", str(out), "--output-dir", str(tmp_path / "s")]
     assert f"model file not found: {missing}" in _error(capsys, [*score, "--model", str(missing)])
     bare = tmp_path / "bare"
     bare.mkdir()
-    message = _error(capsys, ["score", "--model", str(model_file), "--copy", str(bare), "--output", "s"])
+    message = _error(capsys, ["score", "--model", str(model_file), "--copy", str(bare), "--output-dir", "s"])
     assert f"no {ALL}/ folder in {bare}" in message
     message = _error(capsys, [*score, "--model", str(model_file), "--keep", "nope"], tmp_path / "results")
     assert str(tmp_path / "results" / "nope") in message
     script = str(REPO_ROOT / "benchmarks" / "shifted_copy.py")
-    make = ["make", "--data-dir", str(no_testing), "--out", str(tmp_path / "o")]
+    make = ["make", "--data-dir", str(no_testing), "--output-dir", str(tmp_path / "o")]
     result = subprocess.run([sys.executable, script, *make], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and str(no_testing) in result.stderr
