@@ -13,8 +13,8 @@ from brainfl.evaluation.intervals import (
     PER_CLASS,
     resample_weights,
     score_with_intervals,
-    weighted_auc,
 )
+from brainfl.evaluation.registry import weighted_auc
 
 NAMES = ("a", "b", "c")
 

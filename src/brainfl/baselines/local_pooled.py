@@ -45,7 +45,7 @@ import numpy as np
 from brainfl.baselines.setup import Baseline, pool, prepare
 from brainfl.core.logs import LOG, log_to_file
 from brainfl.data.sites import SiteData
-from brainfl.evaluation.metrics import LEAK_FREE, SITE_SENSITIVITY
+from brainfl.evaluation.metrics import LEAK_FREE, held_out_keys
 from brainfl.evaluation.test_set import CentralEvaluator, Evaluation
 from brainfl.federation.bookkeeping import SiteReport
 from brainfl.federation.client_app import site_counts, validate
@@ -89,8 +89,7 @@ def site_folder(output_dir: Path, site_id: int) -> Path:
 
 def csv_header(class_names: Sequence[str]) -> list[str]:
     """Columns of ``local_baseline.csv``: the site, its held-out scores, its central test scores."""
-    held_out = ["val_loss", "val_accuracy", "val_balanced_accuracy"]
-    held_out += [f"{SITE_SENSITIVITY}{name}" for name in class_names]
+    held_out = held_out_keys(class_names)
     central = [*CENTRAL_SCORES, *(f"recall_{name}" for name in class_names)]
     return ["site", "data", "num_train", "num_val", *held_out, *(TEST + key for key in central), "train_s"]
 

@@ -1,14 +1,16 @@
-"""The one scorer of predicted probabilities (scikit-learn), used by server, sites, report and benchmarks.
+"""The one scorer of predicted probabilities, used by server, sites, report and benchmarks.
 
 Every score treats a row of probabilities that is not finite (a broken global
-model, e.g. after a poisoned round) as a wrong prediction: :func:`predicted_classes`
-gives it class ``-1``, and the loss becomes ``inf`` instead of failing the run.
+model, e.g. after a poisoned round) as a wrong prediction: it predicts no class
+(:func:`brainfl.model.outputs.predicted_classes`), and the loss becomes ``inf``
+instead of failing the run.
 
-With ``resamples``, :func:`score` adds the server's clinical metrics
-(:func:`interval_metrics`): balanced accuracy, ECE, per-class specificity and
-ROC-AUC, and bootstrap 95% intervals of accuracy, balanced accuracy and each
-class's sensitivity, all from :mod:`brainfl.evaluation.intervals`. :func:`held_out_metrics`
-is a site's score of a received model on its held-out split.
+What is scored, and under which column, comes from the metric registry
+(:mod:`brainfl.evaluation.registry`): :func:`score` gives the server's row of the
+results CSV (the summary block, the leak-free accuracy, then with
+``resamples`` the clinical block and the bootstrap 95% bounds, from
+:mod:`brainfl.evaluation.intervals`); :func:`held_out_metrics` is a site's
+score of a received model on its held-out split.
 """
 
 from __future__ import annotations
@@ -16,81 +18,68 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support
 
-from brainfl.evaluation.intervals import score_with_intervals
+from brainfl.evaluation import registry
+from brainfl.evaluation.intervals import ECE_BINS, scores_of
+from brainfl.evaluation.registry import BOUNDS, CLINICAL, SUMMARY, LabelledSet, Metric, recorded
 from brainfl.model.outputs import predicted_classes
 
-METRIC_NAMES = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 LEAK_FREE = "leak_free_accuracy"
-INTERVALS = ("accuracy", "balanced_accuracy")  # overall metrics recorded with their interval bounds
-BOUNDS = ("low", "high")
-SITE_SENSITIVITY = "val_sensitivity_"  # + class name: a site's held-out sensitivity of that class
+SITE_PREFIX = "val_"  # a site's held-out score of a metric: val_<name>
+
+
+def _labelled(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> LabelledSet:
+    return LabelledSet(np.asarray(labels), probabilities, len(class_names), ECE_BINS)
+
+
+def _point_columns(data: LabelledSet, block: str, class_names: Sequence[str]) -> dict[str, float]:
+    row = {}
+    for metric in recorded(block):
+        values = np.atleast_1d(metric.point(data))
+        row.update(zip(metric.columns(class_names, metric.round_column), map(float, values), strict=True))
+    return row
 
 
 def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, float]:
-    """Cross-entropy, accuracy, macro precision/recall/F1 and per-class recall.
-
-    Keys: ``loss, accuracy, precision_macro, recall_macro, f1_macro`` then
-    ``recall_<class>`` for each class, in class order.
-    """
-    class_ids = list(range(len(class_names)))
-    predictions = predicted_classes(probabilities)
-    broken = bool((predictions < 0).any())
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predictions, labels=class_ids, average="macro", zero_division=0
-    )
-    per_class_recall = precision_recall_fscore_support(
-        labels, predictions, labels=class_ids, average=None, zero_division=0
-    )[1]
-    result = {
-        "loss": float("inf") if broken else _cross_entropy(labels, probabilities, class_ids),
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
-        "f1_macro": float(f1),
-    }
-    result.update({f"recall_{name}": float(r) for name, r in zip(class_names, per_class_recall, strict=True)})
-    return result
+    """The summary block of the results CSV: ``loss, accuracy, precision_macro, recall_macro, f1_macro``
+    then ``recall_<class>`` (sensitivity) for each class, as the registry orders them."""
+    return _point_columns(_labelled(labels, probabilities, class_names), SUMMARY, class_names)
 
 
-def _cross_entropy(labels: np.ndarray, probabilities: np.ndarray, class_ids: list[int]) -> float:
-    """Mean cross-entropy; rows are renormalized (probabilities read back from a CSV are rounded)."""
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0)
-    return float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=class_ids))
+def bounded() -> list[Metric]:
+    """The metrics recorded each round with their interval's bounds."""
+    return [metric for metric in registry.METRICS if metric.round and metric.bounds]
 
 
 def interval_columns(class_names: Sequence[str]) -> list[str]:
-    """The keys of :func:`interval_metrics`, in the results CSV's order."""
-    return [
-        "balanced_accuracy",
-        "ece",
-        *(f"specificity_{name}" for name in class_names),
-        *(f"roc_auc_{name}" for name in class_names),
-        *(f"{metric}_{bound}" for metric in INTERVALS for bound in BOUNDS),
-        *(f"sensitivity_{name}_{bound}" for name in class_names for bound in BOUNDS),
+    """The columns of the clinical block and of the bounds, in the results CSV's order."""
+    clinical = [column for m in recorded(CLINICAL) for column in m.columns(class_names, m.round_column)]
+    bounds = [
+        column
+        for metric in bounded()
+        for stem in metric.columns(class_names)
+        for column in (f"{stem}_{bound}" for bound in BOUNDS)
     ]
+    return [*clinical, *bounds]
 
 
-def interval_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], resamples: int
-) -> dict[str, float]:
-    """Balanced accuracy, top-label ECE, per-class specificity and one-vs-rest ROC-AUC, and the
-    ``_low``/``_high`` bounds of the 95% bootstrap intervals (``resamples`` resamples, seeded) of
-    accuracy, balanced accuracy and each class's sensitivity (``recall_<class>``'s interval is
-    ``sensitivity_<class>_low``/``_high``). NaN where a metric is undefined (e.g. an absent class).
-    """
-    scores = score_with_intervals(labels, probabilities, class_names, resamples=resamples)
-    overall, per_class = scores.overall, scores.per_class
-    result = {"balanced_accuracy": overall["balanced_accuracy"].value, "ece": overall["ece"].value}
-    for metric in ("specificity", "roc_auc"):
-        result.update({f"{metric}_{n}": i.value for n, i in zip(class_names, per_class[metric], strict=True)})
-    for metric in INTERVALS:
-        result.update({f"{metric}_{bound}": getattr(overall[metric], bound) for bound in BOUNDS})
-    for name, interval in zip(class_names, per_class["sensitivity"], strict=True):
-        result.update({f"sensitivity_{name}_{bound}": getattr(interval, bound) for bound in BOUNDS})
+def result_columns(class_names: Sequence[str]) -> list[str]:
+    """Every score column of the results CSV: summary block, leak-free accuracy, clinical block, bounds."""
+    summary = [column for m in recorded(SUMMARY) for column in m.columns(class_names, m.round_column)]
+    return [*summary, LEAK_FREE, *interval_columns(class_names)]
+
+
+def interval_metrics(data: LabelledSet, class_names: Sequence[str], resamples: int) -> dict[str, float]:
+    """The clinical block and the ``_low``/``_high`` bounds of the 95% bootstrap intervals (``resamples``
+    resamples, seeded). NaN where a metric is undefined (e.g. an absent class)."""
+    scores = scores_of(data, class_names, resamples=resamples)
+    intervals = {name: [interval] for name, interval in scores.overall.items()} | scores.per_class
+    result = _point_columns(data, CLINICAL, class_names)
+    for metric in bounded():
+        for stem, interval in zip(metric.columns(class_names), intervals[metric.name], strict=True):
+            result.update({f"{stem}_{bound}": getattr(interval, bound) for bound in BOUNDS})
     return result
 
 
@@ -101,25 +90,41 @@ def score(
     leak_free: np.ndarray | None = None,
     resamples: int = 0,
 ) -> dict[str, float]:
-    """:func:`classification_metrics`, plus ``leak_free_accuracy`` on the ``leak_free`` mask when given,
-    plus :func:`interval_metrics` when ``resamples`` > 0."""
-    metrics = classification_metrics(labels, probabilities, class_names)
+    """The summary block, plus ``leak_free_accuracy`` on the ``leak_free`` mask when given, plus
+    :func:`interval_metrics` when ``resamples`` > 0."""
+    data = _labelled(labels, probabilities, class_names)
+    metrics = _point_columns(data, SUMMARY, class_names)
     if leak_free is not None and np.any(leak_free):
         predictions = predicted_classes(probabilities)[leak_free]
         metrics[LEAK_FREE] = float(np.mean(predictions == np.asarray(labels)[leak_free]))
     if resamples > 0:
-        metrics.update(interval_metrics(labels, probabilities, class_names, resamples))
+        metrics.update(interval_metrics(data, class_names, resamples))
     return metrics
 
 
+def site_metrics() -> list[Metric]:
+    """The metrics each site scores on its held-out split, in registry order."""
+    return [metric for metric in registry.METRICS if metric.at_sites]
+
+
 def held_out_keys(class_names: Sequence[str]) -> list[str]:
-    """The keys of :func:`held_out_metrics`, in order."""
-    return [
-        "val_loss",
-        "val_accuracy",
-        "val_balanced_accuracy",
-        *(f"{SITE_SENSITIVITY}{name}" for name in class_names),
-    ]
+    """The keys of :func:`held_out_metrics`, in order: ``val_<name>`` of each metric the sites score."""
+    return [column for m in site_metrics() for column in m.columns(class_names, SITE_PREFIX + "{name}")]
+
+
+def site_score_labels(class_names: Sequence[str]) -> dict[str, str]:
+    """The sites' held-out scores (not the loss) in words, by key: ``val_sensitivity_glioma``:
+    ``sensitivity glioma``."""
+    scores = [m for m in site_metrics() if m.evaluate]
+    keys = [column for m in scores for column in m.columns(class_names, SITE_PREFIX + "{name}")]
+    words = [word for m in scores for word in m.columns(class_names, m.label + " {cls}" * m.per_class)]
+    return dict(zip(keys, words, strict=True))
+
+
+def site_per_class_prefixes() -> tuple[str, ...]:
+    """Key prefixes of the sites' per-class held-out scores (``val_sensitivity_``): never averaged,
+    since a class a site lacks is NaN there."""
+    return tuple(f"{SITE_PREFIX}{m.name}_" for m in site_metrics() if m.per_class)
 
 
 def held_out_metrics(
@@ -129,12 +134,6 @@ def held_out_metrics(
     ``val_balanced_accuracy`` (mean sensitivity over the classes the split holds) and
     ``val_sensitivity_<class>`` for every one of the server's ``class_names``, NaN for a class
     the split lacks, so that every site replies with the same keys (:func:`held_out_keys`)."""
-    metrics = classification_metrics(labels, probabilities, class_names)
-    scores = score_with_intervals(labels, probabilities, class_names, resamples=0)  # no intervals
-    values = [
-        metrics["loss"],
-        metrics["accuracy"],
-        scores.overall["balanced_accuracy"].value,
-        *(interval.value for interval in scores.per_class["sensitivity"]),
-    ]
-    return dict(zip(held_out_keys(class_names), values, strict=True))
+    data = _labelled(labels, probabilities, class_names)
+    values = [np.atleast_1d(m.point(data)) for m in site_metrics()]
+    return dict(zip(held_out_keys(class_names), map(float, np.concatenate(values)), strict=True))

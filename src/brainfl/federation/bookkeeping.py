@@ -20,13 +20,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from brainfl.core.logs import LOG
-from brainfl.evaluation.metrics import SITE_SENSITIVITY
+from brainfl.evaluation.metrics import site_per_class_prefixes
 from brainfl.federation.flower_compat import aggregate_metricrecords, validate_message_reply_consistency
 
 NUM_EXAMPLES = "num-examples"
 SITE_KEYS = ("site-id", "num_train", "num_val")
 CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
-PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, SITE_SENSITIVITY)  # per-site only (sensitivity may be NaN)
+PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, *site_per_class_prefixes())  # per-site only (a class may be NaN)
 
 
 def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

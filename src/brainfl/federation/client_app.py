@@ -42,7 +42,7 @@ from brainfl.core.logs import LOG, log_to_file
 from brainfl.core.timings import MessageTimer
 from brainfl.data.duplicates import has_copy_in, hash_files
 from brainfl.data.sites import SiteData, site_data
-from brainfl.evaluation.metrics import SITE_SENSITIVITY
+from brainfl.evaluation.metrics import SITE_PREFIX, site_per_class_prefixes
 from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX
 from brainfl.federation.calibration_query import CALIBRATION, GRID, site_answer
 from brainfl.federation.fedbn import SiteBatchNorm
@@ -191,14 +191,18 @@ def train_legacy_round(msg: Message, context: Context) -> Message:
 
 def held_out_summary(metrics: Mapping[str, float]) -> str:
     """The site's log text of :func:`validate`'s metrics (``nan``: a class its split lacks)."""
-    sensitivity = ", ".join(
-        f"{key.removeprefix(SITE_SENSITIVITY)} {value:.4f}"
-        for key, value in metrics.items()
-        if key.startswith(SITE_SENSITIVITY)
-    )
+    per_class = [
+        f"{prefix.removeprefix(SITE_PREFIX).rstrip('_')}: "
+        + ", ".join(
+            f"{key.removeprefix(prefix)} {value:.4f}"
+            for key, value in metrics.items()
+            if key.startswith(prefix)
+        )
+        for prefix in site_per_class_prefixes()
+    ]
     return (
         f"accuracy {metrics['val_accuracy']:.4f}, balanced accuracy {metrics['val_balanced_accuracy']:.4f}"
-        f" (sensitivity: {sensitivity})"
+        f" ({'; '.join(per_class)})"
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from brainfl.core.files import write_atomically
 from brainfl.core.logs import LOG
 from brainfl.core.timings import PHASES
-from brainfl.evaluation.metrics import LEAK_FREE, METRIC_NAMES, SITE_SENSITIVITY, interval_columns
+from brainfl.evaluation.metrics import held_out_keys, result_columns
 from brainfl.model.files import RUN_CONFIG
 from brainfl.settings.run_settings import RunSettings
 
@@ -52,15 +52,13 @@ SITE_FIELDS = (
 
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
-    per_class = [f"recall_{name}" for name in class_names]
-    clinical = interval_columns(class_names)
-    return ["round", *METRIC_NAMES, *per_class, LEAK_FREE, *clinical, *ROUND_FIELDS, "epsilon", "elapsed_s"]
+    return ["round", *result_columns(class_names), *ROUND_FIELDS, "epsilon", "elapsed_s"]
 
 
 def site_header(class_names: Sequence[str]) -> list[str]:
     """Columns of ``site_metrics.csv``: :data:`SITE_FIELDS` with the site's held-out balanced accuracy
     and sensitivity per class after ``val_accuracy``."""
-    held_out = ["val_balanced_accuracy", *(f"{SITE_SENSITIVITY}{name}" for name in class_names)]
+    held_out = [key for key in held_out_keys(class_names) if key not in SITE_FIELDS]
     at = SITE_FIELDS.index("val_accuracy") + 1
     return [*SITE_FIELDS[:at], *held_out, *SITE_FIELDS[at:]]
 

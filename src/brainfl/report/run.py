@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from brainfl.core.errors import BrainFLError
-from brainfl.evaluation.metrics import BOUNDS, LEAK_FREE
+from brainfl.evaluation import registry
+from brainfl.evaluation.metrics import LEAK_FREE
+from brainfl.evaluation.registry import BOUNDS
 from brainfl.model.files import RUN_CONFIG, class_names_in
 from brainfl.model.outputs import predicted_classes
 from brainfl.report.results import RESULTS_CSV, SITE_CSV
@@ -157,13 +159,14 @@ def wall_time(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-HEADLINE = (
-    ("accuracy", "final test accuracy"),
-    ("balanced_accuracy", "final test balanced accuracy"),
-    (LEAK_FREE, "leak-free test accuracy"),
-    ("f1_macro", "macro F1"),
-    ("ece", "calibration error, ECE"),
-)
+LEAK_FREE_HEADLINE = "leak-free test accuracy"
+
+
+def headline_columns() -> list[tuple[str, str]]:
+    """(column, words) of the headline numbers: the registry's headline metrics, the leak-free
+    accuracy after the first two."""
+    items = [(metric.name, metric.headline) for metric in registry.METRICS if metric.headline]
+    return [*items[:2], (LEAK_FREE, LEAK_FREE_HEADLINE), *items[2:]]
 
 
 def _row_of(results: pd.DataFrame, server_round: int) -> pd.Series:
@@ -180,7 +183,7 @@ def headline(run: Run) -> list[tuple[str, str]]:
     """(label, value) pairs: final and best accuracy, balanced accuracy, leak-free accuracy, macro F1,
     ECE, rounds, wall time; the final round's 95% interval after a value where it was recorded."""
     results, items = run.results, []
-    for column, label in HEADLINE:
+    for column, label in headline_columns():
         last = _last(results, column)
         if last is None:
             continue
@@ -203,14 +206,15 @@ def per_class_clinical(results: pd.DataFrame, class_names: Sequence[str]) -> pd.
     its specificity and one-vs-rest ROC-AUC; only the columns that were recorded."""
     last = _last(results, "accuracy")
     row = _row_of(results, last[1]) if last else pd.Series(dtype=float)
-    table = pd.DataFrame(
-        {
-            "sensitivity 95% CI": [interval_text(row, f"sensitivity_{n}") for n in class_names],
-            "specificity": [row.get(f"specificity_{n}", math.nan) for n in class_names],
-            "ROC-AUC": [row.get(f"roc_auc_{n}", math.nan) for n in class_names],
-        },
-        index=pd.Index(list(class_names), name="class"),
-    )
+    columns = {}
+    for metric in (m for m in registry.METRICS if m.per_class and m.round and m.evaluate):
+        if metric.bounds:
+            stems = metric.columns(class_names)
+            columns[f"{metric.label} 95% CI"] = [interval_text(row, stem) for stem in stems]
+        else:
+            cells = metric.columns(class_names, metric.round_column)
+            columns[metric.label] = [row.get(cell, math.nan) for cell in cells]
+    table = pd.DataFrame(columns, index=pd.Index(list(class_names), name="class"))
     return table.dropna(axis=1, how="all")
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from brainfl.evaluation.metrics import SITE_SENSITIVITY
+from brainfl.evaluation.metrics import site_score_labels
 from brainfl.report.results import PERSONALIZATION_CSV
 
 if TYPE_CHECKING:
@@ -71,11 +71,7 @@ def final_round_sites(run: Run) -> tuple[int, pd.DataFrame] | None:
     if found is None:
         return None
     last, rows = found
-    names = {
-        "val_accuracy": "accuracy",
-        "val_balanced_accuracy": "balanced accuracy",
-        **{f"{SITE_SENSITIVITY}{name}": f"sensitivity {name}" for name in run.class_names},
-    }
+    names = site_score_labels(run.class_names)
     return last, with_summary(
         rows.loc[site_order(rows.index), [c for c in names if c in rows]].rename(columns=names)
     )
