@@ -1,7 +1,7 @@
 """A one-process FedAvg federation built from the app's own functions, for benchmarks without Flower's engine.
 
 Everything that decides a result is the app's: the settings are read as
-``brainfl`` reads ``--run-config`` (:func:`brainfl.cli.settings_from_args`:
+``brainfl`` reads ``--run-config`` (:func:`brainfl.settings.run_config.settings_from_args`:
 the pyproject defaults, then ``K=V`` pairs or conf files), the sites are
 the ClientApp's (:func:`brainfl.data.sites.site_data`: the run's partitioning
 less each site's validation hold-out), every site runs

@@ -161,8 +161,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from brainfl.cli import settings_from_args
     from brainfl.data.sites import load_run_dataset
+    from brainfl.settings.run_config import settings_from_args
     from brainfl.settings.run_settings import settings_from_config
 
     args = parse_args(argv)
