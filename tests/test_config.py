@@ -109,11 +109,13 @@ def test_settings_that_cannot_work_together_are_refused(config, message):
 
 def test_a_changed_setting_that_would_have_no_effect_is_refused():
     defaults = default_run_config()
-    ignored = settings_from_config({"proximal-mu": 0.1})
-    with pytest.raises(BrainFLError, match=r"'proximal-mu'=0\.1 has no effect unless strategy=fedprox"):
-        check_overrides_apply({"proximal-mu": 0.1}, ignored, defaults)
-    used = settings_from_config({"proximal-mu": 0.1, "strategy": "fedprox"})
-    check_overrides_apply({"proximal-mu": 0.1, "strategy": "fedprox"}, used, defaults)
+    ignored = settings_from_config({"dirichlet-alpha": 0.3})
+    with pytest.raises(
+        BrainFLError, match=r"'dirichlet-alpha'=0\.3 has no effect unless partitioning=dirichlet"
+    ):
+        check_overrides_apply({"dirichlet-alpha": 0.3}, ignored, defaults)
+    used = settings_from_config({"dirichlet-alpha": 0.3, "partitioning": "dirichlet"})
+    check_overrides_apply({"dirichlet-alpha": 0.3, "partitioning": "dirichlet"}, used, defaults)
     # A full config (as a resumed run passes it) restates defaults: nothing to refuse.
     full = settings_from_config(defaults)
     check_overrides_apply(defaults, full, defaults)

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
+from brainfl.core.errors import BrainFLError
 from brainfl.federation.bookkeeping import SiteBookkeeping, SiteReport
-from brainfl.federation.strategy import BrainFedAvg, build_strategy, weighted_average
-from brainfl.settings.run_settings import settings_from_config
+from brainfl.federation.strategy import (
+    STRATEGIES,
+    BrainFedAvg,
+    build_strategy,
+    check_strategy,
+    weighted_average,
+)
+from brainfl.settings.run_settings import default_run_config, settings_from_config
 from inprocess import InProcessGrid, make_reply
 
 
@@ -208,3 +215,22 @@ def test_held_out_sensitivities_reach_the_report_but_are_never_averaged():
 def test_multikrum_keeps_all_but_the_byzantine_sites_of_those_that_joined():
     settings = settings_from_config({"strategy": "multikrum", "byzantine-sites": 1, "num-partitions": 2})
     assert build_strategy(settings, ["a"], float, num_sites=7).num_nodes_to_select == 6
+
+
+def test_strategies_are_named_in_one_registry_and_checked_against_it():
+    defaults = default_run_config()
+    with pytest.raises(BrainFLError, match=r"unknown 'fedsgd' \(choose one of: fedavg, fedprox, fedadam"):
+        check_strategy(settings_from_config({"strategy": "fedsgd"}), defaults)
+    ignored = settings_from_config({"proximal-mu": 0.1})
+    with pytest.raises(BrainFLError, match=r"'proximal-mu'=0\.1 has no effect unless strategy=fedprox"):
+        check_strategy(ignored, defaults)
+    check_strategy(settings_from_config({"proximal-mu": 0.1, "strategy": "fedprox"}), defaults)
+    shared = settings_from_config({"server-learning-rate": 0.5})
+    with pytest.raises(BrainFLError, match="unless strategy is fedadam/fedyogi/fedavgm"):
+        check_strategy(shared, defaults)
+    check_strategy(settings_from_config(defaults), defaults)  # a full config restating the defaults
+    for name, entry in STRATEGIES.items():  # every entry builds its class from the settings
+        built = build_strategy(
+            settings_from_config({"strategy": name}), ["a", "b"], lambda r: 0.1, num_sites=3
+        )
+        assert type(built) is entry.strategy_class

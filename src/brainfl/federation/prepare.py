@@ -17,6 +17,7 @@ from brainfl.core.files import write_atomically
 from brainfl.data.central import CentralData, central_data
 from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data
+from brainfl.federation.strategy import check_strategy
 from brainfl.model.process_cache import check_vgg_weights
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
 from brainfl.settings.run_settings import RunSettings, default_run_config
@@ -34,6 +35,7 @@ def prepare(args: argparse.Namespace) -> None:
     defaults = default_run_config(args.app_dir)
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
+    check_strategy(settings, defaults)
     check_vgg_weights(settings)
     central = central_data(settings)
     print(describe_central(central))

@@ -40,13 +40,13 @@ from brainfl.federation.privacy import PrivacyLedger, with_privacy
 from brainfl.federation.recorder import RunRecorder, resume_point
 from brainfl.federation.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.federation.setup import Roster, setup_federation
-from brainfl.federation.strategy import build_strategy
+from brainfl.federation.strategy import build_strategy, check_strategy
 from brainfl.model.files import FINAL_MODEL, ModelWriter, model_metadata
 from brainfl.model.process_cache import initial_weights, model_for
 from brainfl.model.training import round_learning_rate
 from brainfl.report.page import make_report
 from brainfl.report.results import RESULTS_CSV, last_recorded_round, resolve_output_dir, write_run_config
-from brainfl.settings.run_settings import RunSettings, settings_from_config
+from brainfl.settings.run_settings import RunSettings, default_run_config, settings_from_config
 
 app = ServerApp()
 
@@ -200,6 +200,7 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of the ServerApp."""
     try:
         settings = settings_from_config(context.run_config)
+        check_strategy(settings, default_run_config())
     except BrainFLError as error:
         LOG.error("%s", error)
         return

@@ -9,7 +9,9 @@ trimmed mean, median: Flower's implementations) with the bookkeeping of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import (
@@ -24,6 +26,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from brainfl.core.errors import BrainFLError
 from brainfl.federation.bookkeeping import (
     NUM_EXAMPLES,
     ReportSink,
@@ -97,27 +100,63 @@ class BrainMedian(SiteBookkeeping, FedMedian):
 SERVER_LEARNING_RATES = {"fedadam": 0.01, "fedyogi": 0.01, "fedavgm": 1.0}
 
 
+def _server_learning_rate(settings: RunSettings) -> float:
+    return settings.server_learning_rate or SERVER_LEARNING_RATES.get(settings.strategy, 1.0)
+
+
+def _multikrum(settings: RunSettings, num_sites: int) -> dict[str, Any]:
+    byzantine = settings.byzantine_sites
+    return {"num_malicious_nodes": byzantine, "num_nodes_to_select": max(1, num_sites - byzantine)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyEntry:
+    """One selectable strategy: its class, its options from the settings, the settings only it reads."""
+
+    strategy_class: type[SiteBookkeeping]
+    options: Callable[[RunSettings, int], dict[str, Any]]  # (settings, sites that joined) -> its arguments
+    reads: tuple[str, ...] = ()  # run-config keys that act only with this strategy (and others reading them)
+
+
+SERVER_RATE, BYZANTINE = ("server-learning-rate",), ("byzantine-sites",)
+# Every strategy the ``strategy`` setting can name: the only list of them.
+STRATEGIES: dict[str, StrategyEntry] = {
+    "fedavg": StrategyEntry(BrainFedAvg, lambda s, n: {"uniform": s.dp != "none"}),
+    "fedprox": StrategyEntry(BrainFedProx, lambda s, n: {"proximal_mu": s.proximal_mu}, ("proximal-mu",)),
+    "fedadam": StrategyEntry(BrainFedAdam, lambda s, n: {"eta": _server_learning_rate(s)}, SERVER_RATE),
+    "fedyogi": StrategyEntry(BrainFedYogi, lambda s, n: {"eta": _server_learning_rate(s)}, SERVER_RATE),
+    "fedavgm": StrategyEntry(
+        BrainFedAvgM,
+        lambda s, n: {"server_learning_rate": _server_learning_rate(s), "server_momentum": s.server_momentum},
+        (*SERVER_RATE, "server-momentum"),
+    ),
+    "krum": StrategyEntry(BrainKrum, lambda s, n: {"num_malicious_nodes": s.byzantine_sites}, BYZANTINE),
+    "multikrum": StrategyEntry(BrainMultiKrum, _multikrum, BYZANTINE),
+    "trimmed-mean": StrategyEntry(BrainTrimmedMean, lambda s, n: {"beta": s.trim_beta}, ("trim-beta",)),
+    "median": StrategyEntry(BrainMedian, lambda s, n: {}),
+}
+
+
+def check_strategy(settings: RunSettings, defaults: Mapping[str, Any]) -> None:
+    """Refuse a ``strategy`` not in :data:`STRATEGIES`, and a strategy's setting changed from its default
+    while another strategy is chosen (it would be silently without effect); one line, naming the setting."""
+    if settings.strategy not in STRATEGIES:
+        raise BrainFLError(
+            f"setting 'strategy': unknown '{settings.strategy}' (choose one of: {', '.join(STRATEGIES)})"
+        )
+    config = settings.to_config()
+    chosen = STRATEGIES[settings.strategy].reads
+    for key in dict.fromkeys(key for entry in STRATEGIES.values() for key in entry.reads):
+        if key not in chosen and config[key] != defaults.get(key):
+            readers = [name for name, entry in STRATEGIES.items() if key in entry.reads]
+            when = f"strategy={readers[0]}" if len(readers) == 1 else f"strategy is {'/'.join(readers)}"
+            raise BrainFLError(f"setting '{key}'={config[key]} has no effect unless {when}")
+
+
 def strategy_options(settings: RunSettings, num_sites: int) -> tuple[type[SiteBookkeeping], dict]:
     """The class and the strategy-specific arguments for ``settings.strategy``."""
-    server_lr = settings.server_learning_rate or SERVER_LEARNING_RATES.get(settings.strategy, 1.0)
-    byzantine = settings.byzantine_sites
-    return {
-        "fedavg": (BrainFedAvg, {"uniform": settings.dp != "none"}),
-        "fedprox": (BrainFedProx, {"proximal_mu": settings.proximal_mu}),
-        "fedadam": (BrainFedAdam, {"eta": server_lr}),
-        "fedyogi": (BrainFedYogi, {"eta": server_lr}),
-        "fedavgm": (
-            BrainFedAvgM,
-            {"server_learning_rate": server_lr, "server_momentum": settings.server_momentum},
-        ),
-        "krum": (BrainKrum, {"num_malicious_nodes": byzantine}),
-        "multikrum": (
-            BrainMultiKrum,
-            {"num_malicious_nodes": byzantine, "num_nodes_to_select": max(1, num_sites - byzantine)},
-        ),
-        "trimmed-mean": (BrainTrimmedMean, {"beta": settings.trim_beta}),
-        "median": (BrainMedian, {}),
-    }[settings.strategy]
+    entry = STRATEGIES[settings.strategy]
+    return entry.strategy_class, entry.options(settings, num_sites)
 
 
 def build_strategy(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from brainfl.core.errors import BrainFLError
-from brainfl.settings.run_settings import SERVER_STEPS, RunSettings, default_run_config, settings_from_config
+from brainfl.settings.run_settings import RunSettings, default_run_config, settings_from_config
 
 # key=value with a quoted or bare TOML value, as Flower's own parser splits them.
 _PAIR = re.compile(r"""([A-Za-z0-9_.-]+)=('[^']*'|"[^"]*"|[^\s'"]+)(?=\s|$)""")
@@ -112,13 +112,9 @@ def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -
     return settings
 
 
-# Settings that only act under some other setting: (when they act, in words, and the test).
+# Settings that only act under some other setting: (when they act, in words, and the test). The
+# strategies' own settings are checked by brainfl.federation.strategy.check_strategy.
 _ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
-    "proximal-mu": ("strategy=fedprox", lambda s: s.strategy == "fedprox"),
-    "server-learning-rate": ("strategy is fedadam/fedyogi/fedavgm", lambda s: s.strategy in SERVER_STEPS),
-    "server-momentum": ("strategy=fedavgm", lambda s: s.strategy == "fedavgm"),
-    "byzantine-sites": ("strategy is krum/multikrum", lambda s: s.strategy in ("krum", "multikrum")),
-    "trim-beta": ("strategy=trimmed-mean", lambda s: s.strategy == "trimmed-mean"),
     "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.partitioning == "dirichlet"),
     "vgg-weights": ("model=vgg16", lambda s: s.model == "vgg16"),
     "dp-noise-multiplier": ("dp is not none", lambda s: s.dp != "none"),

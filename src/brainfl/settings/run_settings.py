@@ -26,8 +26,6 @@ from brainfl.core.errors import BrainFLError
 MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
-SERVER_STEPS = ("fedadam", "fedyogi", "fedavgm")
-STRATEGIES = ("fedavg", "fedprox", *SERVER_STEPS, "krum", "multikrum", "trimmed-mean", "median")
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
@@ -208,7 +206,6 @@ def validate(settings: RunSettings) -> None:
         ("model", settings.model, MODEL_NAMES),
         ("partitioning", settings.partitioning, PARTITIONINGS),
         ("norm", settings.norm, NORMS),
-        ("strategy", settings.strategy, STRATEGIES),
         ("dp", settings.dp, DP_MODES),
     ):
         if value not in choices:
