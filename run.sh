@@ -24,7 +24,7 @@ RUN_CONFIGS=()
 SECURE=0
 MIN_SITES=""  # empty: from the run config (min-sites)
 RESUME_DIR=""
-SITE_DATA_DIRS=""
+SITE_DIRS=()  # --site-data-dir, once per site in site order
 CERTS_DIR=""
 BASELINES=0
 
@@ -42,8 +42,8 @@ Usage: ./run.sh [options]
   --simulation       use Flower's simulation engine (virtual sites) instead of SuperNodes
   --secure           TLS on every connection and SuperNode authentication (deployment only)
   --certs-dir DIR    credentials from 'brainfl certs' (default: made anew in <output-dir>/certs)
-  --site-data-dirs "D0 D1 ..."  give each site its own data folder (all its Training images) instead of
-                     a partition of --data-dir, as real hospitals have (deployment only)
+  --site-data-dir DIR  a site's own data folder (all its Training images), once per site in site order,
+                     instead of a partition of --data-dir, as real hospitals have (deployment only)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
   --baselines        after the run, train its baselines with its settings (brainfl local: each site
                      alone; brainfl pooled: the sites' images pooled) into <output-dir>/baselines/ and
@@ -70,7 +70,10 @@ while [[ $# -gt 0 ]]; do
     --certs-dir) need_value "$@"; CERTS_DIR="$2"; shift 2 ;;
     --run-config) need_value "$@"; RUN_CONFIGS+=("$2"); shift 2 ;;
     --resume) need_value "$@"; RESUME_DIR="$2"; shift 2 ;;
-    --site-data-dirs) need_value "$@"; SITE_DATA_DIRS="$2"; shift 2 ;;
+    --site-data-dir) need_value "$@"; SITE_DIRS+=("$2"); shift 2 ;;
+    --site-data-dirs)  # the spelling of earlier releases: the folders in one argument
+      need_value "$@"; echo "$(basename "$0"): warning: --site-data-dirs is deprecated, use --site-data-dir DIR once per site" >&2
+      read -r -a more_dirs <<<"$2"; SITE_DIRS+=("${more_dirs[@]}"); shift 2 ;;
     --baselines) BASELINES=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
@@ -133,7 +136,6 @@ RUN_CONFIG_FILE="$FLWR_HOME/run_config.toml"
 # Check settings and data, and decode the images once, before any Flower process starts;
 # every site is awaited before round 1 (wait-for-sites = num-partitions).
 SITE_ARGS=()
-read -r -a SITE_DIRS <<<"$SITE_DATA_DIRS"
 for site_dir in "${SITE_DIRS[@]}"; do SITE_ARGS+=(--site-data-dir "$(abspath "$site_dir")"); done
 brainfl prepare --app-dir "$ROOT" "${CONFIG_ARGS[@]}" --run-config "$OPTIONS" "${SITE_ARGS[@]}" \
   --await-all-sites --write-run-config "$RUN_CONFIG_FILE"
@@ -220,9 +222,8 @@ TOML
 
 if [[ "$MODE" == deployment ]]; then
   SUPERNODE_SECURITY=(--insecure)
-  read -r -a SITE_DIRS <<<"$SITE_DATA_DIRS"
-  if [[ ${#SITE_DIRS[@]} -gt 0 && ${#SITE_DIRS[@]} -ne $SITES ]]; then
-    echo "run.sh: error: --site-data-dirs names ${#SITE_DIRS[@]} folders for $SITES sites" >&2; exit 2
+    if [[ ${#SITE_DIRS[@]} -gt 0 && ${#SITE_DIRS[@]} -ne $SITES ]]; then
+    echo "run.sh: error: --site-data-dir names ${#SITE_DIRS[@]} folders for $SITES sites" >&2; exit 2
   fi
   # The SuperNodes share this machine's cores: each site's TensorFlow gets cores / sites threads
   # (at least 1), so that sites training at once do not oversubscribe the cores.

@@ -28,7 +28,7 @@ DEPLOY_DIR="$ROOT/deploy"
 SITES=2
 ROUNDS=""
 DATA_DIR=""
-SITE_DATA_DIRS=""
+SITE_DIRS=()  # --site-data-dir, once per site in site order
 OUTPUT_DIR=""
 RUN_CONFIGS=()
 SUBNET=""
@@ -42,7 +42,8 @@ Usage: sudo deploy/rehearse.sh [options]
   --sites N            number of hospitals, each in its own namespace (default: $SITES)
   --rounds N           federated rounds, sets num-server-rounds (default: the run config's)
   --data-dir DIR       the coordinator's data (sets data-dir; default: the run config's)
-  --site-data-dirs "D0 D1 ..."  each hospital's own data folder (default: sample_data/ for every site)
+  --site-data-dir DIR  a hospital's own data folder, once per site in site order
+                     (default: sample_data/ for every site)
   --output-dir DIR     where the results, logs, credentials and env files go
                        (default: outputs/rehearsal-<time>-<id>)
   --run-config CONF    a conf file or "key=value ..." settings; repeatable, later ones win;
@@ -61,7 +62,10 @@ while [[ $# -gt 0 ]]; do
     --sites) need_value "$@"; SITES="$2"; shift 2 ;;
     --rounds) need_value "$@"; ROUNDS="$2"; shift 2 ;;
     --data-dir) need_value "$@"; DATA_DIR="$2"; shift 2 ;;
-    --site-data-dirs) need_value "$@"; SITE_DATA_DIRS="$2"; shift 2 ;;
+    --site-data-dir) need_value "$@"; SITE_DIRS+=("$2"); shift 2 ;;
+    --site-data-dirs)  # the spelling of earlier releases: the folders in one argument
+      need_value "$@"; echo "$(basename "$0"): warning: --site-data-dirs is deprecated, use --site-data-dir DIR once per site" >&2
+      read -r -a more_dirs <<<"$2"; SITE_DIRS+=("${more_dirs[@]}"); shift 2 ;;
     --output-dir) need_value "$@"; OUTPUT_DIR="$2"; shift 2 ;;
     --run-config) need_value "$@"; RUN_CONFIGS+=("$2"); shift 2 ;;
     --subnet) need_value "$@"; SUBNET="$2"; shift 2 ;;
@@ -116,11 +120,10 @@ LOG_DIR="$OUTPUT_DIR/logs"
 REHEARSAL_DIR="$OUTPUT_DIR/rehearsal"
 CERTS_DIR="$OUTPUT_DIR/certs"
 [[ -n "$DATA_DIR" ]] && DATA_DIR="$(abspath "$DATA_DIR")"
-read -r -a SITE_DIRS <<<"$SITE_DATA_DIRS"
 if [[ ${#SITE_DIRS[@]} -eq 0 ]]; then
   for ((site = 0; site < SITES; site++)); do SITE_DIRS+=("$ROOT/sample_data"); done
 fi
-[[ ${#SITE_DIRS[@]} -eq $SITES ]] || die "--site-data-dirs names ${#SITE_DIRS[@]} folders for $SITES sites"
+[[ ${#SITE_DIRS[@]} -eq $SITES ]] || die "--site-data-dir names ${#SITE_DIRS[@]} folders for $SITES sites"
 for site in "${!SITE_DIRS[@]}"; do
   SITE_DIRS[site]="$(abspath "${SITE_DIRS[site]}")"
   [[ -d "${SITE_DIRS[site]}" ]] || die "site $site's data folder ${SITE_DIRS[site]} does not exist"

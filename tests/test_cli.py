@@ -225,3 +225,19 @@ def test_prepare_loads_each_site_folder_before_flower_starts(capsys, tmp_path) -
     assert code == 2 and len(errors) == 1 and missing in errors[0]
     code, _, errors = run_prepare(capsys, extra=("--site-data-dir", sample))
     assert code == 2 and "1 folders for 2 sites" in errors[0]
+
+
+def test_run_sh_takes_site_folders_once_per_site_as_brainfl_does():
+    """``--site-data-dir DIR`` per site, as ``brainfl prepare``/``local``/``pooled`` take it; the earlier
+    ``--site-data-dirs "A B"`` still parses, with a warning."""
+    run_sh = str(REPO_ROOT / "run.sh")
+    usage = subprocess.run([run_sh, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--site-data-dir DIR" in usage and "--site-data-dirs" not in usage
+    old = subprocess.run([run_sh, "--site-data-dirs", "a b", "--help"], capture_output=True, text=True)
+    assert old.returncode == 0 and "--site-data-dirs is deprecated, use --site-data-dir" in old.stderr
+    one = subprocess.run(
+        [run_sh, "--sites", "2", "--site-data-dir", str(REPO_ROOT / "sample_data")],
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 2 and "1 folders for 2 sites" in one.stderr

@@ -170,7 +170,17 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
     # Site 1's folder passes run.sh's checks, then goes away before the site loads it (an unmounted share).
     vanishing = tmp_path / "no-such-hospital-folder"
     shutil.copytree(data, vanishing, symlinks=True)
-    args = ["--secure", "--sites", "2", "--rounds", "2", "--site-data-dirs", f"{data} {vanishing}"]
+    args = [
+        "--secure",
+        "--sites",
+        "2",
+        "--rounds",
+        "2",
+        "--site-data-dir",
+        str(data),
+        "--site-data-dir",
+        str(vanishing),
+    ]
     args += ["--data-dir", str(data), "--output-dir", str(out), "--port", str(port)]
     script = start_script(*args, "--run-config", TINY)
     intruders: list[subprocess.Popen] = []

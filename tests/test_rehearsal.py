@@ -257,7 +257,17 @@ def rehearsal(real_data, real_subset, tmp_path_factory) -> Rehearsal:
     site_0 = make_subset(real_data, root / "hospital-a", 8, seed=1)
     site_1 = make_subset(real_data, root / "hospital-b", 8, seed=2) / "Training"
     out = root / "run"
-    command = [str(REHEARSE), "--sites", "2", "--rounds", "2", "--site-data-dirs", f"{site_0} {site_1}"]
+    command = [
+        str(REHEARSE),
+        "--sites",
+        "2",
+        "--rounds",
+        "2",
+        "--site-data-dir",
+        str(site_0),
+        "--site-data-dir",
+        str(site_1),
+    ]
     command += ["--output-dir", str(out), "--run-config", RUN, "--run-config", server_run_config(server)]
     started = time.monotonic()
     with cache_at(root / "cache"):

@@ -10,7 +10,7 @@ seeds), exactly as the site trains in the federation, with no averaging in
 between (and no FedProx term: there is no shared model to stay near). The sites
 are the federation's (:func:`brainfl.data.sites.site_data`): the run's
 ``num-partitions`` partitions of ``data-dir``, or each site's own folder
-(``--site-data-dir``, as ``run.sh --site-data-dirs`` gives them), less the same
+(``--site-data-dir``, as ``run.sh --site-data-dir`` gives them), less the same
 validation split.
 
 Each site's final model is scored on the site's held-out split with the sites'
