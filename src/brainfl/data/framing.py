@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from brainfl.core.errors import BrainFLError
 
@@ -32,7 +33,6 @@ def head_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     :data:`HEAD_MARGIN` on each side, and may reach past the image (Pillow
     fills that with black). An image with nothing bright is framed whole.
     """
-    from scipy import ndimage
 
     height, width = gray.shape
     regions, count = ndimage.label(gray > max(1.0, HEAD_THRESHOLD * float(np.percentile(gray, 99))))

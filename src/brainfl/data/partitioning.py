@@ -68,7 +68,9 @@ def partition_indices(
 def _partition_units(
     labels: np.ndarray, num_partitions: int, partitioning: str, alpha: float, seed: int, what: str
 ) -> list[np.ndarray]:
-    from datasets import Dataset  # heavy import, only where partitions are made
+    # datasets (pyarrow) takes about a second to import: only where partitions are made, so that
+    # loading and checking a folder start quickly
+    from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
     num_units = len(labels)

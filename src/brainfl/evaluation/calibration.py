@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.special import log_softmax
 
 from brainfl.core.files import write_atomically
@@ -154,7 +155,6 @@ def read_calibration(output_dir: Path) -> dict[str, Any] | None:
 def report_view(record: dict[str, Any]) -> dict[str, Any]:
     """``calibration.json`` as the report shows it: T (as text), the validation images, a table of the test
     set's ECE, NLL and accuracy before and after scaling (None without a test set) and one of the sites."""
-    import pandas as pd
 
     test = record.get("test") or {}
     effect = pd.DataFrame(

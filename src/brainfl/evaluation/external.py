@@ -33,6 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from brainfl.core.arguments import add_model, add_output_dir
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
@@ -79,7 +84,6 @@ def labelled_scans(data_dir: Path | str, class_names: Sequence[str]) -> tuple[li
     ``Training`` split when there is no ``Testing``); or class folders, with
     scans at any depth. A class the model does not know is an error.
     """
-    import numpy as np
 
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -127,7 +131,6 @@ def evaluate_model(
     seed: int | None = None,
 ) -> Evaluation:
     """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals."""
-    import numpy as np
 
     loaded = load_model(model_path)
     data = Path(data_dir).expanduser()
@@ -198,9 +201,6 @@ def _cell(value: float) -> str:
 
 def print_scores(evaluation: Evaluation) -> None:
     """The metrics and their intervals as a table on the terminal, with what was scored."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     scores = evaluation.scores
     per_class = scores.confusion.sum(axis=1)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 FIGURE_DPI = 110
 
 
 def new_figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
     return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
 
@@ -70,7 +70,6 @@ def plot_reliability(
 ) -> Path:
     """Accuracy against mean confidence per confidence bin, over the diagonal of perfect calibration,
     with the number of images per bin below; ``title`` heads the ECE in the figure's title."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
     figure = Figure(figsize=(5.5, 6.2), dpi=FIGURE_DPI, layout="constrained")
     curve_axis, count_axis = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))

@@ -94,7 +94,7 @@ class RunRecorder:
                 ledger.release(int(row["sites_trained"] or 0))
 
     def _tensorboard_writer(self):
-        import tensorflow as tf
+        import tensorflow as tf  # only with tensorboard=true: the recorder itself never needs TensorFlow
 
         return tf.summary.create_file_writer(str(self.output_dir / "tensorboard"))
 

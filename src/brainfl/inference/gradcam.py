@@ -11,6 +11,10 @@ normalization to [0, 1], is resized to the original image's size and drawn
 over it with a colormap. The functions that write overlay files take a
 :class:`brainfl.model.files.LoadedModel`, so the image is preprocessed exactly
 as the model was trained.
+
+Keras and TensorFlow are imported inside the functions that run the model, so
+that importing this module (the report, ``brainfl predict``) loads them only
+when a heat map is drawn.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from PIL import Image
 
@@ -113,7 +118,6 @@ def overlay(original: Image.Image, heatmap: np.ndarray, crop: str, alpha: float 
     The heatmap covers the image's :func:`brainfl.data.decoding.crop_box` (the
     head, for models that crop to it), resized to that box.
     """
-    import matplotlib
 
     base = np.asarray(original.convert("RGB"), dtype=np.float32)
     left, top, right, bottom = crop_box(original, crop)

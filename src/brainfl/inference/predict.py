@@ -20,6 +20,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
 from brainfl.core.arguments import add_model
 from brainfl.core.errors import BrainFLError
 from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
@@ -65,8 +71,6 @@ def find_images(paths: Iterable[Path | str]) -> list[Path]:
 def predict_scans(loaded: LoadedModel, files: Sequence[Path], skip_unreadable: bool) -> tuple[Any, list[int]]:
     """Probabilities (N x classes, scaled by the model's temperature) of the readable scans; indices of
     the unreadable ones (if skipped)."""
-    import numpy as np
-    from tqdm import tqdm
 
     parts, skipped = [], []
     for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="predicting", disable=None, leave=False):
@@ -101,8 +105,6 @@ def predict_files(
     An unreadable file fails the call unless ``skip_unreadable``, which leaves it out;
     ``table.attrs["skipped"]`` lists those.
     """
-    import numpy as np
-    import pandas as pd
 
     loaded = load_model(model_path)
     found = find_images(paths)
@@ -139,8 +141,6 @@ def predict_files(
 
 def print_table(table, class_names: Sequence[str]) -> None:
     """The predictions as a table on the terminal."""
-    from rich.console import Console
-    from rich.table import Table
 
     view = Table(show_lines=False)
     view.add_column(FILE_COLUMN, overflow="fold")

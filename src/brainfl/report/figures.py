@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from brainfl.evaluation.figures import new_figure, plot_reliability
 from brainfl.evaluation.intervals import score_with_intervals
@@ -63,7 +64,6 @@ def plot_curves(results: pd.DataFrame, sites: pd.DataFrame, path: Path) -> Path:
         axis.grid(alpha=0.3)
         if metric == "accuracy":
             axis.set_ylim(0, 1.02)
-        from matplotlib.ticker import MaxNLocator
 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))  # whole rounds, readable at 100
         if axis.get_legend_handles_labels()[0]:

@@ -30,6 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+import numpy as np
+
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.core.logs import LOG
@@ -101,7 +104,6 @@ def _resolve_image(name: str, run: Run) -> Path | None:
 
 def gradcam_examples(run: Run, out_dir: Path) -> list[dict[str, str]]:
     """Grad-CAM overlays of the picked test images (final model), as ``uri, caption, kind``."""
-    import numpy as np
 
     predictions, names = run.predictions, run.class_names
     if predictions is None:
@@ -158,7 +160,6 @@ def _figure(produced: Path | None, path: Path) -> str | None:
 
 def render(context: dict[str, Any]) -> str:
     """The page from ``templates/report.html.j2`` (autoescaped)."""
-    import jinja2
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),

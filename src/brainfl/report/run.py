@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import classification_report, confusion_matrix
 
 from brainfl.core.errors import BrainFLError
 from brainfl.evaluation import registry
@@ -220,7 +221,6 @@ def per_class_clinical(results: pd.DataFrame, class_names: Sequence[str]) -> pd.
 
 def per_class_table(predictions: Predictions, class_names: Sequence[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class, then macro and weighted averages."""
-    from sklearn.metrics import classification_report
 
     report = classification_report(
         predictions.labels,
@@ -241,7 +241,6 @@ def per_class_table(predictions: Predictions, class_names: Sequence[str]) -> pd.
 def confusion(predictions: Predictions, num_classes: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Counts (rows: true, columns: predicted) and row-normalized; a last column of
     non-finite rows is added when there are any (third value True)."""
-    from sklearn.metrics import confusion_matrix
 
     predicted = predictions.predicted
     counts = confusion_matrix(predictions.labels, predicted, labels=list(range(num_classes)))

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -36,7 +38,6 @@ COUNT_COLUMNS = frozenset(
 
 def _whole(column: str, values: pd.Series) -> bool:
     """Whether a column holds counts: whole numbers, named as counts or not all within [0, 1]."""
-    import pandas as pd
 
     numbers = pd.to_numeric(values, errors="coerce").dropna()
     numbers = numbers[numbers.abs() != math.inf]
