@@ -115,3 +115,29 @@ def test_the_checker_sees_function_level_imports(tmp_path):
         "brainfl.core.errors",
         "brainfl.data.layouts",
     }
+
+
+def diagram() -> str:
+    """The subpackages and the imports between them as a mermaid flowchart (docs/architecture.md)."""
+    edges = sorted(
+        {
+            (module.split(".")[1], dep.split(".")[1])
+            for module, deps in import_graph().items()
+            for dep in deps
+            if module.count(".") and module.split(".")[1] != dep.split(".")[1]
+        },
+        key=lambda edge: (LAYERS.index(edge[0]), LAYERS.index(edge[1])),
+    )
+    lines = ["```mermaid", "flowchart BT"]
+    lines += [f"  {layer}[{'cli.py' if layer == 'cli' else layer + '/'}]" for layer in LAYERS]
+    lines += [f"  {low} --> {high}" for high, low in ((a, b) for a, b in edges)]
+    return "\n".join([*lines, "```"])
+
+
+def test_the_documented_import_diagram_is_current():
+    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    assert diagram() in text, "regenerate it: python3 tests/test_architecture.py"
+
+
+if __name__ == "__main__":
+    print(diagram())
