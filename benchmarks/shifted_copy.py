@@ -147,7 +147,7 @@ def make_copy(
     return manifest
 
 
-def _accuracy_line(name: str, evaluation: evaluate.Evaluation) -> str:
+def _accuracy_line(name: str, evaluation: evaluate.FolderEvaluation) -> str:
     value, low, high = evaluation.scores.overall["accuracy"]
     return (
         f"{name}: accuracy {value:.4f} (95% interval {low:.4f}-{high:.4f}) "
@@ -198,7 +198,7 @@ def score_copy(
     results_root: Path | str = RESULTS,
     resamples: int | None = None,
     command: str | None = None,
-) -> dict[str, evaluate.Evaluation]:
+) -> dict[str, evaluate.FolderEvaluation]:
     """Score ``model`` on ``copy_dir/all`` and ``copy_dir/leak-free``; write, print and maybe keep."""
     model, copy_dir, output = Path(model).expanduser(), Path(copy_dir).expanduser(), Path(output).expanduser()
     if not model.is_file():

@@ -61,7 +61,7 @@ FIGURE_RELIABILITY = "reliability.png"
 
 
 @dataclasses.dataclass(frozen=True)
-class Evaluation:
+class FolderEvaluation:
     """A model scored on a labelled folder: what was scored, the probabilities and the scores."""
 
     model: Path
@@ -129,7 +129,7 @@ def evaluate_model(
     leak_free_only: bool = False,
     resamples: int | None = None,
     seed: int | None = None,
-) -> Evaluation:
+) -> FolderEvaluation:
     """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals."""
 
     loaded = load_model(model_path)
@@ -152,7 +152,7 @@ def evaluate_model(
         resamples=uncertainty.RESAMPLES if resamples is None else resamples,
         seed=uncertainty.SEED if seed is None else seed,
     )
-    return Evaluation(
+    return FolderEvaluation(
         loaded.path,
         loaded.model_name,
         data,
@@ -166,7 +166,7 @@ def evaluate_model(
     )
 
 
-def summary(evaluation: Evaluation) -> dict[str, Any]:
+def summary(evaluation: FolderEvaluation) -> dict[str, Any]:
     """Everything ``evaluation.json`` holds: what was scored, then the scores."""
     return {
         "model": str(evaluation.model),
@@ -179,7 +179,7 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def write_outputs(evaluation: Evaluation, output_dir: Path) -> list[Path]:
+def write_outputs(evaluation: FolderEvaluation, output_dir: Path) -> list[Path]:
     """Write the CSV, the JSON and both figures into ``output_dir``; the paths written."""
     scores = evaluation.scores
     text = json.dumps(summary(evaluation), indent=2, allow_nan=False) + "\n"
@@ -199,7 +199,7 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def print_scores(evaluation: Evaluation) -> None:
+def print_scores(evaluation: FolderEvaluation) -> None:
     """The metrics and their intervals as a table on the terminal, with what was scored."""
 
     scores = evaluation.scores
