@@ -304,10 +304,24 @@ def test_patients_in_both_splits_are_reported_next_to_the_duplicates(tmp_path: P
     build_folders(root, per_class=2, patients=1, split="Testing")  # <class>-p0: also in Training
     check_data(root, tmp_path / "out")
     printed = capsys.readouterr().out
-    assert "patients in both Training and Testing: 4 (glioma-p0, meningioma-p0, notumor-p0" in printed
+    assert "patients in both Training and Testing: 4 (glioma/glioma-p0, meningioma/meningioma-p0" in printed
     listed = (tmp_path / "out" / "patients_in_both_splits.txt").read_text().splitlines()
-    assert listed == [f"{name}-p0" for name in ("glioma", "meningioma", "notumor", "pituitary")]
+    assert listed == [f"{name}/{name}-p0" for name in ("glioma", "meningioma", "notumor", "pituitary")]
     assert data_check.shared_patients(hash_images(root)) == listed
+    assert "under more than one class" not in printed
+
+
+def test_a_patient_folder_under_two_classes_is_reported(tmp_path: Path, capsys) -> None:
+    from test_layouts import CLASSES, link, sample_scans
+
+    for split in ("Training", "Testing"):
+        for name in CLASSES:
+            patient = "pt-shared" if name in ("glioma", "notumor") else f"{name}-own"
+            for scan in sample_scans(name, split)[:2]:
+                link(scan, tmp_path / "d" / split / name / patient / scan.name)
+    check_data(tmp_path / "d", tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert "patient folders under more than one class (one patient per class): 1 (pt-shared)" in printed
 
 
 def test_patients_are_not_checked_unless_both_splits_are_grouped(

@@ -259,3 +259,18 @@ def test_skip_unreadable_skips_refused_dicom_and_lists_every_format(scans, tmp_p
     loaded = data_loader.load_split(root, "Training", 32, 1, skip_unreadable=True)
     assert loaded.class_counts() == [4, 4, 4, 4]
     assert "Training/glioma/e.dicom" not in loaded.files
+
+
+@pytest.mark.parametrize("keyword", ["NumberOfFrames", "Rows", "Columns"])
+def test_a_dicom_header_number_that_is_not_a_number_is_one_line(tmp_path, keyword):
+    path = write_dicom(tmp_path / "odd.dcm", np.zeros((16, 16), dtype=np.uint8))
+    ds = pydicom.dcmread(path)
+    ds[pydicom.datadict.tag_for_keyword(keyword)] = pydicom.DataElement(
+        pydicom.datadict.tag_for_keyword(keyword), "LO", "abc"
+    )
+    ds.save_as(path)
+    with pytest.raises(
+        BrainFLError, match=rf"cannot decode DICOM {path}: its {keyword} is not a whole number"
+    ):
+        open_scan(path)
+    assert is_scan_file(path)  # still a scan: refused, or skipped with skip-unreadable, like a broken file

@@ -125,7 +125,7 @@ def test_user_mistakes_are_one_line(model_file, tmp_path):
     data = copy_classes(tmp_path / "hospital", per_class=1)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert f"--output: cannot write {blocker}" in one_line_error(
+    assert f"--output-dir: cannot write {blocker}" in one_line_error(
         lambda: run(model_file, data, "--output-dir", blocker)
     )
     assert "data folder not found" in one_line_error(lambda: run(model_file, tmp_path / "nowhere"))

@@ -102,8 +102,8 @@ def test_nested_patient_folders_never_straddle_the_hold_out(tmp_path):
     assert not patients_of(data.train) & patients_of(data.test)
     assert data.test.class_counts() == [3, 3, 3, 3]  # one whole patient of each class
     assert not any(".ipynb" in name for name in data.train.files + data.test.files)
-    for image_set in (data.train, data.test):  # each image's patient is its first folder under the class
-        assert [name.split("/")[1] for name in image_set.files] == image_set.groups.tolist()
+    for image_set in (data.train, data.test):  # each image's patient: its class and first folder under it
+        assert ["/".join(name.split("/")[:2]) for name in image_set.files] == image_set.groups.tolist()
 
 
 def test_kaggle_split_with_nested_patients_keeps_groups_in_both_splits(tmp_path):
@@ -250,3 +250,55 @@ def test_a_site_with_labels_csv_follows_the_server_classes(tmp_path):
     with pytest.raises(BrainFLError, match=r"labels\.csv line 2: label 'glioma' is not one of the classes"):
         load_images(root, 16, 1, ["healthy", "tumor"])
     assert np.array_equal(np.unique(train.labels), [0, 1, 2, 3])
+
+
+def test_patient_folders_named_alike_in_two_classes_are_two_patients(tmp_path):
+    root = tmp_path / "d"
+    for name in CLASSES:
+        for index, scan in enumerate(sample_scans(name)[:3]):
+            link(scan, root / name / "pt0" / scan.name) if index < 2 else link(
+                scan, root / name / "pt1" / scan.name
+            )
+    data = load_dataset(root, 16, 1, test_fraction=0.5)
+    groups = patients_of(data.train) | patients_of(data.test)
+    assert groups == {f"{name}/{patient}" for name in CLASSES for patient in ("pt0", "pt1")}  # 8, not 2
+
+
+def test_a_link_into_another_class_or_up_a_folder_is_refused_or_skipped(tmp_path, caplog):
+    root = build_folders(tmp_path / "d", per_class=4)
+    (root / "glioma" / "loop").symlink_to("..")  # would list every class's scans as glioma
+    with pytest.raises(
+        BrainFLError, match=r"symbolic link .*glioma/loop points to .*outside its class folder"
+    ):
+        load_dataset(root, 16, 1, test_fraction=0.25)
+    data = load_dataset(root, 16, 1, test_fraction=0.25, skip_unreadable=True)
+    assert len(data.train) + len(data.test) == 16  # 4 per class, the link skipped
+    assert "skipping symbolic link" in caplog.text and "glioma/loop" in caplog.text
+    (root / "glioma" / "loop").unlink()
+    (root / "glioma" / "pituitary.jpg").symlink_to(root / "pituitary" / sample_scans("pituitary")[0].name)
+    # (the target is itself a link to sample_data: the first hop, into another class, is what counts)
+    with pytest.raises(BrainFLError, match=r"glioma/pituitary\.jpg points to .*outside its class folder"):
+        load_dataset(root, 16, 1, test_fraction=0.25)
+
+
+def test_a_folder_link_looping_inside_its_class_and_a_dangling_link_are_named(tmp_path):
+    root = build_folders(tmp_path / "d", per_class=4)
+    (root / "glioma" / "deeper").mkdir()
+    (root / "glioma" / "deeper" / "again").symlink_to(root / "glioma")
+    with pytest.raises(BrainFLError, match=r"deeper/again points to .*a folder above it \(a loop\)"):
+        load_dataset(root, 16, 1, test_fraction=0.25)
+    (root / "glioma" / "deeper" / "again").unlink()
+    (root / "meningioma" / "gone.jpg").symlink_to(tmp_path / "no-such-scan.jpg")
+    with pytest.raises(BrainFLError, match=r"meningioma/gone\.jpg is dangling"):
+        load_dataset(root, 16, 1, test_fraction=0.25)
+
+
+def test_labels_differing_only_in_case_are_refused_with_their_lines(tmp_path):
+    root = csv_dataset(tmp_path / "d", per_class=2, patients=1)
+    rows = list(csv.reader((root / "labels.csv").open()))[1:]
+    rows[0][1] = rows[0][1].capitalize()  # Glioma beside glioma
+    write_labels_csv(root, [tuple(row) for row in rows])
+    with pytest.raises(
+        BrainFLError, match=r"labels differ only in case or spaces: 'Glioma' \(line 2\), 'glioma' "
+    ):
+        load_dataset(root, 16, 1, test_fraction=0.25)

@@ -132,12 +132,22 @@ def shared_patients(table: pd.DataFrame) -> list[str] | None:
     return sorted(found[TRAIN_SPLIT] & found[TEST_SPLIT])
 
 
+def patients_in_two_classes(table: pd.DataFrame) -> list[str]:
+    """Patient folders found under more than one class folder, sorted: the loader counts them as one
+    patient per class (the same name in two classes is taken for two patients), which a dataset
+    that reuses a patient's folder name across classes should know."""
+    patients = table["file"].map(split_patient).dropna()
+    folders = patients.str.split("/", n=1, expand=True) if len(patients) else pd.DataFrame(columns=[0, 1])
+    classes_per_folder = folders.groupby(1)[0].nunique()
+    return sorted(classes_per_folder[classes_per_folder > 1].index)
+
+
 def _write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write one output file; a path that cannot be written is a one-line error naming it."""
     try:
         write_atomically(path, write)
     except OSError as error:
-        raise BrainFLError(f"--output: cannot write {path} ({error.strerror or error})") from None
+        raise BrainFLError(f"--output-dir: cannot write {path} ({error.strerror or error})") from None
 
 
 def _check_output(output: Path) -> None:
@@ -146,7 +156,9 @@ def _check_output(output: Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BrainFLError(f"--output: cannot create the folder {output} ({parent} is not a writable folder)")
+        raise BrainFLError(
+            f"--output-dir: cannot create the folder {output} ({parent} is not a writable folder)"
+        )
 
 
 def check_data(
@@ -194,6 +206,10 @@ def check_data(
             f"patients in both {TRAIN_SPLIT} and {TEST_SPLIT}: {len(patients)}"
             + (f" ({listed}; {output / 'patients_in_both_splits.txt'})" if patients else "")
         )
+    in_two = patients_in_two_classes(table)
+    if in_two:
+        listed = ", ".join(in_two[:5]) + (", ..." if len(in_two) > 5 else "")
+        print(f"patient folders under more than one class (one patient per class): {len(in_two)} ({listed})")
     print(
         f"pairs: {output / 'duplicates.csv'}; leak-free Testing files: {output / 'leak_free_test_files.txt'}"
     )

@@ -20,6 +20,7 @@ error naming it (or, with ``skip-unreadable``, a warning naming it).
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -94,27 +95,65 @@ def find_classes(folder: Path) -> list[str]:
     return classes
 
 
-def _walk(folder: Path, seen: set[Path]) -> tuple[list[Path], list[Path]]:
-    """(scans the decoder reads, unsupported scan-like files) under ``folder``, at any depth."""
-    real = folder.resolve()
-    if real in seen:  # a symlinked folder loop
-        return [], []
-    seen.add(real)
-    scans: list[Path] = []
-    unsupported: list[Path] = []
+class _Walk(NamedTuple):
+    scans: list[Path]  # files the decoder reads
+    unsupported: list[Path]  # scan-like files it does not
+    refused_links: list[tuple[Path, str]]  # symbolic links not followed, and why
+
+
+def _link_problem(link: Path, class_dir: Path, dataset: Path) -> str | None:
+    """Why a symbolic link under ``class_dir`` may not be followed, or None.
+
+    A link may point anywhere outside the dataset (a scan kept on other storage),
+    or inside its own class folder; one that points elsewhere in the dataset would
+    give another folder's scans this class's label, and a folder link to a folder
+    above it would list the same scans again and again.
+    """
+    if not link.exists():
+        return "is dangling (its target does not exist)"
+    resolved = (class_dir.resolve(), dataset.resolve())
+    hop = Path(os.path.normpath(link.parent.absolute() / os.readlink(link)))  # where it points, not further
+    target = link.resolve()
+    for place, own, root in ((hop, class_dir.absolute(), dataset.absolute()), (target, *resolved)):
+        if place.is_relative_to(root) and not place.is_relative_to(own):
+            return f"points to {place}, outside its class folder {class_dir}"
+    if link.is_dir() and link.parent.resolve().is_relative_to(target):
+        return f"points to {target}, a folder above it (a loop)"
+    return None
+
+
+def _walk(folder: Path, class_dir: Path, dataset: Path) -> _Walk:
+    """The scans, unsupported scan-like files and refused links under ``folder``, at any depth."""
+    found = _Walk([], [], [])
     for path in sorted(folder.iterdir()):
         if is_hidden(path):
             continue
+        if path.is_symlink():
+            problem = _link_problem(path, class_dir, dataset)
+            if problem:
+                found.refused_links.append((path, problem))
+                continue
         if path.is_dir():
-            more, odd = _walk(path, seen)
-            scans += more
-            unsupported += odd
+            deeper = _walk(path, class_dir, dataset)
+            for mine, more in zip(found, deeper, strict=True):
+                mine += more
         elif path.is_file():
             if is_scan_file(path):
-                scans.append(path)
+                found.scans.append(path)
             elif looks_like_scan(path):
-                unsupported.append(path)
-    return scans, unsupported
+                found.unsupported.append(path)
+    return found
+
+
+def _refused_links(links: list[tuple[Path, str]], skip: bool) -> None:
+    if links and not skip:
+        path, problem = links[0]
+        raise BrainFLError(
+            f"symbolic link {path} {problem}; remove it, or set skip-unreadable=true to skip such links "
+            f"({len(links)} found)"
+        )
+    for path, problem in links:
+        LOG.warning("skipping symbolic link %s: it %s", path, problem)
 
 
 def folder_patient(relative: PurePosixPath | Path) -> str | None:
@@ -125,22 +164,26 @@ def folder_patient(relative: PurePosixPath | Path) -> str | None:
 def list_class_folders(folder: Path, class_names: list[str], skip_unsupported: bool = False) -> list[Entry]:
     """Every scan under ``folder/<class>/`` for each class, sorted by class then path.
 
-    The groups are the patients (:func:`folder_patient`) where any scan is
-    nested; a scan directly in its class folder is then a patient of its own.
-    Without nesting every group is None.
+    The groups are the patients where any scan is nested: a patient is its class
+    and its folder (:func:`folder_patient`), so folders named alike in two
+    classes are two patients; a scan directly in its class folder is then a
+    patient of its own. Without nesting every group is None. Symbolic links are
+    followed unless :func:`_link_problem` refuses them.
     """
     entries: list[Entry] = []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        scans, unsupported = _walk(class_dir, set())
-        _unsupported(unsupported, skip_unsupported)
-        if not scans:
+        found = _walk(class_dir, class_dir, folder)
+        _refused_links(found.refused_links, skip_unsupported)
+        _unsupported(found.unsupported, skip_unsupported)
+        if not found.scans:
             raise BrainFLError(f"class folder has no images: {class_dir}")
-        for path in scans:
+        for path in found.scans:
             relative = path.relative_to(class_dir)
-            entries.append(Entry(path, label, folder_patient(relative) or f"{name}/{relative.as_posix()}"))
+            patient = folder_patient(relative) or relative.as_posix()
+            entries.append(Entry(path, label, f"{name}/{patient}"))
     if not any(len(entry.path.relative_to(folder).parts) > 2 for entry in entries):
         entries = [entry._replace(group=None) for entry in entries]
     return entries
@@ -230,6 +273,7 @@ def read_labels_csv(
         patient = values.get("patient", "").strip() or (f"line {line}" if "patient" in header else None)
         parsed.append((path, label, patient))
     _unsupported(unsupported, skip_unsupported)
+    _refuse_label_spellings(csv_file, [(seen[path], label) for path, label, _ in parsed])
     names = class_names if class_names is not None else sorted({label for _, label, _ in parsed})
     index = {name: i for i, name in enumerate(names)}
     for path, label, _ in parsed:
@@ -240,7 +284,20 @@ def read_labels_csv(
     return [Entry(path, index[label], patient) for path, label, patient in parsed], names
 
 
+def _refuse_label_spellings(csv_file: Path, labels: list[tuple[int, str]]) -> None:
+    """Refuse labels that differ only in case or surrounding spaces (``Glioma``, ``glioma``), which
+    would become two classes, naming the lines of each spelling."""
+    spellings: dict[str, dict[str, int]] = {}
+    for line, label in labels:
+        spellings.setdefault(label.strip().casefold(), {}).setdefault(label, line)
+    for found in spellings.values():
+        if len(found) > 1:
+            seen = ", ".join(f"'{label}' (line {line})" for label, line in found.items())
+            raise BrainFLError(f"{csv_file}: labels differ only in case or spaces: {seen}; spell them alike")
+
+
 def split_patient(file: str) -> str | None:
-    """Patient of a ``<split>/<class>/...`` file name (as check-data lists them), if nested."""
+    """Patient of a ``<split>/<class>/...`` file name (as check-data lists them), if nested: its class
+    and patient folder, ``<class>/<patient>``, as the loader groups it."""
     parts = PurePosixPath(file.replace("\\", "/")).parts
-    return parts[2] if len(parts) > 3 else None
+    return f"{parts[1]}/{parts[2]}" if len(parts) > 3 else None

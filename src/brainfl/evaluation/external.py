@@ -9,7 +9,7 @@ Every scan is decoded by the model's own preprocessing
 scored by :mod:`brainfl.evaluation.intervals`: each metric with its bootstrap 95%
 interval. The probabilities are scaled by the model's calibrated temperature
 (:meth:`~brainfl.model.files.LoadedModel.probabilities`, as ``brainfl predict``),
-which the output names. The command prints them and writes into ``--output``:
+which the output names. The command prints them and writes into ``--output-dir``:
 
 - ``evaluation.csv``: ``metric, class, value, low, high`` (``class`` empty when overall);
 - ``evaluation.json``: the same, with the confusion matrix, the reliability
@@ -191,7 +191,7 @@ def write_outputs(evaluation: FolderEvaluation, output_dir: Path) -> list[Path]:
         plot_confusion_counts(scores.confusion, scores.class_names, paths[2])
         plot_reliability(scores.reliability, scores.overall["ece"], paths[3])
     except OSError as error:
-        raise BrainFLError(f"--output: cannot write {output_dir}: {error.strerror or error}") from None
+        raise BrainFLError(f"--output-dir: cannot write {output_dir}: {error.strerror or error}") from None
     return paths
 
 

@@ -57,6 +57,16 @@ def _reason(path: Path, error: Exception) -> BrainFLError:
     return BrainFLError(f"cannot decode DICOM {path}: {error.__class__.__name__} {reason}".rstrip())
 
 
+def _header_number(ds: Any, keyword: str, default: int, path: Path) -> int:
+    """A whole-number header field (``default`` when absent or empty); one line naming the file and
+    the field when the file holds something else there."""
+    try:
+        value = ds.get(keyword, default)
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError, OverflowError):
+        raise BrainFLError(f"cannot decode DICOM {path}: its {keyword} is not a whole number") from None
+
+
 def _read_dicom(path: Path) -> tuple[Any, np.ndarray]:
     """The dataset and its one frame's stored pixel values, or a one-line error naming the file."""
     try:
@@ -65,10 +75,10 @@ def _read_dicom(path: Path) -> tuple[Any, np.ndarray]:
         raise BrainFLError(f"cannot decode DICOM {path}: {error.__class__.__name__}") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise BrainFLError(f"cannot decode DICOM {path}: no pixel data (not an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _header_number(ds, "NumberOfFrames", 1, path)
     if frames > 1:
         raise BrainFLError(f"multi-frame DICOM ({frames} frames) not supported: {path}")
-    check_pixels(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
+    check_pixels(path, _header_number(ds, "Columns", 0, path), _header_number(ds, "Rows", 0, path))
     if "TransferSyntaxUID" not in ds.file_meta:  # a bare dataset without file meta (old files)
         implicit, _little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
