@@ -115,6 +115,21 @@ def test_folders_expand_recursively_skipping_hidden_and_non_images(model_file, t
     assert sorted(Path(f).relative_to(root).as_posix() for f in table["file"]) == ["a/b/one.jpg", "a/two.JPG"]
 
 
+def test_a_folder_with_scan_files_the_decoder_does_not_read_is_refused_as_prepare_refuses_it(
+    model_file, tmp_path, caplog
+):
+    root = tmp_path / "scans"
+    root.mkdir()
+    shutil.copy(SAMPLE / "Testing" / "notumor" / "Te-no_0254.jpg", root / "one.jpg")
+    (root / "movie.gif").write_bytes(b"GIF89a")
+    (root / "volume.nii.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(BrainFLError, match=r"unsupported scan file .*movie\.gif \(2 such files"):
+        predict.predict_files(model_file, [root])
+    table = predict.predict_files(model_file, [root], skip_unreadable=True)
+    assert [Path(f).name for f in table["file"]] == ["one.jpg"]
+    assert "skipping unsupported scan file" in caplog.text and "volume.nii.gz" in caplog.text
+
+
 def test_same_stems_get_distinct_gradcam_files(model_file, tmp_path):
     for folder in ("x", "y"):
         (tmp_path / folder).mkdir()

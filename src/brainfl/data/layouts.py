@@ -62,7 +62,9 @@ def looks_like_scan(path: Path | PurePosixPath) -> bool:
     return path.name.lower().endswith(SCAN_LIKE_SUFFIXES)
 
 
-def _unsupported(paths: list[Path], skip_unsupported: bool) -> None:
+def refuse_unsupported(paths: list[Path], skip_unsupported: bool) -> None:
+    """One line naming the first scan-like file the decoder does not read; with ``skip_unsupported``,
+    a logged warning for each instead."""
     if not paths:
         return
     if not skip_unsupported:
@@ -177,7 +179,7 @@ def list_class_folders(folder: Path, class_names: list[str], skip_unsupported: b
             continue
         found = _walk(class_dir, class_dir, folder)
         _refused_links(found.refused_links, skip_unsupported)
-        _unsupported(found.unsupported, skip_unsupported)
+        refuse_unsupported(found.unsupported, skip_unsupported)
         if not found.scans:
             raise BrainFLError(f"class folder has no images: {class_dir}")
         for path in found.scans:
@@ -272,7 +274,7 @@ def read_labels_csv(
             continue
         patient = values.get("patient", "").strip() or (f"line {line}" if "patient" in header else None)
         parsed.append((path, label, patient))
-    _unsupported(unsupported, skip_unsupported)
+    refuse_unsupported(unsupported, skip_unsupported)
     _refuse_label_spellings(csv_file, [(seen[path], label) for path, label, _ in parsed])
     names = class_names if class_names is not None else sorted({label for _, label, _ in parsed})
     index = {name: i for i, name in enumerate(names)}

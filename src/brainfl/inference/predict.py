@@ -29,6 +29,7 @@ from tqdm import tqdm
 from brainfl.core.arguments import add_model
 from brainfl.core.errors import BrainFLError
 from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
+from brainfl.data.layouts import looks_like_scan, refuse_unsupported
 from brainfl.inference.gradcam import gradcam_names, write_gradcams
 from brainfl.model.files import LoadedModel, load_model
 from brainfl.model.outputs import predicted_classes
@@ -46,15 +47,17 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def find_images(paths: Iterable[Path | str]) -> list[Path]:
-    """The files named, and the image files under the folders named (recursively, hidden skipped)."""
+def find_images(paths: Iterable[Path | str], skip_unreadable: bool = False) -> list[Path]:
+    """The files named, and the image files under the folders named (recursively, hidden skipped); a
+    scan-like file the decoder does not read (``.gif``, ``.nii.gz``) is refused as ``brainfl prepare``
+    refuses it, or skipped with a warning with ``skip_unreadable``."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            images = sorted(
-                p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path) and is_scan_file(p)
-            )
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
+            images = [p for p in files if is_scan_file(p)]
+            refuse_unsupported([p for p in files if looks_like_scan(p) and p not in images], skip_unreadable)
             if not images:
                 suffixes = ", ".join(sorted(SCAN_SUFFIXES))
                 raise BrainFLError(f"no image files ({suffixes}, or DICOM) in folder {path}")
@@ -107,7 +110,7 @@ def predict_files(
     """
 
     loaded = load_model(model_path)
-    found = find_images(paths)
+    found = find_images(paths, skip_unreadable)
     probabilities, unreadable = predict_scans(loaded, found, skip_unreadable)
     files = [path for index, path in enumerate(found) if index not in set(unreadable)]
     predicted = predicted_classes(probabilities)
