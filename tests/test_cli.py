@@ -241,3 +241,10 @@ def test_run_sh_takes_site_folders_once_per_site_as_brainfl_does():
         text=True,
     )
     assert one.returncode == 2 and "1 folders for 2 sites" in one.stderr
+
+
+def test_prepare_refuses_an_output_folder_that_holds_a_run(capsys, tmp_path):
+    (tmp_path / "federated_learning_results.csv").write_text("round,loss\n0,1.0\n")
+    code, _, errors = run_prepare(capsys, f"output-dir='{tmp_path}'")
+    assert code == 2 and len(errors) == 1 and f"output-dir {tmp_path} already holds a run" in errors[0]
+    assert run_prepare(capsys, f"output-dir='{tmp_path}' resume=true")[0] == 0

@@ -6,9 +6,18 @@ import csv
 
 import keras
 import numpy as np
+import pytest
 
+from brainfl.core.errors import BrainFLError
 from brainfl.model.files import save_model, stored_metadata
-from brainfl.report.results import CsvAppender, results_header, truncate_rows_after
+from brainfl.report.results import (
+    RESULTS_CSV,
+    CsvAppender,
+    resolve_output_dir,
+    results_header,
+    truncate_rows_after,
+)
+from brainfl.settings.run_settings import settings_with
 
 
 def test_results_header_starts_with_round_loss_accuracy_and_names_classes():
@@ -66,3 +75,14 @@ def test_site_header_puts_the_held_out_scores_after_val_accuracy():
         "val_sensitivity_notumor",
     ]
     assert [c for c in header if c in SITE_FIELDS] == list(SITE_FIELDS)
+
+
+def test_a_folder_holding_a_run_is_never_written_twice_unless_resumed(tmp_path):
+    folder = tmp_path / "run"
+    assert resolve_output_dir(settings_with(output_dir=str(folder))) == folder.resolve()  # new: made
+    CsvAppender(folder / RESULTS_CSV, results_header(["a", "b"])).append({"round": 0, "accuracy": 0.5})
+    with pytest.raises(
+        BrainFLError, match=r"output-dir .*run already holds a run \(federated_learning_results\.csv\)"
+    ):
+        resolve_output_dir(settings_with(output_dir=str(folder)))
+    assert resolve_output_dir(settings_with(output_dir=str(folder), resume=True)) == folder.resolve()

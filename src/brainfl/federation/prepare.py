@@ -19,6 +19,7 @@ from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data
 from brainfl.federation.strategy import check_strategy
 from brainfl.model.process_cache import check_vgg_weights
+from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
 from brainfl.settings.run_settings import RunSettings, default_run_config
 
@@ -36,6 +37,7 @@ def prepare(args: argparse.Namespace) -> None:
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     check_strategy(settings, defaults)
+    check_new_run_folder(settings)
     check_vgg_weights(settings)
     central = central_data(settings)
     print(describe_central(central))

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.core.logs import LOG
 from brainfl.core.timings import PHASES
@@ -158,8 +159,24 @@ def write_predictions(
     write_atomically(path, lambda handle: handle.write(_csv_text(rows).encode()))
 
 
+def check_new_run_folder(settings: RunSettings) -> None:
+    """Refuse an ``output-dir`` that already holds a run's results, unless the run resumes it: a run
+    folder is never written twice (rows of two runs would mix in one table)."""
+    if settings.resume or not settings.output_dir:
+        return
+    path = Path(settings.output_dir).expanduser()
+    held = [name for name in (RESULTS_CSV, SITE_CSV) if (path / name).exists()]
+    if held:
+        raise BrainFLError(
+            f"output-dir {path} already holds a run ({held[0]}): resume it (run.sh --resume {path}) "
+            "or choose another folder"
+        )
+
+
 def resolve_output_dir(settings: RunSettings) -> Path:
-    """``output-dir`` or ``outputs/<timestamp>``, created with its ``logs`` folder."""
+    """``output-dir`` or ``outputs/<timestamp>``, created with its ``logs`` folder; refused when it
+    already holds a run that is not being resumed (:func:`check_new_run_folder`)."""
+    check_new_run_folder(settings)
     path = Path(settings.output_dir or f"outputs/{datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
     (path / "logs").mkdir(parents=True, exist_ok=True)
     return path
