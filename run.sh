@@ -85,6 +85,15 @@ for setting in SITES ROUNDS PORT MIN_SITES; do
     echo "run.sh: error: --${option//_/-} must be a whole number, got '${!setting}'" >&2; exit 2
   }
 done
+(( 10#$PORT >= 1 && 10#$PORT + 10#${SITES:-0} <= 65535 )) || {
+  echo "run.sh: error: --port $PORT: the SuperLink's port and the ${SITES:-0} SuperNodes' next ports must lie in 1-65535" >&2
+  exit 2
+}
+if [[ -n "$SITES" && -n "$MIN_SITES" ]] && (( 10#$MIN_SITES > 10#$SITES )); then
+  echo "run.sh: error: --min-sites $MIN_SITES is more than --sites $SITES: the rounds would wait forever" >&2; exit 2
+fi
+# A TOML basic string of any text (paths may hold quotes, backslashes or spaces).
+toml_string() { local text="${1//\\/\\\\}"; printf '"%s"' "${text//\"/\\\"}"; }
 
 abspath() { python3 -c 'import os,sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))' "$1"; }
 
@@ -111,11 +120,11 @@ DATA_DIR="$(abspath "$DATA_DIR")"
 OUTPUT_DIR="$(abspath "${OUTPUT_DIR:-$ROOT/outputs/$(date +%Y%m%d-%H%M%S)}")"
 LOG_DIR="$OUTPUT_DIR/logs"
 # This script's options, applied after every --run-config.
-OPTIONS="data-dir='$DATA_DIR' output-dir='$OUTPUT_DIR'"
+OPTIONS="data-dir=$(toml_string "$DATA_DIR") output-dir=$(toml_string "$OUTPUT_DIR")"
 [[ -n "$SITES" ]] && OPTIONS+=" num-partitions=$SITES"
 [[ -n "$ROUNDS" ]] && OPTIONS+=" num-server-rounds=$ROUNDS"
 [[ -n "$MIN_SITES" ]] && OPTIONS+=" min-sites=$MIN_SITES"
-[[ -n "$MODEL" ]] && OPTIONS+=" model='$MODEL'"
+[[ -n "$MODEL" ]] && OPTIONS+=" model=$(toml_string "$MODEL")"
 CONFIG_ARGS=()
 for run_config in "${RUN_CONFIGS[@]}"; do CONFIG_ARGS+=(--run-config "$run_config"); done
 

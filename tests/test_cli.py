@@ -248,3 +248,29 @@ def test_prepare_refuses_an_output_folder_that_holds_a_run(capsys, tmp_path):
     code, _, errors = run_prepare(capsys, f"output-dir='{tmp_path}'")
     assert code == 2 and len(errors) == 1 and f"output-dir {tmp_path} already holds a run" in errors[0]
     assert run_prepare(capsys, f"output-dir='{tmp_path}' resume=true")[0] == 0
+
+
+def test_run_sh_checks_ports_sites_and_quotes_before_starting(tmp_path):
+    run_sh = str(REPO_ROOT / "run.sh")
+    for options, expected in (
+        (
+            ["--port", "70000"],
+            "--port 70000: the SuperLink's port and the 0 SuperNodes' next ports must lie in",
+        ),
+        (["--port", "0"], "--port 0: the SuperLink's port"),
+        (["--sites", "2", "--min-sites", "3"], "--min-sites 3 is more than --sites 2"),
+    ):
+        result = subprocess.run([run_sh, *options], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, (
+            options
+        )
+    # a data folder whose name holds a quote is read as the path it is, not blamed on --run-config
+    quoted = tmp_path / "it's here"
+    result = subprocess.run([run_sh, "--data-dir", str(quoted)], capture_output=True, text=True)
+    assert result.returncode == 2 and f"data directory not found: {quoted}" in result.stderr
+    assert "--run-config" not in result.stderr
+
+
+def test_prepare_refuses_more_minimum_sites_than_sites(capsys):
+    code, _, errors = run_prepare(capsys, "num-partitions=2 min-sites=3")
+    assert code == 2 and len(errors) == 1 and "'min-sites'=3 is more than num-partitions=2" in errors[0]

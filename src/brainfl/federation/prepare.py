@@ -38,6 +38,11 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     check_strategy(settings, defaults)
     check_new_run_folder(settings)
+    if settings.min_sites > settings.num_partitions:
+        raise BrainFLError(
+            f"setting 'min-sites'={settings.min_sites} is more than num-partitions={settings.num_partitions} "
+            "(the sites): the rounds would wait forever"
+        )
     check_vgg_weights(settings)
     central = central_data(settings)
     print(describe_central(central))
