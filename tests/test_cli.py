@@ -205,7 +205,8 @@ def test_unwritable_cache_folder_and_outputs_are_one_line_errors(capsys, tmp_pat
     assert code == 2 and len(errors) == 1 and f"--write-run-config: cannot write {blocker}" in errors[0]
     code = cli.main(["check-data", str(REPO_ROOT / "sample_data"), "--output-dir", str(blocker / "out")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainfl: error:")]
-    assert code == 2 and len(errors) == 1 and f"--output-dir: cannot create the folder {blocker}" in errors[0]
+    assert code == 2 and len(errors) == 1 and f"--output-dir: cannot write {blocker / 'out'}" in errors[0]
+    assert f"{blocker} is a file, not a folder" in errors[0]
     monkeypatch.setenv("BRAINFL_CACHE_DIR", str(blocker / "cache"))
     code, _, errors = run_prepare(capsys, "image-size=17")
     assert code == 2 and len(errors) == 1

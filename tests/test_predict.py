@@ -332,3 +332,20 @@ def test_a_model_decodes_scans_as_its_metadata_says_it_was_trained(model_file, t
     odd = tmp_path / "odd.keras"
     save_model(keras.models.load_model(model_file), odd, {**metadata, "crop": "tight"})
     assert "crop head or none" in one_line_error(lambda: load_model(odd))
+
+
+def test_an_output_under_a_file_is_one_line_before_any_scan_is_scored(
+    model_file, tmp_path, capsys, monkeypatch
+):
+    from brainfl import cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(
+        predict, "predict_files", lambda *args, **kwargs: pytest.fail("scored before the check")
+    )
+    scans = str(SAMPLE / "Testing" / "glioma")
+    for option in ("--csv", "--gradcam"):
+        assert cli.main(["predict", scans, "--model", str(model_file), option, str(blocker / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"{option}: cannot write {blocker / 'out'}: {blocker} is a file, not a folder" in err

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written cache, CSV or model."""
+"""Atomic file writes (a reader never sees a half-written cache, CSV or model), and checking early
+that an output can be written at all."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from brainfl.core.errors import BrainFLError
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -18,3 +21,16 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_can_create(path: Path, option: str, folder: bool = False) -> None:
+    """One line naming ``option`` unless ``path`` (a file, or with ``folder`` a folder, perhaps in
+    folders still to be made) can be written: the nearest existing one of it and its parents must be
+    a writable folder."""
+    parent = path.absolute() if folder else path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BrainFLError(f"{option}: cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BrainFLError(f"{option}: cannot write {path}: the folder {parent} is not writable")

@@ -22,7 +22,6 @@ importable from here.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 
 from brainfl.core.arguments import add_output_dir
 from brainfl.core.errors import BrainFLError
-from brainfl.core.files import write_atomically
+from brainfl.core.files import check_can_create, write_atomically
 from brainfl.data.duplicates import (
     HASH_BITS,
     MAX_THRESHOLD,
@@ -150,17 +149,6 @@ def _write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise BrainFLError(f"--output-dir: cannot write {path} ({error.strerror or error})") from None
 
 
-def _check_output(output: Path) -> None:
-    """Fail before hashing if ``output`` cannot be made (nearest existing parent: no writable folder)."""
-    parent = output.absolute()
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BrainFLError(
-            f"--output-dir: cannot create the folder {output} ({parent} is not a writable folder)"
-        )
-
-
 def check_data(
     data_dir: Path, output: Path | None = None, threshold: int = NEAR_DUPLICATE_THRESHOLD
 ) -> pd.DataFrame:
@@ -175,7 +163,7 @@ def check_data(
     output = Path(output) if output is not None else Path.cwd() / DEFAULT_OUTPUT
     if output.exists() and not output.is_dir():
         raise BrainFLError(f"output is not a folder: {output}")
-    _check_output(output)
+    check_can_create(output, "--output-dir", folder=True)
     started = time.perf_counter()
     table = hash_images(data_dir)
     pairs = find_duplicates(table, threshold)

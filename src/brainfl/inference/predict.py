@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from brainfl.core.arguments import add_model
 from brainfl.core.errors import BrainFLError
+from brainfl.core.files import check_can_create
 from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
 from brainfl.data.layouts import looks_like_scan, refuse_unsupported
 from brainfl.inference.gradcam import gradcam_names, write_gradcams
@@ -173,6 +174,10 @@ def temperature_note(temperature: float) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl predict``."""
+    if args.csv is not None:  # checked before any scan is scored
+        check_can_create(Path(args.csv).expanduser(), "--csv")
+    if args.gradcam is not None:
+        check_can_create(Path(args.gradcam).expanduser(), "--gradcam", folder=True)
     table = predict_files(args.model, args.paths, args.gradcam, args.skip_unreadable)
     for skipped in table.attrs["skipped"]:
         print(f"skipped unreadable file: {skipped}")
