@@ -302,3 +302,13 @@ def test_labels_differing_only_in_case_are_refused_with_their_lines(tmp_path):
         BrainFLError, match=r"labels differ only in case or spaces: 'Glioma' \(line 2\), 'glioma' "
     ):
         load_dataset(root, 16, 1, test_fraction=0.25)
+
+
+def test_a_misspelt_label_is_named_with_its_line_not_blamed_on_test_fraction(tmp_path):
+    root = csv_dataset(tmp_path / "d", per_class=4, patients=2)
+    rows = list(csv.reader((root / "labels.csv").open()))[1:]
+    rows[5][1] = "gliomma"
+    write_labels_csv(root, [tuple(row) for row in rows])
+    with pytest.raises(BrainFLError, match=r"line 7: label 'gliomma' is given to this scan only") as error:
+        load_dataset(root, 16, 1, test_fraction=0.25)
+    assert "test-fraction" not in str(error.value)

@@ -276,6 +276,8 @@ def read_labels_csv(
         parsed.append((path, label, patient))
     refuse_unsupported(unsupported, skip_unsupported)
     _refuse_label_spellings(csv_file, [(seen[path], label) for path, label, _ in parsed])
+    if class_names is None:
+        _refuse_single_scan_labels(csv_file, [(seen[path], label) for path, label, _ in parsed])
     names = class_names if class_names is not None else sorted({label for _, label, _ in parsed})
     index = {name: i for i, name in enumerate(names)}
     for path, label, _ in parsed:
@@ -296,6 +298,22 @@ def _refuse_label_spellings(csv_file: Path, labels: list[tuple[int, str]]) -> No
         if len(found) > 1:
             seen = ", ".join(f"'{label}' (line {line})" for label, line in found.items())
             raise BrainFLError(f"{csv_file}: labels differ only in case or spaces: {seen}; spell them alike")
+
+
+def _refuse_single_scan_labels(csv_file: Path, labels: list[tuple[int, str]]) -> None:
+    """Without ``class-names`` the labels are the classes: a label given to one scan only is a
+    misspelling far more often than a class (and a class needs scans to train and test on)."""
+    lines: dict[str, list[int]] = {}
+    for line, label in labels:
+        lines.setdefault(label, []).append(line)
+    single = [(label, found[0]) for label, found in lines.items() if len(found) == 1]
+    if single and len(lines) > 1:
+        label, line = single[0]
+        others = ", ".join(sorted(name for name in lines if name != label))
+        raise BrainFLError(
+            f"{csv_file} line {line}: label '{label}' is given to this scan only (the other labels: "
+            f"{others}); correct it if misspelt, or name the classes with class-names"
+        )
 
 
 def split_patient(file: str) -> str | None:
