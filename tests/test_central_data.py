@@ -8,8 +8,9 @@ import pytest
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data.central import central_data
+from brainfl.data.sites import load_run_dataset
 from brainfl.settings.run_settings import settings_with
-from conftest import CLASSES, make_dataset, write_image
+from conftest import CLASSES, REPO_ROOT, make_dataset, write_image
 
 
 def test_a_testing_only_data_dir_is_the_test_set(tmp_path):
@@ -51,3 +52,31 @@ def test_no_central_evaluation_needs_the_class_names(tmp_path):
 def test_class_names_need_two_distinct_names(names):
     with pytest.raises(BrainFLError, match="setting 'class-names'"):
         central_data(settings_with(test_dir="none", class_names=names))
+
+
+def test_with_a_test_dir_the_sites_keep_every_scan(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=5)
+    shutil.rmtree(data / "Testing")  # a Training-only split: without test-dir, a hold-out is cut from it
+    held_out = load_run_dataset(settings_with(data_dir=str(data), image_size=16, test_fraction=0.2))
+    assert len(held_out.train) == 16 and len(held_out.test) == 4
+    for test_dir in (str(make_dataset(tmp_path / "coordinator")), "none"):
+        dataset = load_run_dataset(settings_with(data_dir=str(data), image_size=16, test_dir=test_dir))
+        assert len(dataset.train) == 20 and len(dataset.test) == 0, test_dir
+
+
+def test_prepare_refuses_a_test_folder_of_other_classes_and_warns_of_a_class_without_scans(tmp_path, capsys):
+    from brainfl import cli
+
+    data = make_dataset(tmp_path / "data")
+    test = tmp_path / "test"
+    for name in CLASSES[:2]:
+        write_image(test / name / "a.png", 1)
+        write_image(test / name / "b.png", 2)
+    base = ["prepare", "--app-dir", str(REPO_ROOT), "--run-config", f"data-dir='{data}' image-size=16"]
+    assert cli.main([*base, "--run-config", f"test-dir='{test}'"]) == 2
+    error = capsys.readouterr().err
+    assert f"the test set ({test}) has the classes glioma, meningioma, but data-dir's scans have" in error
+    named = ",".join([*CLASSES, "astrocytoma"])
+    assert cli.main([*base, "--run-config", f"class-names='{named}'"]) == 0
+    warning = "warning: class-names has 'astrocytoma', of which data-dir has no training scan"
+    assert warning in capsys.readouterr().out

@@ -269,7 +269,8 @@ def load_dataset(
     seed: int = 42,
     class_names: list[str] | None = None,
 ) -> Dataset:
-    """Training and test images; without a Testing folder, a stratified hold-out of the training scans.
+    """Training and test images; without a Testing folder, a stratified hold-out of the training scans
+    (none with ``test_fraction`` 0: every scan is a training scan, the test set is empty).
 
     ``class_names`` (default: the folder's classes) fixes the label order, as
     a site must use the server's classes even when it lacks one of them.
@@ -286,6 +287,8 @@ def load_dataset(
         names = list(train.class_names)
         test = load_split(data_dir, TEST_SPLIT, image_size, channels, names, cache_dir, skip_unreadable)
         return Dataset(train, test, True, layout)
+    if test_fraction == 0:
+        return Dataset(train, train.subset(np.arange(0)), False, layout)
     train_pos, test_pos = holdout_split(
         train.labels, test_fraction, seed, train.groups, train.class_names, source
     )

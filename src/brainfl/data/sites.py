@@ -53,14 +53,15 @@ def _load_dataset_cached(
 def load_run_dataset(
     settings: RunSettings, data_dir: str | None = None, class_names: tuple[str, ...] | None = None
 ) -> Dataset:
-    """The dataset of ``data_dir`` (default: the run's) decoded as the model needs it."""
+    """The dataset of ``data_dir`` (default: the run's) decoded as the model needs it. With ``test-dir``
+    set (a test folder, or ``none``) the coordinator tests elsewhere, so no scan is held out of it."""
     return _load_dataset_cached(
         resolve_path(data_dir or settings.data_dir, "data-dir"),
         settings.image_size,
         settings.channels,
         default_cache_dir(),
         settings.skip_unreadable,
-        settings.test_fraction,
+        0.0 if settings.test_dir else settings.test_fraction,
         settings.seed,
         class_names,
     )
@@ -168,7 +169,9 @@ def site_data(
 def describe_layout(dataset: Dataset, test_fraction: float) -> str:
     """One line on how the data folder was read: its layout, the test set and the patients."""
     parts = [f"layout: {dataset.layout}"]
-    if dataset.layout == KAGGLE_SPLIT and not dataset.test_is_official:
+    if not dataset.test_is_official and len(dataset.test) == 0:
+        parts.append("no scan held out: the coordinator's test set is test-dir's")
+    elif dataset.layout == KAGGLE_SPLIT and not dataset.test_is_official:
         parts.append(f"no {TEST_SPLIT} folder: the test set is a stratified hold-out ({test_fraction})")
     elif dataset.layout == LABELS_CSV:
         parts.append(f"the test set is a stratified hold-out ({test_fraction})")

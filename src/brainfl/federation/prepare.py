@@ -14,7 +14,7 @@ from pathlib import Path
 
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
-from brainfl.data.central import CentralData, central_data
+from brainfl.data.central import CentralData, central_data, configured_class_names
 from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data
 from brainfl.federation.strategy import check_strategy
@@ -49,7 +49,7 @@ def prepare(args: argparse.Namespace) -> None:
     if args.site_data_dir:
         check_site_folders(settings, args.site_data_dir, central.class_names)
     else:
-        check_partitions(settings)
+        check_partitions(settings, central)
     if args.write_run_config:
         text = to_toml(settings.to_config())
         try:
@@ -60,11 +60,29 @@ def prepare(args: argparse.Namespace) -> None:
             ) from None
 
 
-def check_partitions(settings: RunSettings) -> None:
+def check_classes(central: CentralData, data_classes: Sequence[str], configured: bool) -> None:
+    """The sites' classes against the coordinator's: refused when they differ (a class the test set
+    lacks, or one class-names does not name); a class of class-names with no training scan is a
+    warning, since the model then has an output that no site trains."""
+    coordinator, sites = set(central.class_names), set(data_classes)
+    if configured and sites <= coordinator:
+        for name in sorted(coordinator - sites):
+            print(f"warning: class-names has '{name}', of which data-dir has no training scan")
+        return
+    if sites != coordinator:
+        where = "class-names" if configured else f"the test set ({central.root})"
+        raise BrainFLError(
+            f"{where} has the classes {', '.join(central.class_names)}, but data-dir's scans have "
+            f"{', '.join(data_classes)}: the sites and the coordinator need the same classes"
+        )
+
+
+def check_partitions(settings: RunSettings, central: CentralData) -> None:
     """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
     dataset = load_run_dataset(settings)
     print(describe_layout(dataset, settings.test_fraction))
     train = dataset.train
+    check_classes(central, train.class_names, configured_class_names(settings) is not None)
     parts = partition_indices(
         train.labels,
         settings.num_partitions,
