@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.supercore.task_identity import TaskIdentity
 from PIL import Image
 
 from brainfl.core.errors import BrainFLError
-from brainfl.federation.setup import TEST_COPIES, roster_from_replies
+from brainfl.federation.setup import TEST_COPIES, roster_from_replies, setup_federation
 from brainfl.model.files import FINAL_MODEL
 from brainfl.report.results import read_rows
+from brainfl.settings.run_settings import settings_with
 from conftest import CLASSES, write_image
 from inprocess import InProcessGrid, make_reply, run_in_process
 
@@ -132,3 +135,32 @@ def test_the_roster_unions_the_copies_and_keeps_each_sites_count():
 def test_the_roster_refuses_indices_outside_the_test_set():
     with pytest.raises(BrainFLError, match=r"outside 0\.\.4"):
         roster_from_replies([setup_reply(0, 30, [5])], num_test=5)
+
+
+class SitesAnsweringWithErrors:
+    """A grid whose two connected sites answer every message with an error, as a deployment's do."""
+
+    REASON = "site 0: class folder <site>/notumor is not one of the classes glioma, meningioma"
+
+    def __init__(self) -> None:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as a ServerApp process
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12]
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        error = Error(code=0, reason=self.REASON)
+        return [
+            make_message(metadata=make_reply(site, [], 1).metadata, error=error)
+            for site in range(len(messages))
+        ]
+
+
+def test_sites_that_answer_the_setup_query_with_an_error_are_quoted_not_called_silent():
+    settings = settings_with(round_timeout=30.0, wait_for_sites=2)
+    with pytest.raises(BrainFLError) as raised:
+        setup_federation(SitesAnsweringWithErrors(), settings, ("glioma", "meningioma"), None)
+    message = str(raised.value)
+    assert message.startswith("no site could join: site node") and "(2 sites failed)" in message
+    assert f"answered the setup query with an error: {SitesAnsweringWithErrors.REASON}" in message
+    assert "within 30 s" not in message

@@ -85,9 +85,15 @@ def query_sites(
 ) -> list[Message]:
     """Send every node in ``nodes`` one query with ``content``; the replies with content (a site's
     error is logged under ``stage``)."""
+    return query_sites_and_errors(grid, content, nodes, timeout, stage)[0]
+
+
+def query_sites_and_errors(
+    grid: Grid, content: RecordDict, nodes: Iterable[int], timeout: float, stage: str
+) -> tuple[list[Message], list[Message]]:
+    """:func:`query_sites`, with the replies that carry a site's error beside those with content."""
     messages = [Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-    replies, _failed = split_replies(grid.send_and_receive(messages, timeout=timeout), stage)
-    return replies
+    return split_replies(grid.send_and_receive(messages, timeout=timeout), stage)
 
 
 def roster_from_replies(replies: list[Message], num_test: int | None) -> Roster:
@@ -110,7 +116,14 @@ def setup_federation(
     """Wait for the sites, query each once, and return what they answered (see the module docstring)."""
     awaited = max(settings.wait_for_sites, settings.min_sites)
     nodes = wait_for_sites(grid, awaited, settings.round_timeout)
-    replies = query_sites(grid, setup_query(class_names, test_hashes), nodes, settings.round_timeout, "setup")
+    query = setup_query(class_names, test_hashes)
+    replies, failed = query_sites_and_errors(grid, query, nodes, settings.round_timeout, "setup")
+    if not replies and failed:  # the sites answered, with errors: say what they said
+        first = failed[0]
+        raise BrainFLError(
+            f"no site could join: site node {first.metadata.src_node_id} answered the setup query with "
+            f"an error: {first.error.reason}" + (f" ({len(failed)} sites failed)" if len(failed) > 1 else "")
+        )
     if not replies:
         raise BrainFLError(
             f"no site answered the setup query within {settings.round_timeout:g} s (round-timeout)"
