@@ -8,7 +8,6 @@ the checked run config for ``flwr run``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,12 +30,12 @@ def prepare(args: argparse.Namespace) -> None:
     """
     settings = settings_from_args(args.app_dir, args.run_config)
     if args.await_all_sites:
-        settings = dataclasses.replace(settings, wait_for_sites=settings.num_partitions)
+        settings = settings.replace(wait_for_sites=settings.data.num_partitions)
     defaults = default_run_config(args.app_dir)
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     check_strategy(settings, defaults)
-    check_vgg_weights(settings)
+    check_vgg_weights(settings.model)
     central = central_data(settings)
     print(describe_central(central))
     if args.site_data_dir:
@@ -56,13 +55,13 @@ def prepare(args: argparse.Namespace) -> None:
 def check_partitions(settings: RunSettings) -> None:
     """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
     dataset = load_run_dataset(settings)
-    print(describe_layout(dataset, settings.test_fraction))
+    print(describe_layout(dataset, settings.data.test_fraction))
     train = dataset.train
     parts = partition_indices(
         train.labels,
-        settings.num_partitions,
-        settings.partitioning,
-        settings.dirichlet_alpha,
+        settings.data.num_partitions,
+        settings.data.partitioning,
+        settings.data.dirichlet_alpha,
         settings.seed,
         train.groups,
     )
@@ -84,10 +83,9 @@ def describe_central(central: CentralData) -> str:
 
 def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:
     """Load each site's own folder as its SuperNode will (layout, formats, split), caching the images."""
-    if site_dirs and len(site_dirs) != settings.num_partitions:
-        raise BrainFLError(
-            f"--site-data-dir: {len(site_dirs)} folders for {settings.num_partitions} sites (num-partitions)"
-        )
+    count = settings.data.num_partitions
+    if site_dirs and len(site_dirs) != count:
+        raise BrainFLError(f"--site-data-dir: {len(site_dirs)} folders for {count} sites (num-partitions)")
     for site_id, site_dir in enumerate(site_dirs):
         site = site_data(settings, {"partition-id": site_id, "data-dir": site_dir}, class_names)
         print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
