@@ -93,7 +93,7 @@ def check_scores(out: Path, settings, sites, row_of: dict[str, dict[str, str]], 
         saved = keras.models.load_model(folder / FINAL_MODEL)
         bundle = model_for(settings, central.class_names)
         bundle.trainable.set_weights(saved.get_weights())
-        held_out = validate(settings, bundle, site)
+        held_out = validate(settings.model, bundle, site)
         central_scores = evaluator(saved.get_weights()).metrics
         for key, value in held_out.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-5, nan_ok=True), key

@@ -128,7 +128,7 @@ def train_site(
             bundle.trainable.set_weights(batchnorm.apply(weights))
         server_round = int(config.get("global-round", config.get("server-round", 0)))
         with timer.phase("validation"):
-            received = validate(settings, bundle, site)  # every reply has the same metric keys
+            received = validate(settings.model, bundle, site)  # every reply has the same metric keys
         with timer.phase("training"):
             metrics = local_update(
                 settings,
@@ -214,7 +214,7 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         bundle = model_for(settings, site.train.class_names)
         batchnorm = SiteBatchNorm(settings.federation.fedbn, bundle.trainable, context.state, site.site_id)
         bundle.trainable.set_weights(batchnorm.apply(msg.content["arrays"].to_numpy_ndarrays()))
-        metrics = validate(settings, bundle, site)
+        metrics = validate(settings.model, bundle, site)
         LOG.info(
             "site %d round %s: validation %s",
             site.site_id,

@@ -132,7 +132,7 @@ def personalize_site(
     def held_out() -> dict[str, float]:
         if not len(site.val):
             return dict.fromkeys(held_out_keys(site.val.class_names), math.nan)
-        return validate(settings, bundle, site)
+        return validate(settings.model, bundle, site)
 
     bundle.trainable.set_weights(weights)
     scores = {GLOBAL: held_out()}

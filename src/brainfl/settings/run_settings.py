@@ -6,9 +6,16 @@ values are written: Flower merges a run's overrides into that table and hands
 the result to the apps as ``context.run_config``, and
 :func:`default_run_config` reads the same table for everything else (the
 ``brainfl`` command, tests, benchmarks). :class:`RunSettings` only names and
-types the keys; :func:`settings_from_config` fills missing keys from the
-defaults, converts the values and checks them, so validation happens once.
-The keys and their meaning are listed in ``docs/settings.md``.
+types the keys, grouped in sections: the run-wide ``seed`` and ``output_dir``,
+and :class:`DataSettings`, :class:`ModelSettings`, :class:`TrainingSettings`,
+:class:`FederationSettings`, :class:`PrivacySettings` and
+:class:`EvaluationSettings`, so a function can take just the section it needs
+(``settings.data``). The keys stay flat: :func:`settings_from_config`,
+:func:`settings_with` and :meth:`RunSettings.replace` take them, and
+:meth:`RunSettings.to_config` gives them back in ``pyproject.toml``'s order.
+:func:`settings_from_config` fills missing keys from the defaults, converts
+the values and checks them, so validation happens once. The keys and their
+meaning are listed in ``docs/settings.md``.
 """
 
 from __future__ import annotations
