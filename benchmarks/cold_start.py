@@ -184,7 +184,7 @@ def prepare(workload: str, data_dir: Path, work_dir: Path, train_only: bool, sit
     spec = {
         "run_config": run_config,
         "partitions": partitions,
-        "train_config": round_settings(1, lambda _: settings.learning_rate, class_names),
+        "train_config": round_settings(1, lambda _: settings.training.learning_rate, class_names),
         "weights": str(weights),
         "log_dir": str(work_dir / "logs"),
         "train_only": train_only,

@@ -123,7 +123,9 @@ class ServerStep:
         report: ReportSink | None = None,
     ) -> None:
         def learning_rate_for_round(server_round: int) -> float:
-            return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
+            return round_learning_rate(
+                settings.training.learning_rate, server_round, settings.federation.num_server_rounds
+            )
 
         self.sink = report
         self.last_report: SiteReport | None = None
@@ -179,19 +181,18 @@ class Federation:
 
 def federation(settings: RunSettings, pooled: bool = False) -> Federation:
     """The run's ``num-partitions`` sites, or (``pooled``) one site with every training image."""
-    if settings.strategy not in EMULATED_STRATEGIES:
-        raise BrainFLError(
-            f"the emulator runs {' and '.join(EMULATED_STRATEGIES)} only, not '{settings.strategy}'"
-        )
+    strategy = settings.federation.strategy
+    if strategy not in EMULATED_STRATEGIES:
+        raise BrainFLError(f"the emulator runs {' and '.join(EMULATED_STRATEGIES)} only, not '{strategy}'")
     dataset = load_run_dataset(settings)
     evaluator = CentralEvaluator.for_dataset(settings, dataset)
     if pooled:
-        sites = [SiteData(0, dataset.train, dataset.train.subset(np.arange(0)), Path(settings.data_dir))]
+        sites = [SiteData(0, dataset.train, dataset.train.subset(np.arange(0)), Path(settings.data.data_dir))]
     else:
-        count, class_names = settings.num_partitions, dataset.train.class_names
+        count, class_names = settings.data.num_partitions, dataset.train.class_names
         configs = [{"partition-id": site_id, "num-partitions": count} for site_id in range(count)]
         sites = [site_data(settings, config, class_names) for config in configs]
-    inputs = [model_inputs(settings, evaluator.bundle, site.train) for site in sites]
+    inputs = [model_inputs(settings.model, evaluator.bundle, site.train) for site in sites]
     return Federation(settings, [Site(*pair) for pair in zip(sites, inputs, strict=True)], evaluator, pooled)
 
 
@@ -246,9 +247,11 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):  # a fresh run, not appended to an older one
         (output_dir / name).unlink(missing_ok=True)
-    metadata = model_metadata(settings.model, fed.class_names, settings.image_size, settings.channels)
+    metadata = model_metadata(
+        settings.model.name, fed.class_names, settings.model.image_size, settings.model.channels
+    )
     writer = ModelWriter(fed.evaluator.bundle, metadata)
-    rounds = settings.num_server_rounds
+    rounds = settings.federation.num_server_rounds
     recorder = RunRecorder(output_dir, fed.evaluator.test_set, fed.class_names, writer, total_rounds=rounds)
     config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
     write_run_config(output_dir, {**config, "centralized": fed.pooled})

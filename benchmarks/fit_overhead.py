@@ -46,20 +46,20 @@ def measure(data_dir: str, run_config: str) -> dict[str, float]:
     settings = emulator.settings_for(f'data-dir="{data_dir}"', run_config)
     sites, pooled = emulator.federation(settings), emulator.federation(settings, pooled=True)
     weights = initial_weights(settings, sites.class_names)
-    first, few = pooled.sites[0], slice(0, settings.batch_size * 4)
+    first, few = pooled.sites[0], slice(0, settings.training.batch_size * 4)
     local_update(  # trace the training step on the shared model before timing
         settings,
         pooled.evaluator.bundle,
         first.inputs[few],
         first.data.train.labels[few],
-        learning_rate=settings.learning_rate,
+        learning_rate=settings.training.learning_rate,
         server_round=1,
     )
     central_s, central_cores = timed(lambda: emulator.fedavg_round(pooled, weights, 1))
     sites_s, sites_cores = timed(lambda: emulator.fedavg_round(sites, weights, 1))
     return {
-        "sites": settings.num_partitions,
-        "epochs": settings.local_epochs,
+        "sites": settings.data.num_partitions,
+        "epochs": settings.training.local_epochs,
         "central_s": round(central_s, 2),
         "sites_s": round(sites_s, 2),
         "ratio": round(sites_s / central_s, 3),

@@ -48,14 +48,17 @@ def keras_averages_update(
     site_id: int = 0,
 ) -> dict[str, float]:
     """The site update without precise BN: train only, leaving Keras' moving averages."""
-    seed, epochs = update_seed(settings, server_round, site_id), settings.local_epochs
-    regularization = {"weight_decay": settings.weight_decay, "label_smoothing": settings.label_smoothing}
+    seed, epochs = update_seed(settings, server_round, site_id), settings.training.local_epochs
+    regularization = {
+        "weight_decay": settings.training.weight_decay,
+        "label_smoothing": settings.training.label_smoothing,
+    }
     return train(
         bundle.trainable,
         inputs,
         labels,
         epochs=epochs,
-        batch_size=settings.batch_size,
+        batch_size=settings.training.batch_size,
         learning_rate=learning_rate,
         seed=seed,
         **regularization,
@@ -73,10 +76,10 @@ def main() -> None:
     add_keep(parser, where="NAME/<run>/")
     args = parser.parse_args()
     settings = emulator.settings_for(f'data-dir="{args.data_dir}"', args.run_config)
-    if settings.balanced_softmax:
+    if settings.training.balanced_softmax:
         raise SystemExit("precise_bn compares plain cross-entropy sites; leave balanced-softmax off")
     fed = emulator.federation(settings)
-    table = [{"round": server_round} for server_round in range(settings.num_server_rounds + 1)]
+    table = [{"round": server_round} for server_round in range(settings.federation.num_server_rounds + 1)]
     for arm, update in ARMS.items():
         output_dir = args.output_dir / arm.replace(" ", "_")
         for line, row in zip(table, emulator.run(fed, output_dir, update), strict=True):

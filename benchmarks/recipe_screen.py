@@ -27,7 +27,6 @@ For a quick try, point ``--data-dir`` at a subset made by ``benchmarks/subset.py
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import time
@@ -56,8 +55,8 @@ def recipe_settings(recipe: str, data_dir: Path, run_config: str, passes: int) -
         settings = emulator.settings_for(f'data-dir="{data_dir}" local-epochs=1', run_config, overrides)
     except BrainFLError as error:
         raise SystemExit(f"recipe {recipe!r}: {error}") from None
-    rounds = max(1, passes // settings.local_epochs)
-    return kind == "central", dataclasses.replace(settings, num_server_rounds=rounds)
+    rounds = max(1, passes // settings.training.local_epochs)
+    return kind == "central", settings.replace(num_server_rounds=rounds)
 
 
 def run_recipe(recipe: str, pooled: bool, settings: RunSettings, output_dir: Path) -> dict[str, object]:
@@ -67,8 +66,8 @@ def run_recipe(recipe: str, pooled: bool, settings: RunSettings, output_dir: Pat
     accuracy = [round(row["accuracy"], 4) for row in rows]
     return {
         "recipe": recipe,
-        "passes": settings.num_server_rounds * settings.local_epochs,
-        "image_size": settings.image_size,
+        "passes": settings.federation.num_server_rounds * settings.training.local_epochs,
+        "image_size": settings.model.image_size,
         "accuracy": accuracy,
         "leak_free": [round(row.get("leak_free_accuracy", float("nan")), 4) for row in rows],
         "final": accuracy[-1],

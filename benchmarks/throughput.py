@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -38,6 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from harness import RESULTS, add_keep, keep_timing_table  # noqa: E402
+
+if TYPE_CHECKING:
+    from brainfl.settings.run_settings import TrainingSettings
 
 RESULT_NAME = "throughput"  # what the committed tables read; a bare --keep keeps there
 RESULT_DIR = RESULTS / RESULT_NAME
@@ -68,12 +72,17 @@ def cached_batches(inputs: np.ndarray, batch_size: int, labels: np.ndarray | Non
     return data
 
 
-def training_rates(settings, model_factory, inputs, labels, epochs: int, repeats: int) -> tuple[float, float]:
+def training_rates(
+    training: TrainingSettings, model_factory, inputs, labels, epochs: int, repeats: int
+) -> tuple[float, float]:
     """(app, tight) training images per second."""
     from brainfl.model.training import compile_model, train
 
-    size, classes = settings.batch_size, len(np.unique(labels))
-    recipe = {"learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay}
+    size, classes = training.batch_size, len(np.unique(labels))
+    recipe = {
+        "learning_rate": training.learning_rate,
+        "weight_decay": training.weight_decay,
+    }
     app_model = model_factory()
 
     def app_train():
@@ -82,7 +91,12 @@ def training_rates(settings, model_factory, inputs, labels, epochs: int, repeats
     app_train()
     app = best_rate(app_train, epochs * len(labels), repeats)
     tight_model = model_factory()
-    compile_model(tight_model, settings.learning_rate, settings.weight_decay, settings.label_smoothing)
+    compile_model(
+        tight_model,
+        training.learning_rate,
+        training.weight_decay,
+        training.label_smoothing,
+    )
     batches = -(-len(labels) // size)
     tight_model.compile(
         optimizer=tight_model.optimizer,
@@ -133,18 +147,20 @@ def measure(data_dir: str, run_config: str, epochs: int, repeats: int) -> list[d
 
     def fresh_model():
         classes = int(labels.max()) + 1
-        return build_model(settings.model, settings.image_size, classes, settings.vgg_weights).trainable
+        return build_model(
+            settings.model.name, settings.model.image_size, classes, settings.model.vgg_weights
+        ).trainable
 
     rates = {
-        "training": training_rates(settings, fresh_model, inputs, labels, epochs, repeats),
+        "training": training_rates(settings.training, fresh_model, inputs, labels, epochs, repeats),
         "evaluation": evaluation_rates(fresh_model(), inputs, repeats),
-        "precise BN": precise_bn_rates(fresh_model(), inputs, settings.batch_size, repeats),
+        "precise BN": precise_bn_rates(fresh_model(), inputs, settings.training.batch_size, repeats),
     }
     return [
         {
             "step": step,
             "images": len(inputs),
-            "batch_size": settings.batch_size if step != "evaluation" else 128,
+            "batch_size": settings.training.batch_size if step != "evaluation" else 128,
             "app_images_per_s": round(app, 1),
             "tight_images_per_s": round(tight, 1),
             "app_share": round(app / tight, 3),

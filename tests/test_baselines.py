@@ -69,7 +69,9 @@ def check_trained_alone(calls: list[dict], settings, sites) -> None:
             assert call["site_id"] == site.site_id and call["server_round"] == server_round
             np.testing.assert_array_equal(call["inputs"], site.train.images)
             np.testing.assert_array_equal(call["labels"], site.train.labels)
-            assert call["learning_rate"] == round_learning_rate(settings.learning_rate, server_round, ROUNDS)
+            assert call["learning_rate"] == round_learning_rate(
+                settings.training.learning_rate, server_round, ROUNDS
+            )
 
 
 def check_scores(out: Path, settings, sites, row_of: dict[str, dict[str, str]], pooled: bool = False) -> None:
@@ -91,7 +93,7 @@ def check_scores(out: Path, settings, sites, row_of: dict[str, dict[str, str]], 
         saved = keras.models.load_model(folder / FINAL_MODEL)
         bundle = model_for(settings, central.class_names)
         bundle.trainable.set_weights(saved.get_weights())
-        held_out = validate(settings, bundle, site)
+        held_out = validate(settings.model, bundle, site)
         central_scores = evaluator(saved.get_weights()).metrics
         for key, value in held_out.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-5, nan_ok=True), key

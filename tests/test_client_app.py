@@ -39,7 +39,7 @@ CLASS_NAMES = tuple(find_classes(REPO_ROOT / "sample_data" / "Training"))
 def train_replies(run_config: dict) -> dict[int, Message]:
     """Each site's reply to one train message carrying the run's initial weights."""
     settings = settings_from_config(run_config)
-    config = round_settings(1, lambda r: settings.learning_rate, CLASS_NAMES)
+    config = round_settings(1, lambda r: settings.training.learning_rate, CLASS_NAMES)
     return send_train_round(InProcessGrid(SITES, run_config), initial_weights(settings, CLASS_NAMES), config)
 
 
@@ -75,10 +75,10 @@ def test_site_reply_carries_batchnorm_statistics_measured_on_the_sites_own_image
     config = {**ONE_ROUND, "output-dir": str(tmp_path)}
     reply = train_replies(config)[0]
     settings = settings_from_config(config)
-    model = build_cnn(settings.image_size, 1, len(CLASS_NAMES))
+    model = build_cnn(settings.model.image_size, 1, len(CLASS_NAMES))
     model.set_weights(reply.content["arrays"].to_numpy_ndarrays())
     sent = _moving_statistics(model)
-    recalibrate_batchnorm(model, local_site(config, 0).train.images, settings.batch_size)
+    recalibrate_batchnorm(model, local_site(config, 0).train.images, settings.training.batch_size)
     matches = all(
         np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(sent, _moving_statistics(model), strict=True)
     )
@@ -126,11 +126,11 @@ def test_training_reply_scores_the_received_model_on_the_sites_held_out_split(tm
     config = {**ONE_ROUND, "output-dir": str(tmp_path), "local-epochs": 1, "val-fraction": 0.5}
     settings = settings_from_config(config)
     sent = train_replies(config)[0].content["arrays"].to_numpy_ndarrays()
-    round_two = round_settings(2, lambda r: settings.learning_rate, CLASS_NAMES)
+    round_two = round_settings(2, lambda r: settings.training.learning_rate, CLASS_NAMES)
     replies = send_train_round(InProcessGrid(SITES, config), sent, round_two)
     keys = [set(reply.content["metrics"]) for reply in replies.values()]
     assert all(k == keys[0] for k in keys)  # Flower aggregates only replies with the same keys
-    received = build_cnn(settings.image_size, 1, len(CLASS_NAMES))
+    received = build_cnn(settings.model.image_size, 1, len(CLASS_NAMES))
     received.set_weights(sent)
     for site, reply in replies.items():
         metrics = reply.content["metrics"]

@@ -13,6 +13,7 @@ from flwr.common.config import fuse_dicts, parse_config_args
 from brainfl.core.errors import BrainFLError
 from brainfl.settings.run_config import check_overrides_apply, settings_from_args
 from brainfl.settings.run_settings import (
+    SECTIONS,
     SETTING_KEYS,
     RunSettings,
     default_run_config,
@@ -30,7 +31,8 @@ def declared_config(app_dir: Path = REPO_ROOT) -> dict:
 
 def test_settings_are_the_declared_keys_and_carry_no_defaults_of_their_own():
     assert list(SETTING_KEYS) == list(declared_config())
-    assert all(field.default is dataclasses.MISSING for field in dataclasses.fields(RunSettings))
+    for kind in (RunSettings, *SECTIONS.values()):
+        assert all(field.default is dataclasses.MISSING for field in dataclasses.fields(kind))
     assert settings_from_config({}).to_config() == declared_config() == default_run_config()
 
 
@@ -40,9 +42,9 @@ def test_a_default_changed_in_pyproject_changes_it_everywhere(tmp_path):
     assert changed != text
     (tmp_path / "pyproject.toml").write_text(changed)
     assert default_run_config(tmp_path)["local-epochs"] == 9
-    assert settings_from_config({}, app_dir=tmp_path).local_epochs == 9
-    assert settings_with(tmp_path, seed=5).local_epochs == 9
-    assert settings_from_args(tmp_path, "seed=5").local_epochs == 9
+    assert settings_from_config({}, app_dir=tmp_path).training.local_epochs == 9
+    assert settings_with(tmp_path, seed=5).training.local_epochs == 9
+    assert settings_from_args(tmp_path, "seed=5").training.local_epochs == 9
 
 
 def test_removed_test_only_settings_are_gone():
@@ -52,8 +54,8 @@ def test_removed_test_only_settings_are_gone():
 
 def test_partial_configs_and_keyword_overrides_fill_in_the_defaults():
     settings = settings_with(num_partitions=3, image_size=16)
-    assert (settings.num_partitions, settings.image_size) == (3, 16)
-    assert settings.local_epochs == declared_config()["local-epochs"]
+    assert (settings.data.num_partitions, settings.model.image_size) == (3, 16)
+    assert settings.training.local_epochs == declared_config()["local-epochs"]
     assert settings_from_config({"num-partitions": 3, "image-size": 16}) == settings
     with pytest.raises(TypeError, match="no field 'imagesize'"):
         settings_with(imagesize=16)
@@ -61,9 +63,9 @@ def test_partial_configs_and_keyword_overrides_fill_in_the_defaults():
 
 def test_kebab_case_keys_are_parsed_and_typed():
     settings = settings_from_config({"num-server-rounds": 7, "learning-rate": 1, "skip-unreadable": "true"})
-    assert settings.num_server_rounds == 7
-    assert settings.learning_rate == 1.0 and isinstance(settings.learning_rate, float)
-    assert settings.skip_unreadable is True
+    assert settings.federation.num_server_rounds == 7
+    assert settings.training.learning_rate == 1.0 and isinstance(settings.training.learning_rate, float)
+    assert settings.data.skip_unreadable is True
 
 
 def test_keys_that_are_not_settings_are_ignored_as_in_a_runs_saved_config():
@@ -163,10 +165,17 @@ def test_every_conf_file_gives_valid_settings_by_brainfl_and_by_flower(conf):
 
 def test_conf_file_values_are_what_the_recipes_promise():
     dirichlet = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "dirichlet-0.3.toml"))
-    assert dirichlet.partitioning == "dirichlet" and dirichlet.dirichlet_alpha == 0.3
-    assert dirichlet.balanced_softmax
+    assert dirichlet.data.partitioning == "dirichlet" and dirichlet.data.dirichlet_alpha == 0.3
+    assert dirichlet.training.balanced_softmax
     iid = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "iid-4-sites.toml"))
-    assert (iid.partitioning, iid.num_server_rounds, iid.num_partitions) == ("iid", 40, 4)
+    assert (iid.data.partitioning, iid.federation.num_server_rounds, iid.data.num_partitions) == (
+        "iid",
+        40,
+        4,
+    )
     private = settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "privacy-dp.toml"))
-    assert private.dp != "none" and private.norm == "group"
-    assert settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "robust-krum.toml")).strategy == "krum"
+    assert private.privacy.dp != "none" and private.model.norm == "group"
+    assert (
+        settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "robust-krum.toml")).federation.strategy
+        == "krum"
+    )

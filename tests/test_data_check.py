@@ -292,7 +292,7 @@ def test_server_leak_free_mask_marks_only_test_images_without_a_training_copy(tm
     copied = root / "Testing" / "glioma" / "Te-glioma-0.jpg"
     shutil.copy(root / "Training" / "notumor" / "Tr-notumor-1.jpg", copied)
     dataset = load_dataset(root, 16, 1)
-    mask = leak_free_mask(settings_with(data_dir=str(root)), dataset)
+    mask = leak_free_mask(settings_with(data_dir=str(root)).data, dataset)
     flagged = [name for name, clean in zip(dataset.test.files, mask, strict=True) if not clean]
     assert flagged == ["Testing/glioma/Te-glioma-0.jpg"]
 

@@ -102,7 +102,9 @@ def test_a_fedavgm_run_takes_the_strategys_step_on_the_sites_replies(tmp_path, m
 
     assert len(scores) == len(scored) == 3  # the initial model, then each round
     assert [(server_round, len(replies)) for server_round, replies in calls] == [(1, 2), (2, 2)]
-    assert learning_rates == [round_learning_rate(run_settings.learning_rate, r, 2) for r in (1, 1, 2, 2)]
+    assert learning_rates == [
+        round_learning_rate(run_settings.training.learning_rate, r, 2) for r in (1, 1, 2, 2)
+    ]
     mask = statistics_mask(fed.evaluator.bundle.trainable)
     assert any(mask) and not all(mask)
     direct = build_strategy(run_settings, fed.class_names, float, num_sites=2, statistics_mask=mask)

@@ -159,7 +159,7 @@ class SitesAnsweringWithErrors:
 def test_sites_that_answer_the_setup_query_with_an_error_are_quoted_not_called_silent():
     settings = settings_with(round_timeout=30.0, wait_for_sites=2)
     with pytest.raises(BrainFLError) as raised:
-        setup_federation(SitesAnsweringWithErrors(), settings, ("glioma", "meningioma"), None)
+        setup_federation(SitesAnsweringWithErrors(), settings.federation, ("glioma", "meningioma"), None)
     message = str(raised.value)
     assert message.startswith("no site could join: site node") and "(2 sites failed)" in message
     assert f"answered the setup query with an error: {SitesAnsweringWithErrors.REASON}" in message

@@ -232,7 +232,7 @@ def test_emulated_sites_hold_disjoint_patients(tmp_path, partitioning):
     settings = settings_with(
         image_size=16, data_dir=str(root), num_partitions=3, partitioning=partitioning, val_fraction=0.2
     )
-    server = load_dataset(root, 16, 1, test_fraction=settings.test_fraction, seed=settings.seed)
+    server = load_dataset(root, 16, 1, test_fraction=settings.data.test_fraction, seed=settings.seed)
     sites = [site_data(settings, {"partition-id": i, "num-partitions": 3}, CLASSES) for i in range(3)]
     seen = patients_of(server.test)
     for site in sites:

@@ -55,10 +55,10 @@ def test_vgg16_features_are_computed_once_and_cached(tiny_dataset, monkeypatch):
     settings = settings_with(model="vgg16", image_size=32)
     images = load_dataset(tiny_dataset, 32, 3).train
     bundle = build_model("vgg16", 32, 4)
-    first = process_cache.model_inputs(settings, bundle, images)
+    first = process_cache.model_inputs(settings.model, bundle, images)
     assert first.shape == (16, 512)
     monkeypatch.setattr(bundle, "features", lambda *a, **k: pytest.fail("features recomputed"))
-    np.testing.assert_array_equal(process_cache.model_inputs(settings, bundle, images), first)
+    np.testing.assert_array_equal(process_cache.model_inputs(settings.model, bundle, images), first)
 
 
 def test_gamma_augmentation_changes_contrast_per_image_in_training_only():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from dp_accounting import dp_event, rdp
@@ -74,7 +72,7 @@ def test_dp_noise_differs_between_seeds_and_repeats_for_a_seed(real_round):
     base = settings_from_config({**DP_RUN, "dp": "server-fixed", "dp-noise-multiplier": 0.5})
     first = noised_aggregate(base, global_arrays, site_arrays)
     again = noised_aggregate(base, global_arrays, site_arrays)
-    other = noised_aggregate(dataclasses.replace(base, seed=7), global_arrays, site_arrays)
+    other = noised_aggregate(base.replace(seed=7), global_arrays, site_arrays)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.allclose(a, b) for a, b in zip(first, other, strict=True))
     assert all(np.all(np.isfinite(a)) for a in first)
@@ -82,14 +80,14 @@ def test_dp_noise_differs_between_seeds_and_repeats_for_a_seed(real_round):
 
 def test_epsilon_is_the_rdp_accountants_for_the_gaussian_mechanism():
     settings = settings_from_config({**DP_RUN, "dp": "server-fixed", "dp-noise-multiplier": 1.1})
-    ledger = PrivacyLedger(settings, settings.num_partitions)
+    ledger = PrivacyLedger(settings, settings.data.num_partitions)
     assert ledger.epsilon == 0.0
     for _ in range(5):
         ledger.release(sites_aggregated=3)
     reference = rdp.RdpAccountant()
     reference.compose(dp_event.GaussianDpEvent(1.1), 5)
-    assert ledger.epsilon == pytest.approx(reference.get_epsilon(settings.dp_delta), rel=1e-6)
-    fewer = PrivacyLedger(settings, settings.num_partitions)
+    assert ledger.epsilon == pytest.approx(reference.get_epsilon(settings.privacy.dp_delta), rel=1e-6)
+    fewer = PrivacyLedger(settings, settings.data.num_partitions)
     for _ in range(5):
         fewer.release(sites_aggregated=2)  # noise calibrated for 3: less noise per site
     assert fewer.epsilon > ledger.epsilon
@@ -99,7 +97,7 @@ def test_epsilon_is_the_rdp_accountants_for_the_gaussian_mechanism():
 def test_robust_strategies_get_no_epsilon_and_say_why():
     settings = settings_from_config({**DP_RUN, "dp": "server-fixed", "strategy": "median"})
     assert "uniform mean" in accounting_problem(settings)
-    ledger = PrivacyLedger(settings, settings.num_partitions)
+    ledger = PrivacyLedger(settings, settings.data.num_partitions)
     ledger.release(3)
     assert ledger.epsilon is None
     assert ledger.summary().startswith("privacy: epsilon not reported: strategy 'median'")

@@ -49,7 +49,11 @@ def _restore_augmentation_state(model, states: list[np.ndarray]) -> None:
 
 def test_later_overrides_win_and_unknown_keys_fail(tmp_path):
     settings = emulator.settings_for(f'data-dir="{tmp_path}" local-epochs=1', "local-epochs=3 image-size=48")
-    assert (settings.local_epochs, settings.image_size, settings.data_dir) == (3, 48, str(tmp_path))
+    assert (settings.training.local_epochs, settings.model.image_size, settings.data.data_dir) == (
+        3,
+        48,
+        str(tmp_path),
+    )
     with pytest.raises(SystemExit, match="lcoal-epochs"):
         recipe_screen.recipe_settings("fedavg:lcoal-epochs=2", tmp_path, "", passes=2)
 
@@ -62,9 +66,13 @@ def test_recipes_get_equal_passes_and_central_pools_the_sites(tmp_path):
     with pytest.raises(SystemExit, match="unknown kind 'fedsgd'"):
         recipe_screen.parse_recipe("fedsgd")
     pooled, central = recipe_screen.recipe_settings("central", tmp_path, "", passes=6)
-    assert pooled and (central.num_server_rounds, central.local_epochs) == (6, 1)
+    assert pooled and (central.federation.num_server_rounds, central.training.local_epochs) == (6, 1)
     pooled, fedavg = recipe_screen.recipe_settings("fedavg:local-epochs=2", tmp_path, "num-partitions=3", 6)
-    assert not pooled and (fedavg.num_server_rounds, fedavg.local_epochs, fedavg.num_partitions) == (3, 2, 3)
+    assert not pooled and (
+        fedavg.federation.num_server_rounds,
+        fedavg.training.local_epochs,
+        fedavg.data.num_partitions,
+    ) == (3, 2, 3)
 
 
 def test_sites_are_the_apps_sites_and_pooled_is_one_site_with_every_image(tiny_settings):
@@ -84,7 +92,9 @@ def test_a_round_is_fedavg_of_each_sites_local_update(tiny_settings):
     start = initial_weights(tiny_settings, fed.class_names)
     augmentation = _augmentation_state(bundle.trainable)
     averaged, report = emulator.fedavg_round(fed, start, server_round=1)
-    learning_rate = round_learning_rate(tiny_settings.learning_rate, 1, tiny_settings.num_server_rounds)
+    learning_rate = round_learning_rate(
+        tiny_settings.training.learning_rate, 1, tiny_settings.federation.num_server_rounds
+    )
     _restore_augmentation_state(bundle.trainable, augmentation)
     trained = []
     for site in fed.sites:  # what each ClientApp would do with the same global weights

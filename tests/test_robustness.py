@@ -10,8 +10,6 @@ rule.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -84,10 +82,10 @@ def accuracy(settings: RunSettings, test: ImageSet, weights: Weights) -> float:
 
 def aggregate(settings: RunSettings, strategy: str, start: Weights, site_weights) -> Weights:
     chosen = build_strategy(
-        dataclasses.replace(settings, strategy=strategy),
+        settings.replace(strategy=strategy),
         ["a"],
         lambda r: 0.003,
-        num_sites=settings.num_partitions,
+        num_sites=settings.data.num_partitions,
     )
     chosen.global_arrays = start
     replies = [make_reply(site, weights, examples) for site, (weights, examples) in enumerate(site_weights)]

@@ -117,7 +117,7 @@ def test_a_sites_training_and_validation_images_share_its_profile(tiny_dataset):
 
 def test_without_shift_a_site_holds_its_images_byte_for_byte(tiny_dataset):
     settings = settings_with(image_size=16, data_dir=str(tiny_dataset), val_fraction=0.25)
-    assert settings.feature_shift == 0
+    assert settings.data.feature_shift == 0
     site = site_data(settings, {"partition-id": 0, "num-partitions": 2}, CLASSES)
     raw = _raw_by_file(settings)
     for split in (site.train, site.val):

@@ -41,25 +41,28 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
     evaluator = CentralEvaluator.for_dataset(settings, dataset)
     bundle = evaluator.bundle
     writer = ModelWriter(
-        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+        bundle,
+        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
     )
     recorder = RunRecorder(
         output_dir,
         evaluator.test_set,
         evaluator.test_set.class_names,
         writer,
-        total_rounds=settings.num_server_rounds,
+        total_rounds=settings.federation.num_server_rounds,
     )
     write_run_config(
         output_dir, {**settings.to_config(), "class-names": list(class_names), "centralized": True}
     )
     weights = initial_weights(settings, class_names)
     recorder.round_done(0, weights, evaluator(weights))
-    inputs, labels = model_inputs(settings, bundle, dataset.train), dataset.train.labels
+    inputs, labels = model_inputs(settings.model, bundle, dataset.train), dataset.train.labels
     counts = {f"{CLASS_COUNT_PREFIX}{i}": n for i, n in enumerate(class_counts(labels, len(class_names)))}
-    for epoch in range(1, settings.num_server_rounds + 1):
+    for epoch in range(1, settings.federation.num_server_rounds + 1):
         bundle.trainable.set_weights(weights)
-        learning_rate = round_learning_rate(settings.learning_rate, epoch, settings.num_server_rounds)
+        learning_rate = round_learning_rate(
+            settings.training.learning_rate, epoch, settings.federation.num_server_rounds
+        )
         metrics = local_update(
             settings, bundle, inputs, labels, learning_rate=learning_rate, server_round=epoch
         )

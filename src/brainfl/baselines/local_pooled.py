@@ -65,7 +65,7 @@ from brainfl.report.results import (
 )
 from brainfl.report.site_comparison import LOCAL_CSV, POOLED_CSV
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import ModelSettings, RunSettings
 
 POOLED_FOLDER = "pooled"  # the pooled model's run folder in a pooled baseline's output folder
 CENTRAL_SCORES = (
@@ -104,22 +104,22 @@ def train_alone(
     """Train site ``site``'s model alone for the run's rounds, recorded in ``folder`` as a run is;
     save it as ``folder/final_model.keras``; return its weights and central evaluation (None: no
     test set)."""
-    bundle, rounds, class_names = writer.bundle, settings.num_server_rounds, site.train.class_names
+    bundle, rounds, class_names = writer.bundle, settings.federation.num_server_rounds, site.train.class_names
     test_set = None if evaluator is None else evaluator.test_set
     recorder = RunRecorder(folder, test_set, class_names, writer, total_rounds=rounds)
     weights = initial_weights(settings, class_names)
     evaluation = evaluator(weights) if evaluator else None
     recorder.round_done(0, weights, evaluation)
-    inputs, labels = model_inputs(settings, bundle, site.train), site.train.labels
+    inputs, labels = model_inputs(settings.model, bundle, site.train), site.train.labels
     for server_round in range(1, rounds + 1):
         bundle.trainable.set_weights(weights)
-        received = validate(settings, bundle, site)  # as a site scores the model it receives
+        received = validate(settings.model, bundle, site)  # as a site scores the model it receives
         metrics = local_update(
             settings,
             bundle,
             inputs,
             labels,
-            learning_rate=round_learning_rate(settings.learning_rate, server_round, rounds),
+            learning_rate=round_learning_rate(settings.training.learning_rate, server_round, rounds),
             server_round=server_round,
             site_id=site.site_id,
         )
@@ -133,7 +133,7 @@ def train_alone(
 
 
 def site_row(
-    settings: RunSettings,
+    model: ModelSettings,
     site: SiteData,
     source: str,
     bundle: ModelBundle,
@@ -145,7 +145,7 @@ def site_row(
     row: dict[str, Any] = {"site": site.site_id, "data": source, **site_counts(site)}
     if len(site.val):
         bundle.trainable.set_weights(weights)
-        row.update(validate(settings, bundle, site))
+        row.update(validate(model, bundle, site))
     else:
         LOG.warning("site %d has no validation split (val-fraction): no held-out scores", site.site_id)
     if evaluation is not None:
@@ -179,7 +179,9 @@ def run_local(settings: RunSettings, output_dir: Path, site_dirs: Sequence[str] 
         LOG.info("site %d alone: %d training images", site.site_id, len(site.train))
         started = time.monotonic()
         trained = train_alone(settings, site, baseline.evaluator, baseline.writer, folder)
-        row = site_row(settings, site, baseline.source(settings, index), baseline.writer.bundle, trained)
+        row = site_row(
+            settings.model, site, baseline.source(settings.data, index), baseline.writer.bundle, trained
+        )
         rows.append({**row, "train_s": round(time.monotonic() - started, 1)})
         table.append(rows[-1])
     return rows
@@ -202,7 +204,9 @@ def run_pooled(
     seconds = round(time.monotonic() - started, 1)
     rows = []
     for index, site in enumerate(baseline.sites):
-        row = site_row(settings, site, baseline.source(settings, index), baseline.writer.bundle, trained)
+        row = site_row(
+            settings.model, site, baseline.source(settings.data, index), baseline.writer.bundle, trained
+        )
         rows.append({**row, "train_s": seconds})
         table.append(rows[-1])
     return rows

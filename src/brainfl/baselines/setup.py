@@ -24,15 +24,15 @@ from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation.setup import Roster
 from brainfl.model.files import ModelWriter, model_metadata
 from brainfl.model.process_cache import model_for
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import DataSettings, RunSettings
 
 POOLED_SITE = 0  # the pooled "site": its seeds are site 0's, as in a centralized run
 
 
-def node_configs(settings: RunSettings, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
+def node_configs(data: DataSettings, site_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The sites' node configs, as ``run.sh`` gives them to the SuperNodes: a partition of
     ``data-dir`` each, or (``site_dirs``) each site's own folder."""
-    count = settings.num_partitions
+    count = data.num_partitions
     if site_dirs and len(site_dirs) != count:
         raise BrainFLError(f"--site-data-dir: {len(site_dirs)} folders for {count} sites (num-partitions)")
     if site_dirs:
@@ -63,16 +63,16 @@ class Baseline:
     writer: ModelWriter
     config: dict[str, Any]
 
-    def source(self, settings: RunSettings, index: int) -> str:
+    def source(self, data: DataSettings, index: int) -> str:
         """Where site ``index``'s images come from: its own folder, or a partition of ``data-dir``."""
         site = self.sites[index]
         own = "data-dir" in self.configs[index]
-        return str(site.folder) if own else f"partition {site.site_id} of {settings.num_partitions}"
+        return str(site.folder) if own else f"partition {site.site_id} of {data.num_partitions}"
 
 
 def prepare(settings: RunSettings, site_dirs: Sequence[str], kind: str) -> Baseline:
     """The sites, evaluator and model of a ``kind`` (``local``/``pooled``) baseline of the run."""
-    configs = node_configs(settings, site_dirs)
+    configs = node_configs(settings.data, site_dirs)
     central = central_data(settings)
     class_names = central.class_names
     sites = [site_data(settings, config, class_names) for config in configs]
@@ -87,7 +87,8 @@ def prepare(settings: RunSettings, site_dirs: Sequence[str], kind: str) -> Basel
         )
     bundle = model_for(settings, class_names)
     writer = ModelWriter(
-        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+        bundle,
+        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
     )
     config = {
         **settings.to_config(),

@@ -25,7 +25,7 @@ from brainfl.core.errors import BrainFLError
 from brainfl.data.layouts import TEST_SPLIT
 from brainfl.data.loading import ImageSet, default_cache_dir, load_images, load_split
 from brainfl.data.sites import load_run_dataset
-from brainfl.settings.run_settings import RunSettings, resolve_path
+from brainfl.settings.run_settings import DataSettings, RunSettings, resolve_path
 
 NO_TEST_SET = "none"
 
@@ -40,14 +40,14 @@ class CentralData:
     official: bool  # a test folder or split the coordinator keeps, not a hold-out of training scans
 
 
-def configured_class_names(settings: RunSettings) -> tuple[str, ...] | None:
+def configured_class_names(data: DataSettings) -> tuple[str, ...] | None:
     """The ``class-names`` setting as a tuple (None when empty); at least two distinct names."""
-    names = tuple(name.strip() for name in settings.class_names.split(",") if name.strip())
+    names = tuple(name.strip() for name in data.class_names.split(",") if name.strip())
     if not names:
         return None
     if len(names) < 2 or len(set(names)) != len(names):
         raise BrainFLError(
-            f"setting 'class-names'={settings.class_names!r}: needs at least 2 distinct comma-separated names"
+            f"setting 'class-names'={data.class_names!r}: needs at least 2 distinct comma-separated names"
         )
     return names
 
@@ -55,25 +55,25 @@ def configured_class_names(settings: RunSettings) -> tuple[str, ...] | None:
 def load_test_folder(settings: RunSettings, root: Path, class_names: tuple[str, ...] | None) -> ImageSet:
     """Every test scan of ``root``: its ``Testing`` split if it has one, else all of its scans."""
     names = list(class_names) if class_names else None
-    options = (settings.image_size, settings.channels)
+    options = (settings.model.image_size, settings.model.channels)
     cache = default_cache_dir()
     if (root / TEST_SPLIT).is_dir():
-        return load_split(root, TEST_SPLIT, *options, names, cache, settings.skip_unreadable)
-    images, _ = load_images(root, *options, names, cache, settings.skip_unreadable)
+        return load_split(root, TEST_SPLIT, *options, names, cache, settings.data.skip_unreadable)
+    images, _ = load_images(root, *options, names, cache, settings.data.skip_unreadable)
     return images
 
 
 def central_data(settings: RunSettings) -> CentralData:
     """The coordinator's class names and test set, per the module docstring."""
-    configured = configured_class_names(settings)
-    if settings.test_dir == NO_TEST_SET:
+    configured = configured_class_names(settings.data)
+    if settings.data.test_dir == NO_TEST_SET:
         if configured is None:
             raise BrainFLError("setting 'test-dir'='none' (no central evaluation) needs 'class-names'")
         return CentralData(configured, None, None, False)
     folder = resolve_path(
-        settings.test_dir or settings.data_dir, "test-dir" if settings.test_dir else "data-dir"
+        settings.data.test_dir or settings.data.data_dir, "test-dir" if settings.data.test_dir else "data-dir"
     )
-    if settings.test_dir or (folder / TEST_SPLIT).is_dir():
+    if settings.data.test_dir or (folder / TEST_SPLIT).is_dir():
         test = load_test_folder(settings, folder, configured)
         official = True
     else:

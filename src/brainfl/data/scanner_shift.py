@@ -176,20 +176,22 @@ def log_profile(profile: ScannerProfile, side: int) -> None:
 
 def write_profiles(output_dir: Path, settings: RunSettings, sites: Iterable[int]) -> None:
     """With ``feature-shift`` > 0, record the sites' synthetic profiles in ``scanner_profiles.json``."""
-    if not settings.feature_shift:
+    if not settings.data.feature_shift:
         return
     sites = sorted(sites)
     record = {
         "synthetic": True,
-        "feature-shift": settings.feature_shift,
+        "feature-shift": settings.data.feature_shift,
         "seed": settings.seed,
-        "image-size": settings.image_size,
+        "image-size": settings.model.image_size,
         "order": "blur, resolution, gamma and intensity, noise",
         "sites": [
-            scanner_profile(settings.seed, site, settings.feature_shift).as_record(settings.image_size)
+            scanner_profile(settings.seed, site, settings.data.feature_shift).as_record(
+                settings.model.image_size
+            )
             for site in sites
         ],
     }
     text = json.dumps(record, indent=2) + "\n"
     write_atomically(output_dir / PROFILES_JSON, lambda handle: handle.write(text.encode()))
-    LOG.info("synthetic feature shift %g: site profiles in %s", settings.feature_shift, PROFILES_JSON)
+    LOG.info("synthetic feature shift %g: site profiles in %s", settings.data.feature_shift, PROFILES_JSON)

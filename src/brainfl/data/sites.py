@@ -56,12 +56,12 @@ def load_run_dataset(
     """The dataset of ``data_dir`` (default: the run's) decoded as the model needs it. With ``test-dir``
     set (a test folder, or ``none``) the coordinator tests elsewhere, so no scan is held out of it."""
     return _load_dataset_cached(
-        resolve_path(data_dir or settings.data_dir, "data-dir"),
-        settings.image_size,
-        settings.channels,
+        resolve_path(data_dir or settings.data.data_dir, "data-dir"),
+        settings.model.image_size,
+        settings.model.channels,
         default_cache_dir(),
-        settings.skip_unreadable,
-        0.0 if settings.test_dir else settings.test_fraction,
+        settings.data.skip_unreadable,
+        0.0 if settings.data.test_dir else settings.data.test_fraction,
         settings.seed,
         class_names,
     )
@@ -78,7 +78,9 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
     if train.groups is not None:
         digest.update("\0".join(["patients", *train.groups.tolist()]).encode())
     digest.update(
-        repr((num_partitions, settings.partitioning, settings.dirichlet_alpha, settings.seed)).encode()
+        repr(
+            (num_partitions, settings.data.partitioning, settings.data.dirichlet_alpha, settings.seed)
+        ).encode()
     )
     path = default_cache_dir() / f"partitions-{digest.hexdigest()}.npz"
     if path.exists():
@@ -87,8 +89,8 @@ def cached_partition(settings: RunSettings, train: ImageSet, num_partitions: int
     parts = partition_indices(
         train.labels,
         num_partitions,
-        settings.partitioning,
-        settings.dirichlet_alpha,
+        settings.data.partitioning,
+        settings.data.dirichlet_alpha,
         settings.seed,
         train.groups,
     )
@@ -102,10 +104,10 @@ def scanner_shifted(settings: RunSettings, images: ImageSet, site_id: int) -> Im
     Unchanged at ``feature-shift`` = 0; otherwise the profile is logged once
     per process and the pixels are a new array (the cached dataset is untouched).
     """
-    if not settings.feature_shift:
+    if not settings.data.feature_shift:
         return images
-    profile = scanner_profile(settings.seed, site_id, settings.feature_shift)
-    log_profile(profile, settings.image_size)
+    profile = scanner_profile(settings.seed, site_id, settings.data.feature_shift)
+    log_profile(profile, settings.model.image_size)
     return dataclasses.replace(images, images=shift_images(images.images, profile))
 
 
@@ -136,7 +138,7 @@ def site_data(
     """
     site_id = int(node_config.get("partition-id", -1))
     site_dir = str(node_config.get("data-dir", "")) or None
-    folder = resolve_path(site_dir or settings.data_dir, "data-dir")
+    folder = resolve_path(site_dir or settings.data.data_dir, "data-dir")
     if "num-partitions" in node_config:
         train = load_run_dataset(settings, str(folder), class_names).train
         num_partitions = int(node_config["num-partitions"])
@@ -144,24 +146,24 @@ def site_data(
             raise BrainFLError(f"node config 'partition-id'={site_id} is outside 0..{num_partitions - 1}")
         train = train.subset(cached_partition(settings, train, num_partitions)[site_id])
         train = scanner_shifted(settings, train, site_id)
-    elif settings.feature_shift:
+    elif shift := settings.data.feature_shift:
         raise BrainFLError(
-            f"setting 'feature-shift'={settings.feature_shift}: the synthetic scanner shift is for sites "
+            f"setting 'feature-shift'={shift}: the synthetic scanner shift is for sites "
             f"split from one dataset (node config 'num-partitions'); site {site_id} has its own data folder"
         )
     else:
         train, _ = load_images(
             folder,
-            settings.image_size,
-            settings.channels,
+            settings.model.image_size,
+            settings.model.channels,
             list(class_names),
             default_cache_dir(),
-            settings.skip_unreadable,
+            settings.data.skip_unreadable,
         )
     if len(train) == 0:
         raise BrainFLError(f"site {site_id} has no training images")
     train_pos, val_pos = split_validation(
-        train.labels, settings.val_fraction, settings.seed + max(site_id, 0), train.groups
+        train.labels, settings.data.val_fraction, settings.seed + max(site_id, 0), train.groups
     )
     return SiteData(site_id, train.subset(train_pos), train.subset(val_pos), folder)
 

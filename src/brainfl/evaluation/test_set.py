@@ -23,7 +23,7 @@ from brainfl.evaluation.intervals import RESAMPLES
 from brainfl.evaluation.metrics import score
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
-from brainfl.settings.run_settings import RunSettings, resolve_path
+from brainfl.settings.run_settings import DataSettings, RunSettings, resolve_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +45,11 @@ class CentralTestSet:
     official: bool
 
 
-def leak_free_mask(settings: RunSettings, dataset: Dataset) -> np.ndarray | None:
+def leak_free_mask(data: DataSettings, dataset: Dataset) -> np.ndarray | None:
     """Which official Testing images have no exact or near copy in Training (None: no Testing split)."""
     if not dataset.test_is_official:
         return None
-    mask = leak_free_test_mask(resolve_path(settings.data_dir, "data-dir"), dataset.test.files)
+    mask = leak_free_test_mask(resolve_path(data.data_dir, "data-dir"), dataset.test.files)
     LOG.info("leak-free test subset: %d of %d Testing images have no copy in Training", mask.sum(), len(mask))
     return mask if mask.any() else None
 
@@ -67,7 +67,7 @@ class CentralEvaluator:
         leak_free: np.ndarray | None,
     ) -> None:
         self.bundle = model_for(settings, class_names)
-        self.inputs = model_inputs(settings, self.bundle, test)
+        self.inputs = model_inputs(settings.model, self.bundle, test)
         self.test_set = CentralTestSet(
             files=list(test.files),
             labels=test.labels,
@@ -90,7 +90,7 @@ class CentralEvaluator:
             dataset.test,
             tuple(dataset.train.class_names),
             official=dataset.test_is_official,
-            leak_free=leak_free_mask(settings, dataset),
+            leak_free=leak_free_mask(settings.data, dataset),
         )
 
     def __call__(self, weights: list[np.ndarray]) -> Evaluation:

@@ -56,11 +56,12 @@ NLL = "nll"  # a site's answer: summed NLL of its validation images per temperat
 
 def skip_reason(settings: RunSettings) -> str | None:
     """Why the run's settings rule calibration out (None: they do not)."""
-    if not settings.calibrate:
+    if not settings.evaluation.calibrate:
         return "calibrate=false"
-    if settings.dp != "none":
+    dp = settings.privacy.dp
+    if dp != "none":
         return (
-            f"dp='{settings.dp}': the sites' validation NLL curves would reach the server outside the "
+            f"dp='{dp}': the sites' validation NLL curves would reach the server outside the "
             "DP accounting, which covers the model updates only"
         )
     return None
@@ -117,7 +118,9 @@ def calibrate(
     reason = skip_reason(settings)
     if reason is None:
         content = calibration_query(weights, class_names)
-        replies = query_sites(grid, content, grid.get_node_ids(), settings.round_timeout, "calibration")
+        replies = query_sites(
+            grid, content, grid.get_node_ids(), settings.federation.round_timeout, "calibration"
+        )
         curves = [curve for curve in site_curves(replies) if curve.examples > 0]
         if not replies:
             reason = "no site answered the calibration query"

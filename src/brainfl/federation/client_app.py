@@ -122,21 +122,23 @@ def train_site(
     with site_session(config, context, timer) as (settings, site):
         with timer.phase("model"):
             bundle = model_for(settings, site.train.class_names)
-            batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+            batchnorm = SiteBatchNorm(
+                settings.federation.fedbn, bundle.trainable, context.state, site.site_id
+            )
             bundle.trainable.set_weights(batchnorm.apply(weights))
         server_round = int(config.get("global-round", config.get("server-round", 0)))
         with timer.phase("validation"):
-            received = validate(settings, bundle, site)  # every reply has the same metric keys
+            received = validate(settings.model, bundle, site)  # every reply has the same metric keys
         with timer.phase("training"):
             metrics = local_update(
                 settings,
                 bundle,
-                model_inputs(settings, bundle, site.train),
+                model_inputs(settings.model, bundle, site.train),
                 site.train.labels,
                 learning_rate=float(config["learning-rate"]),
                 server_round=server_round,
                 site_id=site.site_id,
-                epochs=int(config.get("local-epochs", settings.local_epochs)),
+                epochs=int(config.get("local-epochs", settings.training.local_epochs)),
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
             )
         LOG.info(
@@ -210,9 +212,9 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's validation split (``fraction-evaluate`` > 0)."""
     with site_session(msg.content["config"], context) as (settings, site):
         bundle = model_for(settings, site.train.class_names)
-        batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+        batchnorm = SiteBatchNorm(settings.federation.fedbn, bundle.trainable, context.state, site.site_id)
         bundle.trainable.set_weights(batchnorm.apply(msg.content["arrays"].to_numpy_ndarrays()))
-        metrics = validate(settings, bundle, site)
+        metrics = validate(settings.model, bundle, site)
         LOG.info(
             "site %d round %s: validation %s",
             site.site_id,
@@ -255,7 +257,7 @@ def calibration_round(msg: Message, context: Context) -> Message:
         if len(site.val):  # (never the training images: the model fitted them, too confidently)
             bundle = model_for(settings, site.train.class_names)
             bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-            probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, site.val))
+            probabilities = predict_proba(bundle.trainable, model_inputs(settings.model, bundle, site.val))
         answer = site_answer(site.site_id, site.val.labels, probabilities, list(config[GRID]))
     return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
 

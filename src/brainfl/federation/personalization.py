@@ -63,7 +63,7 @@ COUNTS = ("held_out_images", "num_train", "fine_tune_epochs")
 
 def enabled(settings: RunSettings) -> bool:
     """Whether the run asks the sites for their personalized models (fine-tuning or FedBN)."""
-    return settings.fine_tune_epochs > 0 or settings.fedbn
+    return settings.training.fine_tune_epochs > 0 or settings.federation.fedbn
 
 
 def stages(fedbn: bool, epochs: int) -> tuple[str, ...]:
@@ -106,13 +106,13 @@ def personalization_query(
     weights: list[np.ndarray], class_names: Sequence[str], settings: RunSettings
 ) -> RecordDict:
     """What every site gets: the final weights, the class names, the learning rate and the epochs."""
-    last = settings.num_server_rounds
+    last = settings.federation.num_server_rounds
     config = {
         QUERY: PERSONALIZE,
         "class-names": ",".join(class_names),
-        "learning-rate": settings.fine_tune_learning_rate,
+        "learning-rate": settings.training.fine_tune_learning_rate,
         "global-round": last,
-        EPOCHS: settings.fine_tune_epochs,
+        EPOCHS: settings.training.fine_tune_epochs,
     }
     return RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
 
@@ -126,17 +126,17 @@ def personalize_site(
 ) -> MetricRecord:
     """Score, fine-tune, score again and save the site's model (see the module docstring); the answer."""
     bundle = model_for(settings, site.train.class_names)
-    epochs = int(config.get(EPOCHS, settings.fine_tune_epochs))
-    chosen = stages(settings.fedbn, epochs)
+    epochs = int(config.get(EPOCHS, settings.training.fine_tune_epochs))
+    chosen = stages(settings.federation.fedbn, epochs)
 
     def held_out() -> dict[str, float]:
         if not len(site.val):
             return dict.fromkeys(held_out_keys(site.val.class_names), math.nan)
-        return validate(settings, bundle, site)
+        return validate(settings.model, bundle, site)
 
     bundle.trainable.set_weights(weights)
     scores = {GLOBAL: held_out()}
-    batchnorm = SiteBatchNorm(settings.fedbn, bundle.trainable, context.state, site.site_id)
+    batchnorm = SiteBatchNorm(settings.federation.fedbn, bundle.trainable, context.state, site.site_id)
     bundle.trainable.set_weights(batchnorm.apply(weights))
     if SITE_BN in chosen:
         scores[SITE_BN] = held_out()
@@ -144,7 +144,7 @@ def personalize_site(
         local_update(
             settings,
             bundle,
-            model_inputs(settings, bundle, site.train),
+            model_inputs(settings.model, bundle, site.train),
             site.train.labels,
             learning_rate=float(config["learning-rate"]),
             server_round=int(config["global-round"]) + 1,
@@ -154,9 +154,14 @@ def personalize_site(
     scores[PERSONALIZED] = held_out()
     path = personalized_model_path(context, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names, fedbn = site.train.class_names, settings.fedbn
+    names, fedbn = site.train.class_names, settings.federation.fedbn
     metadata = model_metadata(
-        settings.model, names, settings.image_size, settings.channels, site=site.site_id, fedbn=fedbn
+        settings.model.name,
+        names,
+        settings.model.image_size,
+        settings.model.channels,
+        site=site.site_id,
+        fedbn=fedbn,
     )
     ModelWriter(bundle, {**metadata, "fine_tune_epochs": epochs}).write(path, bundle.trainable.get_weights())
     LOG.info(
@@ -212,8 +217,13 @@ def personalize(
     if not enabled(settings):
         return []
     content = personalization_query(weights, class_names, settings)
-    replies = query_sites(grid, content, grid.get_node_ids(), settings.round_timeout, "personalization")
-    chosen, names = stages(settings.fedbn, settings.fine_tune_epochs), score_names(class_names)
+    replies = query_sites(
+        grid, content, grid.get_node_ids(), settings.federation.round_timeout, "personalization"
+    )
+    chosen, names = (
+        stages(settings.federation.fedbn, settings.training.fine_tune_epochs),
+        score_names(class_names),
+    )
     rows = sorted(
         (row for reply in replies if (row := site_row(reply, chosen, names)) is not None),
         key=lambda row: row["site"],

@@ -8,7 +8,6 @@ the checked run config for ``flwr run``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,18 +31,18 @@ def prepare(args: argparse.Namespace) -> None:
     """
     settings = settings_from_args(args.app_dir, args.run_config)
     if args.await_all_sites:
-        settings = dataclasses.replace(settings, wait_for_sites=settings.num_partitions)
+        settings = settings.replace(wait_for_sites=settings.data.num_partitions)
     defaults = default_run_config(args.app_dir)
     changed = [f"{k}={toml_value(v)}" for k, v in settings.to_config().items() if v != defaults[k]]
     print(f"settings: {' '.join(changed) or 'the defaults'} (others: pyproject.toml's defaults)")
     check_strategy(settings, defaults)
     check_new_run_folder(settings)
-    if settings.min_sites > settings.num_partitions:
+    if settings.federation.min_sites > settings.data.num_partitions:
         raise BrainFLError(
-            f"setting 'min-sites'={settings.min_sites} is more than num-partitions={settings.num_partitions} "
-            "(the sites): the rounds would wait forever"
+            f"setting 'min-sites'={settings.federation.min_sites} is more than "
+            f"num-partitions={settings.data.num_partitions} (the sites): the rounds would wait forever"
         )
-    check_vgg_weights(settings)
+    check_vgg_weights(settings.model)
     central = central_data(settings)
     print(describe_central(central))
     if args.site_data_dir:
@@ -80,14 +79,14 @@ def check_classes(central: CentralData, data_classes: Sequence[str], configured:
 def check_partitions(settings: RunSettings, central: CentralData) -> None:
     """Load ``data-dir`` as the simulated sites will and print the sizes of their partitions."""
     dataset = load_run_dataset(settings)
-    print(describe_layout(dataset, settings.test_fraction))
+    print(describe_layout(dataset, settings.data.test_fraction))
     train = dataset.train
-    check_classes(central, train.class_names, configured_class_names(settings) is not None)
+    check_classes(central, train.class_names, configured_class_names(settings.data) is not None)
     parts = partition_indices(
         train.labels,
-        settings.num_partitions,
-        settings.partitioning,
-        settings.dirichlet_alpha,
+        settings.data.num_partitions,
+        settings.data.partitioning,
+        settings.data.dirichlet_alpha,
         settings.seed,
         train.groups,
     )
@@ -109,10 +108,9 @@ def describe_central(central: CentralData) -> str:
 
 def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_names: tuple[str, ...]) -> None:
     """Load each site's own folder as its SuperNode will (layout, formats, split), caching the images."""
-    if site_dirs and len(site_dirs) != settings.num_partitions:
-        raise BrainFLError(
-            f"--site-data-dir: {len(site_dirs)} folders for {settings.num_partitions} sites (num-partitions)"
-        )
+    count = settings.data.num_partitions
+    if site_dirs and len(site_dirs) != count:
+        raise BrainFLError(f"--site-data-dir: {len(site_dirs)} folders for {count} sites (num-partitions)")
     for site_id, site_dir in enumerate(site_dirs):
         site = site_data(settings, {"partition-id": site_id, "data-dir": site_dir}, class_names)
         print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")

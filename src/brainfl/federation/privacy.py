@@ -31,50 +31,50 @@ from flwr.serverapp.strategy import (
 )
 
 from brainfl.core.logs import LOG
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import FederationSettings, RunSettings
 
 # Strategies whose aggregate is the uniform mean of the clipped updates, which the
 # Gaussian-mechanism accounting assumes (BrainFedAvg averages uniformly when dp is on).
 ACCOUNTED_STRATEGIES = ("fedavg",)
 
 
-def sampled_sites(settings: RunSettings, num_sites: int) -> int:
+def sampled_sites(federation: FederationSettings, num_sites: int) -> int:
     """Sites asked to train each round, as Flower's FedAvg samples them from the ``num_sites`` that joined."""
-    return max(int(num_sites * settings.fraction_train), settings.min_sites, 1)
+    return max(int(num_sites * federation.fraction_train), federation.min_sites, 1)
 
 
 def with_privacy(strategy: Strategy, settings: RunSettings, num_sites: int) -> Strategy:
-    """``strategy`` wrapped in the DP wrapper named by ``settings.dp`` (itself when ``none``).
+    """``strategy`` wrapped in the DP wrapper named by ``settings.privacy.dp`` (itself when ``none``).
 
     numpy's global generator, which the wrappers draw their noise from, is
     seeded with ``settings.seed``: a seed gives one noise sequence.
     """
-    if settings.dp == "none":
+    if settings.privacy.dp == "none":
         return strategy
     np.random.seed(settings.seed)
-    noise, norm = settings.dp_noise_multiplier, settings.dp_clipping_norm
-    sites = sampled_sites(settings, num_sites)
-    if settings.dp == "server-fixed":
+    noise, norm = settings.privacy.dp_noise_multiplier, settings.privacy.dp_clipping_norm
+    sites = sampled_sites(settings.federation, num_sites)
+    if settings.privacy.dp == "server-fixed":
         return DifferentialPrivacyServerSideFixedClipping(strategy, noise, norm, sites)
-    if settings.dp == "client-fixed":
+    if settings.privacy.dp == "client-fixed":
         return DifferentialPrivacyClientSideFixedClipping(strategy, noise, norm, sites)
     # Adaptive clipping also noises the count of clipped updates (std sigma_b); Flower's default
     # sigma_b = sites / 20 is too small for a few sites. With sigma_b = max(sites / 20, z) the
     # update noise becomes (z^-2 - (2 sigma_b)^-2)^-1/2 and the total privacy stays that of z
     # (Andrew et al., 2021), which is what the ledger accounts.
     adaptive = {"initial_clipping_norm": norm, "clipped_count_stddev": max(sites / 20, noise)}
-    if settings.dp == "server-adaptive":
+    if settings.privacy.dp == "server-adaptive":
         return DifferentialPrivacyServerSideAdaptiveClipping(strategy, noise, sites, **adaptive)
     return DifferentialPrivacyClientSideAdaptiveClipping(strategy, noise, sites, **adaptive)
 
 
 def accounting_problem(settings: RunSettings) -> str | None:
     """Why epsilon cannot be computed for these settings (None when it can)."""
-    if settings.dp == "none":
+    if settings.privacy.dp == "none":
         return "no differential privacy (dp=none)"
-    if settings.strategy not in ACCOUNTED_STRATEGIES:
+    if settings.federation.strategy not in ACCOUNTED_STRATEGIES:
         return (
-            f"strategy '{settings.strategy}' does not release the uniform mean of the clipped "
+            f"strategy '{settings.federation.strategy}' does not release the uniform mean of the clipped "
             "updates that the Gaussian-mechanism accountant assumes"
         )
     return None
@@ -91,19 +91,19 @@ class PrivacyLedger:
 
     def __init__(self, settings: RunSettings, num_sites: int) -> None:
         self.settings = settings
-        self.sampled = sampled_sites(settings, num_sites)
+        self.sampled = sampled_sites(settings.federation, num_sites)
         self.problem = accounting_problem(settings)
         self.accountant = None
         if self.problem is None:
             self.accountant = RdpAccountant(
                 PrivacyConfig(
-                    target_delta=settings.dp_delta,
+                    target_delta=settings.privacy.dp_delta,
                     population_size=max(num_sites, self.sampled),
                     neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
                     sampling_method=SamplingMethod.NO_AMPLIFICATION,
                 )
             )
-        elif settings.dp != "none":
+        elif settings.privacy.dp != "none":
             LOG.warning("privacy: epsilon is not reported: %s", self.problem)
 
     def release(self, sites_aggregated: int) -> None:
@@ -111,7 +111,7 @@ class PrivacyLedger:
         if self.accountant is None or sites_aggregated <= 0:
             return
         sampled = self.sampled
-        effective = self.settings.dp_noise_multiplier * min(sites_aggregated, sampled) / sampled
+        effective = self.settings.privacy.dp_noise_multiplier * min(sites_aggregated, sampled) / sampled
         self.accountant.compose(
             GaussianPrivacyEvent(
                 noise_multiplier=effective,
@@ -134,8 +134,9 @@ class PrivacyLedger:
         """One line for the log and the report."""
         if self.accountant is None:
             return f"privacy: epsilon not reported: {self.problem}"
+        privacy = self.settings.privacy
         return (
-            f"privacy: epsilon {self.epsilon:.4g} at delta {self.settings.dp_delta:g} after "
-            f"{self.accountant.num_releases} released aggregates ({self.settings.dp}, noise multiplier "
-            f"{self.settings.dp_noise_multiplier:g}, RDP accountant, no sampling amplification)"
+            f"privacy: epsilon {self.epsilon:.4g} at delta {privacy.dp_delta:g} after "
+            f"{self.accountant.num_releases} released aggregates ({privacy.dp}, noise multiplier "
+            f"{privacy.dp_noise_multiplier:g}, RDP accountant, no sampling amplification)"
         )

@@ -105,16 +105,18 @@ def run_secure_federation(
 
     strategy.evaluate_fn = evaluate
     legacy_context = LegacyContext(
-        context=context, config=ServerConfig(num_rounds=settings.num_server_rounds), strategy=strategy
+        context=context,
+        config=ServerConfig(num_rounds=settings.federation.num_server_rounds),
+        strategy=strategy,
     )
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(
             num_shares=1.0,  # every sampled site shares its key with every other
             reconstruction_threshold=0.67,
-            clipping_range=settings.secagg_clipping_range,
+            clipping_range=settings.privacy.secagg_clipping_range,
             quantization_range=QUANTIZATION_RANGE,
             max_weight=float(max_site_examples),
-            timeout=settings.round_timeout,
+            timeout=settings.federation.round_timeout,
         )
     )
     workflow(grid, legacy_context)
@@ -130,13 +132,13 @@ def secure_strategy(
 ) -> SecAggFedAvg:
     """The legacy FedAvg for a SecAgg+ run, starting from ``weights``, reporting to ``report``;
     central evaluation only."""
-    sites = max(settings.min_sites, settings.wait_for_sites, 2)
+    sites = max(settings.federation.min_sites, settings.federation.wait_for_sites, 2)
     return SecAggFedAvg(
         learning_rate_for_round=learning_rate_for_round,
         class_names=class_names,
-        local_epochs=settings.local_epochs,
+        local_epochs=settings.training.local_epochs,
         report=report,
-        fraction_fit=settings.fraction_train,
+        fraction_fit=settings.federation.fraction_train,
         fraction_evaluate=0.0,
         min_fit_clients=sites,
         min_evaluate_clients=0,

@@ -110,42 +110,47 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     central = central_data(settings)
     class_names = central.class_names
     test_hashes = None if central.test is None else hash_files(central.root, central.test.files)
-    roster = setup_federation(grid, settings, class_names, test_hashes)
-    if settings.secagg and roster.num_sites < 2:
+    roster = setup_federation(grid, settings.federation, class_names, test_hashes)
+    if settings.privacy.secagg and roster.num_sites < 2:
         raise BrainFLError(f"setting 'secagg': SecAgg+ needs at least 2 sites, {roster.num_sites} joined")
     evaluator = central_evaluator(settings, central, roster)
     bundle = model_for(settings, class_names)
     writer = ModelWriter(
-        bundle, model_metadata(settings.model, class_names, settings.image_size, settings.channels)
+        bundle,
+        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
     )
     weights, first_round, elapsed_before = initial_weights(settings, class_names), 0, 0.0
-    resumed = resume_point(output_dir, writer) if settings.resume else None
+    resumed = resume_point(output_dir, writer) if settings.federation.resume else None
     if resumed:
         first_round, weights, elapsed_before = resumed
-        LOG.info("resuming %s after round %d of %d", output_dir, first_round, settings.num_server_rounds)
+        LOG.info(
+            "resuming %s after round %d of %d", output_dir, first_round, settings.federation.num_server_rounds
+        )
     # A run stopped after a round's row was written but before its checkpoint resumes from the round
     # before, whose row is kept: that model is evaluated only if its row is missing.
     evaluated_before = resumed is not None and last_recorded_round(output_dir / RESULTS_CSV) == first_round
-    if first_round >= settings.num_server_rounds:
+    if first_round >= settings.federation.num_server_rounds:
         LOG.info("all %d rounds are already done; outputs written to %s", first_round, output_dir)
         return
     write_run_config(output_dir, {**settings.to_config(), "class-names": ",".join(class_names)})
     write_profiles(output_dir, settings, roster.examples)
-    ledger = PrivacyLedger(settings, roster.num_sites) if settings.dp != "none" else None
+    ledger = PrivacyLedger(settings, roster.num_sites) if settings.privacy.dp != "none" else None
     recorder = RunRecorder(
         output_dir,
         None if evaluator is None else evaluator.test_set,
         class_names,
         writer,
-        total_rounds=settings.num_server_rounds,
+        total_rounds=settings.federation.num_server_rounds,
         ledger=ledger,
-        tensorboard=settings.tensorboard,
+        tensorboard=settings.evaluation.tensorboard,
         first_round=first_round,
         elapsed_before=elapsed_before,
     )
 
     def learning_rate_for_round(server_round: int) -> float:
-        return round_learning_rate(settings.learning_rate, server_round, settings.num_server_rounds)
+        return round_learning_rate(
+            settings.training.learning_rate, server_round, settings.federation.num_server_rounds
+        )
 
     latest: list[Evaluation] = []  # the last evaluation: of the final model once the rounds are done
 
@@ -158,7 +163,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         recorder.round_done(local_round + first_round, round_weights, evaluation)
         return None if evaluation is None else MetricRecord(evaluation.metrics)
 
-    if settings.secagg:
+    if settings.privacy.secagg:
         strategy = secure_strategy(
             settings, class_names, learning_rate_for_round, weights, recorder.site_report
         )
@@ -178,9 +183,9 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         result = with_privacy(strategy, settings, roster.num_sites).start(
             grid=grid,
             initial_arrays=ArrayRecord(weights),
-            num_rounds=settings.num_server_rounds - first_round,
-            timeout=settings.round_timeout,
-            train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
+            num_rounds=settings.federation.num_server_rounds - first_round,
+            timeout=settings.federation.round_timeout,
+            train_config=ConfigRecord({"local-epochs": settings.training.local_epochs}),
             evaluate_fn=evaluate_round,
         )
         weights = result.arrays.to_numpy_ndarrays()

@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from brainfl.core.errors import BrainFLError
 from brainfl.core.logs import LOG
 from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of, split_replies
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import FederationSettings
 
 TEST_HASHES = "test-hashes"  # the coordinator's test pHashes, (n, 4) uint64 words
 TEST_COPIES = "test-copies"  # a site's answer: indices of test images it holds a copy of
@@ -111,13 +111,13 @@ def roster_from_replies(replies: list[Message], num_test: int | None) -> Roster:
 
 
 def setup_federation(
-    grid: Grid, settings: RunSettings, class_names: tuple[str, ...], test_hashes: np.ndarray | None
+    grid: Grid, federation: FederationSettings, class_names: tuple[str, ...], test_hashes: np.ndarray | None
 ) -> Roster:
     """Wait for the sites, query each once, and return what they answered (see the module docstring)."""
-    awaited = max(settings.wait_for_sites, settings.min_sites)
-    nodes = wait_for_sites(grid, awaited, settings.round_timeout)
+    awaited = max(federation.wait_for_sites, federation.min_sites)
+    nodes = wait_for_sites(grid, awaited, federation.round_timeout)
     query = setup_query(class_names, test_hashes)
-    replies, failed = query_sites_and_errors(grid, query, nodes, settings.round_timeout, "setup")
+    replies, failed = query_sites_and_errors(grid, query, nodes, federation.round_timeout, "setup")
     if not replies and failed:  # the sites answered, with errors: say what they said
         first = failed[0]
         raise BrainFLError(
@@ -126,7 +126,7 @@ def setup_federation(
         )
     if not replies:
         raise BrainFLError(
-            f"no site answered the setup query within {settings.round_timeout:g} s (round-timeout)"
+            f"no site answered the setup query within {federation.round_timeout:g} s (round-timeout)"
         )
     roster = roster_from_replies(replies, None if test_hashes is None else len(test_hashes))
     LOG.info(

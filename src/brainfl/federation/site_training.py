@@ -20,7 +20,7 @@ from brainfl.model.architectures import ModelBundle
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.process_cache import model_inputs
 from brainfl.model.training import predict_proba, site_class_prior, train
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import ModelSettings, RunSettings
 
 
 def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
@@ -46,16 +46,16 @@ def local_update(
         bundle.trainable,
         inputs,
         labels,
-        epochs=settings.local_epochs if epochs is None else epochs,
-        batch_size=settings.batch_size,
+        epochs=settings.training.local_epochs if epochs is None else epochs,
+        batch_size=settings.training.batch_size,
         learning_rate=learning_rate,
-        weight_decay=settings.weight_decay,
-        label_smoothing=settings.label_smoothing,
+        weight_decay=settings.training.weight_decay,
+        label_smoothing=settings.training.label_smoothing,
         seed=update_seed(settings, server_round, site_id),
         proximal_mu=proximal_mu,
-        class_prior=site_class_prior(labels, num_classes) if settings.balanced_softmax else None,
+        class_prior=site_class_prior(labels, num_classes) if settings.training.balanced_softmax else None,
     )
-    recalibrate_batchnorm(bundle.trainable, inputs, settings.batch_size)
+    recalibrate_batchnorm(bundle.trainable, inputs, settings.training.batch_size)
     return metrics
 
 
@@ -64,11 +64,11 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes].tolist()
 
 
-def validate(settings: RunSettings, bundle: ModelBundle, site: SiteData) -> dict[str, float]:
+def validate(model: ModelSettings, bundle: ModelBundle, site: SiteData) -> dict[str, float]:
     """The model's ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and
     ``val_sensitivity_<class>`` on the site's held-out split (training images where it has none);
     the classes are the server's, so every site replies with the same keys (NaN: a class the split
     lacks)."""
     held_out = site.val if len(site.val) else site.train
-    probabilities = predict_proba(bundle.trainable, model_inputs(settings, bundle, held_out))
+    probabilities = predict_proba(bundle.trainable, model_inputs(model, bundle, held_out))
     return held_out_metrics(held_out.labels, probabilities, held_out.class_names)

@@ -36,7 +36,7 @@ from brainfl.federation.bookkeeping import (
     round_settings,
     weighted_average,
 )
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import FederationSettings, RunSettings
 
 __all__ = ["NUM_EXAMPLES", "SiteReport", "build_strategy", "round_settings", "weighted_average"]
 
@@ -100,12 +100,12 @@ class BrainMedian(SiteBookkeeping, FedMedian):
 SERVER_LEARNING_RATES = {"fedadam": 0.01, "fedyogi": 0.01, "fedavgm": 1.0}
 
 
-def _server_learning_rate(settings: RunSettings) -> float:
-    return settings.server_learning_rate or SERVER_LEARNING_RATES.get(settings.strategy, 1.0)
+def _server_learning_rate(federation: FederationSettings) -> float:
+    return federation.server_learning_rate or SERVER_LEARNING_RATES.get(federation.strategy, 1.0)
 
 
-def _multikrum(settings: RunSettings, num_sites: int) -> dict[str, Any]:
-    byzantine = settings.byzantine_sites
+def _multikrum(federation: FederationSettings, num_sites: int) -> dict[str, Any]:
+    byzantine = federation.byzantine_sites
     return {"num_malicious_nodes": byzantine, "num_nodes_to_select": max(1, num_sites - byzantine)}
 
 
@@ -121,18 +121,31 @@ class StrategyEntry:
 SERVER_RATE, BYZANTINE = ("server-learning-rate",), ("byzantine-sites",)
 # Every strategy the ``strategy`` setting can name: the only list of them.
 STRATEGIES: dict[str, StrategyEntry] = {
-    "fedavg": StrategyEntry(BrainFedAvg, lambda s, n: {"uniform": s.dp != "none"}),
-    "fedprox": StrategyEntry(BrainFedProx, lambda s, n: {"proximal_mu": s.proximal_mu}, ("proximal-mu",)),
-    "fedadam": StrategyEntry(BrainFedAdam, lambda s, n: {"eta": _server_learning_rate(s)}, SERVER_RATE),
-    "fedyogi": StrategyEntry(BrainFedYogi, lambda s, n: {"eta": _server_learning_rate(s)}, SERVER_RATE),
+    "fedavg": StrategyEntry(BrainFedAvg, lambda s, n: {"uniform": s.privacy.dp != "none"}),
+    "fedprox": StrategyEntry(
+        BrainFedProx, lambda s, n: {"proximal_mu": s.federation.proximal_mu}, ("proximal-mu",)
+    ),
+    "fedadam": StrategyEntry(
+        BrainFedAdam, lambda s, n: {"eta": _server_learning_rate(s.federation)}, SERVER_RATE
+    ),
+    "fedyogi": StrategyEntry(
+        BrainFedYogi, lambda s, n: {"eta": _server_learning_rate(s.federation)}, SERVER_RATE
+    ),
     "fedavgm": StrategyEntry(
         BrainFedAvgM,
-        lambda s, n: {"server_learning_rate": _server_learning_rate(s), "server_momentum": s.server_momentum},
+        lambda s, n: {
+            "server_learning_rate": _server_learning_rate(s.federation),
+            "server_momentum": s.federation.server_momentum,
+        },
         (*SERVER_RATE, "server-momentum"),
     ),
-    "krum": StrategyEntry(BrainKrum, lambda s, n: {"num_malicious_nodes": s.byzantine_sites}, BYZANTINE),
-    "multikrum": StrategyEntry(BrainMultiKrum, _multikrum, BYZANTINE),
-    "trimmed-mean": StrategyEntry(BrainTrimmedMean, lambda s, n: {"beta": s.trim_beta}, ("trim-beta",)),
+    "krum": StrategyEntry(
+        BrainKrum, lambda s, n: {"num_malicious_nodes": s.federation.byzantine_sites}, BYZANTINE
+    ),
+    "multikrum": StrategyEntry(BrainMultiKrum, lambda s, n: _multikrum(s.federation, n), BYZANTINE),
+    "trimmed-mean": StrategyEntry(
+        BrainTrimmedMean, lambda s, n: {"beta": s.federation.trim_beta}, ("trim-beta",)
+    ),
     "median": StrategyEntry(BrainMedian, lambda s, n: {}),
 }
 
@@ -140,12 +153,13 @@ STRATEGIES: dict[str, StrategyEntry] = {
 def check_strategy(settings: RunSettings, defaults: Mapping[str, Any]) -> None:
     """Refuse a ``strategy`` not in :data:`STRATEGIES`, and a strategy's setting changed from its default
     while another strategy is chosen (it would be silently without effect); one line, naming the setting."""
-    if settings.strategy not in STRATEGIES:
+    strategy = settings.federation.strategy
+    if strategy not in STRATEGIES:
         raise BrainFLError(
-            f"setting 'strategy': unknown '{settings.strategy}' (choose one of: {', '.join(STRATEGIES)})"
+            f"setting 'strategy': unknown '{strategy}' (choose one of: {', '.join(STRATEGIES)})"
         )
     config = settings.to_config()
-    chosen = STRATEGIES[settings.strategy].reads
+    chosen = STRATEGIES[strategy].reads
     for key in dict.fromkeys(key for entry in STRATEGIES.values() for key in entry.reads):
         if key not in chosen and config[key] != defaults.get(key):
             readers = [name for name, entry in STRATEGIES.items() if key in entry.reads]
@@ -154,8 +168,8 @@ def check_strategy(settings: RunSettings, defaults: Mapping[str, Any]) -> None:
 
 
 def strategy_options(settings: RunSettings, num_sites: int) -> tuple[type[SiteBookkeeping], dict]:
-    """The class and the strategy-specific arguments for ``settings.strategy``."""
-    entry = STRATEGIES[settings.strategy]
+    """The class and the strategy-specific arguments for ``settings.federation.strategy``."""
+    entry = STRATEGIES[settings.federation.strategy]
     return entry.strategy_class, entry.options(settings, num_sites)
 
 
@@ -169,7 +183,7 @@ def build_strategy(
     round_offset: int = 0,
     statistics_mask: Sequence[bool] = (),
 ) -> SiteBookkeeping:
-    """The strategy named by ``settings.strategy``, with the run's sampling and waiting settings.
+    """The strategy named by ``settings.federation.strategy``, with the run's sampling and waiting settings.
 
     ``num_sites`` is the number of sites that joined (Multi-Krum keeps all but
     ``byzantine-sites`` of them); ``statistics_mask`` marks the model's arrays that
@@ -183,10 +197,10 @@ def build_strategy(
         report=report,
         round_offset=round_offset,
         statistics_mask=statistics_mask,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=settings.min_sites,
-        min_evaluate_nodes=settings.min_sites if settings.fraction_evaluate else 0,
-        min_available_nodes=settings.min_sites,
+        fraction_train=settings.federation.fraction_train,
+        fraction_evaluate=settings.federation.fraction_evaluate,
+        min_train_nodes=settings.federation.min_sites,
+        min_evaluate_nodes=settings.federation.min_sites if settings.federation.fraction_evaluate else 0,
+        min_available_nodes=settings.federation.min_sites,
         **options,
     )

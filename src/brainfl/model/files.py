@@ -97,7 +97,9 @@ def _metadata_beside(path: Path) -> dict[str, Any] | None:
         raise BrainFLError(f"{config_path} has no 'class-names': cannot name the classes of {path}")
     settings = settings_from_config({**config, "class-names": ",".join(names)})
     # (models without metadata predate it, and scans cropped to the head)
-    return model_metadata(settings.model, names, settings.image_size, settings.channels, crop="none")
+    return model_metadata(
+        settings.model.name, names, settings.model.image_size, settings.model.channels, crop="none"
+    )
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

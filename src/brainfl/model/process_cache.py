@@ -19,12 +19,12 @@ import numpy as np
 from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import ImageSet, default_cache_dir, write_cache
 from brainfl.model.architectures import ModelBundle, build_model
-from brainfl.settings.run_settings import RunSettings
+from brainfl.settings.run_settings import ModelSettings, RunSettings
 
 
-def check_vgg_weights(settings: RunSettings) -> None:
+def check_vgg_weights(model: ModelSettings) -> None:
     """``vgg-weights`` must be ``none``, ``imagenet`` or an existing file (checked before Flower starts)."""
-    value = settings.vgg_weights
+    value = model.vgg_weights
     if value in ("", "none", "imagenet") or Path(value).expanduser().is_file():
         return
     raise BrainFLError(f"setting 'vgg-weights'={value!r}: not none, imagenet or an existing weights file")
@@ -33,12 +33,12 @@ def check_vgg_weights(settings: RunSettings) -> None:
 def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:
     keras.utils.set_random_seed(settings.seed)
     return build_model(
-        settings.model,
-        settings.image_size,
+        settings.model.name,
+        settings.model.image_size,
         len(class_names),
-        settings.vgg_weights,
+        settings.model.vgg_weights,
         tuple(class_names),
-        settings.norm,
+        settings.model.norm,
     )
 
 
@@ -58,12 +58,12 @@ def initial_weights(settings: RunSettings, class_names: tuple[str, ...]) -> list
     return _build_seeded(settings, tuple(class_names)).trainable.get_weights()
 
 
-def model_inputs(settings: RunSettings, bundle: ModelBundle, images: ImageSet) -> np.ndarray:
+def model_inputs(model: ModelSettings, bundle: ModelBundle, images: ImageSet) -> np.ndarray:
     """What the trainable model consumes for ``images``: pixels, or cached extractor features."""
     if bundle.extractor is None:
         return images.images
     digest = hashlib.blake2b(images.images.tobytes(), digest_size=12)
-    digest.update("\n".join([bundle.name, settings.vgg_weights, str(settings.image_size)]).encode())
+    digest.update("\n".join([bundle.name, model.vgg_weights, str(model.image_size)]).encode())
     path = default_cache_dir() / f"features-{bundle.name}-{digest.hexdigest()}.npy"
     if path.exists():
         return np.load(path)

@@ -162,7 +162,7 @@ def write_predictions(
 def check_new_run_folder(settings: RunSettings) -> None:
     """Refuse an ``output-dir`` that already holds a run's results, unless the run resumes it: a run
     folder is never written twice (rows of two runs would mix in one table)."""
-    if settings.resume or not settings.output_dir:
+    if settings.federation.resume or not settings.output_dir:
         return
     path = Path(settings.output_dir).expanduser()
     held = [name for name in (RESULTS_CSV, SITE_CSV) if (path / name).exists()]

@@ -115,12 +115,12 @@ def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -
 # Settings that only act under some other setting: (when they act, in words, and the test). The
 # strategies' own settings are checked by brainfl.federation.strategy.check_strategy.
 _ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
-    "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.partitioning == "dirichlet"),
-    "vgg-weights": ("model=vgg16", lambda s: s.model == "vgg16"),
-    "dp-noise-multiplier": ("dp is not none", lambda s: s.dp != "none"),
-    "dp-clipping-norm": ("dp is not none", lambda s: s.dp != "none"),
-    "dp-delta": ("dp is not none", lambda s: s.dp != "none"),
-    "secagg-clipping-range": ("secagg=true", lambda s: s.secagg),
+    "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.data.partitioning == "dirichlet"),
+    "vgg-weights": ("model=vgg16", lambda s: s.model.name == "vgg16"),
+    "dp-noise-multiplier": ("dp is not none", lambda s: s.privacy.dp != "none"),
+    "dp-clipping-norm": ("dp is not none", lambda s: s.privacy.dp != "none"),
+    "dp-delta": ("dp is not none", lambda s: s.privacy.dp != "none"),
+    "secagg-clipping-range": ("secagg=true", lambda s: s.privacy.secagg),
 }
 
 

@@ -6,9 +6,16 @@ values are written: Flower merges a run's overrides into that table and hands
 the result to the apps as ``context.run_config``, and
 :func:`default_run_config` reads the same table for everything else (the
 ``brainfl`` command, tests, benchmarks). :class:`RunSettings` only names and
-types the keys; :func:`settings_from_config` fills missing keys from the
-defaults, converts the values and checks them, so validation happens once.
-The keys and their meaning are listed in ``docs/settings.md``.
+types the keys, grouped in sections: the run-wide ``seed`` and ``output_dir``,
+and :class:`DataSettings`, :class:`ModelSettings`, :class:`TrainingSettings`,
+:class:`FederationSettings`, :class:`PrivacySettings` and
+:class:`EvaluationSettings`, so a function can take just the section it needs
+(``settings.data``). The keys stay flat: :func:`settings_from_config`,
+:func:`settings_with` and :meth:`RunSettings.replace` take them, and
+:meth:`RunSettings.to_config` gives them back in ``pyproject.toml``'s order.
+:func:`settings_from_config` fills missing keys from the defaults, converts
+the values and checks them, so validation happens once. The keys and their
+meaning are listed in ``docs/settings.md``.
 """
 
 from __future__ import annotations
@@ -36,72 +43,206 @@ DEFAULT_APP_DIRS = (Path(__file__).resolve().parents[3], Path(__file__).resolve(
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSettings:
-    """All settings of one run; field names mirror the run-config keys.
+class DataSettings:
+    """Where the images are and how they are split into sites, validation and test sets."""
 
-    The fields have no defaults on purpose: those live in ``pyproject.toml``.
-    Build settings with :func:`settings_from_config` or :func:`settings_with`.
-    """
-
-    num_server_rounds: int
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
-    model: str
-    image_size: int
+    data_dir: str
+    test_dir: str
+    class_names: str
     num_partitions: int
     partitioning: str
     dirichlet_alpha: float
     feature_shift: float
-    data_dir: str
-    test_dir: str
-    class_names: str
-    output_dir: str
-    seed: int
     val_fraction: float
     test_fraction: float
     skip_unreadable: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The network: ``name`` is the ``model`` key (cnn or vgg16), its input size and weights."""
+
+    name: str
+    image_size: int
     vgg_weights: str
+    norm: str
+
+    @property
+    def channels(self) -> int:
+        """Image channels the model expects: grayscale CNN, RGB for VGG-16."""
+        return 3 if self.name == "vgg16" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """One site's (or the centralized baseline's) local training."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
     label_smoothing: float
     weight_decay: float
+    balanced_softmax: bool
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FederationSettings:
+    """The server: rounds, site sampling and waiting, resuming and the aggregation strategy."""
+
+    num_server_rounds: int
     fraction_train: float
     fraction_evaluate: float
     min_sites: int
     wait_for_sites: int
-    resume: bool
-    tensorboard: bool
     round_timeout: float
-    norm: str
-    balanced_softmax: bool
+    resume: bool
     strategy: str
     proximal_mu: float
     server_learning_rate: float
     server_momentum: float
     byzantine_sites: int
     trim_beta: float
+    fedbn: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """Differential privacy and secure aggregation."""
+
     dp: str
     dp_noise_multiplier: float
     dp_clipping_norm: float
     dp_delta: float
     secagg: bool
     secagg_clipping_range: float
-    calibrate: bool
-    fedbn: bool
-    fine_tune_epochs: int
-    fine_tune_learning_rate: float
 
-    @property
-    def channels(self) -> int:
-        """Image channels the model expects: grayscale CNN, RGB for VGG-16."""
-        return 3 if self.model == "vgg16" else 1
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """What the server adds to its evaluation: temperature calibration and TensorBoard logs."""
+
+    calibrate: bool
+    tensorboard: bool
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSettings,
+    "model": ModelSettings,
+    "training": TrainingSettings,
+    "federation": FederationSettings,
+    "privacy": PrivacySettings,
+    "evaluation": EvaluationSettings,
+}
+# The run-config keys in pyproject.toml's order (the order of to_config() and of the files
+# written from it), each as (snake-case name, section or None for run-wide, field in it).
+_LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
+    (name, section, "name" if name == "model" else name)
+    for name, section in (
+        ("num_server_rounds", "federation"),
+        ("local_epochs", "training"),
+        ("batch_size", "training"),
+        ("learning_rate", "training"),
+        ("model", "model"),
+        ("image_size", "model"),
+        ("num_partitions", "data"),
+        ("partitioning", "data"),
+        ("dirichlet_alpha", "data"),
+        ("feature_shift", "data"),
+        ("data_dir", "data"),
+        ("test_dir", "data"),
+        ("class_names", "data"),
+        ("output_dir", None),
+        ("seed", None),
+        ("val_fraction", "data"),
+        ("test_fraction", "data"),
+        ("skip_unreadable", "data"),
+        ("vgg_weights", "model"),
+        ("label_smoothing", "training"),
+        ("weight_decay", "training"),
+        ("fraction_train", "federation"),
+        ("fraction_evaluate", "federation"),
+        ("min_sites", "federation"),
+        ("wait_for_sites", "federation"),
+        ("resume", "federation"),
+        ("tensorboard", "evaluation"),
+        ("round_timeout", "federation"),
+        ("norm", "model"),
+        ("balanced_softmax", "training"),
+        ("strategy", "federation"),
+        ("proximal_mu", "federation"),
+        ("server_learning_rate", "federation"),
+        ("server_momentum", "federation"),
+        ("byzantine_sites", "federation"),
+        ("trim_beta", "federation"),
+        ("dp", "privacy"),
+        ("dp_noise_multiplier", "privacy"),
+        ("dp_clipping_norm", "privacy"),
+        ("dp_delta", "privacy"),
+        ("secagg", "privacy"),
+        ("secagg_clipping_range", "privacy"),
+        ("calibrate", "evaluation"),
+        ("fedbn", "federation"),
+        ("fine_tune_epochs", "training"),
+        ("fine_tune_learning_rate", "training"),
+    )
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """All settings of one run: the run-wide ``seed`` and ``output_dir``, and one section each
+    for data, model, training, federation, privacy and evaluation.
+
+    Every run-config key is one field of one section, named like the key in snake case
+    (the ``model`` key is ``model.name``). The fields have no defaults on purpose: those
+    live in ``pyproject.toml``. Build settings with :func:`settings_from_config` or
+    :func:`settings_with`, derive changed ones with :meth:`replace`; all three take the
+    flat keys.
+    """
+
+    seed: int
+    output_dir: str
+    data: DataSettings
+    model: ModelSettings
+    training: TrainingSettings
+    federation: FederationSettings
+    privacy: PrivacySettings
+    evaluation: EvaluationSettings
+
+    def value(self, name: str) -> Any:
+        """The value of one setting by its flat name, snake or kebab case (``"dp-delta"``)."""
+        _, section, field = _BY_NAME[name.replace("-", "_")]
+        return getattr(self if section is None else getattr(self, section), field)
 
     def to_config(self) -> dict[str, Any]:
-        """Return the settings as a kebab-case run-config mapping."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Return the settings as a flat kebab-case run-config mapping, in pyproject.toml's order."""
+        return {key: self.value(key) for key in SETTING_KEYS}
+
+    def replace(self, **overrides: Any) -> RunSettings:
+        """These settings with some changed by flat name, converted and checked like the config:
+        ``settings.replace(wait_for_sites=3)``."""
+        _check_names(overrides)
+        return settings_from_config({**self.to_config(), **_kebab(overrides)})
 
 
-_TYPES: dict[str, type] = typing.get_type_hints(RunSettings)
-SETTING_KEYS = tuple(f.name.replace("_", "-") for f in dataclasses.fields(RunSettings))
+_BY_NAME = {entry[0]: entry for entry in _LAYOUT}
+_TYPES: dict[str, type] = {
+    name: typing.get_type_hints(RunSettings if section is None else SECTIONS[section])[field]
+    for name, section, field in _LAYOUT
+}
+SETTING_KEYS = tuple(name.replace("_", "-") for name, _, _ in _LAYOUT)
+
+
+def _kebab(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return {name.replace("_", "-"): value for name, value in overrides.items()}
+
+
+def _check_names(overrides: Mapping[str, Any]) -> None:
+    unknown = sorted(set(overrides) - set(_TYPES))
+    if unknown:
+        raise TypeError(f"RunSettings has no field '{unknown[0]}'")
 
 
 def pyproject_path(app_dir: Path | str | None = None) -> Path:
@@ -162,34 +303,33 @@ def settings_from_config(config: Mapping[str, Any], app_dir: Path | str | None =
         missing = [key for key in SETTING_KEYS if key not in merged]
         if missing:
             raise BrainFLError(f"setting '{missing[0]}' is not declared in {pyproject_path(app_dir)}")
-    values = {
-        key.replace("-", "_"): _coerce(key, merged[key], _TYPES[key.replace("-", "_")])
-        for key in SETTING_KEYS
-    }
-    settings = RunSettings(**values)
+    sections: dict[str | None, dict[str, Any]] = {None: {}, **{section: {} for section in SECTIONS}}
+    for name, section, field in _LAYOUT:
+        key = name.replace("_", "-")
+        sections[section][field] = _coerce(key, merged[key], _TYPES[name])
+    run_wide = sections.pop(None)
+    settings = RunSettings(**run_wide, **{name: SECTIONS[name](**sections[name]) for name in SECTIONS})
     validate(settings)
     return settings
 
 
 def settings_with(app_dir: Path | str | None = None, **overrides: Any) -> RunSettings:
     """The app's default settings with some fields changed, e.g. ``settings_with(image_size=16)``."""
-    unknown = sorted(set(overrides) - set(_TYPES))
-    if unknown:
-        raise TypeError(f"RunSettings has no field '{unknown[0]}'")
-    return settings_from_config({k.replace("_", "-"): v for k, v in overrides.items()}, app_dir)
+    _check_names(overrides)
+    return settings_from_config(_kebab(overrides), app_dir)
 
 
 def _positive(settings: RunSettings, *names: str) -> None:
     for name in names:
-        if getattr(settings, name) <= 0:
+        if settings.value(name) <= 0:
             raise BrainFLError(
-                f"setting '{name.replace('_', '-')}' must be positive, got {getattr(settings, name)}"
+                f"setting '{name.replace('_', '-')}' must be positive, got {settings.value(name)}"
             )
 
 
 def _within(settings: RunSettings, name: str, low: float, high: float, closed: str) -> None:
     """``closed`` says which ends are included: ``"[)"``, ``"(]"``, ``"[]"`` or ``"()"``."""
-    value = getattr(settings, name)
+    value = settings.value(name)
     above = value >= low if closed[0] == "[" else value > low
     below = value <= high if closed[1] == "]" else value < high
     if not (above and below):
@@ -203,10 +343,10 @@ def validate(settings: RunSettings) -> None:
     _positive(settings, "learning_rate", "fine_tune_learning_rate", "dirichlet_alpha", "min_sites")
     _positive(settings, "round_timeout")
     for key, value, choices in (
-        ("model", settings.model, MODEL_NAMES),
-        ("partitioning", settings.partitioning, PARTITIONINGS),
-        ("norm", settings.norm, NORMS),
-        ("dp", settings.dp, DP_MODES),
+        ("model", settings.model.name, MODEL_NAMES),
+        ("partitioning", settings.data.partitioning, PARTITIONINGS),
+        ("norm", settings.model.norm, NORMS),
+        ("dp", settings.privacy.dp, DP_MODES),
     ):
         if value not in choices:
             what = "model " if key == "model" else ""
@@ -219,11 +359,11 @@ def validate(settings: RunSettings) -> None:
     _within(settings, "fraction_evaluate", 0, 1, "[]")
     _within(settings, "label_smoothing", 0, 1, "[)")
     _within(settings, "feature_shift", 0, 1, "[]")
-    if settings.weight_decay < 0 or settings.wait_for_sites < 0:
+    if settings.training.weight_decay < 0 or settings.federation.wait_for_sites < 0:
         raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
-    if settings.fine_tune_epochs < 0:
+    if settings.training.fine_tune_epochs < 0:
         raise BrainFLError(
-            f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.fine_tune_epochs}"
+            f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.training.fine_tune_epochs}"
         )
     validate_privacy(settings)
     validate_combinations(settings)
@@ -235,31 +375,33 @@ def validate_privacy(settings: RunSettings) -> None:
     _within(settings, "dp_delta", 0, 1, "()")
     _within(settings, "trim_beta", 0, 0.5, "[)")
     _within(settings, "server_momentum", 0, 1, "[)")
-    if settings.proximal_mu < 0 or settings.server_learning_rate < 0 or settings.byzantine_sites < 0:
+    federation = settings.federation
+    if federation.proximal_mu < 0 or federation.server_learning_rate < 0 or federation.byzantine_sites < 0:
         raise BrainFLError("settings 'proximal-mu', 'server-learning-rate', 'byzantine-sites' must be >= 0")
 
 
 def validate_combinations(settings: RunSettings) -> None:
     """Settings that are each valid but cannot work together."""
-    smallest = MIN_IMAGE_SIZE[settings.model]
-    if settings.image_size < smallest:
+    model, privacy, federation = settings.model, settings.privacy, settings.federation
+    smallest = MIN_IMAGE_SIZE[model.name]
+    if model.image_size < smallest:
         raise BrainFLError(
-            f"setting 'image-size': {settings.image_size} px is too small for model "
-            f"{settings.model} (at least {smallest})"
+            f"setting 'image-size': {model.image_size} px is too small for model "
+            f"{model.name} (at least {smallest})"
         )
-    if settings.resume and not settings.output_dir:
+    if federation.resume and not settings.output_dir:
         raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
-    if settings.fedbn and (settings.model, settings.norm, settings.dp) != ("cnn", "batch", "none"):
+    if federation.fedbn and (model.name, model.norm, privacy.dp) != ("cnn", "batch", "none"):
         raise BrainFLError(
             "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn with "
-            f"norm=batch and no dp (got model={settings.model}, norm={settings.norm}, dp={settings.dp})"
+            f"norm=batch and no dp (got model={model.name}, norm={model.norm}, dp={privacy.dp})"
         )
-    if settings.dp != "none" and settings.norm == "batch" and settings.model == "cnn":
+    if privacy.dp != "none" and model.norm == "batch" and model.name == "cnn":
         raise BrainFLError(
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
             "use norm=group with the cnn model"
         )
-    if settings.secagg and (settings.dp != "none" or settings.strategy != "fedavg" or settings.resume):
+    if privacy.secagg and (privacy.dp != "none" or federation.strategy != "fedavg" or federation.resume):
         raise BrainFLError(
             "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "
             "it cannot be combined with dp, another strategy or resume"
