@@ -14,7 +14,7 @@ are the federation's (:func:`brainfl.data.sites.site_data`): the run's
 validation split.
 
 Each site's final model is scored on the site's held-out split with the sites'
-own scorer (:func:`brainfl.federation.client_app.validate`) and on the coordinator's test
+own scorer (:func:`brainfl.federation.site_training.validate`) and on the coordinator's test
 set (:mod:`brainfl.data.central`) with the server's evaluator, whose leak-free
 subset is the federated run's: the test images no site holds a copy of. Written:
 ``local_baseline.csv`` (one row per site), ``run_config.json`` and, per site, a

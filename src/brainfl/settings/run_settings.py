@@ -309,7 +309,7 @@ def settings_from_config(config: Mapping[str, Any], app_dir: Path | str | None =
         sections[section][field] = _coerce(key, merged[key], _TYPES[name])
     run_wide = sections.pop(None)
     settings = RunSettings(**run_wide, **{name: SECTIONS[name](**sections[name]) for name in SECTIONS})
-    validate(settings)
+    check_settings(settings)
     return settings
 
 
@@ -337,7 +337,7 @@ def _within(settings: RunSettings, name: str, low: float, high: float, closed: s
         raise BrainFLError(f"setting '{name.replace('_', '-')}' must be in {interval}, got {value}")
 
 
-def validate(settings: RunSettings) -> None:
+def check_settings(settings: RunSettings) -> None:
     """Raise :class:`BrainFLError` naming the first setting out of range or in conflict."""
     _positive(settings, "num_server_rounds", "local_epochs", "batch_size", "image_size", "num_partitions")
     _positive(settings, "learning_rate", "fine_tune_learning_rate", "dirichlet_alpha", "min_sites")
@@ -365,11 +365,11 @@ def validate(settings: RunSettings) -> None:
         raise BrainFLError(
             f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.training.fine_tune_epochs}"
         )
-    validate_privacy(settings)
-    validate_combinations(settings)
+    check_privacy_settings(settings)
+    check_setting_combinations(settings)
 
 
-def validate_privacy(settings: RunSettings) -> None:
+def check_privacy_settings(settings: RunSettings) -> None:
     """Range checks of the differential-privacy, secure-aggregation and robustness settings."""
     _positive(settings, "dp_noise_multiplier", "dp_clipping_norm", "secagg_clipping_range")
     _within(settings, "dp_delta", 0, 1, "()")
@@ -380,7 +380,7 @@ def validate_privacy(settings: RunSettings) -> None:
         raise BrainFLError("settings 'proximal-mu', 'server-learning-rate', 'byzantine-sites' must be >= 0")
 
 
-def validate_combinations(settings: RunSettings) -> None:
+def check_setting_combinations(settings: RunSettings) -> None:
     """Settings that are each valid but cannot work together."""
     model, privacy, federation = settings.model, settings.privacy, settings.federation
     smallest = MIN_IMAGE_SIZE[model.name]
