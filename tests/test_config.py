@@ -179,3 +179,18 @@ def test_conf_file_values_are_what_the_recipes_promise():
         settings_from_args(REPO_ROOT, str(REPO_ROOT / "conf" / "robust-krum.toml")).federation.strategy
         == "krum"
     )
+
+
+def test_output_dir_is_taken_as_every_command_takes_it_and_wins_over_the_run_config(tmp_path):
+    import argparse
+
+    from brainfl.settings.run_config import add_settings_arguments
+
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    args = parser.parse_args(
+        ["--run-config", "output-dir='elsewhere'", "--output-dir", str(tmp_path / "run")]
+    )
+    assert settings_from_args(REPO_ROOT, args.run_config, args.output_dir).output_dir == str(tmp_path / "run")
+    args = parser.parse_args(["--run-config", "output-dir='elsewhere'"])
+    assert settings_from_args(REPO_ROOT, args.run_config, args.output_dir).output_dir == "elsewhere"

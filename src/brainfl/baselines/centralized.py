@@ -76,7 +76,7 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """The ``brainfl centralized`` command."""
-    settings = settings_from_args(args.app_dir, args.run_config)
+    settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / "server.log"):
         run_centralized(settings, output_dir)

@@ -252,7 +252,7 @@ COMMANDS = {  # command: (what it runs, its CSV, its help, its description)
 def run(args: argparse.Namespace) -> None:
     """The ``brainfl local`` and ``brainfl pooled`` commands."""
     train, csv_name, _, _ = COMMANDS[args.baseline]
-    settings = settings_from_args(args.app_dir, args.run_config)
+    settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / f"{args.baseline}.log"):
         rows = train(settings, output_dir, args.site_data_dir)

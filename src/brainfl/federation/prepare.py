@@ -29,7 +29,7 @@ def prepare(args: argparse.Namespace) -> None:
     Prints the settings that differ from the defaults, the data folder's layout
     and what the data gives: images, classes, test images and site sizes.
     """
-    settings = settings_from_args(args.app_dir, args.run_config)
+    settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
     if args.await_all_sites:
         settings = settings.replace(wait_for_sites=settings.data.num_partitions)
     defaults = default_run_config(args.app_dir)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from brainfl.core.arguments import add_output_dir
 from brainfl.core.errors import BrainFLError
 from brainfl.settings.run_settings import RunSettings, default_run_config, settings_from_config
 
@@ -103,10 +104,15 @@ def overrides_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) 
     return overrides
 
 
-def settings_from_args(app_dir: Path, run_configs: str | Sequence[str] | None) -> RunSettings:
-    """Checked settings from ``--run-config`` values, refusing overrides that would have no effect."""
+def settings_from_args(
+    app_dir: Path, run_configs: str | Sequence[str] | None, output_dir: Path | None = None
+) -> RunSettings:
+    """Checked settings from ``--run-config`` values (and ``--output-dir``, which wins over them),
+    refusing overrides that would have no effect."""
     defaults = default_run_config(app_dir)
     overrides = overrides_from_args(app_dir, run_configs)
+    if output_dir is not None:
+        overrides["output-dir"] = str(output_dir)
     settings = settings_from_config({**defaults, **overrides})
     check_overrides_apply(overrides, settings, defaults)
     return settings
@@ -140,8 +146,11 @@ def check_overrides_apply(
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--app-dir`` and repeatable ``--run-config``: how every ``brainfl`` command that runs the app
-    takes its settings (read with :func:`settings_from_args`)."""
+    """``--app-dir``, repeatable ``--run-config`` and ``--output-dir``: how every ``brainfl`` command
+    that runs the app takes its settings (read with :func:`settings_from_args`)."""
+    add_output_dir(
+        parser, "where the run writes: sets output-dir (default: the run config's, else outputs/<time>)"
+    )
     parser.add_argument(
         "--app-dir", type=Path, default=Path.cwd(), help="folder of pyproject.toml (default: .)"
     )
