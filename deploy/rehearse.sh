@@ -153,7 +153,7 @@ try:
 except BrainFLError as error:
     sys.exit(f"rehearse.sh: error: {error}")
 Path(out).write_text(to_toml(overrides))
-print(settings.num_server_rounds)
+print(settings.federation.num_server_rounds)
 PY
 )" || exit 2
 
