@@ -43,7 +43,7 @@ Usage: ./run.sh [options]
   --secure           TLS on every connection and SuperNode authentication (deployment only)
   --certs-dir DIR    credentials from 'brainfl certs' (default: made anew in <output-dir>/certs)
   --site-data-dir DIR  a site's own data folder (all its Training images), once per site in site order,
-                     instead of a partition of --data-dir, as real hospitals have (deployment only)
+                     instead of a partition of --data-dir, as real hospitals have (both engines)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
   --baselines        after the run, train its baselines with its settings (brainfl local: each site
                      alone; brainfl pooled: the sites' images pooled) into <output-dir>/baselines/ and
@@ -125,6 +125,11 @@ OPTIONS="data-dir=$(toml_string "$DATA_DIR") output-dir=$(toml_string "$OUTPUT_D
 [[ -n "$ROUNDS" ]] && OPTIONS+=" num-server-rounds=$ROUNDS"
 [[ -n "$MIN_SITES" ]] && OPTIONS+=" min-sites=$MIN_SITES"
 [[ -n "$MODEL" ]] && OPTIONS+=" model=$(toml_string "$MODEL")"
+if [[ "$MODE" == simulation && ${#SITE_DIRS[@]} -gt 0 ]]; then  # each virtual site's own folder
+  joined=""
+  for site_dir in "${SITE_DIRS[@]}"; do joined+="${joined:+:}$(abspath "$site_dir")"; done
+  OPTIONS+=" site-data-dirs=$(toml_string "$joined")"
+fi
 CONFIG_ARGS=()
 for run_config in "${RUN_CONFIGS[@]}"; do CONFIG_ARGS+=(--run-config "$run_config"); done
 

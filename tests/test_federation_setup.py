@@ -13,10 +13,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from PIL import Image
 
 from brainfl.core.errors import BrainFLError
+from brainfl.data.sites import site_data
 from brainfl.federation.setup import TEST_COPIES, roster_from_replies, setup_federation
 from brainfl.model.files import FINAL_MODEL
 from brainfl.report.results import read_rows
-from brainfl.settings.run_settings import settings_with
+from brainfl.settings.run_settings import settings_from_config, settings_with
 from conftest import CLASSES, write_image
 from inprocess import InProcessGrid, make_reply, run_in_process
 
@@ -164,3 +165,22 @@ def test_sites_that_answer_the_setup_query_with_an_error_are_quoted_not_called_s
     assert message.startswith("no site could join: site node") and "(2 sites failed)" in message
     assert f"answered the setup query with an error: {SitesAnsweringWithErrors.REASON}" in message
     assert "within 30 s" not in message
+
+
+def test_virtual_sites_of_the_simulation_engine_train_on_their_own_folders(tmp_path):
+    """``site-data-dirs``: site ``partition-id`` of the simulation engine reads its own folder, whole."""
+    coordinator, sites, _ = coordinator_and_sites(tmp_path)
+    config = {
+        **WORKLOAD,
+        "data-dir": str(tmp_path / "no-such-folder"),
+        "test-dir": str(coordinator),
+        "site-data-dirs": ":".join(map(str, sites)),
+        "output-dir": str(tmp_path / "run"),
+    }
+    run_in_process(2, config, node_config=lambda site: {"partition-id": site, "num-partitions": 2})
+    rows = read_rows(tmp_path / "run" / "site_metrics.csv")
+    held = {int(row["site"]): int(row["num_train"]) + int(row["num_val"]) for row in rows}
+    scans = [sum(1 for path in folder.rglob("*") if path.is_file()) for folder in sites]
+    assert held == {0: scans[0], 1: scans[1]}  # each site all of its own folder, no partition of data-dir
+    with pytest.raises(BrainFLError, match="'site-data-dirs' names 2 folders; site 2 has none"):
+        site_data(settings_from_config(config), {"partition-id": 2, "num-partitions": 3}, CLASSES)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,11 @@ class SiteData:
     folder: Path  # the site's data folder: its images' ``files`` are relative to it
 
 
+def site_folders(settings: RunSettings) -> list[str]:
+    """The ``site-data-dirs`` setting's folders, in site order (none when it is empty)."""
+    return [folder for folder in settings.data.site_data_dirs.split(os.pathsep) if folder.strip()]
+
+
 def site_data(
     settings: RunSettings, node_config: Mapping[str, Any], class_names: tuple[str, ...]
 ) -> SiteData:
@@ -134,10 +140,19 @@ def site_data(
     always follow the server's ``class_names``; the validation split keeps a
     patient's scans together. With ``feature-shift`` > 0 an emulated site's
     images, training and validation alike, go through its synthetic scanner
-    (:func:`scanner_shifted`); a site with its own folder refuses the setting.
+    (:func:`scanner_shifted`); a site with its own folder refuses the setting. On the
+    simulation engine, ``site-data-dirs`` gives each virtual site (``partition-id``) its own
+    folder instead of a partition.
     """
     site_id = int(node_config.get("partition-id", -1))
     site_dir = str(node_config.get("data-dir", "")) or None
+    own_folders = site_folders(settings)
+    if site_dir is None and own_folders and "num-partitions" in node_config:
+        if not 0 <= site_id < len(own_folders):
+            raise BrainFLError(
+                f"setting 'site-data-dirs' names {len(own_folders)} folders; site {site_id} has none"
+            )
+        site_dir, node_config = own_folders[site_id], {"partition-id": site_id}
     folder = resolve_path(site_dir or settings.data.data_dir, "data-dir")
     if "num-partitions" in node_config:
         train = load_run_dataset(settings, str(folder), class_names).train

@@ -15,7 +15,7 @@ from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.data.central import CentralData, central_data, configured_class_names
 from brainfl.data.partitioning import partition_indices
-from brainfl.data.sites import describe_layout, load_run_dataset, site_data
+from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
 from brainfl.model.process_cache import check_vgg_weights
 from brainfl.report.results import check_new_run_folder
@@ -45,8 +45,8 @@ def prepare(args: argparse.Namespace) -> None:
     check_vgg_weights(settings.model)
     central = central_data(settings)
     print(describe_central(central))
-    if args.site_data_dir:
-        check_site_folders(settings, args.site_data_dir, central.class_names)
+    if site_dirs := args.site_data_dir or site_folders(settings):
+        check_site_folders(settings, site_dirs, central.class_names)
     else:
         check_partitions(settings, central)
     if args.write_run_config:

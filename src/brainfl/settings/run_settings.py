@@ -48,6 +48,7 @@ class DataSettings:
 
     data_dir: str
     test_dir: str
+    site_data_dirs: str  # each emulated site's own folder, in site order, separated by os.pathsep
     class_names: str
     num_partitions: int
     partitioning: str
@@ -152,6 +153,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("feature_shift", "data"),
         ("data_dir", "data"),
         ("test_dir", "data"),
+        ("site_data_dirs", "data"),
         ("class_names", "data"),
         ("output_dir", None),
         ("seed", None),
