@@ -10,6 +10,7 @@ the sites' splits for the pooled baseline.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,7 +95,7 @@ def prepare(settings: RunSettings, site_dirs: Sequence[str], kind: str) -> Basel
         **settings.to_config(),
         "class-names": ",".join(class_names),
         f"{kind}-baseline": True,
-        "site-data-dirs": [str(folder) for folder in site_dirs],
+        "site-data-dirs": os.pathsep.join(str(folder) for folder in site_dirs),  # as the setting has them
     }
     return Baseline(sites, configs, evaluator, writer, config)
 
