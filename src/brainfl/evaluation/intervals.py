@@ -187,7 +187,7 @@ def scores_of(
         class_names=tuple(class_names),
         overall=overall,
         per_class=per_class,
-        confusion=np.rint(data.confusion(np.ones((1, n)))[0]).astype(np.int64),
+        confusion=np.rint(data.confusion(data.whole.weights)[0]).astype(np.int64),
         reliability=_reliability(data),
         images=n,
         non_finite=int((~data.finite).sum()),

@@ -75,6 +75,11 @@ class LabelledSet:
         self.calibration = np.hstack([one_hot, one_hot * confidence[:, None], one_hot * correct[:, None]])
         self.bins = bins
 
+    @functools.cached_property
+    def whole(self) -> Tally:
+        """The set itself (every image weighed once), counted once for every metric's point estimate."""
+        return Tally(self, np.ones((1, len(self.labels))))
+
     def confusion(self, weights: np.ndarray) -> np.ndarray:
         """(resamples, classes, classes + 1) counts: true class by predicted class, then broken rows."""
         return (weights @ self.cells).reshape(len(weights), self.k, self.k + 1)
@@ -214,7 +219,7 @@ class Metric:
         """The point estimate on the whole set: (classes,) or a 0-d array."""
         if self.exact is not None:
             return np.asarray(self.exact(data), dtype=np.float64)
-        return self.statistic(Tally(data, np.ones((1, len(data.labels)))))[0]
+        return self.statistic(data.whole)[0]
 
 
 METRICS: tuple[Metric, ...] = (
