@@ -27,6 +27,8 @@ RESUME_DIR=""
 SITE_DIRS=()  # --site-data-dir, once per site in site order
 CERTS_DIR=""
 BASELINES=0
+VALIDATE=()   # --validate, once per model file or run folder
+ADAPT=0
 
 usage() {
   cat <<USAGE
@@ -45,6 +47,12 @@ Usage: ./run.sh [options]
   --site-data-dir DIR  a site's own data folder (all its Training images), once per site in site order,
                      instead of a partition of --data-dir, as real hospitals have (both engines)
   --resume DIR       continue an interrupted run from DIR's last checkpoint, with its settings
+  --validate MODEL   train nothing: score a saved model at every site on its own labelled scans (numbers
+                     only leave the sites) into validation.csv; MODEL is a .keras file or a run folder (its
+                     final model and, after --baselines, each site's model alone and the pooled one: the
+                     cross-site matrix, cross_site.csv); may be repeated
+  --adapt            with --validate: each site first re-estimates the model's BatchNorm statistics on its
+                     own scans (no labels used)
   --baselines        after the run, train its baselines with its settings (brainfl local: each site
                      alone; brainfl pooled: the sites' images pooled) into <output-dir>/baselines/ and
                      remake the report with each site's alone / federated / pooled accuracy
@@ -75,6 +83,8 @@ while [[ $# -gt 0 ]]; do
       need_value "$@"; echo "$(basename "$0"): warning: --site-data-dirs is deprecated, use --site-data-dir DIR once per site" >&2
       read -r -a more_dirs <<<"$2"; SITE_DIRS+=("${more_dirs[@]}"); shift 2 ;;
     --baselines) BASELINES=1; shift ;;
+    --validate) need_value "$@"; VALIDATE+=("$2"); shift 2 ;;
+    --adapt) ADAPT=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
   esac
@@ -129,6 +139,17 @@ if [[ "$MODE" == simulation && ${#SITE_DIRS[@]} -gt 0 ]]; then  # each virtual s
   joined=""
   for site_dir in "${SITE_DIRS[@]}"; do joined+="${joined:+:}$(abspath "$site_dir")"; done
   OPTIONS+=" site-data-dirs=$(toml_string "$joined")"
+fi
+if [[ ${#VALIDATE[@]} -gt 0 ]]; then  # an evaluation-only run: the models, checked by brainfl prepare
+  [[ $BASELINES == 0 && -z "$RESUME_DIR" ]] || {
+    echo "run.sh: error: --validate trains nothing: it takes no --baselines or --resume" >&2; exit 2
+  }
+  joined=""
+  for model in "${VALIDATE[@]}"; do joined+="${joined:+:}$(abspath "$model")"; done
+  OPTIONS+=" validate-models=$(toml_string "$joined")"
+  [[ $ADAPT == 1 ]] && OPTIONS+=" validate-adapt=true"
+elif [[ $ADAPT == 1 ]]; then
+  echo "run.sh: error: --adapt goes with --validate MODEL" >&2; exit 2
 fi
 CONFIG_ARGS=()
 for run_config in "${RUN_CONFIGS[@]}"; do CONFIG_ARGS+=(--run-config "$run_config"); done
@@ -266,7 +287,12 @@ if [[ "$MODE" == deployment ]]; then
   done
 fi
 
-echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $ROUNDS rounds, model $MODEL, data $DATA_DIR"
+WORK="$ROUNDS rounds, model $MODEL"
+if [[ ${#VALIDATE[@]} -gt 0 ]]; then
+  WORK="validation of ${VALIDATE[*]}"
+  if [[ $ADAPT == 1 ]]; then WORK+=", adapted at each site"; fi
+fi
+echo "$MODE run$([[ $SECURE == 1 ]] && echo ' (TLS, authenticated SuperNodes)'): $SITES sites, $WORK, data $DATA_DIR"
 # In the background and waited for, so that a TERM or Ctrl-C reaches the cleanup at once.
 flwr run "$ROOT" brainfl --stream "${FEDERATION_ARGS[@]}" --run-config "$RUN_CONFIG_FILE" 2>&1 | tee "$LOG_DIR/flwr_run.log" &
 PIDS+=($!)

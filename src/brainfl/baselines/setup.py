@@ -103,16 +103,9 @@ def prepare(settings: RunSettings, site_dirs: Sequence[str], kind: str) -> Basel
 def pool(sites: Sequence[SiteData]) -> SiteData:
     """The sites' training splits as one training set and their held-out splits as one held-out set."""
 
-    def joined(sets: Sequence[ImageSet]) -> ImageSet:
-        groups = [part.groups for part in sets]
-        return ImageSet(
-            np.concatenate([part.images for part in sets]),
-            np.concatenate([part.labels for part in sets]),
-            tuple(name for part in sets for name in part.files),
-            sets[0].class_names,
-            None if any(g is None for g in groups) else np.concatenate(groups),
-        )
-
     return SiteData(
-        POOLED_SITE, joined([s.train for s in sites]), joined([s.val for s in sites]), sites[0].folder
+        POOLED_SITE,
+        ImageSet.joined([s.train for s in sites]),
+        ImageSet.joined([s.val for s in sites]),
+        sites[0].folder,
     )

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,6 +72,18 @@ class ImageSet:
             tuple(self.files[i] for i in indices),
             self.class_names,
             None if self.groups is None else self.groups[indices],
+        )
+
+    @classmethod
+    def joined(cls, sets: Sequence[ImageSet]) -> ImageSet:
+        """The images of ``sets`` one after the other (patients kept where every set has them)."""
+        groups = [part.groups for part in sets]
+        return cls(
+            np.concatenate([part.images for part in sets]),
+            np.concatenate([part.labels for part in sets]),
+            tuple(name for part in sets for name in part.files),
+            sets[0].class_names,
+            None if any(g is None for g in groups) else np.concatenate(groups),
         )
 
     def class_counts(self) -> list[int]:

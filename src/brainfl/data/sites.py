@@ -121,6 +121,12 @@ class SiteData:
     val: ImageSet
     folder: Path  # the site's data folder: its images' ``files`` are relative to it
 
+    def split(self, name: str) -> ImageSet:
+        """The site's ``train`` or ``val`` split, or ``all`` of its labelled images."""
+        if name == "all":
+            return ImageSet.joined([self.train, self.val])
+        return {"train": self.train, "val": self.val}[name]
+
 
 def site_folders(settings: RunSettings) -> list[str]:
     """The ``site-data-dirs`` setting's folders, in site order (none when it is empty)."""

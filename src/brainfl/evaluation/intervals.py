@@ -78,6 +78,16 @@ class Scores:
             rows += [(name, c, *i) for c, i in zip(self.class_names, intervals, strict=True)]
         return pd.DataFrame(rows, columns=["metric", "class", *BOUNDS])
 
+    def columns(self) -> dict[str, float]:
+        """Every metric as ``<stem>``, ``<stem>_low``, ``<stem>_high`` (the stem of a per-class metric is
+        ``<name>_<class>``, as in the results CSV), in registry order."""
+        intervals = {name: [interval] for name, interval in self.overall.items()} | self.per_class
+        row = {}
+        for metric in evaluated():
+            for stem, interval in zip(metric.columns(self.class_names), intervals[metric.name], strict=True):
+                row |= {stem: interval.value, f"{stem}_low": interval.low, f"{stem}_high": interval.high}
+        return row
+
     def to_dict(self) -> dict[str, Any]:
         """The scores as JSON-ready values (NaN as None; ``class`` None when overall)."""
         names = list(self.class_names)

@@ -51,28 +51,72 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 
 class LabelledSet:
-    """The labelled set encoded once, so that each statistic is linear in the resample counts."""
+    """The labelled set encoded once, so that each statistic is linear in the resample counts.
+
+    Built from the images' probabilities, or with :meth:`from_predictions` from each
+    image's label, predicted class and top-label confidence alone (what a site's
+    counts describe, :mod:`brainfl.evaluation.count_summary`): then every statistic
+    of a :class:`Tally` is the same, and the metrics that need the probabilities
+    (ROC-AUC, the loss) are NaN.
+    """
 
     def __init__(self, labels: np.ndarray, probabilities: np.ndarray, num_classes: int, bins: int) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        if probabilities.ndim != 2 or len(probabilities) != len(self.labels):
-            raise ValueError(f"probabilities {probabilities.shape} do not match {len(self.labels)} labels")
+        if probabilities.ndim != 2 or len(probabilities) != len(labels):
+            raise ValueError(f"probabilities {probabilities.shape} do not match {len(labels)} labels")
+        predicted = predicted_classes(probabilities)
+        finite = predicted >= 0
+        confidence = np.zeros(len(predicted))
+        confidence[finite] = probabilities[finite].max(axis=1)
+        self._encode(labels, predicted, confidence, confidence_bins(confidence, bins), num_classes, bins)
+        self.probabilities = probabilities
+        self.scores = probabilities[finite]
+
+    @classmethod
+    def from_predictions(
+        cls,
+        labels: np.ndarray,
+        predicted: np.ndarray,
+        confidence: np.ndarray,
+        bin_index: np.ndarray,
+        num_classes: int,
+        bins: int,
+    ) -> LabelledSet:
+        """A set known by each image's label, predicted class (-1: none), top-label confidence and its
+        confidence bin, without probabilities."""
+        data = cls.__new__(cls)
+        data._encode(
+            labels, np.asarray(predicted), np.asarray(confidence), np.asarray(bin_index), num_classes, bins
+        )
+        data.probabilities = None
+        data.scores = np.empty((0, num_classes))
+        return data
+
+    def _encode(
+        self,
+        labels: np.ndarray,
+        predicted: np.ndarray,
+        confidence: np.ndarray,
+        bin_index: np.ndarray,
+        num_classes: int,
+        bins: int,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
             raise ValueError(f"labels must lie in 0..{num_classes - 1}")
         self.k = num_classes
-        self.probabilities = probabilities
-        predicted = predicted_classes(probabilities)
-        cell = self.labels * (num_classes + 1) + np.where(predicted < 0, num_classes, predicted)
+        self.predicted = np.asarray(predicted, dtype=np.int64)
+        cell = self.labels * (num_classes + 1) + np.where(self.predicted < 0, num_classes, self.predicted)
         self.cells = np.eye(num_classes * (num_classes + 1))[cell]  # n x (true, predicted or broken)
         self.present = np.bincount(self.labels, minlength=num_classes) > 0
-        self.finite = predicted >= 0
-        self.scores = probabilities[self.finite]
-        confidence = self.scores.max(axis=1)
-        correct = (predicted[self.finite] == self.labels[self.finite]).astype(float)
-        self.bin = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+        self.finite = self.predicted >= 0
+        self.confidence = confidence[self.finite]
+        correct = (self.predicted[self.finite] == self.labels[self.finite]).astype(float)
+        self.bin = bin_index[self.finite]
         one_hot = np.eye(bins)[self.bin]
-        self.calibration = np.hstack([one_hot, one_hot * confidence[:, None], one_hot * correct[:, None]])
+        self.calibration = np.hstack(
+            [one_hot, one_hot * self.confidence[:, None], one_hot * correct[:, None]]
+        )
         self.bins = bins
 
     @functools.cached_property
@@ -121,6 +165,11 @@ class Tally:
         return self._counts[3]
 
 
+def confidence_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The index of each confidence's bin among ``bins`` equal-width bins of (0, 1] (upper edge in)."""
+    return np.clip(np.ceil(np.asarray(confidence) * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC-AUC of ``scores`` for each row of image ``weights`` (ties count one half); NaN without both sides.
 
@@ -166,6 +215,8 @@ def _roc_auc_exact(data: LabelledSet) -> np.ndarray:
     """One-vs-rest ROC-AUC per class on the finite rows (scikit-learn); NaN without both sides."""
     labels = data.labels[data.finite]
     out = np.full(data.k, np.nan)
+    if data.probabilities is None:  # known by its predictions only
+        return out
     for k in range(data.k):
         positive = labels == k
         if positive.any() and not positive.all():
@@ -182,7 +233,9 @@ def _ece(t: Tally) -> np.ndarray:
 
 def _cross_entropy(data: LabelledSet) -> float:
     """Mean cross-entropy, ``inf`` with a non-finite row; rows are renormalized (probabilities read back
-    from a CSV are rounded)."""
+    from a CSV are rounded); NaN for a set known by its predictions only."""
+    if data.probabilities is None:
+        return float("nan")
     if not data.finite.all():
         return float("inf")
     clipped = np.clip(data.probabilities, 1e-7, 1.0)

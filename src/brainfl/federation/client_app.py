@@ -18,7 +18,8 @@ sensitivity per class (of the server's classes, NaN for one the split lacks).
 With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
 (:mod:`brainfl.federation.fedbn`). A query message is the coordinator's setup query
 before round 1, or its calibration or personalization query after the last
-round (its config's ``query`` says which; :mod:`brainfl.federation.personalization`).
+round (its config's ``query`` says which; :mod:`brainfl.federation.personalization`), or an
+evaluation-only run's validation query (:mod:`brainfl.federation.validation`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from brainfl.federation.flower_compat import recorddict_compat as compat
 from brainfl.federation.personalization import PERSONALIZE, personalize_site
 from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
 from brainfl.federation.site_training import class_counts, local_update, validate
+from brainfl.federation.validation import VALIDATE, query_architecture, site_validation
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
 from brainfl.settings.run_settings import RunSettings, settings_from_config
@@ -94,10 +96,14 @@ def site_log_path(context: Context, settings: RunSettings) -> Path:
 
 @contextmanager
 def site_session(
-    config: Mapping[str, Any], context: Context, timer: MessageTimer | None = None
+    config: Mapping[str, Any],
+    context: Context,
+    timer: MessageTimer | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[RunSettings, SiteData]]:
-    """Settings and local data for one message (its ``config``), with the site log attached."""
-    settings = settings_from_config(context.run_config)
+    """Settings (the run's, with ``overrides``) and local data for one message (its ``config``), with the
+    site log attached."""
+    settings = settings_from_config({**context.run_config, **(overrides or {})})
     timer = timer or MessageTimer()
     with log_to_file(site_log_path(context, settings)):
         try:
@@ -272,7 +278,21 @@ def personalization_round(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
 
 
-QUERIES = {SETUP: setup_round, CALIBRATION: calibration_round, PERSONALIZE: personalization_round}
+def validation_round(msg: Message, context: Context) -> Message:
+    """Answer an evaluation-only run's query: score the model sent on this site's scans, reply with counts
+    (:mod:`brainfl.federation.validation`)."""
+    config = msg.content["config"]
+    with site_session(config, context, overrides=query_architecture(config)) as (settings, site):
+        answer = site_validation(settings, site, msg.content)
+    return Message(content=answer, reply_to=msg)
+
+
+QUERIES = {
+    SETUP: setup_round,
+    CALIBRATION: calibration_round,
+    PERSONALIZE: personalization_round,
+    VALIDATE: validation_round,
+}
 
 
 def query_round(msg: Message, context: Context) -> Message:

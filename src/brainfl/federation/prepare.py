@@ -1,7 +1,8 @@
 """``brainfl prepare``: check a run's settings and data before any Flower process starts (run.sh calls it).
 
 It decodes and caches the images so that the sites and the server start
-training at once, prints the layout found and the sites' sizes, and writes
+training at once (for an evaluation-only run, at the input size of the models
+to validate, whose files it checks), prints the layout found and the sites' sizes, and writes
 the checked run config for ``flwr run``.
 """
 
@@ -17,6 +18,7 @@ from brainfl.data.central import CentralData, central_data, configured_class_nam
 from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
+from brainfl.federation.validation import models_to_validate, validation_settings
 from brainfl.model.process_cache import check_vgg_weights
 from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
@@ -30,6 +32,11 @@ def prepare(args: argparse.Namespace) -> None:
     and what the data gives: images, classes, test images and site sizes.
     """
     settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
+    if settings.evaluation.validate_models:
+        settings = validation_settings(settings)
+        models = models_to_validate(settings.evaluation)
+        labels = ", ".join(model.label for model in models)
+        print(f"validation: {len(models)} models scored at every site, nothing trained: {labels}")
     if args.await_all_sites:
         settings = settings.replace(wait_for_sites=settings.data.num_partitions)
     defaults = default_run_config(args.app_dir)

@@ -17,7 +17,9 @@ then fine-tunes and saves its own copy and answers with its held-out scores
 before and after (:mod:`brainfl.federation.personalization`, ``personalization.csv``), and
 the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
-with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow.
+with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow. With
+``validate-models`` set the run trains nothing: saved models are scored at every
+site instead (:mod:`brainfl.federation.validation`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from brainfl.federation.recorder import RunRecorder, resume_point
 from brainfl.federation.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.federation.setup import Roster, setup_federation
 from brainfl.federation.strategy import build_strategy, check_strategy
+from brainfl.federation.validation import run_validation
 from brainfl.model.files import FINAL_MODEL, ModelWriter, model_metadata
 from brainfl.model.process_cache import initial_weights, model_for
 from brainfl.model.training import round_learning_rate
@@ -212,6 +215,7 @@ def main(grid: Grid, context: Context) -> None:
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / "server.log"), without_metric_dumps():
         try:
-            run_federation(grid, context, settings, output_dir)
+            run = run_validation if settings.evaluation.validate_models else run_federation
+            run(grid, context, settings, output_dir)
         except BrainFLError as error:
             LOG.error("%s", error)

@@ -155,6 +155,16 @@ class LoadedModel:
         """One image file as the model's training input (uint8, S x S x C), framed as in training."""
         return decode_image(path, self.image_size, self.channels, self.crop)
 
+    @property
+    def norm(self) -> str:
+        """The model's normalization layers, as the ``norm`` setting names them (group or batch)."""
+        import keras
+
+        group = any(
+            isinstance(layer, keras.layers.GroupNormalization) for layer in self.model._flatten_layers()
+        )
+        return "group" if group else "batch"
+
     def probabilities(self, inputs: Any, batch_size: int = 32) -> Any:
         """Class probabilities (N x classes) of preprocessed ``inputs``, scaled by the model's temperature:
         what ``brainfl predict``, ``brainfl evaluate`` and Grad-CAM's class choice all read."""
@@ -227,7 +237,13 @@ class ModelWriter:
         """(round, trainable weights) of a checkpoint written by :meth:`write`."""
         import keras
 
-        saved = keras.models.load_model(path)
-        if self.bundle.extractor is not None:
-            saved = saved.get_layer(self.bundle.trainable.name)
-        return int(stored_metadata(path).get("round", 0)), saved.get_weights()
+        return int(stored_metadata(path).get("round", 0)), trainable_weights(
+            self.bundle, keras.models.load_model(path)
+        )
+
+
+def trainable_weights(bundle: Any, saved: Any) -> list[Any]:
+    """The weights of ``bundle``'s trainable part in a saved whole model (image to probabilities)."""
+    if bundle.extractor is not None:
+        saved = saved.get_layer(bundle.trainable.name)
+    return saved.get_weights()

@@ -158,8 +158,8 @@ def _figure(produced: Path | None, path: Path) -> str | None:
     return data_uri(produced)
 
 
-def render(context: dict[str, Any]) -> str:
-    """The page from ``templates/report.html.j2`` (autoescaped)."""
+def render(context: dict[str, Any], template: str = TEMPLATE) -> str:
+    """The page from ``templates/<template>`` (autoescaped; the run report's by default)."""
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
@@ -168,7 +168,7 @@ def render(context: dict[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return environment.get_template(TEMPLATE).render(**context)
+    return environment.get_template(template).render(**context)
 
 
 def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:

@@ -33,6 +33,7 @@ from brainfl.core.errors import BrainFLError
 MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
+VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
@@ -122,10 +123,14 @@ class PrivacySettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
-    """What the server adds to its evaluation: temperature calibration and TensorBoard logs."""
+    """What the server adds to its evaluation (temperature calibration, TensorBoard logs), and the
+    evaluation-only run that scores saved models at every site."""
 
     calibrate: bool
     tensorboard: bool
+    validate_models: str  # evaluation-only run: saved models (files or run folders), separated by os.pathsep
+    validate_split: str
+    validate_adapt: bool
 
 
 SECTIONS: dict[str, type] = {
@@ -188,6 +193,9 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("fedbn", "federation"),
         ("fine_tune_epochs", "training"),
         ("fine_tune_learning_rate", "training"),
+        ("validate_models", "evaluation"),
+        ("validate_split", "evaluation"),
+        ("validate_adapt", "evaluation"),
     )
 )
 
@@ -349,6 +357,7 @@ def check_settings(settings: RunSettings) -> None:
         ("partitioning", settings.data.partitioning, PARTITIONINGS),
         ("norm", settings.model.norm, NORMS),
         ("dp", settings.privacy.dp, DP_MODES),
+        ("validate-split", settings.evaluation.validate_split, VALIDATE_SPLITS),
     ):
         if value not in choices:
             what = "model " if key == "model" else ""
