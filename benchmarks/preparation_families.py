@@ -1,0 +1,229 @@
+"""Preparation families: the Testing split as other groups prepare scans, each family one way, scored.
+
+A model that holds up at a hospital it never saw must survive how that
+hospital prepares its scans. Each family below redraws every Testing scan
+(8-bit grayscale PNG) with one deterministic preparation; none of them is a
+transform of the training augmentation (flip, gamma, rotation, zoom,
+translation: :func:`brainfl.model.architectures.build_cnn`), except ``shifted``,
+the shifted copy of ``shifted_copy.py`` (tight crop, rotation, gamma,
+darkening, resolution), kept as the family the augmentation has seen:
+
+- ``histeq``: global histogram equalization (Pillow);
+- ``clahe``: contrast-limited adaptive histogram equalization (scikit-image, clip 0.02);
+- ``stretch``: contrast stretched from the 2nd-98th percentile to the full range, brighter;
+- ``noisy``: Gaussian noise (sigma 12 of 255) over the whole image, the black background included;
+- ``lowres``: down to 64 px, back up, then a Gaussian blur (sigma 1 px);
+- ``bias``: a smooth multiplicative bias field (0.6-1.4 across the image, direction per scan);
+- ``jpeg``: re-encoded as JPEG at quality 10;
+- ``shifted``: the shifted copy.
+
+A scan's random draws (noise, bias direction, shift) come from ``(seed, sha256 of its path)``.
+Two commands::
+
+    python3 benchmarks/preparation_families.py make --data-dir ../shared/data/brain-tumor-mri \\
+        --output-dir benchmarks/runs/families
+    python3 benchmarks/preparation_families.py score --model MODEL --families benchmarks/runs/families \\
+        --output-dir benchmarks/runs/families-MODEL [--keep NAME]
+
+``score`` runs ``brainfl evaluate`` on every family and writes ``families.csv``: per family its
+scans, accuracy, balanced accuracy, calibration error and the tumor sensitivity (tumor scans not
+called notumor), each with its 95% interval, then the ``mean`` and the ``worst`` family;
+``--keep NAME`` keeps it with every family's ``evaluation.csv`` in ``benchmarks/results/NAME/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter, ImageOps
+from skimage import exposure
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from brainfl.data.decoding import open_scan
+from brainfl.data.layouts import TEST_SPLIT
+from brainfl.evaluation import external as evaluate
+from harness import RESULTS, add_keep, add_output_dir, this_command
+from preparation_shift import draw_shift, shift_image
+from shifted_copy import testing_scans
+
+NOTUMOR = "notumor"
+FAMILIES_CSV = "families.csv"
+SHOWN = ("accuracy", "balanced_accuracy", "ece")  # the overall metrics of families.csv
+
+
+def _gray(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def histeq(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.equalize(image)
+
+
+def clahe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _gray(exposure.equalize_adapthist(np.asarray(image), clip_limit=0.02) * 255)
+
+
+def stretch(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    low, high = np.percentile(values, (2, 98))
+    return _gray(exposure.rescale_intensity(values, in_range=(low, max(high, low + 1)), out_range=(0, 255)))
+
+
+def noisy(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    return _gray(values + rng.normal(0, 12, values.shape))
+
+
+def lowres(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    small = image.resize((64, 64), Image.Resampling.BILINEAR)
+    return small.resize(image.size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(1))
+
+
+def bias(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    angle = rng.uniform(0, 2 * np.pi)
+    rows, cols = np.mgrid[-1 : 1 : values.shape[0] * 1j, -1 : 1 : values.shape[1] * 1j]
+    ramp = (np.cos(angle) * cols + np.sin(angle) * rows) / np.sqrt(2)  # -1..1 across the image
+    return _gray(values * (1 + 0.4 * ramp))
+
+
+def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=10)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("L")
+
+
+FAMILIES: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "histeq": histeq,
+    "clahe": clahe,
+    "stretch": stretch,
+    "noisy": noisy,
+    "lowres": lowres,
+    "bias": bias,
+    "jpeg": jpeg,
+}
+SHIFTED = "shifted"
+FAMILY_NAMES = (*FAMILIES, SHIFTED)
+
+
+def prepared(image: Image.Image, family: str, source: str, seed: int) -> Image.Image:
+    """``image`` (8-bit grayscale) as ``family`` prepares it; draws from ``(seed, source)``."""
+    if family == SHIFTED:
+        return shift_image(image, draw_shift(seed, source))
+    digest = int.from_bytes(hashlib.sha256(source.encode()).digest()[:16], "little")
+    return FAMILIES[family](image, np.random.default_rng([seed, digest]))
+
+
+def make_families(data_dir: Path, out: Path, seed: int = 0, families: Sequence[str] = FAMILY_NAMES) -> None:
+    """Write ``out/<family>/<class>/<stem>.png`` for every Testing scan of ``data_dir``."""
+    files, classes, _ = testing_scans(data_dir)
+    for path, name in tqdm(
+        list(zip(files, classes, strict=True)), desc="preparing", unit="scan", disable=None
+    ):
+        source = path.relative_to(data_dir).as_posix()
+        image = open_scan(path, "L")
+        stem = path.relative_to(data_dir / TEST_SPLIT / name).with_suffix(".png")
+        for family in families:
+            target = out / family / name / stem
+            target.parent.mkdir(parents=True, exist_ok=True)
+            prepared(image, family, source, seed).save(target, format="PNG")
+
+
+def family_row(family: str, scores: dict) -> dict:
+    """A family's row: scans, the shown metrics and the tumor sensitivity, each with its interval."""
+    metrics = {(m["metric"], m["class"]): m for m in scores["metrics"]}
+    row: dict = {"family": family, "images": scores["images"]}
+    for name in SHOWN:
+        row |= {
+            f"{name}{suffix}": metrics[(name, None)][key]
+            for key, suffix in (("value", ""), ("low", "_low"), ("high", "_high"))
+        }
+    confusion = np.asarray(scores["confusion_matrix"]["counts"])
+    names = scores["confusion_matrix"]["rows"]
+    tumor = [index for index, name in enumerate(names) if name != NOTUMOR]
+    if NOTUMOR in names:
+        missed = confusion[tumor, names.index(NOTUMOR)].sum()
+        row["missed_tumor_rate"] = float(missed / max(confusion[tumor].sum(), 1))
+    return row
+
+
+def score_families(model: Path, families_dir: Path, out: Path, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """``brainfl evaluate`` on every family folder; the table with the mean and worst families."""
+    rows = []
+    for family in FAMILY_NAMES:
+        if not (families_dir / family).is_dir():
+            continue
+        target = out / family
+        command = [
+            "brainfl",
+            "evaluate",
+            "--model",
+            str(model),
+            str(families_dir / family),
+            "--output-dir",
+            str(target),
+            *extra,
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        rows.append(family_row(family, json.loads((target / evaluate.JSON_NAME).read_text())))
+    table = pd.DataFrame(rows)
+    numbers = table.drop(columns=["family"])
+    worst = table.loc[table["accuracy"].idxmin()].to_dict()
+    mean = {"family": "mean", **numbers.mean().to_dict()}
+    return pd.concat(
+        [table, pd.DataFrame([mean, {**worst, "family": f"worst ({worst['family']})"}])], ignore_index=True
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make", help="write the family folders")
+    make.add_argument("--data-dir", type=Path, required=True)
+    make.add_argument("--seed", type=int, default=0)
+    add_output_dir(make, None, old=(), help_text="where the family folders go")
+    score = commands.add_parser("score", help="score a model on every family")
+    score.add_argument("--model", type=Path, required=True)
+    score.add_argument("--families", type=Path, required=True, help="the folder 'make' wrote")
+    score.add_argument("--evaluate-args", default="", help="more options for brainfl evaluate, e.g. --adapt")
+    add_output_dir(score, None, old=(), help_text="where each family's evaluation goes")
+    add_keep(score)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        parser.error("--output-dir is required")
+    if args.command == "make":
+        make_families(args.data_dir.resolve(), args.output_dir, args.seed)
+        return
+    table = score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
+    table.round(6).to_csv(args.output_dir / FAMILIES_CSV, index=False)
+    print(table.round(4).to_string(index=False))
+    if args.keep:
+        target = RESULTS / args.keep
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.output_dir / FAMILIES_CSV, target / FAMILIES_CSV)
+        for family in table["family"]:
+            if (args.output_dir / family / evaluate.CSV_NAME).is_file():
+                (target / family).mkdir(exist_ok=True)
+                shutil.copyfile(
+                    args.output_dir / family / evaluate.CSV_NAME, target / family / evaluate.CSV_NAME
+                )
+        (target / "command.txt").write_text(this_command() + "\n")
+        print(f"kept in {target}")
+
+
+if __name__ == "__main__":
+    main()
