@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from flwr.app import Message, MessageType
 
+from brainfl.cli import main
 from brainfl.evaluation import external as evaluate
 from brainfl.federation.validation import check_models, models_to_validate
 from brainfl.report.validation import (
@@ -136,3 +137,10 @@ def test_missing_or_mismatched_models_are_refused_in_one_line(tmp_path, federati
     assert "no final_model.keras" in one_line_error(lambda: models_to_validate(empty))
     models = models_to_validate(settings_with(validate_models=str(federation["model"])).evaluation)
     assert check_models(models) == tuple(CLASSES)
+
+
+def test_brainfl_report_remakes_the_page_of_an_evaluation_only_run(federation, capsys):
+    page = federation["out"] / VALIDATION_HTML
+    page.unlink()
+    main(["report", str(federation["out"])])
+    assert page.is_file() and "validation.html" in capsys.readouterr().out

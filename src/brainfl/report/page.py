@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 import numpy as np
 
 from brainfl.core.errors import BrainFLError
@@ -41,10 +40,12 @@ from brainfl.evaluation.figures import plot_confusion
 from brainfl.evaluation.metrics import LEAK_FREE, score
 from brainfl.inference.gradcam import write_gradcams
 from brainfl.model.files import FINAL_MODEL, load_model
-from brainfl.report import figures, site_comparison
+from brainfl.report import figures, site_comparison, validation
 from brainfl.report import run as data
 from brainfl.report import sites as report_sites
 from brainfl.report.figures import data_uri
+from brainfl.report.html import render
+from brainfl.report.results import RESULTS_CSV
 from brainfl.report.run import pick_examples
 from brainfl.report.tables import Table, frame_table
 
@@ -158,19 +159,6 @@ def _figure(produced: Path | None, path: Path) -> str | None:
     return data_uri(produced)
 
 
-def render(context: dict[str, Any], template: str = TEMPLATE) -> str:
-    """The page from ``templates/<template>`` (autoescaped; the run report's by default)."""
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return environment.get_template(template).render(**context)
-
-
 def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
     """Write the figures and ``report.html`` of the run in ``output_dir``; return the page's path.
 
@@ -231,7 +219,7 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
         "differing": Table(["setting", "value", "default"], differing, text=True),
         "settings": Table(["setting", "value", "default"], every, text=True),
     }
-    page = render({**context, "notes": run.notes})  # notes last: Grad-CAM may add some
+    page = render({**context, "notes": run.notes}, TEMPLATE)  # notes last: Grad-CAM may add some
     path = output_dir / REPORT_HTML
     write_atomically(path, lambda handle: handle.write(page.encode("utf-8")))
     for note in run.notes:
@@ -243,7 +231,11 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl report``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    path = make_report(args.output_dir, args.baselines)
+    folder = Path(args.output_dir).expanduser()
+    if (folder / validation.VALIDATION_CSV).is_file() and not (folder / RESULTS_CSV).is_file():
+        path = validation.make_validation_report(folder)  # an evaluation-only run
+    else:
+        path = make_report(folder, args.baselines)
     print(f"report written to {path}")
 
 

@@ -23,7 +23,7 @@ from brainfl.core.files import write_atomically
 from brainfl.evaluation.figures import cells, new_figure
 from brainfl.evaluation.intervals import Scores
 from brainfl.report.figures import data_uri
-from brainfl.report.page import render
+from brainfl.report.html import render
 from brainfl.report.tables import frame_table
 
 VALIDATION_CSV = "validation.csv"
