@@ -203,10 +203,10 @@ def test_fedbn_with_secagg_keeps_each_sites_batchnorm(tmp_path, monkeypatch):
     trained: dict[tuple[int, int], list[np.ndarray]] = {}
     original = client_app.train_site
 
-    def recording_train_site(weights, config, context):
-        new_weights, metrics = original(weights, config, context)
+    def recording_train_site(weights, config, context, control=None):
+        new_weights, metrics, update = original(weights, config, context, control)
         trained[int(metrics["site-id"]), int(config["global-round"])] = [w.copy() for w in new_weights]
-        return new_weights, metrics
+        return new_weights, metrics, update
 
     monkeypatch.setattr(client_app, "train_site", recording_train_site)
     changes = {

@@ -33,10 +33,10 @@ def test_secagg_run_matches_fedavg_of_the_same_updates_and_never_exposes_one(tmp
     trained: dict[int, tuple[list[np.ndarray], int]] = {}
     original = client_app.train_site
 
-    def recording_train_site(weights, config, context):
-        new_weights, metrics = original(weights, config, context)
+    def recording_train_site(weights, config, context, control=None):
+        new_weights, metrics, update = original(weights, config, context, control)
         trained[int(metrics["site-id"])] = ([w.copy() for w in new_weights], int(metrics["num-examples"]))
-        return new_weights, metrics
+        return new_weights, metrics, update
 
     monkeypatch.setattr(client_app, "train_site", recording_train_site)
     seen_by_server = []

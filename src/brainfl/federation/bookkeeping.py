@@ -155,6 +155,7 @@ class SiteBookkeeping:
     arrayrecord_key: str
     weighted_by_key: str
     server_step: bool = False  # True where the strategy applies an optimizer step on the server
+    reply_arrays: int = 1  # ArrayRecords in a train reply: the model, and any the strategy adds
 
     def __init__(
         self,
@@ -216,7 +217,9 @@ class SiteBookkeeping:
         valid, failed = split_replies(replies, f"round {server_round} train")
         valid, rejected = self._drop_unusable(server_round, valid)
         if valid:
-            validate_message_reply_consistency([m.content for m in valid], self.weighted_by_key, True)
+            validate_message_reply_consistency(
+                [m.content for m in valid], self.weighted_by_key, self.reply_arrays == 1
+            )
         sites = self._site_metrics(valid)
         if not valid:
             LOG.warning("round %d: no site returned a model; the global model is unchanged", server_round)

@@ -50,8 +50,9 @@ from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.federation.flower_compat import recorddict_compat as compat
 from brainfl.federation.personalization import PERSONALIZE, personalize_site
+from brainfl.federation.scaffold import CONTROL, CONTROL_UPDATE, SiteControl, control_gradient
 from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
-from brainfl.federation.site_training import class_counts, local_update, validate
+from brainfl.federation.site_training import class_counts, local_update, update_seed, validate
 from brainfl.federation.validation import VALIDATE, query_architecture, site_validation
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
@@ -119,11 +120,15 @@ def site_session(
 
 
 def train_site(
-    weights: list[np.ndarray], config: Mapping[str, Any], context: Context
-) -> tuple[list[np.ndarray], dict[str, float | int]]:
+    weights: list[np.ndarray],
+    config: Mapping[str, Any],
+    context: Context,
+    control: list[np.ndarray] | None = None,
+) -> tuple[list[np.ndarray], dict[str, float | int], list[np.ndarray] | None]:
     """Score the received ``weights`` (with FedBN, the site's own BatchNorm on top) on this site's
-    validation split, then train them on its training split; return the new weights and the metrics
-    (with each phase's seconds)."""
+    validation split, then train them on its training split; return the new weights, the metrics
+    (with each phase's seconds) and, given the server's SCAFFOLD ``control``, the site's control
+    update (:mod:`brainfl.federation.scaffold`)."""
     timer = MessageTimer()
     with site_session(config, context, timer) as (settings, site):
         with timer.phase("model"):
@@ -135,17 +140,26 @@ def train_site(
         server_round = int(config.get("global-round", config.get("server-round", 0)))
         with timer.phase("validation"):
             received = validate(settings.model, bundle, site)  # every reply has the same metric keys
-        with timer.phase("training"):
+        inputs = model_inputs(settings.model, bundle, site.train)
+        scaffold, correction, gradient = None, None, None
+        with timer.phase("training"):  # (SCAFFOLD's gradient pass counts as training)
+            if control is not None:
+                trainable = [variable.trainable for variable in bundle.trainable.weights]
+                scaffold = SiteControl(context.state, trainable, weights)
+                seed = update_seed(settings, server_round, site.site_id)
+                gradient = control_gradient(settings, bundle, inputs, site.train.labels, seed)
+                correction = scaffold.correction(control)
             metrics = local_update(
                 settings,
                 bundle,
-                model_inputs(settings.model, bundle, site.train),
+                inputs,
                 site.train.labels,
                 learning_rate=float(config["learning-rate"]),
                 server_round=server_round,
                 site_id=site.site_id,
                 epochs=int(config.get("local-epochs", settings.training.local_epochs)),
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
+                correction=correction,
             )
         LOG.info(
             "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f; "
@@ -160,7 +174,8 @@ def train_site(
         LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
         trained = bundle.trainable.get_weights()
         batchnorm.keep(trained)
-        return trained, {**metrics, **received, **site_counts(site), **timer.metrics()}
+        update = None if scaffold is None else scaffold.renew(gradient, trained)
+        return trained, {**metrics, **received, **site_counts(site), **timer.metrics()}, update
 
 
 def site_counts(site: SiteData) -> dict[str, int]:
@@ -179,15 +194,20 @@ def train_round(msg: Message, context: Context) -> Message:
     """Train the received global model on this site's training split."""
     if LEGACY_PARAMETERS in msg.content.array_records:
         return train_legacy_round(msg, context)
-    weights, metrics = train_site(msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"], context)
+    control = msg.content[CONTROL].to_numpy_ndarrays() if CONTROL in msg.content.array_records else None
+    weights, metrics, update = train_site(
+        msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"], context, control
+    )
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)})
+    if update is not None:
+        content[CONTROL_UPDATE] = ArrayRecord(update)
     return Message(content=content, reply_to=msg)
 
 
 def train_legacy_round(msg: Message, context: Context) -> Message:
     """The same training for the legacy workflow's ``FitIns`` (the SecAgg+ path)."""
     fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    weights, metrics = train_site(parameters_to_ndarrays(fit_ins.parameters), fit_ins.config, context)
+    weights, metrics, _ = train_site(parameters_to_ndarrays(fit_ins.parameters), fit_ins.config, context)
     fit_res = FitRes(
         status=Status(code=Code.OK, message="ok"),
         parameters=ndarrays_to_parameters(weights),

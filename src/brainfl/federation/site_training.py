@@ -39,8 +39,10 @@ def local_update(
     site_id: int = 0,
     epochs: int | None = None,
     proximal_mu: float = 0.0,
+    correction: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Train ``bundle.trainable`` in place on ``inputs``/``labels``; return the training metrics."""
+    """Train ``bundle.trainable`` in place on ``inputs``/``labels``; return the training metrics
+    (``correction``: SCAFFOLD's, added to every gradient)."""
     num_classes = bundle.trainable.output_shape[-1]
     metrics = train(
         bundle.trainable,
@@ -53,6 +55,7 @@ def local_update(
         label_smoothing=settings.training.label_smoothing,
         seed=update_seed(settings, server_round, site_id),
         proximal_mu=proximal_mu,
+        correction=correction,
         class_prior=site_class_prior(labels, num_classes) if settings.training.balanced_softmax else None,
     )
     recalibrate_batchnorm(bundle.trainable, inputs, settings.training.batch_size)

@@ -3,7 +3,8 @@
 :class:`BrainFedAvg` is the project's FedAvg (weights averaged by each site's
 example count); :func:`build_strategy` gives the one named by the
 ``strategy`` setting (FedProx, FedAdam, FedYogi, FedAvgM, Krum, Multi-Krum,
-trimmed mean, median: Flower's implementations) with the bookkeeping of
+trimmed mean, median: Flower's implementations; SCAFFOLD:
+:mod:`brainfl.federation.scaffold`) with the bookkeeping of
 :class:`brainfl.federation.bookkeeping.SiteBookkeeping`.
 """
 
@@ -36,6 +37,7 @@ from brainfl.federation.bookkeeping import (
     round_settings,
     weighted_average,
 )
+from brainfl.federation.scaffold import BrainScaffold
 from brainfl.settings.run_settings import FederationSettings, RunSettings
 
 __all__ = ["NUM_EXAMPLES", "SiteReport", "build_strategy", "round_settings", "weighted_average"]
@@ -147,6 +149,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
         BrainTrimmedMean, lambda s, n: {"beta": s.federation.trim_beta}, ("trim-beta",)
     ),
     "median": StrategyEntry(BrainMedian, lambda s, n: {}),
+    "scaffold": StrategyEntry(BrainScaffold, lambda s, n: {"num_sites": n}),
 }
 
 

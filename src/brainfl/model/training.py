@@ -59,20 +59,27 @@ def make_dataset(
     return data.prefetch(tf.data.AUTOTUNE)
 
 
-class ProximalModel(keras.Model):
-    """Wraps a model so training adds ``mu / 2 * ||w - w_anchor||^2`` to the loss (FedProx).
+class AnchoredModel(keras.Model):
+    """Wraps a model so training adds terms around the weights it started from to the loss.
 
-    The anchors are copies of the trainable weights when the wrapper is made:
-    the global model the site received.
+    FedProx's ``mu / 2 * ||w - w_anchor||^2`` (``mu`` > 0; the anchors are copies
+    of the trainable weights when the wrapper is made: the global model the site
+    received), and SCAFFOLD's drift correction ``sum(w * (c - c_i))`` (``correction``,
+    one array per trainable weight): its gradient ``c - c_i`` is added to every
+    step's gradient, so the optimizer sees ``g - c_i + c``.
     """
 
-    def __init__(self, inner: keras.Model, mu: float) -> None:
-        super().__init__(name=f"{inner.name}_proximal")
+    def __init__(self, inner: keras.Model, mu: float, correction: list[np.ndarray] | None = None) -> None:
+        super().__init__(name=f"{inner.name}_anchored")
         self.inner = inner
         self.mu = mu
         self.anchors = [
             keras.Variable(weight.numpy(), trainable=False, name=f"anchor_{index}")
             for index, weight in enumerate(inner.trainable_weights)
+        ]
+        self.correction = [
+            keras.Variable(np.asarray(array, dtype="float32"), trainable=False, name=f"correction_{index}")
+            for index, array in enumerate(correction or [])
         ]
 
     @property
@@ -81,12 +88,18 @@ class ProximalModel(keras.Model):
         return self.inner.output_shape
 
     def call(self, inputs, training: bool = False):
-        if training:
+        if training and self.mu > 0:
             distance = sum(
                 keras.ops.sum(keras.ops.square(weight - anchor))
                 for weight, anchor in zip(self.inner.trainable_weights, self.anchors, strict=True)
             )
             self.add_loss(0.5 * self.mu * distance)
+        if training and self.correction:
+            drift = sum(
+                keras.ops.sum(weight * correction)
+                for weight, correction in zip(self.inner.trainable_weights, self.correction, strict=True)
+            )
+            self.add_loss(drift)
         return self.inner(inputs, training=training)
 
 
@@ -201,19 +214,24 @@ _COMPILED_RECIPE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _ready_to_fit(
-    model: keras.Model, learning_rate: float, weight_decay: float, label_smoothing: float, proximal_mu: float
+    model: keras.Model,
+    learning_rate: float,
+    weight_decay: float,
+    label_smoothing: float,
+    proximal_mu: float,
+    correction: list[np.ndarray] | None = None,
 ) -> keras.Model:
-    """``model`` compiled with a fresh optimizer at ``learning_rate`` (or its FedProx wrapper).
+    """``model`` compiled with a fresh optimizer at ``learning_rate`` (or its FedProx/SCAFFOLD wrapper).
 
     A plain model is compiled once per recipe (weight decay, label
     smoothing); later calls zero the optimizer's state and set the learning
     rate instead of compiling again, so the traced training step is reused:
-    a site trains every round, and tracing cost ~1 s per call. FedProx
-    wrappers are made and compiled per call (their anchors are the weights
-    of that call).
+    a site trains every round, and tracing cost ~1 s per call. FedProx and
+    SCAFFOLD wrappers are made and compiled per call (their anchors and
+    correction are that call's).
     """
-    if proximal_mu > 0:
-        fitted = ProximalModel(model, proximal_mu)
+    if proximal_mu > 0 or correction is not None:
+        fitted = AnchoredModel(model, proximal_mu, correction)
         compile_model(fitted, learning_rate, weight_decay, label_smoothing)
         return fitted
     recipe = (weight_decay, label_smoothing)
@@ -253,23 +271,55 @@ def train(
     seed: int = 0,
     proximal_mu: float = 0.0,
     class_prior: np.ndarray | None = None,
+    correction: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Train in place for ``epochs`` with a fresh AdamW; return the last epoch's loss and accuracy.
 
     ``proximal_mu > 0`` adds FedProx's proximal term around the starting
     weights; ``class_prior`` turns the loss into the balanced softmax for that
-    prior (None: plain cross-entropy).
+    prior (None: plain cross-entropy); ``correction`` (one array per trainable
+    weight) is SCAFFOLD's drift correction added to every gradient.
     """
     keras.utils.set_random_seed(seed)
     reseed_random_layers(model, seed)
     num_classes = model.output_shape[-1]
-    fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu)
+    fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu, correction)
     fitted.loss.use_prior(class_prior)
     _use_eager_steps(fitted, runs_eagerly(epochs * math.ceil(len(labels) / batch_size)))
     history = fitted.fit(
         make_dataset(inputs, labels, num_classes, batch_size, seed), epochs=epochs, shuffle=False, verbose=0
     ).history  # (the dataset shuffles itself each epoch)
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}
+
+
+def mean_gradient(
+    model: keras.Model,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    label_smoothing: float,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """The gradient of the training loss at ``model``'s weights, averaged over every image once (one
+    per trainable weight; batches as in training, augmentation on). BatchNorm layers run in training
+    mode and move their statistics: callers that keep the model set its weights again."""
+    keras.utils.set_random_seed(seed)
+    reseed_random_layers(model, seed)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction="sum")
+    variables = model.trainable_weights
+
+    @tf.function
+    def batch_gradient(images, targets):
+        with tf.GradientTape() as tape:
+            total = loss(targets, model(images, training=True))
+        return tape.gradient(total, variables)
+
+    sums = [np.zeros(variable.shape, dtype=np.float64) for variable in variables]
+    for images, targets in make_dataset(inputs, labels, model.output_shape[-1], batch_size, seed):
+        for total, gradient in zip(sums, batch_gradient(images, targets), strict=True):
+            total += gradient.numpy()
+    return [(total / max(len(labels), 1)).astype(np.float32) for total in sums]
 
 
 def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -412,6 +412,11 @@ def check_setting_combinations(settings: RunSettings) -> None:
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
             "use norm=group with the cnn model"
         )
+    if federation.strategy == "scaffold" and privacy.dp != "none":
+        raise BrainFLError(
+            "setting 'strategy': scaffold's control variates travel outside the DP accounting of the "
+            f"model updates; it cannot be combined with dp (got dp={privacy.dp})"
+        )
     if privacy.secagg and (privacy.dp != "none" or federation.strategy != "fedavg" or federation.resume):
         raise BrainFLError(
             "setting 'secagg': SecAgg+ runs on Flower's legacy workflow with plain FedAvg; "

@@ -1,0 +1,127 @@
+"""SCAFFOLD (Karimireddy et al. 2020): control variates that correct each site's drift under label skew.
+
+The server keeps a control variate ``c`` (one array per model array, zeros at
+first) and sends it with the global model ``x`` in every train message
+(:data:`CONTROL`). A site keeps its own ``c_i`` in Flower's ``Context.state``
+(:data:`SITE_CONTROL`, zeros until it has trained once), the only place besides
+the disk that survives between messages. In a round the site
+
+1. computes ``c_i+``: the gradient of its training loss at ``x``, averaged over its
+   images (the paper's option I: exact in scale whatever the optimizer, at the cost
+   of one pass without a step);
+2. trains as usual with ``c - c_i`` added to every gradient (a linear term in the
+   loss, :class:`brainfl.model.training.AnchoredModel`);
+3. keeps ``c_i+`` and replies with its model and ``c_i+ - c_i``
+   (:data:`CONTROL_UPDATE`).
+
+The server averages the models as FedAvg does (by example count) and sets
+``c <- c + (1 / N) * sum of the answering sites' updates``, N the sites that
+joined. Arrays that are statistics, not trained (BatchNorm moving mean and
+variance), have no control variate (zeros) and are averaged as in FedAvg. The
+server's ``c`` lives in the ServerApp process: a resumed run starts it from zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from brainfl.federation.bookkeeping import SiteBookkeeping, example_weighted_average
+from brainfl.model.architectures import ModelBundle
+from brainfl.model.training import mean_gradient
+from brainfl.settings.run_settings import RunSettings
+
+CONTROL = "scaffold-control"  # the server's control variate, in every train message
+CONTROL_UPDATE = "scaffold-control-update"  # a site's c_i+ - c_i, in its train reply
+SITE_CONTROL = "scaffold-site-control"  # a site's own control variate, in its Context.state
+
+
+def trained_only(arrays: Sequence[np.ndarray], trainable: Sequence[bool]) -> list[np.ndarray]:
+    """The arrays of trained weights among a model's arrays (in ``model.weights`` order)."""
+    return [array for array, is_trained in zip(arrays, trainable, strict=True) if is_trained]
+
+
+def all_arrays(trained: Sequence[np.ndarray], like: Sequence[np.ndarray], trainable: Sequence[bool]):
+    """Arrays in ``model.weights`` order: ``trained`` where trained, zeros (shaped as ``like``) elsewhere."""
+    values = iter(trained)
+    return [
+        next(values) if is_trained else np.zeros_like(array)
+        for array, is_trained in zip(like, trainable, strict=True)
+    ]
+
+
+class SiteControl:
+    """A site's control variate in its ``Context.state``, over the model's trained weights."""
+
+    def __init__(self, state: RecordDict, trainable: Sequence[bool], weights: Sequence[np.ndarray]) -> None:
+        self.state = state
+        self.trainable = list(trainable)
+        kept = state.get(SITE_CONTROL)
+        zeros = [np.zeros_like(array, dtype=np.float32) for array in trained_only(weights, self.trainable)]
+        self.current = kept.to_numpy_ndarrays() if isinstance(kept, ArrayRecord) else zeros
+
+    def correction(self, server_control: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``c - c_i`` per trained weight: what is added to every gradient of this round."""
+        return [
+            c - own for c, own in zip(trained_only(server_control, self.trainable), self.current, strict=True)
+        ]
+
+    def renew(self, gradient: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Keep ``gradient`` (at the received model) as ``c_i+``; the update ``c_i+ - c_i`` in
+        ``model.weights`` order, for the reply."""
+        update = [new - old for new, old in zip(gradient, self.current, strict=True)]
+        self.state[SITE_CONTROL] = ArrayRecord([np.asarray(array, dtype=np.float32) for array in gradient])
+        self.current = list(gradient)
+        return all_arrays(update, weights, self.trainable)
+
+
+def control_gradient(
+    settings: RunSettings, bundle: ModelBundle, inputs: np.ndarray, labels: np.ndarray, seed: int
+):
+    """``c_i+``: the site's mean training-loss gradient at the received model, which is left as it was."""
+    received = bundle.trainable.get_weights()
+    gradient = mean_gradient(
+        bundle.trainable,
+        inputs,
+        labels,
+        batch_size=settings.training.batch_size,
+        label_smoothing=settings.training.label_smoothing,
+        seed=seed,
+    )
+    bundle.trainable.set_weights(received)  # (training-mode BatchNorm moved its statistics)
+    return gradient
+
+
+class BrainScaffold(SiteBookkeeping, FedAvg):
+    """SCAFFOLD's server: FedAvg of the models, and the control variate sent and updated each round."""
+
+    reply_arrays = 2  # the model and the site's control update
+
+    def __init__(self, *, num_sites: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_sites = num_sites
+        self.control: list[np.ndarray] | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's train messages, each with the server's control variate."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.control is None:
+            self.control = [np.zeros_like(array, dtype=np.float32) for array in arrays.to_numpy_ndarrays()]
+        for message in messages:
+            message.content[CONTROL] = ArrayRecord(self.control)
+        return messages
+
+    def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """The example-weighted average of the models; ``c`` moves by the sites' updates over N."""
+        updates = [reply.content[CONTROL_UPDATE].to_numpy_ndarrays() for reply in replies]
+        self.control = [
+            control + sum(site[index] for site in updates) / self.num_sites
+            for index, control in enumerate(self.control)
+        ]
+        return ArrayRecord(example_weighted_average(replies, self.arrayrecord_key))
