@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-from brainfl.model.outputs import predicted_classes
+from brainfl.model.outputs import NotumorRule, predicted_classes
 
 SUMMARY, CLINICAL = "summary", "clinical"  # results-CSV blocks: every round / when intervals are recorded
 BOUNDS = ("low", "high")
@@ -51,9 +52,21 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 
 class LabelledSet:
-    """The labelled set encoded once, so that each statistic is linear in the resample counts."""
+    """The labelled set encoded once, so that each statistic is linear in the resample counts.
 
-    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, num_classes: int, bins: int) -> None:
+    ``notumor`` names the ``notumor`` class (None: the classes have none, and the tumor-vs-notumor
+    metrics are NaN) and the threshold the predictions are made with
+    (:func:`brainfl.model.outputs.predicted_classes`).
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        probabilities: np.ndarray,
+        num_classes: int,
+        bins: int,
+        notumor: NotumorRule | None = None,
+    ) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         probabilities = np.asarray(probabilities, dtype=np.float64)
         if probabilities.ndim != 2 or len(probabilities) != len(self.labels):
@@ -62,7 +75,8 @@ class LabelledSet:
             raise ValueError(f"labels must lie in 0..{num_classes - 1}")
         self.k = num_classes
         self.probabilities = probabilities
-        predicted = predicted_classes(probabilities)
+        self.notumor = notumor
+        self.predicted = predicted = predicted_classes(probabilities, notumor)
         cell = self.labels * (num_classes + 1) + np.where(predicted < 0, num_classes, predicted)
         self.cells = np.eye(num_classes * (num_classes + 1))[cell]  # n x (true, predicted or broken)
         self.present = np.bincount(self.labels, minlength=num_classes) > 0
@@ -92,8 +106,13 @@ class Tally:
         self.data, self.weights = data, weights
 
     @functools.cached_property
+    def confusion(self) -> np.ndarray:
+        """(resamples, classes, classes + 1): true class by predicted class, then broken rows."""
+        return self.data.confusion(self.weights)
+
+    @functools.cached_property
     def _counts(self) -> tuple[np.ndarray, ...]:
-        confusion = self.data.confusion(self.weights)
+        confusion = self.confusion
         k = self.data.k
         hits = np.diagonal(confusion[:, :, :k], axis1=1, axis2=2)
         actual = confusion.sum(axis=2)
@@ -148,6 +167,46 @@ def _specificity(t: Tally) -> np.ndarray:
 
 def _f1(t: Tally) -> np.ndarray:
     return divide(2 * t.hits, t.actual + t.predicted)
+
+
+class TumorCounts(NamedTuple):
+    """The binary tumor-vs-notumor view of a confusion matrix, each (resamples,)."""
+
+    tumor: np.ndarray  # tumor scans (every class but notumor)
+    called_tumor: np.ndarray  # tumor scans predicted as a tumor class (any one)
+    missed: np.ndarray  # tumor scans predicted notumor
+    notumor: np.ndarray  # notumor scans
+    called_notumor: np.ndarray  # notumor scans predicted notumor
+
+
+def tumor_counts(t: Tally) -> TumorCounts | None:
+    """The tally's :class:`TumorCounts` (None without a ``notumor`` class); a broken row (no
+    prediction) is neither called a tumor nor notumor."""
+    if t.data.notumor is None:
+        return None
+    j, k = t.data.notumor.index, t.data.k
+    tumor = np.arange(k) != j
+    from_tumors = t.confusion[:, tumor, :]
+    called_tumor = from_tumors[:, :, :k][:, :, tumor].sum(axis=(1, 2))
+    return TumorCounts(
+        from_tumors.sum(axis=(1, 2)),
+        called_tumor,
+        from_tumors[:, :, j].sum(axis=1),
+        t.actual[:, j],
+        t.hits[:, j],
+    )
+
+
+def _tumor_rate(part: str, whole: str) -> Callable[[Tally], np.ndarray]:
+    """The statistic ``part / whole`` of :class:`TumorCounts` (NaN without a ``notumor`` class)."""
+
+    def statistic(t: Tally) -> np.ndarray:
+        counts = tumor_counts(t)
+        if counts is None:
+            return np.full(len(t.weights), np.nan)
+        return divide(getattr(counts, part), getattr(counts, whole))
+
+    return statistic
 
 
 def _roc_auc(t: Tally) -> np.ndarray:
@@ -277,6 +336,29 @@ METRICS: tuple[Metric, ...] = (
     Metric("specificity", "specificity", _specificity, per_class=True, round=CLINICAL),
     Metric("precision", "precision", lambda t: divide(t.hits, t.predicted), per_class=True),
     Metric("roc_auc", "ROC-AUC", _roc_auc, exact=_roc_auc_exact, per_class=True, round=CLINICAL),
+    Metric(
+        "tumor_sensitivity",
+        "tumor sensitivity (tumor scans called a tumor class)",
+        _tumor_rate("called_tumor", "tumor"),
+        round=CLINICAL,
+        bounds=True,
+        headline="tumor sensitivity (tumor vs notumor)",
+    ),
+    Metric(
+        "tumor_specificity",
+        "tumor specificity (notumor scans called notumor)",
+        _tumor_rate("called_notumor", "notumor"),
+        round=CLINICAL,
+        bounds=True,
+    ),
+    Metric(
+        "missed_tumors",
+        "missed tumors (tumor scans called notumor)",
+        _tumor_rate("missed", "tumor"),
+        round=CLINICAL,
+        bounds=True,
+        headline="missed tumors (tumor scans called notumor)",
+    ),
 )
 
 
