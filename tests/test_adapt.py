@@ -157,6 +157,7 @@ def test_adapt_sites_keeps_a_label_free_adapted_copy_at_each_site_and_sends_only
                 assert np.array_equal(old, new) != (index in statistics), f"{before.name} weight {index}"
         assert not (run / "sites" / f"site_{row['site']}" / PERSONALIZED_MODEL).exists()
     assert "sites saved their personalized models" in (run / "logs" / "server.log").read_text()
+    assert "adapted balanced accuracy" in (run / "report.html").read_text()  # the report's site table
 
 
 def test_adapt_sites_needs_batchnorm():
