@@ -28,7 +28,7 @@ from brainfl.model.outputs import NotumorRule, notumor_rule, predicted_classes
 from brainfl.settings.run_settings import settings_with
 from conftest import CLASSES, REPO_ROOT
 from test_federation_setup import run_coordinated
-from test_predict import tiny_model_file
+from test_predict import tiny_model_with
 
 NOTUMOR = CLASSES.index("notumor")  # 2: glioma, meningioma, notumor, pituitary
 
@@ -152,10 +152,7 @@ def test_a_bad_threshold_setting_is_one_line(bad):
 @pytest.fixture(scope="module")
 def threshold_files(tmp_path_factory):
     """The predict tests' tiny model, and the same model with a notumor threshold of 0.999."""
-    plain = tiny_model_file(tmp_path_factory)
-    safe = tmp_path_factory.mktemp("threshold") / FINAL_MODEL
-    save_model(keras.models.load_model(plain), safe, {**read_metadata(plain), "notumor_threshold": 0.999})
-    return plain, safe
+    return tiny_model_with(tmp_path_factory, notumor_threshold=0.999)
 
 
 def test_predict_evaluate_and_old_files_follow_the_models_threshold(threshold_files, capsys):
