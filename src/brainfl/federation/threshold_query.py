@@ -25,8 +25,9 @@ site answers; a problem here never fails a finished run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -81,7 +82,11 @@ def threshold_query(weights: list[np.ndarray], class_names: Sequence[str], tempe
 
 
 def site_answer(
-    site_id: int, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], config
+    site_id: int,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    config: Mapping[str, Any],
 ) -> MetricRecord:
     """A site's answer from its validation labels and the final model's raw probabilities: counts only."""
     grid = [float(t) for t in config[GRID]]
@@ -177,7 +182,7 @@ def final_threshold(
     return {"notumor_threshold": fit.threshold}
 
 
-def summary(fit: ThresholdFit, sites: int, effect: dict | None) -> str:
+def summary(fit: ThresholdFit, sites: int, effect: dict[str, Any] | None) -> str:
     """The log line of a fit: the threshold, whether it meets the target, the rates, the test set's change."""
     text = (
         f"notumor threshold {fit.threshold:.3f} from {fit.tumor} tumor and {fit.notumor} notumor validation "
