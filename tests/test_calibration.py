@@ -35,7 +35,7 @@ from brainfl.settings.run_settings import settings_with
 from conftest import REPO_ROOT
 from inprocess import NODE_BASE, InProcessGrid
 from test_federation_setup import run_coordinated
-from test_predict import tiny_model_file
+from test_predict import tiny_model_with
 
 CLASS_NAMES = ("a", "b", "c", "d")
 SAMPLE_TESTING = REPO_ROOT / "sample_data" / "Testing"
@@ -204,10 +204,7 @@ def test_a_site_refuses_a_query_it_does_not_know():
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
     """The predict tests' tiny model, and the same model saved with temperature 2."""
-    plain = tiny_model_file(tmp_path_factory)
-    warm = tmp_path_factory.mktemp("calibrated") / FINAL_MODEL
-    save_model(keras.models.load_model(plain), warm, {**read_metadata(plain), "temperature": 2.0})
-    return plain, warm
+    return tiny_model_with(tmp_path_factory, temperature=2.0)
 
 
 def test_predict_and_evaluate_apply_the_models_temperature(model_files, capsys):

@@ -8,6 +8,7 @@ import pytest
 from brainfl.evaluation.count_summary import CountSummary, labelled_set, summarize
 from brainfl.evaluation.intervals import ECE_BINS, score_with_intervals, scores_of
 from brainfl.evaluation.registry import LabelledSet
+from brainfl.model.outputs import notumor_rule
 
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -24,13 +25,15 @@ def scored_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def summary_of(labels: np.ndarray, probabilities: np.ndarray) -> CountSummary:
-    return summarize(LabelledSet(labels, probabilities, len(NAMES), ECE_BINS))
+    return summarize(LabelledSet(labels, probabilities, len(NAMES), ECE_BINS, notumor_rule(NAMES)))
 
 
 def test_every_counted_metric_is_the_same_on_the_counts_as_on_the_scans():
     labels, probabilities = scored_set(200, 0)
     direct = score_with_intervals(labels, probabilities, NAMES, resamples=0)
-    counted = scores_of(labelled_set(summary_of(labels, probabilities)), NAMES, resamples=0)
+    counted = scores_of(
+        labelled_set(summary_of(labels, probabilities), notumor_rule(NAMES)), NAMES, resamples=0
+    )
     for name, interval in direct.overall.items():
         assert counted.overall[name].value == pytest.approx(interval.value, abs=1e-12)
     for name in ("sensitivity", "specificity", "precision"):

@@ -57,7 +57,8 @@ def test_command_prints_every_metric_and_writes_the_four_files(model_file, tmp_p
         assert word in printed
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
     table = pd.read_csv(out / "evaluation.csv")  # an undefined value (NaN) is an empty cell
-    assert list(table.columns) == ["metric", "class", "value", "low", "high"]
+    assert list(table.columns) == ["metric", "class", "value", "low", "high", "adapted"]
+    assert not table["adapted"].any()  # the model as saved (--adapt: true on every row)
     assert len(table) == len(OVERALL) + len(PER_CLASS) * len(CLASSES)
     assert table["class"].isna().sum() == len(OVERALL)
     defined = table.dropna(subset=["value"])

@@ -48,6 +48,15 @@ def tiny_model_file(tmp_path_factory) -> Path:
     return _TRAINED["cnn"]
 
 
+def tiny_model_with(tmp_path_factory, **metadata) -> tuple[Path, Path]:
+    """:func:`tiny_model_file`, and a copy of it (``final_model.keras`` in a folder of its own) whose
+    metadata adds ``metadata``."""
+    plain = tiny_model_file(tmp_path_factory)
+    changed = tmp_path_factory.mktemp("changed-metadata") / "final_model.keras"
+    save_model(keras.models.load_model(plain), changed, {**read_metadata(plain), **metadata})
+    return plain, changed
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     return tiny_model_file(tmp_path_factory)

@@ -149,8 +149,9 @@ def every_interval(scores) -> list:
 
 
 def test_intervals_contain_the_point_estimate_and_narrow_with_more_scans():
-    small = score_with_intervals(*random_case(120), list("abcd"), resamples=400)
-    large = score_with_intervals(*random_case(2400, seed=1), list("abcd"), resamples=400)
+    classes = ["a", "b", "c", "notumor"]  # with the tumor-vs-notumor metrics defined
+    small = score_with_intervals(*random_case(120), classes, resamples=400)
+    large = score_with_intervals(*random_case(2400, seed=1), classes, resamples=400)
     for scores in (small, large):
         for value, low, high in every_interval(scores):
             assert low <= value <= high

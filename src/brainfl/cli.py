@@ -1,4 +1,4 @@
-"""The ``brainfl`` command: prepare and check data, train centrally, make credentials, predict, report.
+"""The ``brainfl`` command: prepare and check data, train centrally, make credentials, predict, adapt, report.
 
 ``brainfl prepare`` validates a run config and the data before any Flower
 process starts (``run.sh`` calls it), decoding and caching the images so
@@ -20,7 +20,7 @@ from brainfl.core.errors import EXIT_USER_ERROR, BrainFLError
 from brainfl.data import check as data_check
 from brainfl.evaluation import external as evaluate
 from brainfl.federation import certs, prepare
-from brainfl.inference import predict
+from brainfl.inference import adaptation, predict
 from brainfl.report import page as report
 
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_parser(commands)
     evaluate.add_parser(commands)
     predict.add_parser(commands)
+    adaptation.add_parser(commands)
     report.add_parser(commands)
     return parser
 

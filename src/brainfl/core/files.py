@@ -3,10 +3,11 @@ that an output can be written at all."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from brainfl.core.errors import BrainFLError
 
@@ -21,6 +22,13 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON (no NaN: strict JSON) atomically at ``path``; the path."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))
+    return path
 
 
 def check_can_create(path: Path, option: str, folder: bool = False) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
 
-from brainfl.core.files import write_atomically
+from brainfl.core.files import write_json
 from brainfl.evaluation.intervals import json_number, score_with_intervals
 from brainfl.evaluation.metrics import classification_metrics
 from brainfl.model.outputs import finite_rows, log_probabilities, scale_probabilities
@@ -137,10 +137,7 @@ def calibration_record(fit: Fit, test: dict[str, Any] | None, temperatures: np.n
 
 def write_calibration(output_dir: Path, record: dict[str, Any]) -> Path:
     """Write ``calibration.json`` (atomically) into ``output_dir``; its path."""
-    path = output_dir / CALIBRATION_JSON
-    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    write_atomically(path, lambda handle: handle.write(text.encode()))
-    return path
+    return write_json(output_dir / CALIBRATION_JSON, record)
 
 
 def read_calibration(output_dir: Path) -> dict[str, Any] | None:

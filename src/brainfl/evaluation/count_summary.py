@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from brainfl.evaluation.registry import LabelledSet
+from brainfl.model.outputs import NotumorRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,9 @@ def summarize(data: LabelledSet) -> CountSummary:
     return CountSummary(counts, sums)
 
 
-def labelled_set(summary: CountSummary) -> LabelledSet:
-    """A labelled set with the summary's counts: one image per count, at its cell's mean confidence."""
+def labelled_set(summary: CountSummary, notumor: NotumorRule | None = None) -> LabelledSet:
+    """A labelled set with the summary's counts: one image per count, at its cell's mean confidence
+    (``notumor``: which class is ``notumor``, for the tumor-vs-notumor metrics)."""
     k = summary.num_classes
     cells = np.argwhere(summary.counts > 0)
     repeats = summary.counts[tuple(cells.T)]
@@ -90,4 +92,5 @@ def labelled_set(summary: CountSummary) -> LabelledSet:
         bin_index,
         k,
         summary.counts.shape[2],
+        notumor,
     )

@@ -9,11 +9,17 @@ Every scan is decoded by the model's own preprocessing
 scored by :mod:`brainfl.evaluation.intervals`: each metric with its bootstrap 95%
 interval. The probabilities are scaled by the model's calibrated temperature
 (:meth:`~brainfl.model.files.LoadedModel.probabilities`, as ``brainfl predict``),
-which the output names. The command prints them and writes into ``--output-dir``:
+and the classes follow the model's ``notumor`` threshold (as ``brainfl predict`` calls them); the
+output names both. With ``--adapt`` the model is first adapted to DATA: its BatchNorm statistics
+are re-estimated on the scans it is scored on, labels not used
+(:mod:`brainfl.inference.adaptation`), and the output says so.
+The command prints them and writes into ``--output-dir``:
 
-- ``evaluation.csv``: ``metric, class, value, low, high`` (``class`` empty when overall);
+- ``evaluation.csv``: ``metric, class, value, low, high, adapted`` (``class`` empty when overall;
+  ``adapted`` true on every row when the scores are of the adapted model);
 - ``evaluation.json``: the same, with the confusion matrix, the reliability
-  table, the images per class, skipped files, the temperature and the bootstrap settings;
+  table, the images per class, skipped files, the temperature, the ``notumor`` threshold,
+  what the model was adapted on (``adapted``, null without ``--adapt``) and the bootstrap settings;
 - ``confusion_matrix.png`` and ``reliability.png``.
 
 An unreadable scan stops the command, naming the file, unless
@@ -46,7 +52,8 @@ from brainfl.data.duplicates import leak_free_test_mask
 from brainfl.data.loading import TEST_SPLIT, TRAIN_SPLIT
 from brainfl.evaluation import intervals as uncertainty
 from brainfl.evaluation.figures import plot_confusion_counts, plot_reliability
-from brainfl.inference.predict import predict_scans, temperature_note
+from brainfl.inference.adaptation import adapt_loaded
+from brainfl.inference.predict import predict_scans, temperature_note, threshold_note
 from brainfl.model.files import load_model
 
 if TYPE_CHECKING:
@@ -74,6 +81,8 @@ class FolderEvaluation:
     leak_free_only: bool
     scores: Scores
     temperature: float = 1.0  # the model's, applied to its probabilities (1: not calibrated)
+    notumor_threshold: float = 0.0  # the model's, applied to its predictions (0: argmax)
+    adapted: dict[str, Any] | None = None  # what the model was adapted on before scoring (None: as saved)
 
 
 def labelled_scans(data_dir: Path | str, class_names: Sequence[str]) -> tuple[list[Path], np.ndarray]:
@@ -129,8 +138,10 @@ def evaluate_model(
     leak_free_only: bool = False,
     resamples: int | None = None,
     seed: int | None = None,
+    adapt: bool = False,
 ) -> FolderEvaluation:
-    """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals."""
+    """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals; with
+    ``adapt``, after re-estimating its BatchNorm statistics on those scans (labels not used)."""
 
     loaded = load_model(model_path)
     data = Path(data_dir).expanduser()
@@ -141,6 +152,7 @@ def evaluate_model(
             raise BrainFLError(f"--leak-free-only: every scan of {data} has a copy in its Training folder")
         files, labels = [f for f, keep in zip(files, mask, strict=True) if keep], labels[mask]
 
+    adaptation = adapt_loaded(loaded, files, data, skip_unreadable) if adapt else None
     probabilities, unreadable = predict_scans(loaded, files, skip_unreadable)
     if len(unreadable) == len(files):
         raise BrainFLError(f"no readable scans in {data}")
@@ -151,6 +163,7 @@ def evaluate_model(
         loaded.class_names,
         resamples=uncertainty.RESAMPLES if resamples is None else resamples,
         seed=uncertainty.SEED if seed is None else seed,
+        notumor_threshold=loaded.notumor_threshold,
     )
     return FolderEvaluation(
         loaded.path,
@@ -163,6 +176,8 @@ def evaluate_model(
         leak_free_only,
         scores,
         loaded.temperature,
+        loaded.notumor_threshold,
+        None if adaptation is None else adaptation.metadata(),
     )
 
 
@@ -175,6 +190,8 @@ def summary(evaluation: FolderEvaluation) -> dict[str, Any]:
         "skipped_unreadable": [str(path) for path in evaluation.skipped],
         "leak_free_only": evaluation.leak_free_only,
         "temperature": evaluation.temperature,
+        "notumor_threshold": evaluation.notumor_threshold,
+        "adapted": evaluation.adapted,
         **evaluation.scores.to_dict(),
     }
 
@@ -186,7 +203,8 @@ def write_outputs(evaluation: FolderEvaluation, output_dir: Path) -> list[Path]:
     paths = [output_dir / name for name in (CSV_NAME, JSON_NAME, FIGURE_CONFUSION, FIGURE_RELIABILITY)]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(paths[0], lambda handle: scores.table().to_csv(handle, index=False))
+        table = scores.table().assign(adapted=evaluation.adapted is not None)
+        write_atomically(paths[0], lambda handle: table.to_csv(handle, index=False))
         write_atomically(paths[1], lambda handle: handle.write(text.encode()))
         plot_confusion_counts(scores.confusion, scores.class_names, paths[2])
         plot_reliability(scores.reliability, scores.overall["ece"], paths[3])
@@ -199,6 +217,14 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
+def adapted_note(adapted: dict[str, Any]) -> str:
+    """The line saying the scores are of the model adapted to the scored scans."""
+    return (
+        f"scores of the model ADAPTED to these scans: BatchNorm statistics re-estimated on "
+        f"{adapted['scans_used']} of them (labels not used); without --adapt, of the model as saved"
+    )
+
+
 def print_scores(evaluation: FolderEvaluation) -> None:
     """The metrics and their intervals as a table on the terminal, with what was scored."""
 
@@ -208,6 +234,9 @@ def print_scores(evaluation: FolderEvaluation) -> None:
 
     print(f"{evaluation.model} on {scores.images} scans of {evaluation.data} ({counts})")
     print(temperature_note(evaluation.temperature))
+    print(threshold_note(evaluation.notumor_threshold))
+    if evaluation.adapted is not None:
+        print(adapted_note(evaluation.adapted))
     view = Table()
     for column in ("metric", "class", "value", "95% interval"):
         view.add_column(column, justify="right" if column in ("value", "95% interval") else "left")
@@ -253,7 +282,7 @@ def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl evaluate``."""
     model, data = model_and_data(args)
     evaluation = evaluate_model(
-        model, data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed
+        model, data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed, args.adapt
     )
     if evaluation.skipped:
         print(f"skipped {len(evaluation.skipped)} unreadable files:")
@@ -297,5 +326,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         "--resamples", type=_positive, default=None, help="bootstrap resamples (default: 1000)"
     )
     parser.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        help="first re-estimate the model's BatchNorm statistics on the scored scans (labels not used)",
+    )
     parser.set_defaults(handler=run)
     return parser

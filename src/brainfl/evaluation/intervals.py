@@ -12,7 +12,11 @@ a matrix product or a cumulative sum, with no loop over resamples.
   is never predicted), one-vs-rest ROC-AUC (NaN when the class, or every
   other class, is absent);
 - the top-label expected calibration error over :data:`ECE_BINS` equal-width
-  confidence bins, and its reliability table.
+  confidence bins, and its reliability table;
+- tumor vs notumor (when a class is called ``notumor``): tumor sensitivity (tumor
+  scans called any tumor class), tumor specificity (notumor scans called notumor)
+  and missed tumors (tumor scans called notumor), with the classes predicted under
+  the model's ``notumor`` threshold (``notumor_threshold``, 0: argmax).
 
 A row of probabilities that is not finite (a broken model) is a wrong
 prediction, class ``-1`` of :func:`brainfl.model.outputs.predicted_classes`: it
@@ -34,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from brainfl.evaluation.registry import LabelledSet, Tally, divide, evaluated
+from brainfl.model.outputs import notumor_rule
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -161,10 +166,13 @@ def score_with_intervals(
     seed: int = SEED,
     confidence: float = CONFIDENCE,
     bins: int = ECE_BINS,
+    notumor_threshold: float = 0.0,
 ) -> Scores:
     """Every metric of ``probabilities`` (images x classes) against ``labels``, with bootstrap intervals
-    (NaN bounds with ``resamples=0``: point estimates only)."""
-    data = LabelledSet(np.asarray(labels), probabilities, len(class_names), bins)
+    (NaN bounds with ``resamples=0``: point estimates only); the classes are predicted under
+    ``notumor_threshold`` (:func:`brainfl.model.outputs.predicted_classes`)."""
+    rule = notumor_rule(class_names, notumor_threshold)
+    data = LabelledSet(np.asarray(labels), probabilities, len(class_names), bins, rule)
     return scores_of(data, class_names, resamples, seed, confidence)
 
 

@@ -22,14 +22,16 @@ import numpy as np
 from brainfl.evaluation import registry
 from brainfl.evaluation.intervals import ECE_BINS, scores_of
 from brainfl.evaluation.registry import BOUNDS, CLINICAL, SUMMARY, LabelledSet, Metric, recorded
-from brainfl.model.outputs import predicted_classes
+from brainfl.model.outputs import notumor_rule
 
 LEAK_FREE = "leak_free_accuracy"
 SITE_PREFIX = "val_"  # a site's held-out score of a metric: val_<name>
 
 
 def _labelled(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> LabelledSet:
-    return LabelledSet(np.asarray(labels), probabilities, len(class_names), ECE_BINS)
+    return LabelledSet(
+        np.asarray(labels), probabilities, len(class_names), ECE_BINS, notumor_rule(class_names)
+    )
 
 
 def _point_columns(data: LabelledSet, block: str, class_names: Sequence[str]) -> dict[str, float]:
@@ -95,8 +97,7 @@ def score(
     data = _labelled(labels, probabilities, class_names)
     metrics = _point_columns(data, SUMMARY, class_names)
     if leak_free is not None and np.any(leak_free):
-        predictions = predicted_classes(probabilities)[leak_free]
-        metrics[LEAK_FREE] = float(np.mean(predictions == np.asarray(labels)[leak_free]))
+        metrics[LEAK_FREE] = float(np.mean(data.predicted[leak_free] == data.labels[leak_free]))
     if resamples > 0:
         metrics.update(interval_metrics(data, class_names, resamples))
     return metrics

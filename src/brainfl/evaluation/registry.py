@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-from brainfl.model.outputs import predicted_classes
+from brainfl.model.outputs import NotumorRule, predicted_classes
 
 SUMMARY, CLINICAL = "summary", "clinical"  # results-CSV blocks: every round / when intervals are recorded
 BOUNDS = ("low", "high")
@@ -57,18 +58,28 @@ class LabelledSet:
     image's label, predicted class and top-label confidence alone (what a site's
     counts describe, :mod:`brainfl.evaluation.count_summary`): then every statistic
     of a :class:`Tally` is the same, and the metrics that need the probabilities
-    (ROC-AUC, the loss) are NaN.
+    (ROC-AUC, the loss) are NaN. ``notumor`` names the ``notumor`` class (None: the
+    classes have none, and the tumor-vs-notumor metrics are NaN) and the threshold the
+    predictions are made with (:func:`brainfl.model.outputs.predicted_classes`).
     """
 
-    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, num_classes: int, bins: int) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        probabilities: np.ndarray,
+        num_classes: int,
+        bins: int,
+        notumor: NotumorRule | None = None,
+    ) -> None:
         probabilities = np.asarray(probabilities, dtype=np.float64)
         if probabilities.ndim != 2 or len(probabilities) != len(labels):
             raise ValueError(f"probabilities {probabilities.shape} do not match {len(labels)} labels")
-        predicted = predicted_classes(probabilities)
+        predicted = predicted_classes(probabilities, notumor)
         finite = predicted >= 0
         confidence = np.zeros(len(predicted))
         confidence[finite] = probabilities[finite].max(axis=1)
         self._encode(labels, predicted, confidence, confidence_bins(confidence, bins), num_classes, bins)
+        self.notumor = notumor
         self.probabilities = probabilities
         self.scores = probabilities[finite]
 
@@ -81,6 +92,7 @@ class LabelledSet:
         bin_index: np.ndarray,
         num_classes: int,
         bins: int,
+        notumor: NotumorRule | None = None,
     ) -> LabelledSet:
         """A set known by each image's label, predicted class (-1: none), top-label confidence and its
         confidence bin, without probabilities."""
@@ -88,6 +100,7 @@ class LabelledSet:
         data._encode(
             labels, np.asarray(predicted), np.asarray(confidence), np.asarray(bin_index), num_classes, bins
         )
+        data.notumor = notumor
         data.probabilities = None
         data.scores = np.empty((0, num_classes))
         return data
@@ -136,8 +149,13 @@ class Tally:
         self.data, self.weights = data, weights
 
     @functools.cached_property
+    def confusion(self) -> np.ndarray:
+        """(resamples, classes, classes + 1): true class by predicted class, then broken rows."""
+        return self.data.confusion(self.weights)
+
+    @functools.cached_property
     def _counts(self) -> tuple[np.ndarray, ...]:
-        confusion = self.data.confusion(self.weights)
+        confusion = self.confusion
         k = self.data.k
         hits = np.diagonal(confusion[:, :, :k], axis1=1, axis2=2)
         actual = confusion.sum(axis=2)
@@ -197,6 +215,46 @@ def _specificity(t: Tally) -> np.ndarray:
 
 def _f1(t: Tally) -> np.ndarray:
     return divide(2 * t.hits, t.actual + t.predicted)
+
+
+class TumorCounts(NamedTuple):
+    """The binary tumor-vs-notumor view of a confusion matrix, each (resamples,)."""
+
+    tumor: np.ndarray  # tumor scans (every class but notumor)
+    called_tumor: np.ndarray  # tumor scans predicted as a tumor class (any one)
+    missed: np.ndarray  # tumor scans predicted notumor
+    notumor: np.ndarray  # notumor scans
+    called_notumor: np.ndarray  # notumor scans predicted notumor
+
+
+def tumor_counts(t: Tally) -> TumorCounts | None:
+    """The tally's :class:`TumorCounts` (None without a ``notumor`` class); a broken row (no
+    prediction) is neither called a tumor nor notumor."""
+    if t.data.notumor is None:
+        return None
+    j, k = t.data.notumor.index, t.data.k
+    tumor = np.arange(k) != j
+    from_tumors = t.confusion[:, tumor, :]
+    called_tumor = from_tumors[:, :, :k][:, :, tumor].sum(axis=(1, 2))
+    return TumorCounts(
+        from_tumors.sum(axis=(1, 2)),
+        called_tumor,
+        from_tumors[:, :, j].sum(axis=1),
+        t.actual[:, j],
+        t.hits[:, j],
+    )
+
+
+def _tumor_rate(part: str, whole: str) -> Callable[[Tally], np.ndarray]:
+    """The statistic ``part / whole`` of :class:`TumorCounts` (NaN without a ``notumor`` class)."""
+
+    def statistic(t: Tally) -> np.ndarray:
+        counts = tumor_counts(t)
+        if counts is None:
+            return np.full(len(t.weights), np.nan)
+        return divide(getattr(counts, part), getattr(counts, whole))
+
+    return statistic
 
 
 def _roc_auc(t: Tally) -> np.ndarray:
@@ -330,6 +388,29 @@ METRICS: tuple[Metric, ...] = (
     Metric("specificity", "specificity", _specificity, per_class=True, round=CLINICAL),
     Metric("precision", "precision", lambda t: divide(t.hits, t.predicted), per_class=True),
     Metric("roc_auc", "ROC-AUC", _roc_auc, exact=_roc_auc_exact, per_class=True, round=CLINICAL),
+    Metric(
+        "tumor_sensitivity",
+        "tumor sensitivity (tumor scans called a tumor class)",
+        _tumor_rate("called_tumor", "tumor"),
+        round=CLINICAL,
+        bounds=True,
+        headline="tumor sensitivity (tumor vs notumor)",
+    ),
+    Metric(
+        "tumor_specificity",
+        "tumor specificity (notumor scans called notumor)",
+        _tumor_rate("called_notumor", "notumor"),
+        round=CLINICAL,
+        bounds=True,
+    ),
+    Metric(
+        "missed_tumors",
+        "missed tumors (tumor scans called notumor)",
+        _tumor_rate("missed", "tumor"),
+        round=CLINICAL,
+        bounds=True,
+        headline="missed tumors (tumor scans called notumor)",
+    ),
 )
 
 

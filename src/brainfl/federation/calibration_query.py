@@ -145,15 +145,19 @@ def summary(temperature: float, examples: int, sites: dict[int, tuple[int, float
     text += f" of {len(sites)} sites (each site's own T, images: {own})"
     if effect is None:
         return text + "; no test set to show its effect"
-    before, after = effect["before"], effect["after"]
-    return (
-        text
-        + "; test set "
-        + ", ".join(
-            f"{name} {_number(before[name])} -> {_number(after[name])}" for name in ("ece", "nll", "accuracy")
-        )
+    return f"{text}; test set {changes_text(effect['before'], effect['after'], ('ece', 'nll', 'accuracy'))}"
+
+
+def changes_text(
+    before: dict[str, float | None], after: dict[str, float | None], names: Sequence[str]
+) -> str:
+    """``name before -> after`` for each of ``names``, as the log lines print a change."""
+    return ", ".join(
+        f"{name.replace('_', ' ')} {number_text(before[name])} -> {number_text(after[name])}"
+        for name in names
     )
 
 
-def _number(value: float | None) -> str:
+def number_text(value: float | None) -> str:
+    """A score as the log lines print it (``n/a``: undefined)."""
     return "n/a" if value is None else f"{value:.4f}"

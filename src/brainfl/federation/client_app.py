@@ -17,9 +17,10 @@ model on the site's held-out split: loss, accuracy, balanced accuracy and
 sensitivity per class (of the server's classes, NaN for one the split lacks).
 With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
 (:mod:`brainfl.federation.fedbn`). A query message is the coordinator's setup query
-before round 1, or its calibration or personalization query after the last
-round (its config's ``query`` says which; :mod:`brainfl.federation.personalization`), or an
-evaluation-only run's validation query (:mod:`brainfl.federation.validation`).
+before round 1, or its calibration, notumor-threshold or personalization query after the last
+round (its config's ``query`` says which; :mod:`brainfl.federation.threshold_query`,
+:mod:`brainfl.federation.personalization`), or an evaluation-only run's validation query
+(:mod:`brainfl.federation.validation`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from brainfl.federation.personalization import PERSONALIZE, personalize_site
 from brainfl.federation.scaffold import CONTROL, CONTROL_UPDATE, SiteControl, control_gradient
 from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
 from brainfl.federation.site_training import class_counts, local_update, update_seed, validate
+from brainfl.federation.threshold_query import THRESHOLD
+from brainfl.federation.threshold_query import site_answer as threshold_answer
 from brainfl.federation.validation import VALIDATE, query_architecture, site_validation
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
@@ -279,12 +282,28 @@ def calibration_round(msg: Message, context: Context) -> Message:
     split at each temperature asked, and the split's size (:mod:`brainfl.federation.calibration_query`)."""
     config = msg.content["config"]
     with site_session(config, context) as (settings, site):
-        probabilities = np.empty((0, len(site.val.class_names)), dtype=np.float32)
-        if len(site.val):  # (never the training images: the model fitted them, too confidently)
-            bundle = model_for(settings, site.train.class_names)
-            bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-            probabilities = predict_proba(bundle.trainable, model_inputs(settings.model, bundle, site.val))
+        probabilities = validation_probabilities(msg, settings, site)
         answer = site_answer(site.site_id, site.val.labels, probabilities, list(config[GRID]))
+    return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
+
+
+def validation_probabilities(msg: Message, settings: RunSettings, site: SiteData) -> np.ndarray:
+    """The received model's probabilities on this site's validation split (none without one: never the
+    training images, which the model fitted too confidently)."""
+    if not len(site.val):
+        return np.empty((0, len(site.val.class_names)), dtype=np.float32)
+    bundle = model_for(settings, site.train.class_names)
+    bundle.trainable.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+    return predict_proba(bundle.trainable, model_inputs(settings.model, bundle, site.val))
+
+
+def threshold_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's notumor-threshold query: counts of missed tumors and false alarms on this
+    site's validation split per threshold (:mod:`brainfl.federation.threshold_query`)."""
+    config = msg.content["config"]
+    with site_session(config, context) as (settings, site):
+        probabilities = validation_probabilities(msg, settings, site)
+        answer = threshold_answer(site.site_id, site.val.labels, probabilities, site.val.class_names, config)
     return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
 
 
@@ -310,13 +329,15 @@ def validation_round(msg: Message, context: Context) -> Message:
 QUERIES = {
     SETUP: setup_round,
     CALIBRATION: calibration_round,
+    THRESHOLD: threshold_round,
     PERSONALIZE: personalization_round,
     VALIDATE: validation_round,
 }
 
 
 def query_round(msg: Message, context: Context) -> Message:
-    """The coordinator's queries: ``setup`` before round 1, ``calibration`` and ``personalize`` after."""
+    """The coordinator's queries: ``setup`` before round 1, ``calibration``, ``notumor-threshold`` and
+    ``personalize`` after."""
     asked = str(msg.content["config"].get(QUERY, SETUP))
     if asked not in QUERIES:
         raise BrainFLError(f"unknown query '{asked}' (this site answers: {', '.join(QUERIES)})")

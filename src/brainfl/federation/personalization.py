@@ -1,31 +1,39 @@
-"""After the last round: each site's own copy of the final model, fine-tuned, saved and scored at the site.
+"""After the last round: each site's own copy of the final model, adapted or fine-tuned, saved and scored.
 
-With ``fine-tune-epochs`` > 0 or ``fedbn=true`` the coordinator sends every
+With ``fine-tune-epochs`` > 0, ``fedbn=true`` or ``adapt-sites=true`` the coordinator sends every
 connected SuperNode one query message (``config["query"] = "personalize"``,
 :data:`PERSONALIZE`) with the final global weights (after calibration), the
-class names, ``fine-tune-learning-rate`` and ``fine-tune-epochs``. The site
-(:func:`personalize_site`)
+class names, ``fine-tune-learning-rate``, ``fine-tune-epochs``, ``adapt-sites`` and the final
+model's temperature and ``notumor`` threshold. The site (:func:`personalize_site`)
 
 1. scores the global model as received (``final_model.keras``'s weights) on its
    held-out split (:func:`brainfl.federation.site_training.validate`);
 2. with FedBN, puts its own BatchNorm arrays on top (:mod:`brainfl.federation.fedbn`) and,
-   when it also fine-tunes, scores that model too (stage ``site_bn``);
-3. fine-tunes it for ``fine-tune-epochs`` epochs on its own training images
-   with :func:`brainfl.federation.site_training.local_update` at ``fine-tune-learning-rate``
+   when it also fine-tunes or adapts, scores that model too (stage ``site_bn``);
+3. with ``adapt-sites``, re-estimates the BatchNorm statistics on its own training
+   images, labels not used (AdaBN, :func:`brainfl.model.batch_norm.recalibrate_batchnorm`:
+   every other weight unchanged), scores it (stage ``adapted``) and saves it at the site
+   as :data:`ADAPTED_MODEL` beside the personalized model's place, with the final
+   model's temperature and ``notumor`` threshold (carried over, not refitted) and
+   ``adapted`` metadata (the images and the date; as ``brainfl adapt`` writes);
+4. with ``fine-tune-epochs`` > 0 (or FedBN alone), fine-tunes it for ``fine-tune-epochs``
+   epochs on its own training images with
+   :func:`brainfl.federation.site_training.local_update` at ``fine-tune-learning-rate``
    (default a tenth of the first round's: enough to adapt to the site's own
    scanner and class mix, while the last round's, at the end of the cosine
    schedule, would change little but the BatchNorm statistics), then precise
    BN from its own images;
-4. scores it again (stage ``personalized``), saves it as a brainfl model file
+5. scores it again (stage ``personalized``), saves it as a brainfl model file
    at the site (:func:`personalized_model_path`; no temperature: the global
-   model's does not describe the fine-tuned one) and answers with numbers
-   only: its held-out and training image counts and each stage's held-out
-   loss, accuracy, balanced accuracy and sensitivity per class.
+   model's does not describe the fine-tuned one);
 
-A site without a validation split fine-tunes and saves its model but answers
+and answers with numbers only: its held-out and training image counts and each stage's held-out
+loss, accuracy, balanced accuracy and sensitivity per class.
+
+A site without a validation split adapts, fine-tunes and saves its models but answers
 0 held-out images and no scores (its training images would flatter the model
-fine-tuned on them). The coordinator writes ``personalization.csv`` (one row
-per site: each stage's scores and the gain, personalized minus global) and
+fitted on them). The coordinator writes ``personalization.csv`` (one row
+per site: each stage's scores and the gain, the last stage minus global) and
 logs one line; the report shows the table. The fine-tuned models and their
 training never leave the sites. With ``dp`` the answers, like the held-out
 scores every train reply carries, are not covered by the DP accounting.
@@ -49,6 +57,8 @@ from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
 from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.setup import QUERY, query_sites
 from brainfl.federation.site_training import local_update, validate
+from brainfl.inference.adaptation import ADAPTED_MODEL, Adaptation, now
+from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.files import ModelWriter, model_metadata
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.report.results import PERSONALIZATION_CSV, CsvAppender
@@ -56,20 +66,29 @@ from brainfl.settings.run_settings import RunSettings
 
 PERSONALIZE = "personalize"  # the query config's QUERY value of this query
 EPOCHS = "fine-tune-epochs"  # the query's epochs of fine-tuning
+ADAPT = "adapt-sites"  # the query's adapt-sites
 PERSONALIZED_MODEL = "personalized_model.keras"
-GLOBAL, SITE_BN, PERSONALIZED, GAIN = "global", "site_bn", "personalized", "gain"
+GLOBAL, SITE_BN, ADAPTED, PERSONALIZED, GAIN = "global", "site_bn", "adapted", "personalized", "gain"
+DECISION = ("temperature", "notumor_threshold")  # the final model's metadata an adapted copy keeps
 COUNTS = ("held_out_images", "num_train", "fine_tune_epochs")
 
 
 def enabled(settings: RunSettings) -> bool:
-    """Whether the run asks the sites for their personalized models (fine-tuning or FedBN)."""
-    return settings.training.fine_tune_epochs > 0 or settings.federation.fedbn
+    """Whether the run asks the sites for their own models (fine-tuning, FedBN or adapting)."""
+    federation = settings.federation
+    return settings.training.fine_tune_epochs > 0 or federation.fedbn or federation.adapt_sites
 
 
-def stages(fedbn: bool, epochs: int) -> tuple[str, ...]:
-    """The models a site scores: the global one as received; with FedBN and fine-tuning, the global one
-    with the site's own BatchNorm; the one it saves."""
-    return (GLOBAL, *((SITE_BN,) if fedbn and epochs else ()), PERSONALIZED)
+def stages(fedbn: bool, epochs: int, adapt: bool = False) -> tuple[str, ...]:
+    """The models a site scores: the global one as received; with FedBN and fine-tuning or adapting,
+    the global one with the site's own BatchNorm; the adapted one; the fine-tuned one (FedBN alone:
+    the site's own BatchNorm) it saves."""
+    return (
+        GLOBAL,
+        *((SITE_BN,) if fedbn and (epochs or adapt) else ()),
+        *((ADAPTED,) if adapt else ()),
+        *((PERSONALIZED,) if epochs or (fedbn and not adapt) else ()),
+    )
 
 
 def score_names(class_names: Sequence[str]) -> list[str]:
@@ -103,9 +122,13 @@ def personalized_model_path(context: Context, settings: RunSettings) -> Path:
 
 
 def personalization_query(
-    weights: list[np.ndarray], class_names: Sequence[str], settings: RunSettings
+    weights: list[np.ndarray],
+    class_names: Sequence[str],
+    settings: RunSettings,
+    decision: Mapping[str, float] | None = None,
 ) -> RecordDict:
-    """What every site gets: the final weights, the class names, the learning rate and the epochs."""
+    """What every site gets: the final weights, the class names, the learning rate, the epochs, whether
+    to adapt and the final model's ``decision`` metadata (temperature, ``notumor`` threshold)."""
     last = settings.federation.num_server_rounds
     config = {
         QUERY: PERSONALIZE,
@@ -113,6 +136,8 @@ def personalization_query(
         "learning-rate": settings.training.fine_tune_learning_rate,
         "global-round": last,
         EPOCHS: settings.training.fine_tune_epochs,
+        ADAPT: settings.federation.adapt_sites,
+        **{key: float(value) for key, value in (decision or {}).items() if key in DECISION},
     }
     return RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
 
@@ -127,7 +152,8 @@ def personalize_site(
     """Score, fine-tune, score again and save the site's model (see the module docstring); the answer."""
     bundle = model_for(settings, site.train.class_names)
     epochs = int(config.get(EPOCHS, settings.training.fine_tune_epochs))
-    chosen = stages(settings.federation.fedbn, epochs)
+    adapt = bool(config.get(ADAPT, settings.federation.adapt_sites))
+    chosen = stages(settings.federation.fedbn, epochs, adapt)
 
     def held_out() -> dict[str, float]:
         if not len(site.val):
@@ -140,6 +166,26 @@ def personalize_site(
     bundle.trainable.set_weights(batchnorm.apply(weights))
     if SITE_BN in chosen:
         scores[SITE_BN] = held_out()
+    names, fedbn = site.train.class_names, settings.federation.fedbn
+    metadata = model_metadata(
+        settings.model.name,
+        names,
+        settings.model.image_size,
+        settings.model.channels,
+        site=site.site_id,
+        fedbn=fedbn,
+    )
+    saved = []
+    if adapt:
+        layers = recalibrate_batchnorm(
+            bundle.trainable, model_inputs(settings.model, bundle, site.train), settings.training.batch_size
+        )
+        scores[ADAPTED] = held_out()
+        path = personalized_model_path(context, settings).with_name(ADAPTED_MODEL)
+        save_site_model(bundle, {**metadata, **adapted_metadata(config, site, layers)}, path)
+        saved.append(path)
+    if PERSONALIZED not in chosen:
+        return site_answer(site, scores, chosen, epochs, saved)
     if epochs:
         local_update(
             settings,
@@ -153,17 +199,41 @@ def personalize_site(
         )
     scores[PERSONALIZED] = held_out()
     path = personalized_model_path(context, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names, fedbn = site.train.class_names, settings.federation.fedbn
-    metadata = model_metadata(
-        settings.model.name,
-        names,
-        settings.model.image_size,
-        settings.model.channels,
-        site=site.site_id,
-        fedbn=fedbn,
+    save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs}, path)
+    return site_answer(site, scores, chosen, epochs, [*saved, path])
+
+
+def adapted_metadata(config: Mapping[str, Any], site: SiteData, layers: int) -> dict[str, Any]:
+    """What an adapted copy's file adds: the final model's temperature and ``notumor`` threshold (from
+    the query), and ``adapted`` as ``brainfl adapt`` records it (the site's training images, the date,
+    the global model's round)."""
+    images = len(site.train)
+    adaptation = Adaptation(
+        f"site {site.site_id} training images",
+        images,
+        images,
+        layers,
+        now(),
+        {"round": int(config["global-round"])},
     )
-    ModelWriter(bundle, {**metadata, "fine_tune_epochs": epochs}).write(path, bundle.trainable.get_weights())
+    decision = {key: float(config[key]) for key in DECISION if key in config}
+    return {**decision, "adapted": adaptation.metadata()}
+
+
+def save_site_model(bundle: Any, metadata: Mapping[str, Any], path: Path) -> None:
+    """Save the site's model (the bundle's current weights) as a brainfl model file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ModelWriter(bundle, metadata).write(path, bundle.trainable.get_weights())
+
+
+def site_answer(
+    site: SiteData,
+    scores: Mapping[str, dict[str, float]],
+    chosen: Sequence[str],
+    epochs: int,
+    saved: list[Path],
+) -> MetricRecord:
+    """The site's answer, numbers only: its counts and each stage's held-out scores (and the log line)."""
     LOG.info(
         "site %d personalization: %d fine-tuning epochs on %d images; held-out balanced accuracy %s; "
         "saved %s",
@@ -171,7 +241,7 @@ def personalize_site(
         epochs,
         len(site.train),
         " -> ".join(f"{stage} {scores[stage]['val_balanced_accuracy']:.4f}" for stage in chosen),
-        path,
+        ", ".join(map(str, saved)),
     )
     counts = {"site-id": site.site_id, NUM_EXAMPLES: len(site.val), "num_train": len(site.train)}
     answer = {
@@ -194,7 +264,7 @@ def site_row(reply: Message, chosen: Sequence[str], names: Sequence[str]) -> dic
         )
         return None
     row: dict[str, Any] = {key: float(metrics[key]) for key in keys}
-    row.update({f"{GAIN}_{name}": row[f"{PERSONALIZED}_{name}"] - row[f"{GLOBAL}_{name}"] for name in names})
+    row.update({f"{GAIN}_{name}": row[f"{chosen[-1]}_{name}"] - row[f"{GLOBAL}_{name}"] for name in names})
     counts = {
         "site": site_of(reply),
         "held_out_images": int(metrics[NUM_EXAMPLES]),
@@ -210,20 +280,20 @@ def personalize(
     weights: list[np.ndarray],
     class_names: Sequence[str],
     output_dir: Path,
+    decision: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask every site for its personalized model's scores (see the module docstring); write
     ``personalization.csv``. Returns its rows (none when the run does not personalize)."""
     (output_dir / PERSONALIZATION_CSV).unlink(missing_ok=True)  # an earlier run's, in a reused folder
     if not enabled(settings):
         return []
-    content = personalization_query(weights, class_names, settings)
+    content = personalization_query(weights, class_names, settings, decision)
     replies = query_sites(
         grid, content, grid.get_node_ids(), settings.federation.round_timeout, "personalization"
     )
-    chosen, names = (
-        stages(settings.federation.fedbn, settings.training.fine_tune_epochs),
-        score_names(class_names),
-    )
+    federation = settings.federation
+    chosen = stages(federation.fedbn, settings.training.fine_tune_epochs, federation.adapt_sites)
+    names = score_names(class_names)
     rows = sorted(
         (row for reply in replies if (row := site_row(reply, chosen, names)) is not None),
         key=lambda row: row["site"],
@@ -234,12 +304,13 @@ def personalize(
     appender = CsvAppender(output_dir / PERSONALIZATION_CSV, personalization_header(chosen, names))
     for row in rows:
         appender.append(row)
-    LOG.info("%s", summary(rows))
+    LOG.info("%s", summary(rows, chosen[-1]))
     return rows
 
 
-def summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The log line: the sites' held-out balanced accuracy, global against personalized, and the gain."""
+def summary(rows: Sequence[Mapping[str, Any]], last: str = PERSONALIZED) -> str:
+    """The log line: the sites' held-out balanced accuracy, global against the ``last`` stage (personalized
+    or adapted), and the gain."""
     scored = [row for row in rows if row["held_out_images"] > 0]
     text = f"personalization: {len(rows)} sites saved their personalized models"
     if not scored:
@@ -248,10 +319,10 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> str:
     worst = min(scored, key=lambda row: row[f"{GAIN}_balanced_accuracy"])
     means = {
         stage: float(np.nanmean([row[f"{stage}_balanced_accuracy"] for row in scored]))
-        for stage in (GLOBAL, PERSONALIZED)
+        for stage in (GLOBAL, last)
     }
     return (
         f"{text}; held-out balanced accuracy, mean over {len(scored)} sites: global {means[GLOBAL]:.4f}"
-        f" -> personalized {means[PERSONALIZED]:.4f} (gain {float(np.nanmean(gains)):+.4f}; "
+        f" -> {last} {means[last]:.4f} (gain {float(np.nanmean(gains)):+.4f}; "
         f"worst site {worst['site']} {worst[f'{GAIN}_balanced_accuracy']:+.4f})"
     )

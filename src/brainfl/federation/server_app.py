@@ -11,9 +11,11 @@ central evaluator scores the new global model on the test set and the
 recorder writes the round's outputs (CSVs, predictions, checkpoint). At the
 end every site is asked once more, for the final model's negative log-likelihood
 on its validation split at a grid of temperatures
-(:mod:`brainfl.federation.calibration_query`, ``calibrate``); the final model is saved
-with the fitted temperature; with ``fine-tune-epochs`` or ``fedbn`` every site
-then fine-tunes and saves its own copy and answers with its held-out scores
+(:mod:`brainfl.federation.calibration_query`, ``calibrate``), then, with
+``notumor-threshold = "fit"``, for its missed tumors and false alarms at a grid of
+``notumor`` thresholds (:mod:`brainfl.federation.threshold_query`); the final model is saved
+with the fitted temperature and threshold; with ``fine-tune-epochs``, ``fedbn`` or ``adapt-sites``
+every site then fine-tunes or adapts and saves its own copy and answers with its held-out scores
 before and after (:mod:`brainfl.federation.personalization`, ``personalization.csv``), and
 the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
@@ -43,6 +45,7 @@ from brainfl.federation.recorder import RunRecorder, resume_point
 from brainfl.federation.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.federation.setup import Roster, setup_federation
 from brainfl.federation.strategy import build_strategy, check_strategy
+from brainfl.federation.threshold_query import final_threshold
 from brainfl.federation.validation import run_validation
 from brainfl.model.files import FINAL_MODEL, ModelWriter, model_metadata
 from brainfl.model.process_cache import initial_weights, model_for
@@ -90,11 +93,12 @@ def personalize_sites(
     weights: list[np.ndarray],
     class_names: tuple[str, ...],
     output_dir: Path,
+    decision: dict[str, float] | None = None,
 ) -> None:
-    """The sites' personalized models (:mod:`brainfl.federation.personalization`; a problem never fails a
-    finished run, whose outputs then lack ``personalization.csv``)."""
+    """The sites' personalized and adapted models (:mod:`brainfl.federation.personalization`; a problem
+    never fails a finished run, whose outputs then lack ``personalization.csv``)."""
     try:
-        personalize(grid, settings, weights, class_names, output_dir)
+        personalize(grid, settings, weights, class_names, output_dir, decision)
     except Exception as error:
         LOG.warning("personalization failed: %r", error)
 
@@ -197,8 +201,12 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     test = (evaluator.test_set.labels, latest[0].probabilities) if evaluator and latest else None
     temperature = final_temperature(grid, settings, weights, class_names, test, output_dir)
     calibrated = {} if temperature is None else {"temperature": temperature}
-    writer.write(output_dir / FINAL_MODEL, weights, **calibrated)
-    personalize_sites(grid, settings, weights, class_names, output_dir)
+    decision = {
+        **calibrated,
+        **final_threshold(grid, settings, weights, class_names, temperature or 1.0, test, output_dir),
+    }
+    writer.write(output_dir / FINAL_MODEL, weights, **decision)
+    personalize_sites(grid, settings, weights, class_names, output_dir, decision)
     write_report(output_dir)
     LOG.info("outputs written to %s", output_dir)
 

@@ -44,7 +44,7 @@ from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
 from brainfl.federation.setup import QUERY, query_sites_and_errors, setup_federation
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.files import FINAL_MODEL, LoadedModel, load_model, read_metadata, trainable_weights
-from brainfl.model.outputs import scale_probabilities
+from brainfl.model.outputs import notumor_rule, scale_probabilities
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
 from brainfl.report.results import write_run_config
@@ -161,6 +161,7 @@ def validation_query(loaded: Sequence[LoadedModel], settings: RunSettings) -> Re
         **architecture(first),
         "models": len(loaded),
         **{f"temperature-{index}": model.temperature for index, model in enumerate(loaded)},
+        **{f"notumor-threshold-{index}": model.notumor_threshold for index, model in enumerate(loaded)},
         "validate-split": settings.evaluation.validate_split,
         "validate-adapt": settings.evaluation.validate_adapt,
     }
@@ -186,7 +187,10 @@ def site_validation(settings: RunSettings, site: SiteData, content: RecordDict) 
             recalibrate_batchnorm(bundle.trainable, inputs, settings.training.batch_size)
         raw = predict_proba(bundle.trainable, inputs)
         probabilities = scale_probabilities(raw, float(config[f"temperature-{index}"]))
-        summary = summarize(LabelledSet(images.labels, probabilities, len(images.class_names), ECE_BINS))
+        rule = notumor_rule(images.class_names, float(config[f"notumor-threshold-{index}"]))
+        summary = summarize(
+            LabelledSet(images.labels, probabilities, len(images.class_names), ECE_BINS, rule)
+        )
         answer[f"{SUMMARY}-{index}"] = ArrayRecord(summary.to_arrays())
     adapted = ", each adapted to them first (BatchNorm statistics)" if config["validate-adapt"] else ""
     LOG.info(
@@ -223,13 +227,15 @@ def site_summaries(replies: Sequence[Message], index: int, num_classes: int) -> 
 
 
 def score_model(label: str, summaries: Mapping[int, CountSummary], class_names: Sequence[str]) -> list[dict]:
-    """The model's row at every site, then its pooled row."""
+    """The model's row at every site, then its pooled row (the sites applied the model's ``notumor``
+    threshold; the rule here only names the class for the tumor-vs-notumor metrics)."""
+    rule = notumor_rule(class_names)
     rows = [
-        validation_row(label, str(site), scores_of(labelled_set(summary), class_names))
+        validation_row(label, str(site), scores_of(labelled_set(summary, rule), class_names))
         for site, summary in summaries.items()
     ]
     pooled = functools.reduce(operator.add, summaries.values())
-    return [*rows, validation_row(label, POOLED, scores_of(labelled_set(pooled), class_names))]
+    return [*rows, validation_row(label, POOLED, scores_of(labelled_set(pooled, rule), class_names))]
 
 
 def log_rows(rows: Sequence[Mapping[str, Any]]) -> None:

@@ -143,10 +143,15 @@ def save_gradcam(
     """Write the Grad-CAM overlay of one image file (PNG, the file's size) for ``class_index``.
 
     The image is preprocessed as the model was trained (``loaded.preprocess``);
-    ``class_index`` defaults to the predicted class.
+    ``class_index`` defaults to the class predicted as ``brainfl predict`` calls it
+    (:meth:`~brainfl.model.files.LoadedModel.predicted`, the model's ``notumor`` threshold applied).
     """
-    indices = None if class_index is None else np.asarray([class_index])
-    heatmap = gradcam_heatmaps(loaded.model, loaded.preprocess(image_path)[np.newaxis], indices)[0]
+    inputs = loaded.preprocess(image_path)[np.newaxis]
+    if class_index is None:
+        class_index = int(loaded.predicted(loaded.probabilities(inputs))[0])
+        if class_index < 0:
+            raise BrainFLError(f"Grad-CAM: the model's outputs for {image_path} are not finite (no class)")
+    heatmap = gradcam_heatmaps(loaded.model, inputs, np.asarray([class_index]))[0]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     overlay(open_original(image_path), heatmap, loaded.crop).save(out_path, format="PNG")

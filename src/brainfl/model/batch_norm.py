@@ -28,6 +28,13 @@ def _is_chain(model: keras.Model) -> bool:
     return all(current.input is previous.output for previous, current in itertools.pairwise(layers))
 
 
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The BatchNorm layers whose statistics :func:`recalibrate_batchnorm` sets (none when the model is
+    not a plain chain of layers)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return norms if norms and _is_chain(model) else []
+
+
 def recalibrate_batchnorm(
     model: keras.Model,
     inputs: np.ndarray,
@@ -51,8 +58,8 @@ def recalibrate_batchnorm(
     are not a plain chain of layers, or have no BN layer, are left as they are.
     A pass of a few batches runs eagerly (:func:`brainfl.model.training.runs_eagerly`).
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not norms or not _is_chain(model):
+    norms = batchnorm_layers(model)
+    if not norms:
         return 0
     batch_moments = _batch_moments_function(model)
     order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]

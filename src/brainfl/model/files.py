@@ -3,8 +3,11 @@
 A model file carries its own metadata (``brainfl.json`` inside the archive:
 model name, class names, image size, channels, how a scan is framed
 (``crop``: ``head``, or ``none`` for files written before scans were cropped
-to the head), optionally the round and the temperature its probabilities are
-scaled by (``temperature``, 1 when absent; see :mod:`brainfl.evaluation.calibration`)), so
+to the head), optionally the round, the temperature its probabilities are
+scaled by (``temperature``, 1 when absent; see :mod:`brainfl.evaluation.calibration`), the
+probability ``notumor`` must reach to be predicted (``notumor_threshold``, 0 when absent: plain
+argmax; see :mod:`brainfl.model.outputs`) and, for a model re-estimated on a hospital's own scans,
+what it was adapted on (``adapted``, :mod:`brainfl.inference.adaptation`)), so
 the file alone says what its outputs mean and how to preprocess an image for
 it. Files are written to a temporary name and renamed, so a crash never
 leaves a half-written checkpoint. A file without the metadata is accepted
@@ -28,7 +31,7 @@ from typing import Any
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import decode_image
-from brainfl.model.outputs import scale_probabilities
+from brainfl.model.outputs import notumor_rule, predicted_classes, scale_probabilities
 from brainfl.settings.run_settings import settings_from_config
 
 MODEL_METADATA = "brainfl.json"
@@ -126,16 +129,22 @@ def read_metadata(path: Path) -> dict[str, Any]:
         or metadata.get("channels") not in (1, 3)
         or metadata.get("crop", "none") not in ("head", "none")
         or not _is_temperature(metadata.get("temperature", 1.0))
+        or not _is_threshold(metadata.get("notumor_threshold", 0.0))
     ):
         raise BrainFLError(
             f"model {path}: brainfl metadata needs class_names (list of names), image_size and channels "
-            f"(1 or 3), crop head or none and temperature a positive number if given, got {metadata}"
+            f"(1 or 3), crop head or none, temperature a positive number and notumor_threshold a number "
+            f"in [0, 1) if given, got {metadata}"
         )
     return metadata
 
 
 def _is_temperature(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _is_threshold(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +159,8 @@ class LoadedModel:
     channels: int
     crop: str = "head"
     temperature: float = 1.0  # fitted after the run (calibrate=true); 1: the probabilities as computed
+    notumor_threshold: float = 0.0  # fitted after the run (notumor-threshold); 0: plain argmax
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # as stored (or read beside it)
 
     def preprocess(self, path: Path | str):
         """One image file as the model's training input (uint8, S x S x C), framed as in training."""
@@ -172,6 +183,11 @@ class LoadedModel:
 
         raw = training.predict_proba(self.model, inputs, batch_size=batch_size)
         return scale_probabilities(raw, self.temperature)
+
+    def predicted(self, probabilities: Any) -> Any:
+        """The class index per row of :meth:`probabilities` under the model's ``notumor`` threshold
+        (-1: outputs not finite): what predict, evaluate and Grad-CAM call the scan."""
+        return predicted_classes(probabilities, notumor_rule(self.class_names, self.notumor_threshold))
 
 
 def _check_shapes(loaded: LoadedModel) -> None:
@@ -216,6 +232,8 @@ def load_model(model_path: Path | str) -> LoadedModel:
         int(metadata["channels"]),
         str(metadata.get("crop", "none")),
         float(metadata.get("temperature", 1.0)),
+        float(metadata.get("notumor_threshold", 0.0)),
+        metadata,
     )
     _check_shapes(loaded)
     return loaded

@@ -72,7 +72,8 @@ def _scores(table: pd.DataFrame, prefix: str, path: Path) -> pd.DataFrame:
 
 def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     """Approach names of ``personalization.csv``'s stages: whether the run used FedBN (its
-    ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``)."""
+    ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``); ``adapted``: the copy with
+    BatchNorm statistics re-estimated on the site's images (``adapt-sites``)."""
     config_path = folder / "run_config.json"
     fedbn = bool(json.loads(config_path.read_text()).get("fedbn")) if config_path.is_file() else False
     tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
@@ -81,6 +82,7 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     return {
         "global": base if fedbn else FEDERATED,
         "site_bn": own,
+        "adapted": f"{own} + adapted BN",
         "personalized": f"{own} + fine-tune" if tuned else own,
     }
 

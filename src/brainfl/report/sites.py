@@ -85,13 +85,20 @@ def with_summary(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-STAGE_LABELS = {"global": "global", "site_bn": "own-BN", "personalized": "personalized", "gain": "gain"}
+STAGE_LABELS = {
+    "global": "global",
+    "site_bn": "own-BN",
+    "adapted": "adapted",
+    "personalized": "personalized",
+    "gain": "gain",
+}
 
 
 def personalization_table(run: Run) -> pd.DataFrame | None:
     """Per site, from ``personalization.csv``: the held-out accuracy and balanced accuracy of the global
-    model, of it with the site's own BatchNorm (FedBN with fine-tuning), of the personalized model and the
-    gain (personalized - global), and the gain in each class's sensitivity; then the :data:`SUMMARY_ROWS`
+    model, of it with the site's own BatchNorm (FedBN with fine-tuning), of the adapted copy
+    (``adapt-sites``), of the personalized model and the gain (the last of these - global), and the
+    gain in each class's sensitivity; then the :data:`SUMMARY_ROWS`
     (worst: the lowest). None when the run wrote no ``personalization.csv``."""
     path = run.output_dir / PERSONALIZATION_CSV
     if not path.is_file():

@@ -34,6 +34,7 @@ MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
+NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
@@ -107,6 +108,7 @@ class FederationSettings:
     byzantine_sites: int
     trim_beta: float
     fedbn: bool
+    adapt_sites: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +125,21 @@ class PrivacySettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
-    """What the server adds to its evaluation (temperature calibration, TensorBoard logs), and the
-    evaluation-only run that scores saved models at every site."""
+    """What the server adds to its evaluation (temperature calibration, the ``notumor`` threshold,
+    TensorBoard logs), and the evaluation-only run that scores saved models at every site."""
 
     calibrate: bool
     tensorboard: bool
+    notumor_threshold: str  # "none" (argmax), "fit" (on the sites' validation splits) or a number
+    missed_tumor_target: float
     validate_models: str  # evaluation-only run: saved models (files or run folders), separated by os.pathsep
     validate_split: str
     validate_adapt: bool
+
+    @property
+    def fixed_notumor_threshold(self) -> float | None:
+        """The threshold the setting fixes (None: ``none`` or ``fit``)."""
+        return None if self.notumor_threshold in NOTUMOR_THRESHOLD_MODES else float(self.notumor_threshold)
 
 
 SECTIONS: dict[str, type] = {
@@ -196,6 +205,9 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("validate_models", "evaluation"),
         ("validate_split", "evaluation"),
         ("validate_adapt", "evaluation"),
+        ("adapt_sites", "federation"),
+        ("notumor_threshold", "evaluation"),
+        ("missed_tumor_target", "evaluation"),
     )
 )
 
@@ -376,8 +388,24 @@ def check_settings(settings: RunSettings) -> None:
         raise BrainFLError(
             f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.training.fine_tune_epochs}"
         )
+    check_notumor_threshold(settings)
     check_privacy_settings(settings)
     check_setting_combinations(settings)
+
+
+def check_notumor_threshold(settings: RunSettings) -> None:
+    """``notumor-threshold`` is ``none``, ``fit`` or a number in [0, 1); the target a rate in [0, 1)."""
+    value = settings.evaluation.notumor_threshold
+    if value not in NOTUMOR_THRESHOLD_MODES:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not 0 <= number < 1:
+            raise BrainFLError(
+                f"setting 'notumor-threshold': expected none, fit or a probability in [0, 1), got {value!r}"
+            )
+    _within(settings, "missed_tumor_target", 0, 1, "[)")
 
 
 def check_privacy_settings(settings: RunSettings) -> None:
@@ -406,6 +434,11 @@ def check_setting_combinations(settings: RunSettings) -> None:
         raise BrainFLError(
             "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn with "
             f"norm=batch and no dp (got model={model.name}, norm={model.norm}, dp={privacy.dp})"
+        )
+    if federation.adapt_sites and (model.name, model.norm) != ("cnn", "batch"):
+        raise BrainFLError(
+            "setting 'adapt-sites': re-estimating BatchNorm statistics needs model=cnn with norm=batch "
+            f"(got model={model.name}, norm={model.norm})"
         )
     if privacy.dp != "none" and model.norm == "batch" and model.name == "cnn":
         raise BrainFLError(
