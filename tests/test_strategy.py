@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error
+from flwr.app.message import make_message
 
 from brainfl.core.errors import BrainFLError
 from brainfl.federation.bookkeeping import Participant, SiteBookkeeping, SiteReport
@@ -103,12 +104,14 @@ def test_the_rounds_critical_path_is_the_slowest_site_not_the_sum_and_drops_are_
     """Sites train in parallel in a deployment: the round waits for the slowest reply, even a dropped one."""
     reports: list[SiteReport] = []
     strategy = _strategy_after_configure([np.zeros(2, np.float32)], reports)
-    strategy.asked = [1000, 1001, 1002, 1003]  # the nodes configure_train sent the round's message
+    strategy.asked = [1000, 1001, 1002, 1003, 1004]  # the nodes configure_train sent the round's message
     good = [np.ones(2, np.float32)]
+    failed = Error(code=2, reason="<class 'ValueError'>:<'bad scan /data/site4/x.jpg'>")
     replies = [
         _timed_reply(0, good, 3.0),
         _timed_reply(1, good, 7.5),
         _timed_reply(2, [np.array([np.nan, 1.0], np.float32)], 9.0),  # dropped, but the server waited for it
+        make_message(metadata=make_reply(4, [], 1).metadata, error=failed),
     ]  # node 1003 never replied
     strategy.aggregate_train(1, replies)
     [report] = reports
@@ -119,6 +122,7 @@ def test_the_rounds_critical_path_is_the_slowest_site_not_the_sum_and_drops_are_
         Participant(1001, 1),
         Participant(1002, 2, "unusable update: array 0 contains NaN or infinite values"),
         Participant(1003, None, "missing reply"),
+        Participant(1004, None, "error: client app raised exception (ValueError)"),
     )
 
 
