@@ -24,29 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from brainfl.core.errors import BrainFLError
 from brainfl.core.logs import LOG, log_to_file
+from brainfl.federation.bookkeeping import error_summary, site_id
+from brainfl.federation.setup import QUERY
 from brainfl.report.results import AUDIT_JSONL
 
 MODEL_KEYS = ("arrays", "fitins.parameters", "fitres.parameters")  # a message's model, if it carries one
-QUERY_KEY = "query"  # a query's config key naming what is asked (brainfl.federation.setup.QUERY)
-SITE_KEY = "site-id"
-ERROR_NAMES = {
-    value: name.lower().replace("_", " ") for name, value in vars(ErrorCode).items() if name.isupper()
-}
-EXCEPTION_CLASS = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>")
 
 
 def arrays_sha256(arrays: Iterable[np.ndarray]) -> str:
@@ -72,14 +66,6 @@ def payload_bytes(content: RecordDict) -> int:
     return arrays + sum(len(key) + _value_bytes(value) for record in records for key, value in record.items())
 
 
-def error_summary(error: Error) -> str:
-    """A site error in words: Flower's error code and the exception's class, never its message (which may
-    name a site's files)."""
-    found = EXCEPTION_CLASS.match(error.reason or "")
-    kind = ERROR_NAMES.get(error.code, f"code {error.code}")
-    return f"error: {kind}" + (f" ({found[1]})" if found else "")
-
-
 def message_round(message: Message) -> int | None:
     """The run's round a message belongs to: its config's ``global-round``, else its group id; None for
     the queries before the first and after the last round."""
@@ -93,7 +79,7 @@ def message_round(message: Message) -> int | None:
 def message_context(message: Message) -> dict[str, Any]:
     """What a sent message is about, for its line and its reply's: its round; for a query, what it asks."""
     configs = message.content.config_records.values() if message.has_content() else ()
-    query = next((c[QUERY_KEY] for c in configs if QUERY_KEY in c), None)
+    query = next((c[QUERY] for c in configs if QUERY in c), None)
     return {"round": message_round(message), **({"query": str(query)} if query is not None else {})}
 
 
@@ -110,11 +96,11 @@ def message_entry(message: Message, direction: str, node: int, about: Mapping[st
     if message.has_error():
         return {**entry, "bytes": 0, "error": error_summary(message.error)}
     content = message.content
-    site = next((m[SITE_KEY] for m in content.metric_records.values() if SITE_KEY in m), None)
+    site = site_id(next(iter(content.metric_records.values()), {}))
     model = next((content[key] for key in MODEL_KEYS if key in content.array_records), None)
     return {
         **entry,
-        **({"site": int(site)} if isinstance(site, int | float) and site >= 0 else {}),
+        **({"site": site} if site is not None else {}),
         "bytes": payload_bytes(content),
         **({"sha256": arrays_sha256(model.to_numpy_ndarrays())} if isinstance(model, ArrayRecord) else {}),
     }

@@ -16,23 +16,28 @@ so they get the plain example-weighted average.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from brainfl.core.logs import LOG
 from brainfl.core.timings import TOTAL
 from brainfl.evaluation.metrics import site_per_class_prefixes
-from brainfl.federation.audit import error_summary
 from brainfl.federation.flower_compat import aggregate_metricrecords, validate_message_reply_consistency
 
 NUM_EXAMPLES = "num-examples"
 SITE_KEYS = ("site-id", "num_train", "num_val")
 CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
 PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, *site_per_class_prefixes())  # per-site only (a class may be NaN)
+ERROR_NAMES = {
+    code: name.lower().replace("_", " ") for name, code in vars(ErrorCode).items() if name.isupper()
+}
+EXCEPTION_CLASS = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>")  # how Flower's error reason starts
 
 
 def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -157,6 +162,14 @@ def site_of(message: Message) -> int:
 def numeric_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     """The numeric entries of a site's metrics, as floats."""
     return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+def error_summary(error: Error) -> str:
+    """A site error in words: Flower's error code and the exception's class, never its message (which may
+    name a site's files)."""
+    found = EXCEPTION_CLASS.match(error.reason or "")
+    kind = ERROR_NAMES.get(error.code, f"code {error.code}")
+    return f"error: {kind}" + (f" ({found[1]})" if found else "")
 
 
 def split_replies(replies: Iterable[Message], stage: str) -> tuple[list[Message], list[Message]]:
