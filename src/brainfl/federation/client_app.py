@@ -295,7 +295,8 @@ def query_round(msg: Message, context: Context) -> Message:
 
 
 def client_app_with(*extra_mods) -> ClientApp:
-    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods."""
+    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods (all inside
+    the audit mod, which logs what reaches the site and what leaves it)."""
     client_app = ClientApp(mods=[audit_mod, *extra_mods, *STANDARD_MODS])
     client_app.train()(train_round)
     client_app.evaluate()(evaluate_round)
