@@ -6,11 +6,13 @@ suite24``) and holds ``command.txt`` (the command that made it) and an optional 
 ``load_runs`` reads every run (``harness.keep_result``: ``federated_learning_results.csv``,
 ``run_config.json``, ``site_metrics.csv``) into a ``Run``: its kind (centralized, private, poisoned,
 deployed), its numbers (passes = rounds x local epochs, final and leak-free accuracy, time to each
-threshold) and, in ``Run.cells``, its cell in every column a table of ``make_tables.py`` may show. A run
-folder may also hold ``measurement.json`` (``harness.keep_result(..., measurement=...)``: what the benchmark
-script measured while it ran, such as ``peak_total_gib``, the peak memory of all its processes) and, from
-``benchmarks/shifted_copy.py``, ``brainfl evaluate``'s scores of its final model on a shifted copy of the
-Testing split: ``shifted/evaluation.csv`` and ``shifted-leak-free/evaluation.csv`` (``Run.shifted``).
+threshold, on ``elapsed_s`` and, where the results hold it, the deployment clock
+``parallel_elapsed_s``) and, in ``Run.cells``, its cell in every column a table of ``make_tables.py``
+may show. A run folder may also hold ``measurement.json`` (``harness.keep_result(..., measurement=...)``:
+what the benchmark script measured while it ran, such as ``peak_total_gib``, the peak memory of all its
+processes) and, from ``benchmarks/shifted_copy.py``, ``brainfl evaluate``'s scores of its final model on a
+shifted copy of the Testing split: ``shifted/evaluation.csv`` and ``shifted-leak-free/evaluation.csv``
+(``Run.shifted``).
 """
 
 from __future__ import annotations
@@ -56,10 +58,18 @@ def warm_phase_medians(sites: pd.DataFrame) -> dict[str, float]:
     return {column: float(warm[column].median()) for column in columns if warm[column].notna().any()}
 
 
-def reach(rounds: pd.DataFrame, target: float) -> tuple[int, float] | None:
-    """(round, elapsed seconds) of the first evaluation with official accuracy >= ``target``."""
+DEPLOYMENT_CLOCK = "parallel_elapsed_s"  # the results' clock with the sites in parallel (newer runs only)
+
+
+def reach(rounds: pd.DataFrame, target: float, clock: str = "elapsed_s") -> tuple[int, float] | None:
+    """(round, seconds on ``clock``) of the first evaluation with official accuracy >= ``target``."""
     hits = rounds[rounds["accuracy"] >= target - 1e-9]
-    return None if hits.empty else (int(hits["round"].iloc[0]), float(hits["elapsed_s"].iloc[0]))
+    return None if hits.empty else (int(hits["round"].iloc[0]), float(hits[clock].iloc[0]))
+
+
+def has_deployment_clock(rounds: pd.DataFrame) -> bool:
+    """Whether a run's results hold the deployment clock (runs kept before it was recorded do not)."""
+    return DEPLOYMENT_CLOCK in rounds and bool(rounds[DEPLOYMENT_CLOCK].notna().all())
 
 
 def read(path: Path) -> str:

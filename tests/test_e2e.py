@@ -15,6 +15,8 @@ import pytest
 
 import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
 from brainfl.model.files import stored_metadata
+from brainfl.report.audit import read_audit
+from brainfl.report.results import AUDIT_JSONL
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
 
@@ -61,6 +63,7 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
     assert rows[2]["sites_trained"] == "2"
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert all(0.0 <= float(row["leak_free_accuracy"]) <= 1.0 for row in rows)
+    check_clocks_and_audit(out, rows, sites=2)
 
     sites = read_rows(out / "site_metrics.csv")
     assert sorted((row["round"], row["site"]) for row in sites) == [
@@ -85,6 +88,20 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
     assert stored_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
     assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
     check_baselines(out)
+
+
+def check_clocks_and_audit(out: Path, rows: list[dict[str, str]], sites: int) -> None:
+    """The deployment clock runs below this machine's and grows; the audit trail's train messages carry,
+    across the real transport, the model the round before recorded, and each site logs its messages."""
+    parallel = [float(row["parallel_elapsed_s"]) for row in rows]
+    assert all(p <= float(row["elapsed_s"]) for p, row in zip(parallel, rows, strict=True))
+    assert parallel == sorted(parallel) and parallel[-1] > parallel[0]
+    audit = read_audit(out / AUDIT_JSONL)
+    model = {e["round"]: e["model_sha256"] for e in audit if e["event"] == "round"}
+    sent = [e for e in audit if e.get("type") == "train" and e["direction"] == "sent"]
+    assert len(sent) == sites * (len(rows) - 1) and all(e["sha256"] == model[e["round"] - 1] for e in sent)
+    for site in range(sites):
+        assert '"direction":"sent","site":' in (out / "logs" / f"client_{site}.log").read_text()
 
 
 def check_baselines(out: Path) -> None:

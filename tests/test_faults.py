@@ -26,6 +26,8 @@ import psutil
 import pytest
 
 import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
+from brainfl.report.audit import read_audit
+from brainfl.report.results import AUDIT_JSONL
 from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows, run_script
 
@@ -230,5 +232,9 @@ def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(t
     assert all((r["sites_trained"], r["sites_failed"]) == ("1", "1") for r in rows[1:]), rows
     server_log = (out / "logs" / "server.log").read_text()
     assert server_log.count("dropped the reply of site 0: array 0 contains NaN") == 2
+    dropped = [e["dropped"] for e in read_audit(out / AUDIT_JSONL) if e["event"] == "round" and e["round"]]
+    assert [[(d["site"], d["reason"]) for d in round_] for round_ in dropped] == [
+        [(0, "unusable update: array 0 contains NaN or infinite values")]
+    ] * 2
     weights = keras.models.load_model(out / "final_model.keras").get_weights()
     assert all(np.all(np.isfinite(w)) for w in weights)

@@ -85,9 +85,20 @@ def test_federated_vs_centralized_passes_and_time_to_the_central_final_accuracy(
     assert row[2:5] == ["8 / 4", "0.9700 / 0.9600", "0.9400"]  # fed accuracy after 4 passes: round 2
     assert row[5] == "6 / 3, 2.00"  # passes to 0.96
     assert row[6] == "90 s / 30 s, 3.00"  # time to 0.96
-    assert row[7] == "not reached / not reached, - |"
+    assert row[7] == "not reached / not reached, -"
+    assert row[8] == "\u2014 |"  # no deployment clock in these results: a dash, no number
     assert f"# fed\n# machine: {CI_MACHINE}\n./run.sh --simulation --output-dir runs/fed\n" in table
     assert "Machine:" not in table  # each folder's machine sits with its command
+
+
+def test_time_to_the_central_final_on_the_deployment_clock_where_the_results_hold_it(tmp_path):
+    keep(tmp_path, "central", [0.2, 0.96], [0, 30], **{"centralized": True, "local-epochs": 1})
+    fed = keep(tmp_path, "fed", [0.2, 0.80, 0.961], [0, 30, 90], **{"local-epochs": 1})
+    results = fed / "federated_learning_results.csv"
+    pd.read_csv(results).assign(parallel_elapsed_s=[0, 10, 24]).to_csv(results, index=False)
+    row = render("centralized", tmp_path / "benchmarks" / "results").splitlines()[2].split(" | ")
+    assert row[6] == "90 s / 30 s, 3.00"  # this machine: sites one after another
+    assert row[8] == "24 s / 30 s, 0.80 |"  # the sites in parallel
 
 
 def test_label_skew_gap_is_dirichlet_minus_iid_in_points_on_the_same_schedule(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -88,6 +89,33 @@ def test_a_round_is_written_from_the_site_reports_and_the_evaluation(tmp_path, w
     assert [p["leak_free"] for p in predictions] == ["1", "0", "1"]
     assert predictions[1]["a"] == "nan" and float(predictions[2]["b"]) == 0.9
     assert stored_metadata(tmp_path / CHECKPOINT)["round"] == 1
+
+
+def test_the_deployment_clock_adds_each_rounds_critical_path_and_continues_after_a_resume(
+    tmp_path, writer
+) -> None:
+    weights = writer.bundle.trainable.get_weights()
+    evaluation = dataclasses.replace(_evaluation(np.full((3, 2), 0.5)), seconds=0.5)
+    recorder = RunRecorder(tmp_path, _test_set(), CLASSES, writer, total_rounds=3, deployment_clock=True)
+    recorder.round_done(0, weights, evaluation)
+    for server_round in (1, 2):
+        report = dataclasses.replace(_train_report({0: (2, 2)}), slowest_site_s=4.0, aggregation_s=0.25)
+        recorder.site_report(server_round, report)
+        recorder.round_done(server_round, weights, evaluation)
+    resume_point(tmp_path, writer)
+    recorder = RunRecorder(
+        tmp_path, _test_set(), CLASSES, writer, total_rounds=3, first_round=2, deployment_clock=True
+    )
+    recorder.site_report(3, dataclasses.replace(_train_report({0: (2, 2)}), slowest_site_s=1.0))
+    recorder.round_done(3, weights, evaluation)
+    rows = read_rows(tmp_path / RESULTS_CSV)
+    # round 0: the evaluation; then the slowest site + aggregation + evaluation, summed over rounds
+    assert [float(r["parallel_elapsed_s"]) for r in rows] == [0.5, 5.2, 10.0, 11.5]
+    assert all(r["elapsed_s"] for r in rows)
+    (tmp_path / "plain").mkdir()
+    plain = RunRecorder(tmp_path / "plain", _test_set(), CLASSES, writer, total_rounds=1)  # centralized
+    plain.round_done(0, weights, evaluation)
+    assert read_rows(tmp_path / "plain" / RESULTS_CSV)[0]["parallel_elapsed_s"] == ""
 
 
 def test_a_site_enters_the_partition_table_once(tmp_path, writer) -> None:

@@ -30,9 +30,17 @@ from PIL import Image
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data import loading as data_loader
+from brainfl.federation.audit import AuditLog
 from brainfl.model import training
 from brainfl.report import page as report
-from brainfl.report.results import RESULTS_CSV, SITE_CSV, CsvAppender, results_header, site_header
+from brainfl.report.results import (
+    AUDIT_JSONL,
+    RESULTS_CSV,
+    SITE_CSV,
+    CsvAppender,
+    results_header,
+    site_header,
+)
 from brainfl.report.run import PARTITION_CSV, PREDICTIONS_CSV
 from brainfl.settings.run_settings import default_run_config
 from conftest import CLASSES
@@ -119,6 +127,7 @@ def record_run(out: Path, model_file: Path | None, extra: dict | None = None) ->
             "f1_macro": round(accuracy - 0.05, 3),
         }
         row.update({f"recall_{name}": accuracy for name in CLASSES}, elapsed_s=[0.0, 60.0, 125.5][round_])
+        row["parallel_elapsed_s"] = [0.0, 20.0, 41.0][round_]
         row["leak_free_accuracy"] = round(accuracy - 0.07, 3)
         row.update(
             balanced_accuracy=round(accuracy - 0.02, 3),
@@ -153,7 +162,18 @@ def record_run(out: Path, model_file: Path | None, extra: dict | None = None) ->
         results.append(row)
     PARTITION.to_csv(out / PARTITION_CSV, index=False)
     write_predictions(out, sample_test_images())
+    write_audit(out)
     return out
+
+
+def write_audit(out: Path) -> None:
+    """The rounds' lines of ``audit.jsonl``: three sites in round 1; in round 2 site 2 sent NaN."""
+    audit = AuditLog(out)
+    audit.append({"event": "round", "round": 0, "aggregated": [], "dropped": []})
+    everyone = [{"node": 10 + site, "site": site} for site in (0, 1, 2)]
+    audit.append({"event": "round", "round": 1, "aggregated": everyone, "dropped": []})
+    dropped = [{**everyone[2], "reason": "unusable update: array 0 contains NaN or infinite values"}]
+    audit.append({"event": "round", "round": 2, "aggregated": everyone[:2], "dropped": dropped})
 
 
 @contextlib.contextmanager
@@ -271,6 +291,7 @@ def test_headline_numbers_come_first_and_settings_last(page):
         "calibration error, ECE (round 2)": "0.0333",
         "rounds": "2",
         "wall time": "2 min 06 s",
+        "deployment clock (sites in parallel)": "41.0 s",
     }
     order = [
         '<dl class="headline">',
@@ -328,6 +349,17 @@ def report_data_confusion(run: Path):
     return confusion(read_run(run).predictions, len(CLASSES))
 
 
+def test_participation_per_round_comes_from_the_audit_trail(page):
+    table = read_table(page, "participation")
+    assert table.columns.tolist() == ["site 0", "site 1", "site 2"]
+    assert table.index.tolist() == ["1", "2"]
+    assert table.loc["2"].tolist() == [
+        "aggregated",
+        "aggregated",
+        "dropped: unusable update: array 0 contains NaN or infinite values",
+    ]
+
+
 def test_site_table_is_partition_csv_with_each_sites_last_validation(page):
     sites = read_table(page, "sites")
     expected = PARTITION.set_index("site")
@@ -353,10 +385,16 @@ def test_a_run_without_the_clinical_columns_still_reports(tmp_path):
     from brainfl.evaluation.metrics import interval_columns
 
     run = record_run(tmp_path / "run", None)  # as an older version wrote it:
-    for name, new in ((RESULTS_CSV, interval_columns(CLASSES)), (SITE_CSV, site_header(CLASSES)[8:13])):
+    for name, new in (
+        (RESULTS_CSV, [*interval_columns(CLASSES), "parallel_elapsed_s"]),
+        (SITE_CSV, [*site_header(CLASSES)[8:13], "total_s"]),
+    ):
         pd.read_csv(run / name).drop(columns=new).to_csv(run / name, index=False)
+    (run / AUDIT_JSONL).unlink()
     page = make_report(run)
     assert headline(page)["final test accuracy (round 2)"] == "0.7188"
+    assert headline(page)["wall time"] == "2 min 06 s" and "deployment clock" not in page
+    assert "Participation per round" not in page
     assert "final test balanced accuracy (round 2)" not in headline(page)
     assert "specificity" not in read_table(page, "per-class")
     assert read_table(page, "site-scores").columns.tolist() == ["accuracy"]

@@ -10,6 +10,9 @@ rule.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -17,14 +20,24 @@ from flwr.clientapp import ClientApp
 
 from brainfl.data.loading import ImageSet
 from brainfl.data.sites import load_run_dataset
+from brainfl.federation.audit import arrays_sha256
 from brainfl.federation.client_app import client_app_with
 from brainfl.federation.strategy import build_strategy, round_settings
 from brainfl.model.process_cache import initial_weights, model_for
 from brainfl.model.training import predict_proba, train
-from brainfl.report.results import read_rows
+from brainfl.report.audit import read_audit
+from brainfl.report.results import AUDIT_JSONL, read_rows
 from brainfl.settings.run_settings import RunSettings, settings_from_config
 from conftest import REPO_ROOT, cache_at
-from inprocess import NODE_BASE, InProcessGrid, make_reply, run_in_process, send_train_round
+from inprocess import (
+    NODE_BASE,
+    InProcessGrid,
+    keep_train_replies,
+    make_reply,
+    run_in_process,
+    send_train_round,
+    train_messages,
+)
 from poisoning import poisoned_arrays, poisoning_mod
 
 SITES = 5
@@ -166,13 +179,66 @@ def test_a_site_sending_nan_is_dropped_and_the_global_model_stays_finite(tmp_pat
         "data-dir": str(REPO_ROOT / "sample_data"),
         "image-size": 32,
         "num-partitions": 3,
-        "num-server-rounds": 1,
+        "num-server-rounds": 2,
         "fraction-evaluate": 0.0,
         "output-dir": str(tmp_path),
     }
-    run_in_process(3, config, client_app=client_app_with(poisoning_mod("nan", {0})))
+    replies: list[Message] = []
+    grid = run_in_process(
+        3, config, client_app=client_app_with(poisoning_mod("nan", {0})), tap=keep_train_replies(replies)
+    )
     rows = read_rows(tmp_path / "federated_learning_results.csv")
-    assert (rows[1]["sites_trained"], rows[1]["sites_failed"]) == ("2", "1")
+    assert all((row["sites_trained"], row["sites_failed"]) == ("2", "1") for row in rows[1:])
     assert np.isfinite(float(rows[1]["loss"]))
     server_log = (tmp_path / "logs" / "server.log").read_text()
     assert "dropped the reply of site 0: array 0 contains NaN" in server_log
+    check_the_deployment_clock(rows)
+    check_the_audit_trail(tmp_path, grid, replies)
+
+
+def check_the_deployment_clock(rows: list[dict[str, str]]) -> None:
+    """Sites one after another here: the deployment clock (sites in parallel) runs slower, yet runs."""
+    parallel = [float(row["parallel_elapsed_s"]) for row in rows]
+    assert all(p <= float(row["elapsed_s"]) for p, row in zip(parallel, rows, strict=True)), rows
+    assert parallel[0] < parallel[1] < parallel[2], parallel
+
+
+def check_the_audit_trail(out: Path, grid: InProcessGrid, replies: list[Message]) -> None:
+    """Every message and reply hashed as sent, the model each round sends is the one the round before
+    recorded, the NaN site is dropped with its reason, the sites log the same, the report shows it."""
+    text = (out / AUDIT_JSONL).read_text()
+    assert "sample_data" not in text and ".jpg" not in text  # no path or scan name
+    audit = read_audit(out / AUDIT_JSONL)
+    model = {e["round"]: e["model_sha256"] for e in audit if e["event"] == "round"}
+    train = [e for e in audit if e["event"] == "message" and e["type"] == MessageType.TRAIN]
+    sent = [e for e in train if e["direction"] == "sent"]
+    assert len(sent) == 6 and all(e["sha256"] == model[e["round"] - 1] for e in sent)
+    for message, entry in zip(train_messages(grid), sent, strict=True):
+        arrays = message.content["arrays"].to_numpy_ndarrays()
+        assert entry["sha256"] == arrays_sha256(arrays) and entry["node"] == message.metadata.dst_node_id
+        assert entry["bytes"] > sum(array.nbytes for array in arrays)
+    received = [e for e in train if e["direction"] == "received"]
+    assert sorted((e["round"], e["node"]) for e in received) == [
+        (r, n) for r in (1, 2) for n in (1000, 1001, 1002)
+    ]
+    for reply, entry in zip(replies, received, strict=True):
+        assert entry["sha256"] == arrays_sha256(reply.content["arrays"].to_numpy_ndarrays())
+    rounds = {e["round"]: e for e in audit if e["event"] == "round"}
+    assert sorted(rounds) == [0, 1, 2] and rounds[0]["aggregated"] == []
+    for server_round in (1, 2):
+        aggregated = sorted((p["node"], p["site"]) for p in rounds[server_round]["aggregated"])
+        assert aggregated == [(1001, 1), (1002, 2)]
+        [dropped] = rounds[server_round]["dropped"]
+        assert (dropped["node"], dropped["site"]) == (1000, 0)
+        assert dropped["reason"] == "unusable update: array 0 contains NaN or infinite values"
+    setup = [e for e in audit if e.get("query") == "setup"]
+    assert sorted((e["direction"], e["node"]) for e in setup) == [
+        (direction, node) for direction in ("received", "sent") for node in (1000, 1001, 1002)
+    ]
+    site_log = (out / "logs" / "client_1.log").read_text()
+    logged = [json.loads(line.split(" audit ", 1)[1]) for line in site_log.splitlines() if " audit " in line]
+    site_sent = [e for e in logged if e["type"] == MessageType.TRAIN and e["direction"] == "sent"]
+    assert [e["sha256"] for e in site_sent] == [e["sha256"] for e in received if e["node"] == 1001]
+    page = (out / "report.html").read_text()
+    assert "Participation per round" in page
+    assert "dropped: unusable update: array 0 contains NaN or infinite values" in page

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error
+from flwr.app.message import make_message
 
 from brainfl.core.errors import BrainFLError
-from brainfl.federation.bookkeeping import SiteBookkeeping, SiteReport
+from brainfl.federation.bookkeeping import Participant, SiteBookkeeping, SiteReport
 from brainfl.federation.strategy import (
     STRATEGIES,
     BrainFedAvg,
@@ -91,6 +92,38 @@ def test_broken_replies_are_dropped_with_a_logged_reason(bad_weights, reason, ca
     assert np.all(np.isfinite(averaged))
     assert reports[0].sites_replied == 1 and reports[0].sites_failed == 1
     assert "dropped the reply of site 1: " in caplog.text and reason in caplog.text
+
+
+def _timed_reply(site: int, weights: list[np.ndarray], total_s: float):
+    reply = make_reply(site, weights, examples=10)
+    reply.content["metrics"]["total_s"] = total_s
+    return reply
+
+
+def test_the_rounds_critical_path_is_the_slowest_site_not_the_sum_and_drops_are_named():
+    """Sites train in parallel in a deployment: the round waits for the slowest reply, even a dropped one."""
+    reports: list[SiteReport] = []
+    strategy = _strategy_after_configure([np.zeros(2, np.float32)], reports)
+    strategy.asked = [1000, 1001, 1002, 1003, 1004]  # the nodes configure_train sent the round's message
+    good = [np.ones(2, np.float32)]
+    failed = Error(code=2, reason="<class 'ValueError'>:<'bad scan /data/site4/x.jpg'>")
+    replies = [
+        _timed_reply(0, good, 3.0),
+        _timed_reply(1, good, 7.5),
+        _timed_reply(2, [np.array([np.nan, 1.0], np.float32)], 9.0),  # dropped, but the server waited for it
+        make_message(metadata=make_reply(4, [], 1).metadata, error=failed),
+    ]  # node 1003 never replied
+    strategy.aggregate_train(1, replies)
+    [report] = reports
+    assert report.slowest_site_s == 9.0  # not 19.5, the sum a one-machine simulation spends
+    assert 0 <= report.aggregation_s < 5
+    assert report.participants == (
+        Participant(1000, 0),
+        Participant(1001, 1),
+        Participant(1002, 2, "unusable update: array 0 contains NaN or infinite values"),
+        Participant(1003, None, "missing reply"),
+        Participant(1004, None, "error: client app raised exception (ValueError)"),
+    )
 
 
 @pytest.mark.parametrize(

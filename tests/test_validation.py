@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def test_a_run_folder_gives_every_model_and_the_cross_site_matrix(federation):
         rows.query("model == 'run' and site == 'pooled'")["accuracy"].iloc[0]
     )
     assert (out / CROSS_SITE_FIGURE).stat().st_size > 0
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    received = [e for e in audit if e.get("query") == "validate" and e.get("direction") == "received"]
+    assert len(received) == 2 and all(e["bytes"] > 0 for e in received)
     page = (out / VALIDATION_HTML).read_text()
     assert "Cross-site accuracy" in page and "baselines/local/local_site_0" in page
 

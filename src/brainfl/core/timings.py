@@ -6,7 +6,9 @@ imports' start-up before the handler runs; on the simulation engine a
 worker process pays it once. :class:`MessageTimer` measures the handler's
 phases and, for the first message of a process, the seconds since the
 process started. The seconds travel in the train reply
-(``<phase>_s``) into ``site_metrics.csv``, and are logged at the site.
+(``<phase>_s``, and ``total_s``: start-up plus the handler's whole wall time,
+the site's time from message to reply) into ``site_metrics.csv``, and are
+logged at the site.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 import psutil
 
 PHASES = ("startup", "data", "model", "validation", "training")
+TOTAL = "total_s"  # reply key: the site's whole time for the message (start-up plus the handler)
 _first_message_in_process = True
 
 
@@ -32,6 +35,7 @@ class MessageTimer:
     def __init__(self) -> None:
         global _first_message_in_process
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.started = time.perf_counter()
         if _first_message_in_process:
             self.seconds["startup"] = seconds_since_process_start()
             _first_message_in_process = False
@@ -45,9 +49,14 @@ class MessageTimer:
         finally:
             self.seconds[name] += time.perf_counter() - started
 
+    def total(self) -> float:
+        """Seconds since the message reached the site: start-up plus the handler's wall time so far."""
+        return self.seconds["startup"] + time.perf_counter() - self.started
+
     def metrics(self) -> dict[str, float]:
-        """The phases as reply metrics, ``<phase>_s``."""
-        return {f"{name}_s": round(value, 3) for name, value in self.seconds.items()}
+        """The phases as reply metrics, ``<phase>_s``, and :data:`TOTAL`."""
+        phases = {f"{name}_s": round(value, 3) for name, value in self.seconds.items()}
+        return {**phases, TOTAL: round(self.total(), 3)}
 
     def summary(self) -> str:
         """One log line: each phase's seconds."""

@@ -4,8 +4,11 @@
 each round it sends the round's learning rate and the class names with the
 model, drops replies that cannot be aggregated (NaN, wrong shape or dtype)
 with a logged reason, and hands every site's metrics onward in a
-:class:`SiteReport` (to the run's recorder): it keeps no record that others
-read. Strategies that take a server optimizer step (``server_step``) step
+:class:`SiteReport` (to the run's recorder), with who took part (each site
+sent the round's train message: aggregated, or dropped for a missing reply,
+an error or an unusable update) and the round's critical path (the slowest
+site's ``total_s`` and the server's aggregation seconds): it keeps no record
+that others read. Strategies that take a server optimizer step (``server_step``) step
 only the trained weights: BatchNorm's moving statistics are not gradients,
 so they get the plain example-weighted average.
 """
@@ -13,13 +16,17 @@ so they get the plain example-weighted average.
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from brainfl.core.logs import LOG
+from brainfl.core.timings import TOTAL
 from brainfl.evaluation.metrics import site_per_class_prefixes
 from brainfl.federation.flower_compat import aggregate_metricrecords, validate_message_reply_consistency
 
@@ -27,6 +34,10 @@ NUM_EXAMPLES = "num-examples"
 SITE_KEYS = ("site-id", "num_train", "num_val")
 CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
 PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, *site_per_class_prefixes())  # per-site only (a class may be NaN)
+ERROR_NAMES = {
+    code: name.lower().replace("_", " ") for name, code in vars(ErrorCode).items() if name.isupper()
+}
+EXCEPTION_CLASS = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>")  # how Flower's error reason starts
 
 
 def aggregate_site_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -100,6 +111,19 @@ def round_settings(
 
 
 @dataclasses.dataclass(frozen=True)
+class Participant:
+    """A node sent the round's train message: aggregated (``dropped`` empty), or dropped and why."""
+
+    node: int
+    site: int | None = None  # its site id, where one of its replies named it
+    dropped: str = ""
+
+    def entry(self) -> dict[str, int | str | None]:
+        """The participant in the audit's round line."""
+        return {"node": self.node, "site": self.site, **({"reason": self.dropped} if self.dropped else {})}
+
+
+@dataclasses.dataclass(frozen=True)
 class SiteReport:
     """What the sites sent in one stage ("train" or "evaluate") of one round."""
 
@@ -108,21 +132,44 @@ class SiteReport:
     aggregate: dict[str, float]
     sites_replied: int = 0
     sites_failed: int = 0
+    participants: tuple[Participant, ...] = ()
+    slowest_site_s: float | None = None  # the longest ``total_s`` of the replies (None: none carried one)
+    aggregation_s: float = 0.0  # the server's seconds for the stage's aggregation
+
+
+def slowest_site_s(site_metrics: Iterable[Mapping[str, object]]) -> float | None:
+    """The sites' part of a round's critical path: the longest time one site took from message to reply
+    (its ``total_s``), not their sum, as sites train in parallel; None when no reply carries it."""
+    seconds = [float(m[TOTAL]) for m in site_metrics if isinstance(m.get(TOTAL), int | float)]
+    return max(seconds, default=None)
 
 
 ReportSink = Callable[[int, SiteReport], None]
 
 
+def site_id(metrics: Mapping[str, object]) -> int | None:
+    """The site id a reply's metrics name (its partition id), if any."""
+    site = metrics.get("site-id", -1)
+    return int(site) if isinstance(site, int | float) and site >= 0 else None
+
+
 def site_of(message: Message) -> int:
     """The site's id: its partition id when it has one, else its Flower node id."""
-    metrics = next(iter(message.content.metric_records.values()), {})
-    site = metrics.get("site-id", -1)
-    return int(site) if site is not None and site >= 0 else int(message.metadata.src_node_id)
+    site = site_id(next(iter(message.content.metric_records.values()), {}))
+    return int(message.metadata.src_node_id) if site is None else site
 
 
 def numeric_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     """The numeric entries of a site's metrics, as floats."""
     return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+def error_summary(error: Error) -> str:
+    """A site error in words: Flower's error code and the exception's class, never its message (which may
+    name a site's files)."""
+    found = EXCEPTION_CLASS.match(error.reason or "")
+    kind = ERROR_NAMES.get(error.code, f"code {error.code}")
+    return f"error: {kind}" + (f" ({found[1]})" if found else "")
 
 
 def split_replies(replies: Iterable[Message], stage: str) -> tuple[list[Message], list[Message]]:
@@ -176,6 +223,8 @@ class SiteBookkeeping:
         self.report = report or (lambda _round, _report: None)
         self.round_offset = round_offset
         self.statistics_mask = tuple(statistics_mask)
+        self.asked: list[int] = []  # the nodes sent this round's train message
+        self.site_ids: dict[int, int] = {}  # node -> site id, from the replies so far
 
     def _with_round_settings(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         return ConfigRecord(
@@ -192,9 +241,13 @@ class SiteBookkeeping:
     ) -> Iterable[Message]:
         """Send the global model with this round's learning rate and the class names."""
         self.global_arrays = arrays.to_numpy_ndarrays()
-        return super().configure_train(
-            server_round, arrays, self._with_round_settings(server_round, config), grid
+        messages = list(
+            super().configure_train(
+                server_round, arrays, self._with_round_settings(server_round, config), grid
+            )
         )
+        self.asked = [message.metadata.dst_node_id for message in messages]
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -213,7 +266,10 @@ class SiteBookkeeping:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the usable replies with the strategy's rule; report each site's metrics."""
+        """Aggregate the usable replies with the strategy's rule; report each site's metrics, who took
+        part and the round's critical path."""
+        started = time.perf_counter()
+        replies = list(replies)
         valid, failed = split_replies(replies, f"round {server_round} train")
         valid, rejected = self._drop_unusable(server_round, valid)
         if valid:
@@ -221,9 +277,15 @@ class SiteBookkeeping:
                 [m.content for m in valid], self.weighted_by_key, self.reply_arrays == 1
             )
         sites = self._site_metrics(valid)
+        answered = [*valid, *(message for message, _ in rejected)]
+        slowest = slowest_site_s(next(iter(m.content.metric_records.values()), {}) for m in answered)
+        participants = self._participants(replies, answered, rejected)
         if not valid:
             LOG.warning("round %d: no site returned a model; the global model is unchanged", server_round)
-            empty = SiteReport("train", {}, {}, 0, len(failed) + rejected)
+            seconds = time.perf_counter() - started
+            empty = SiteReport(
+                "train", {}, {}, 0, len(failed) + len(rejected), participants, slowest, seconds
+            )
             self.report(server_round + self.round_offset, empty)
             return None, None
         aggregated = self.aggregate_arrays(server_round, valid)
@@ -233,22 +295,38 @@ class SiteBookkeeping:
             mask = self.statistics_mask
             aggregated = ArrayRecord(server_step_with_plain_statistics(stepped, averaged, mask))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        self.report(
-            server_round + self.round_offset,
-            SiteReport("train", sites, dict(metrics), len(valid), len(failed) + rejected),
-        )
+        counts = (len(valid), len(failed) + len(rejected))
+        seconds = time.perf_counter() - started
+        report = SiteReport("train", sites, dict(metrics), *counts, participants, slowest, seconds)
+        self.report(server_round + self.round_offset, report)
         return aggregated, metrics
+
+    def _participants(
+        self, replies: list[Message], answered: list[Message], rejected: list[tuple[Message, str]]
+    ) -> tuple[Participant, ...]:
+        """Each node asked this round: aggregated, or dropped (an error, an unusable update, no reply)."""
+        for message in answered:
+            self.site_ids[int(message.metadata.src_node_id)] = site_of(message)
+        reasons = {int(m.metadata.src_node_id): f"unusable update: {problem}" for m, problem in rejected}
+        reasons |= {int(m.metadata.src_node_id): error_summary(m.error) for m in replies if m.has_error()}
+        replied = {int(m.metadata.src_node_id) for m in replies}
+        reasons |= {int(node): "missing reply" for node in self.asked if int(node) not in replied}
+        nodes = dict.fromkeys([*map(int, self.asked), *replied])
+        return tuple(Participant(node, self.site_ids.get(node), reasons.get(node, "")) for node in nodes)
 
     def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         """The aggregation rule of the Flower strategy this mixin sits on."""
         arrays, _ = super().aggregate_train(server_round, replies)
         return arrays
 
-    def _drop_unusable(self, server_round: int, replies: list[Message]) -> tuple[list[Message], int]:
-        """Keep the replies whose weights match the global model and are finite; log the others."""
+    def _drop_unusable(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[list[Message], list[tuple[Message, str]]]:
+        """Keep the replies whose weights match the global model and are finite; log the others and
+        return them with their problem."""
         if self.global_arrays is None:
-            return replies, 0
-        usable = []
+            return replies, []
+        usable, dropped = [], []
         for message in replies:
             problem = reply_problem(
                 message.content[self.arrayrecord_key].to_numpy_ndarrays(), self.global_arrays
@@ -256,10 +334,11 @@ class SiteBookkeeping:
             if problem is None:
                 usable.append(message)
             else:
+                dropped.append((message, problem))
                 LOG.warning(
                     "round %d: dropped the reply of site %d: %s", server_round, site_of(message), problem
                 )
-        return usable, len(replies) - len(usable)
+        return usable, dropped
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate the sites' validation metrics; report each site's."""

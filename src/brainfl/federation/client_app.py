@@ -3,7 +3,9 @@
 Images never leave the site: a reply carries only model weights and metrics.
 Each message is handled with the site's log file attached
 (``logs/client_<site>.log``); a data problem fails the site's round with a
-one-line reason that also reaches the server log.
+one-line reason that also reaches the server log. The outermost mod writes
+one audit line there for each message received and each reply sent
+(:mod:`brainfl.federation.audit`).
 
 One training function serves both of Flower's paths: the Message API's
 train messages, and the legacy ``FitIns`` messages of the SecAgg+ workflow
@@ -45,6 +47,7 @@ from brainfl.core.timings import MessageTimer
 from brainfl.data.duplicates import has_copy_in, hash_files
 from brainfl.data.sites import SiteData, site_data
 from brainfl.evaluation.metrics import SITE_PREFIX, site_per_class_prefixes
+from brainfl.federation.audit import site_audit_mod
 from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX
 from brainfl.federation.calibration_query import CALIBRATION, GRID, site_answer
 from brainfl.federation.fedbn import SiteBatchNorm
@@ -96,6 +99,14 @@ def site_log_path(context: Context, settings: RunSettings) -> Path:
         Path(settings.output_dir) / "logs" if settings.output_dir else Path("logs")
     )
     return Path(str(log_dir)).expanduser() / f"client_{site}.log"
+
+
+def site_log_of(context: Context) -> Path:
+    """The site's log file for a message (:func:`site_log_path` with the run's settings)."""
+    return site_log_path(context, settings_from_config(context.run_config))
+
+
+audit_mod = site_audit_mod(site_log_of)  # outermost: logs what reaches the site and what leaves it
 
 
 @contextmanager
@@ -345,8 +356,9 @@ def query_round(msg: Message, context: Context) -> Message:
 
 
 def client_app_with(*extra_mods) -> ClientApp:
-    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods."""
-    client_app = ClientApp(mods=[*extra_mods, *STANDARD_MODS])
+    """The site's ClientApp, with ``extra_mods`` applied before Flower's SecAgg+ and DP mods (all inside
+    the audit mod, which logs what reaches the site and what leaves it)."""
+    client_app = ClientApp(mods=[audit_mod, *extra_mods, *STANDARD_MODS])
     client_app.train()(train_round)
     client_app.evaluate()(evaluate_round)
     client_app.query()(query_round)

@@ -9,6 +9,15 @@ ledger is given), the sites' rows to ``site_metrics.csv`` (with each site's
 held-out balanced accuracy and per-class sensitivity), new sites to ``partition.csv``, rewrites
 ``test_predictions.csv`` and ``checkpoint.keras``, and logs TensorBoard
 scalars. :func:`resume_point` reads a run's checkpoint back for ``resume``.
+
+With ``deployment_clock`` the results get ``parallel_elapsed_s``: the run's time
+as a deployment would spend it, sites training in parallel. Each round adds
+its critical path (:func:`round_critical_path_s`): the slowest site's time
+from message to reply as the site measured it, plus the server's aggregation
+and central evaluation; a resumed run continues the sum from its last row.
+With an ``audit`` log each round also gets its line in ``audit.jsonl``: the
+sites aggregated and dropped (with the reason) and the SHA-256 of the global
+model after the round (:mod:`brainfl.federation.audit`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import numpy as np
 
 from brainfl.core.logs import LOG
 from brainfl.evaluation.test_set import CentralTestSet, Evaluation
+from brainfl.federation.audit import AuditLog, arrays_sha256
 from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX, SiteReport
 from brainfl.federation.privacy import PrivacyLedger
 from brainfl.model.files import CHECKPOINT, ModelWriter
@@ -53,6 +63,18 @@ def resume_point(output_dir: Path, writer: ModelWriter) -> tuple[int, list[np.nd
     return last_round, weights, elapsed
 
 
+def round_critical_path_s(train: SiteReport | None, evaluation: Evaluation | None) -> float:
+    """A round's seconds with the sites in parallel: the slowest site's time from message to reply, the
+    server's aggregation and its central evaluation (round 0: the evaluation alone)."""
+    sites = (train.slowest_site_s or 0.0) + train.aggregation_s if train else 0.0
+    return sites + (evaluation.seconds if evaluation else 0.0)
+
+
+def _last_clock(rows: list[dict[str, str]], column: str) -> float:
+    """The last row's ``column`` (0 without rows or where it is empty or absent: an older run's file)."""
+    return float(rows[-1].get(column) or 0.0) if rows else 0.0
+
+
 def _pick(report: SiteReport | None, keys: tuple[str, ...]) -> dict[str, float | str]:
     """The aggregated metrics ``keys`` of a stage's report (empty cells when absent)."""
     return {key: report.aggregate.get(key, "") if report else "" for key in keys}
@@ -73,6 +95,8 @@ class RunRecorder:
         tensorboard: bool = False,
         first_round: int = 0,
         elapsed_before: float = 0.0,
+        deployment_clock: bool = False,
+        audit: AuditLog | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.test_set = test_set
@@ -89,8 +113,11 @@ class RunRecorder:
         self.partitioned = {row["site"] for row in read_rows(output_dir / PARTITION_CSV)}
         self.pending: dict[int, dict[str, SiteReport]] = {}
         self.tensorboard = self._tensorboard_writer() if tensorboard else None
+        self.audit = audit
+        rows = read_rows(output_dir / RESULTS_CSV)  # a resumed run's rows up to its checkpoint
+        self.parallel_elapsed = _last_clock(rows, "parallel_elapsed_s") if deployment_clock else None
         if ledger is not None:  # the releases before an interruption count too
-            for row in read_rows(output_dir / RESULTS_CSV):
+            for row in rows:
                 ledger.release(int(row["sites_trained"] or 0))
 
     def _tensorboard_writer(self):
@@ -131,6 +158,8 @@ class RunRecorder:
         if self.ledger is not None and server_round > 0:
             self.ledger.release(sites_trained)
         elapsed = self.elapsed_before + time.monotonic() - self.started
+        if self.parallel_elapsed is not None:
+            self.parallel_elapsed += round_critical_path_s(train, evaluation)
         metrics = evaluation.metrics if evaluation else {}
         row = {
             "round": server_round,
@@ -143,6 +172,7 @@ class RunRecorder:
             "sites_failed": (train.sites_failed if train else 0) if server_round else "",
             "epsilon": "" if self.ledger is None or self.ledger.epsilon is None else self.ledger.epsilon,
             "elapsed_s": round(elapsed, 1),
+            "parallel_elapsed_s": "" if self.parallel_elapsed is None else round(self.parallel_elapsed, 1),
         }
         self.results.append(row)
         self._append_site_rows(server_round, train, evaluate)
@@ -157,8 +187,24 @@ class RunRecorder:
                 test.class_names,
             )
         self.writer.write(self.output_dir / CHECKPOINT, weights, round=server_round)
+        self._audit_round(server_round, train, weights)
         self._log_tensorboard(server_round, row)
         self._log_summary(server_round, sites_trained, metrics, elapsed)
+
+    def _audit_round(self, server_round: int, train: SiteReport | None, weights: list[np.ndarray]) -> None:
+        """The round's line in ``audit.jsonl``: who was aggregated, who dropped and why, the model after."""
+        if self.audit is None:
+            return
+        participants = train.participants if train else ()
+        self.audit.append(
+            {
+                "event": "round",
+                "round": server_round,
+                "model_sha256": arrays_sha256(weights),
+                "aggregated": [p.entry() for p in participants if not p.dropped],
+                "dropped": [p.entry() for p in participants if p.dropped],
+            }
+        )
 
     def _append_site_rows(self, server_round: int, *reports: SiteReport | None) -> None:
         per_site: dict[int, dict[str, float]] = {}

@@ -11,6 +11,7 @@ the strategy is that sum alone: every result carries the same arrays.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,7 +24,15 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from brainfl.core.logs import LOG
-from brainfl.federation.bookkeeping import ReportSink, SiteReport, numeric_metrics, round_settings
+from brainfl.federation.bookkeeping import (
+    Participant,
+    ReportSink,
+    SiteReport,
+    numeric_metrics,
+    round_settings,
+    site_id,
+    slowest_site_s,
+)
 from brainfl.settings.run_settings import RunSettings
 
 Evaluator = Callable[[int, ArrayRecord], object]
@@ -67,6 +76,7 @@ class SecAggFedAvg(LegacyFedAvg):
         failures: list,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Keep the sites' metrics; the arrays are already the unmasked weighted average."""
+        started = time.perf_counter()
         if results:
             only_sum = same_arrays([fit_res for _, fit_res in results])
             LOG.info(
@@ -77,7 +87,11 @@ class SecAggFedAvg(LegacyFedAvg):
             )
         sites = {int(res.metrics.get("site-id", -1)): numeric_metrics(res.metrics) for _, res in results}
         parameters, metrics = super().aggregate_fit(server_round, results, failures)
-        report = SiteReport("train", sites, numeric_metrics(metrics), len(results), len(failures))
+        joined = tuple(Participant(int(proxy.node_id), site_id(res.metrics)) for proxy, res in results)
+        slowest = slowest_site_s(res.metrics for _, res in results)
+        counts = (len(results), len(failures))
+        seconds = time.perf_counter() - started
+        report = SiteReport("train", sites, numeric_metrics(metrics), *counts, joined, slowest, seconds)
         self.report(server_round, report)
         return parameters, metrics
 

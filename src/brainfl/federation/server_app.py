@@ -38,6 +38,7 @@ from brainfl.data.central import CentralData, central_data
 from brainfl.data.duplicates import hash_files
 from brainfl.data.scanner_shift import write_profiles
 from brainfl.evaluation.test_set import CentralEvaluator, Evaluation
+from brainfl.federation.audit import AuditedGrid, AuditLog
 from brainfl.federation.calibration_query import calibrate
 from brainfl.federation.personalization import personalize
 from brainfl.federation.privacy import PrivacyLedger, with_privacy
@@ -114,6 +115,8 @@ def central_evaluator(settings: RunSettings, central: CentralData, roster: Roste
 
 def run_federation(grid: Grid, context: Context, settings: RunSettings, output_dir: Path) -> None:
     """Run all rounds with the configured strategy; save the final model and the report."""
+    audit = AuditLog(output_dir)
+    grid = AuditedGrid(grid, audit)  # every message and reply from here on is in audit.jsonl
     central = central_data(settings)
     class_names = central.class_names
     test_hashes = None if central.test is None else hash_files(central.root, central.test.files)
@@ -152,6 +155,8 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         tensorboard=settings.evaluation.tensorboard,
         first_round=first_round,
         elapsed_before=elapsed_before,
+        deployment_clock=True,
+        audit=audit,
     )
 
     def learning_rate_for_round(server_round: int) -> float:

@@ -40,6 +40,7 @@ from brainfl.data.sites import SiteData
 from brainfl.evaluation.count_summary import CountSummary, labelled_set, summarize
 from brainfl.evaluation.intervals import ECE_BINS, scores_of
 from brainfl.evaluation.registry import LabelledSet
+from brainfl.federation.audit import AuditedGrid, AuditLog
 from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
 from brainfl.federation.setup import QUERY, query_sites_and_errors, setup_federation
 from brainfl.model.batch_norm import recalibrate_batchnorm
@@ -254,6 +255,7 @@ def log_rows(rows: Sequence[Mapping[str, Any]]) -> None:
 def run_validation(grid: Grid, context: Context, settings: RunSettings, output_dir: Path) -> None:
     """Score every model of ``validate-models`` at every site; write the tables and the page."""
     del context  # the run's context: everything needed is in ``settings``
+    grid = AuditedGrid(grid, AuditLog(output_dir))  # every message and reply is in audit.jsonl
     models = models_to_validate(settings.evaluation)
     class_names = check_models(models)
     query = validation_query(load_models(models), settings)

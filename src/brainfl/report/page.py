@@ -17,7 +17,9 @@ Grad-CAM overlays of a few picked test images. It writes:
   ``personalization.csv``, each site's global against personalized model; with
   ``--baselines``, each site's accuracy alone, pooled, federated and personalized,
   :mod:`brainfl.report.site_comparison`, also as ``site_comparison.csv``), the
-  settings that differ from the defaults, all settings folded.
+  settings that differ from the defaults, all settings folded; with an ``audit.jsonl``
+  (:mod:`brainfl.report.audit`), who took part in which round: each site aggregated or dropped,
+  with the reason.
 
 A missing optional artefact leaves its section out with a note on the page.
 """
@@ -43,6 +45,7 @@ from brainfl.model.files import FINAL_MODEL, load_model
 from brainfl.report import figures, site_comparison, validation
 from brainfl.report import run as data
 from brainfl.report import sites as report_sites
+from brainfl.report.audit import participation
 from brainfl.report.figures import data_uri
 from brainfl.report.html import render
 from brainfl.report.results import RESULTS_CSV
@@ -195,6 +198,7 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
     if compared is not None:
         compared.round(6).to_csv(output_dir / site_comparison.COMPARISON_CSV, index_label="site")
     differing, every = data.settings_tables(run.config, run.notes)
+    taken = participation(output_dir)
     results = run.results
     if LEAK_FREE in results and results[LEAK_FREE].isna().all():
         results = results.drop(columns=LEAK_FREE)
@@ -215,6 +219,7 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
         "personalization": None if personalized is None else frame_table(personalized),
         "comparison": None if compared is None else frame_table(compared),
         "partition": _figure(partition, output_dir / FIGURE_PARTITION),
+        "participation": None if taken is None else frame_table(taken),
         "examples": gradcam_examples(run, output_dir / GRADCAM_DIR),
         "differing": Table(["setting", "value", "default"], differing, text=True),
         "settings": Table(["setting", "value", "default"], every, text=True),

@@ -4,7 +4,7 @@
 model before training), with the server's clinical metrics and their
 bootstrap intervals (:func:`brainfl.evaluation.metrics.interval_columns`);
 ``site_metrics.csv`` one row per site and round, with the site's held-out
-balanced accuracy and per-class sensitivity;
+balanced accuracy and per-class sensitivity and its seconds per phase;
 ``partition.csv`` one row per site (its image counts per class, as the site
 reported them); ``test_predictions.csv`` the latest global model's
 probabilities for every test image (rewritten each round);
@@ -27,7 +27,7 @@ from typing import Any
 from brainfl.core.errors import BrainFLError
 from brainfl.core.files import write_atomically
 from brainfl.core.logs import LOG
-from brainfl.core.timings import PHASES
+from brainfl.core.timings import PHASES, TOTAL
 from brainfl.evaluation.metrics import held_out_keys, result_columns
 from brainfl.model.files import RUN_CONFIG
 from brainfl.settings.run_settings import RunSettings
@@ -37,6 +37,7 @@ SITE_CSV = "site_metrics.csv"
 PARTITION_CSV = "partition.csv"
 PREDICTIONS_CSV = "test_predictions.csv"
 PERSONALIZATION_CSV = "personalization.csv"  # written by brainfl.federation.personalization
+AUDIT_JSONL = "audit.jsonl"  # written by brainfl.federation.audit, read by brainfl.report.audit
 ROUND_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "sites_trained", "sites_failed")
 SITE_FIELDS = (
     "round",
@@ -48,12 +49,14 @@ SITE_FIELDS = (
     "val_loss",
     "val_accuracy",
     *(f"{phase}_s" for phase in PHASES),
+    TOTAL,
 )
+CLOCKS = ("elapsed_s", "parallel_elapsed_s")  # this machine's clock; the deployment clock (sites in parallel)
 
 
 def results_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the per-round results CSV, starting ``round,loss,accuracy``."""
-    return ["round", *result_columns(class_names), *ROUND_FIELDS, "epsilon", "elapsed_s"]
+    return ["round", *result_columns(class_names), *ROUND_FIELDS, "epsilon", *CLOCKS]
 
 
 def site_header(class_names: Sequence[str]) -> list[str]:

@@ -182,7 +182,8 @@ def interval_text(row: pd.Series, column: str) -> str | float:
 
 def headline(run: Run) -> list[tuple[str, str]]:
     """(label, value) pairs: final and best accuracy, balanced accuracy, leak-free accuracy, macro F1,
-    ECE, rounds, wall time; the final round's 95% interval after a value where it was recorded."""
+    ECE, rounds, wall time and, where recorded, the deployment clock (``parallel_elapsed_s``: the sites
+    in parallel); the final round's 95% interval after a value where it was recorded."""
     results, items = run.results, []
     for column, label in headline_columns():
         last = _last(results, column)
@@ -199,6 +200,9 @@ def headline(run: Run) -> list[tuple[str, str]]:
     elapsed = _last(results, "elapsed_s")
     if elapsed is not None:
         items.append(("wall time", wall_time(elapsed[0])))
+    parallel = _last(results, "parallel_elapsed_s")  # absent in an older run's results
+    if parallel is not None:
+        items.append(("deployment clock (sites in parallel)", wall_time(parallel[0])))
     return items
 
 

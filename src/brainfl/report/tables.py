@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from brainfl.report.results import CLOCKS
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,8 +53,7 @@ def frame_table(frame: pd.DataFrame, index: bool = True) -> Table:
     if index:
         frame = frame.reset_index()
     decimals = [
-        0 if _whole(str(column), frame[column]) else 1 if column == "elapsed_s" else 4
-        for column in frame.columns
+        0 if _whole(str(column), frame[column]) else 1 if column in CLOCKS else 4 for column in frame.columns
     ]
     rows = [
         [_cell(value, places) for value, places in zip(row, decimals, strict=True)]
