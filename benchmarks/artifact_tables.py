@@ -106,3 +106,20 @@ def throughput_rows(kept: list[Kept]) -> list[Row]:
 def grid_rows(kept: list[Kept]) -> list[Row]:
     """A row per setting and approach of a per-site grid (``site_grid.py``'s summary), grid by grid."""
     return [{"grid": one.name, **row} for one in kept for row in one.table.fillna("").to_dict("records")]
+
+
+def families_rows(kept: list[Kept]) -> list[Row]:
+    """A row per preparation family (``preparation_families.py``'s ``families.csv``), model by model:
+    accuracy, balanced accuracy and ECE with their intervals, and the missed-tumor rate."""
+    return [{"run": one.name, "family": r.family, "images": int(r.images),
+             "accuracy": interval(r.accuracy, r.accuracy_low, r.accuracy_high),
+             "balanced accuracy": interval(r.balanced_accuracy, r.balanced_accuracy_low,
+                                           r.balanced_accuracy_high),
+             "ECE": f"{r.ece:.3f}", "missed tumors": f"{r.missed_tumor_rate:.3f}"}
+            for one in kept for r in one.table.itertuples()]  # fmt: skip
+
+
+def cross_site_rows(kept: list[Kept]) -> list[Row]:
+    """A row per model of a cross-site matrix (``cross_site.csv``): its accuracy at each site and pooled."""
+    return [{"run": one.name, **{str(k): (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}}
+            for one in kept for row in one.table.to_dict("records")]  # fmt: skip

@@ -31,8 +31,10 @@ from pathlib import Path
 
 from artifact_tables import (
     calibration_rows,
+    cross_site_rows,
     decode_rows,
     evaluation_rows,
+    families_rows,
     grid_rows,
     shifted_commands,
     shifted_rows,
@@ -206,6 +208,11 @@ SHIFTED_COPY = (
     "python3 benchmarks/shifted_copy.py score --model benchmarks/runs/<run>/final_model.keras "
     "--copy benchmarks/runs/shifted-copy --output-dir benchmarks/runs/<run>-shifted --keep <run>"
 )
+FAMILIES = (
+    f"python3 benchmarks/preparation_families.py make {DATA} --output-dir benchmarks/runs/families\n"
+    "python3 benchmarks/preparation_families.py score --model benchmarks/runs/<run>/final_model.keras "
+    "--families benchmarks/runs/families --output-dir benchmarks/runs/<run>-families --keep <name>"
+)
 SITE_GRID = f"python3 benchmarks/site_grid.py run {DATA}\npython3 benchmarks/site_grid.py summarize"
 TABLES: dict[str, Table] = {
     "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
@@ -248,6 +255,9 @@ TABLES: dict[str, Table] = {
     "site-grid-calibration": Table(SITE_GRID, rows=grid_rows, files=(GRID_CALIBRATION, "site_grid.json")),
     "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep throughput", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
+    "preparation-families": Table(FAMILIES, rows=families_rows, files=("families.csv", "families.json")),
+    "cross-site": Table("python3 benchmarks/cross_site.py --rounds 5 --keep cross-site-4",
+                        rows=cross_site_rows, files=("cross_site.csv", "cross_site.json")),
     "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep decode-speed",
                          rows=decode_rows,
                          files=("decode_speed.csv", "decode_speed.json")),
