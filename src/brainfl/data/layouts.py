@@ -1,6 +1,7 @@
 """Dataset folder layouts: which one a data folder uses, and its scans with labels and patients.
 
-Three layouts are recognised (:func:`detect_layout`), in this order:
+A folder holds one of three layouts (:func:`detect_layout`); a ``labels.csv``
+beside a ``Training``/``Testing`` split is refused, as either could be meant:
 
 * ``labels.csv`` at the folder's root (:data:`LABELS_CSV`): columns
   ``path,label[,patient]``, paths relative to the folder, for scans not sorted
@@ -80,11 +81,17 @@ def detect_layout(data_dir: Path) -> str:
     """:data:`LABELS_CSV`, :data:`KAGGLE_SPLIT` or :data:`CLASS_FOLDERS` (see the module docstring)."""
     if not data_dir.is_dir():
         raise BrainFLError(f"data directory not found: {data_dir}")
+    split = [name for name in (TRAIN_SPLIT, TEST_SPLIT) if (data_dir / name).is_dir()]
     if (data_dir / LABELS_FILE).is_file():
+        if split:
+            raise BrainFLError(
+                f"{data_dir} holds two layouts, a {LABELS_FILE} and a Kaggle split "
+                f"({'/ and '.join(split)}/), so which scans train and test is unclear: to use the split, "
+                f"move {LABELS_FILE} out of {data_dir}; to use {LABELS_FILE}, point data-dir at a folder "
+                f"with {LABELS_FILE} and its scans but no {TRAIN_SPLIT}/ or {TEST_SPLIT}/"
+            )
         return LABELS_CSV
-    if (data_dir / TRAIN_SPLIT).is_dir() or (data_dir / TEST_SPLIT).is_dir():
-        return KAGGLE_SPLIT
-    return CLASS_FOLDERS
+    return KAGGLE_SPLIT if split else CLASS_FOLDERS
 
 
 def find_classes(folder: Path) -> list[str]:

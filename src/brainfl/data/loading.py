@@ -205,6 +205,7 @@ def load_split(
     folder in this split that is not among them is an error.
     """
     data_dir, split_dir = Path(data_dir), Path(data_dir) / split
+    detect_layout(data_dir)  # (refuses a labels.csv beside the split)
     class_names = class_folders(split_dir, class_names)
     entries = list_class_folders(split_dir, class_names, skip_unreadable)
     settings = (image_size, channels, cache_dir, skip_unreadable)
