@@ -337,3 +337,34 @@ def test_a_labels_csv_beside_a_kaggle_split_is_refused_in_one_line(tmp_path, cap
     assert lines[0].startswith(f"brainfl: error: {data} holds two layouts, a labels.csv and a Kaggle split")
     assert f"({'/ and '.join(splits)}/)" in lines[0] and "move labels.csv out" in lines[0]
     assert not out.exists()
+
+
+def test_a_testing_scan_linked_to_a_training_scan_is_refused_not_labelled_again(tmp_path):
+    root = build_folders(
+        build_folders(tmp_path / "d", per_class=2, split="Training"), per_class=1, split="Testing"
+    )
+    (root / "Testing" / "meningioma" / "copy.jpg").symlink_to(
+        root / "Training" / "glioma" / sample_scans("glioma")[0].name
+    )
+    with pytest.raises(
+        BrainFLError, match=r"Testing/meningioma/copy\.jpg points to .*outside its class folder"
+    ):
+        load_dataset(root, 16, 1)
+
+
+def test_a_scan_in_a_split_but_in_no_class_folder_is_refused(tmp_path):
+    root = build_folders(
+        build_folders(tmp_path / "d", per_class=2, split="Training"), per_class=1, split="Testing"
+    )
+    link(sample_scans("glioma")[5], root / "Testing" / "stray.jpg")
+    with pytest.raises(BrainFLError, match=r"scan outside a class folder: .*Testing/stray\.jpg \(put it in"):
+        load_dataset(root, 16, 1)
+
+
+def test_class_folders_named_alike_but_for_case_are_refused(tmp_path):
+    root = build_folders(tmp_path / "d", per_class=2)
+    link(sample_scans("glioma")[5], root / "Glioma" / "extra.jpg")
+    with pytest.raises(
+        BrainFLError, match=r"class folders of .*d differ only in case or spaces: 'Glioma', 'glioma'"
+    ):
+        load_dataset(root, 16, 1, test_fraction=0.25)
