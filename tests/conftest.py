@@ -22,7 +22,7 @@ from subset import make_subset  # noqa: E402 - benchmarks/ is on the path from h
 # Property-based tests: few, short examples (the suite's time limit), no deadline (a first example
 # imports and decodes); the example database is .hypothesis/, kept out of git.
 # HYPOTHESIS_PROFILE=thorough runs many more.
-hypothesis_settings.register_profile("brainfl", max_examples=30, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("brainfl", max_examples=40, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "brainfl"))
 

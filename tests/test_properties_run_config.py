@@ -28,13 +28,13 @@ def assert_one_line_refusal(error: BrainFLError) -> None:
 
 
 def typed_value(kind: type) -> st.SearchStrategy[Any]:
-    """A value of the setting's own type, as TOML writes it (any float, text without a double quote,
-    which a ``key="..."`` pair cannot hold)."""
+    """A value of the setting's own type, as TOML writes it: any float; text without a double quote,
+    which a ``key="..."`` pair cannot hold, nor a lone surrogate, which no UTF-8 file can."""
     return {
         bool: st.booleans(),
         int: st.integers(-(2**63), 2**63 - 1),
         float: st.floats(),
-        str: st.text(st.characters(exclude_characters='"'), max_size=20),
+        str: st.text(st.characters(exclude_characters='"', exclude_categories=("Cs",)), max_size=20),
     }[kind]
 
 
