@@ -3,6 +3,7 @@ an isolated cache."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,11 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # tests reuse the benchmark helpers
 from subset import make_subset  # noqa: E402 - benchmarks/ is on the path from here
+
+# Property-based tests: few, short examples (the suite's time limit), no deadline (a first example
+# imports and decodes); the example database is .hypothesis/, kept out of git.
+# HYPOTHESIS_PROFILE=thorough runs many more.
+hypothesis_settings.register_profile("brainfl", max_examples=40, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "brainfl"))
 
 REAL_DATA = (REPO_ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")

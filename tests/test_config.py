@@ -87,11 +87,42 @@ def test_keys_that_are_not_settings_are_ignored_as_in_a_runs_saved_config():
         ({"feature-shift": 1.5}, r"'feature-shift' must be in \[0, 1\], got 1\.5"),
         ({"feature-shift": -0.1}, "'feature-shift' must be in"),
         ({"feature-shift": "strong"}, "'feature-shift': expected float"),
+        ({"learning-rate": float("nan")}, r"'learning-rate': expected float \(a finite number\), got nan"),
+        ({"round-timeout": float("inf")}, "'round-timeout': expected float"),
+        ({"dp-delta": "nan"}, "'dp-delta': expected float"),
+        ({"calibrate": 2}, r"'calibrate': expected bool \(true or false\), got 2"),
+        ({"secagg": 1.0}, "'secagg': expected bool"),
     ],
 )
 def test_bad_settings_name_the_setting(config, message):
     with pytest.raises(BrainFLError, match=message):
         settings_from_config(config)
+
+
+def test_zero_and_one_are_false_and_true():
+    assert settings_from_config({"calibrate": 0, "skip-unreadable": 1}).value("calibrate") is False
+    assert settings_from_config({"skip-unreadable": 1}).value("skip-unreadable") is True
+
+
+@pytest.mark.parametrize(
+    ("run_config", "message"),
+    [
+        ("model='a\nb'", r"--run-config: model='a\nb': not a TOML value"),
+        (r'model="a\nb"', r"setting 'model': unknown model 'a\nb'"),
+        ("test-dir='\x1b[31mred'", r"--run-config: test-dir='\x1b[31mred': not a TOML value"),
+    ],
+)
+def test_a_value_with_a_line_break_or_control_character_is_escaped_in_one_line(run_config, message):
+    with pytest.raises(BrainFLError) as refused:
+        settings_from_args(REPO_ROOT, run_config)
+    assert str(refused.value).startswith(message) and len(str(refused.value).splitlines()) == 1
+
+
+def test_a_conf_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    conf = tmp_path / "recipe.toml"
+    conf.write_bytes(b"model = 'vgg16'\n\xff\n")
+    with pytest.raises(BrainFLError, match=f"--run-config: cannot read {conf}: not UTF-8 text"):
+        settings_from_args(REPO_ROOT, str(conf))
 
 
 @pytest.mark.parametrize(

@@ -312,3 +312,59 @@ def test_a_misspelt_label_is_named_with_its_line_not_blamed_on_test_fraction(tmp
     with pytest.raises(BrainFLError, match=r"line 7: label 'gliomma' is given to this scan only") as error:
         load_dataset(root, 16, 1, test_fraction=0.25)
     assert "test-fraction" not in str(error.value)
+
+
+@pytest.mark.parametrize("splits", [("Training", "Testing"), ("Training",), ("Testing",)])
+@pytest.mark.parametrize("command", ["check-data", "prepare"])
+def test_a_labels_csv_beside_a_kaggle_split_is_refused_in_one_line(tmp_path, capsys, splits, command):
+    from brainfl import cli
+
+    data = tmp_path / "data"
+    for split in splits:
+        build_folders(data, per_class=2, split=split)
+    listed = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
+    write_labels_csv(data, [(path, path.split("/")[1]) for path in listed], header="path,label")
+    out = tmp_path / "out"
+    argv = {
+        "check-data": ["check-data", str(data), "--output-dir", str(out)],
+        "prepare": ["prepare", "--app-dir", str(REPO_ROOT), "--run-config", f"data-dir='{data}'"],
+    }[command]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("brainfl: error:")]
+    assert len(lines) == 1, lines
+    assert "layout" not in captured.out and "images" not in captured.out  # no second, contradicting word
+    assert lines[0].startswith(f"brainfl: error: {data} holds two layouts, a labels.csv and a Kaggle split")
+    assert f"({'/ and '.join(splits)}/)" in lines[0] and "move labels.csv out" in lines[0]
+    assert not out.exists()
+
+
+def test_a_testing_scan_linked_to_a_training_scan_is_refused_not_labelled_again(tmp_path):
+    root = build_folders(
+        build_folders(tmp_path / "d", per_class=2, split="Training"), per_class=1, split="Testing"
+    )
+    (root / "Testing" / "meningioma" / "copy.jpg").symlink_to(
+        root / "Training" / "glioma" / sample_scans("glioma")[0].name
+    )
+    with pytest.raises(
+        BrainFLError, match=r"Testing/meningioma/copy\.jpg points to .*outside its class folder"
+    ):
+        load_dataset(root, 16, 1)
+
+
+def test_a_scan_in_a_split_but_in_no_class_folder_is_refused(tmp_path):
+    root = build_folders(
+        build_folders(tmp_path / "d", per_class=2, split="Training"), per_class=1, split="Testing"
+    )
+    link(sample_scans("glioma")[5], root / "Testing" / "stray.jpg")
+    with pytest.raises(BrainFLError, match=r"scan outside a class folder: .*Testing/stray\.jpg \(put it in"):
+        load_dataset(root, 16, 1)
+
+
+def test_class_folders_named_alike_but_for_case_are_refused(tmp_path):
+    root = build_folders(tmp_path / "d", per_class=2)
+    link(sample_scans("glioma")[5], root / "Glioma" / "extra.jpg")
+    with pytest.raises(
+        BrainFLError, match=r"class folders of .*d differ only in case or spaces: 'Glioma', 'glioma'"
+    ):
+        load_dataset(root, 16, 1, test_fraction=0.25)

@@ -51,7 +51,7 @@ from brainfl.data.duplicates import (
     leak_free_test_mask,
     near_pairs,
 )
-from brainfl.data.layouts import split_patient
+from brainfl.data.layouts import detect_layout, split_patient
 from brainfl.data.loading import TEST_SPLIT, TRAIN_SPLIT
 
 __all__ = [
@@ -164,6 +164,7 @@ def check_data(
     if output.exists() and not output.is_dir():
         raise BrainFLError(f"output is not a folder: {output}")
     check_can_create(output, "--output-dir", folder=True)
+    detect_layout(data_dir)  # (refuses a labels.csv beside the split, as training would)
     started = time.perf_counter()
     table = hash_images(data_dir)
     pairs = find_duplicates(table, threshold)

@@ -91,7 +91,8 @@ def _split_images(data_dir: Path) -> list[tuple[str, Path, str]]:
             LOG.info("no %s folder in %s: checking %s only", split, data_dir, TRAIN_SPLIT)
             continue
         classes = find_classes(split_dir)
-        items.extend((split, path, classes[label]) for path, label in list_images(split_dir, classes))
+        listed = list_images(split_dir, classes, root=data_dir)
+        items.extend((split, path, classes[label]) for path, label in listed)
     return items
 
 

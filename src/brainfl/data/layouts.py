@@ -1,6 +1,7 @@
 """Dataset folder layouts: which one a data folder uses, and its scans with labels and patients.
 
-Three layouts are recognised (:func:`detect_layout`), in this order:
+A folder holds one of three layouts (:func:`detect_layout`); a ``labels.csv``
+beside a ``Training``/``Testing`` split is refused, as either could be meant:
 
 * ``labels.csv`` at the folder's root (:data:`LABELS_CSV`): columns
   ``path,label[,patient]``, paths relative to the folder, for scans not sorted
@@ -80,21 +81,53 @@ def detect_layout(data_dir: Path) -> str:
     """:data:`LABELS_CSV`, :data:`KAGGLE_SPLIT` or :data:`CLASS_FOLDERS` (see the module docstring)."""
     if not data_dir.is_dir():
         raise BrainFLError(f"data directory not found: {data_dir}")
+    split = [name for name in (TRAIN_SPLIT, TEST_SPLIT) if (data_dir / name).is_dir()]
     if (data_dir / LABELS_FILE).is_file():
+        if split:
+            raise BrainFLError(
+                f"{data_dir} holds two layouts, a {LABELS_FILE} and a Kaggle split "
+                f"({'/ and '.join(split)}/), so which scans train and test is unclear: to use the split, "
+                f"move {LABELS_FILE} out of {data_dir}; to use {LABELS_FILE}, point data-dir at a folder "
+                f"with {LABELS_FILE} and its scans but no {TRAIN_SPLIT}/ or {TEST_SPLIT}/"
+            )
         return LABELS_CSV
-    if (data_dir / TRAIN_SPLIT).is_dir() or (data_dir / TEST_SPLIT).is_dir():
-        return KAGGLE_SPLIT
-    return CLASS_FOLDERS
+    return KAGGLE_SPLIT if split else CLASS_FOLDERS
 
 
 def find_classes(folder: Path) -> list[str]:
-    """Sorted class names: the visible sub-folders of a folder."""
+    """Sorted class names: the visible sub-folders of a folder, which holds no scan of its own (it
+    would have no class) and no two folders named alike but for case or spaces (two spellings of
+    one class would be two classes)."""
     if not folder.is_dir():
         raise BrainFLError(f"data folder not found: {folder}")
+    refuse_loose_scans(folder, f"put it in {folder}/<class>/")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
     if not classes:
         raise BrainFLError(f"no class folders in {folder} (expected {folder}/<class>/*.jpg)")
+    alike = alike_spellings(classes)
+    if alike:
+        raise BrainFLError(
+            f"class folders of {folder} differ only in case or spaces: {', '.join(map(repr, alike))}; "
+            "merge them into one"
+        )
     return classes
+
+
+def refuse_loose_scans(folder: Path, hint: str) -> None:
+    """One line naming the first scan-like file directly in ``folder`` (where no scan belongs)."""
+    loose = sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p) and looks_like_scan(p))
+    if loose:
+        raise BrainFLError(f"scan outside a class folder: {loose[0]} ({hint})")
+
+
+def alike_spellings(names: list[str]) -> list[str]:
+    """The first set of distinct names that differ only in case or surrounding spaces (empty: none)."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        found = spellings.setdefault(name.strip().casefold(), [])
+        if name not in found:
+            found.append(name)
+    return next((found for found in spellings.values() if len(found) > 1), [])
 
 
 class _Walk(NamedTuple):
@@ -163,21 +196,24 @@ def folder_patient(relative: PurePosixPath | Path) -> str | None:
     return relative.parts[0] if len(relative.parts) > 1 else None
 
 
-def list_class_folders(folder: Path, class_names: list[str], skip_unsupported: bool = False) -> list[Entry]:
+def list_class_folders(
+    folder: Path, class_names: list[str], skip_unsupported: bool = False, root: Path | None = None
+) -> list[Entry]:
     """Every scan under ``folder/<class>/`` for each class, sorted by class then path.
 
     The groups are the patients where any scan is nested: a patient is its class
     and its folder (:func:`folder_patient`), so folders named alike in two
     classes are two patients; a scan directly in its class folder is then a
     patient of its own. Without nesting every group is None. Symbolic links are
-    followed unless :func:`_link_problem` refuses them.
+    followed unless :func:`_link_problem` refuses them; ``root`` is the data folder
+    when ``folder`` is one of its splits (a link into the other split is refused too).
     """
     entries: list[Entry] = []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        found = _walk(class_dir, class_dir, folder)
+        found = _walk(class_dir, class_dir, root or folder)
         _refused_links(found.refused_links, skip_unsupported)
         refuse_unsupported(found.unsupported, skip_unsupported)
         if not found.scans:
@@ -206,12 +242,11 @@ def class_folders(folder: Path, class_names: list[str] | None) -> list[str]:
 
 def check_class_folders_layout(data_dir: Path, class_names: list[str] | None) -> list[str]:
     """:func:`class_folders` of a class-folders dataset: no scans at its root, no split-like folders."""
-    loose = sorted(p for p in data_dir.iterdir() if p.is_file() and not is_hidden(p) and looks_like_scan(p))
-    if loose:
-        raise BrainFLError(
-            f"scan outside a class folder: {loose[0]} (put scans in {data_dir}/<class>/, "
-            f"a {TRAIN_SPLIT}/{TEST_SPLIT} split, or list them in {data_dir / LABELS_FILE})"
-        )
+    refuse_loose_scans(
+        data_dir,
+        f"put scans in {data_dir}/<class>/, a {TRAIN_SPLIT}/{TEST_SPLIT} split, or list them in "
+        f"{data_dir / LABELS_FILE}",
+    )
     names = class_folders(data_dir, class_names)
     if {name.lower() for name in find_classes(data_dir)} <= SPLIT_LIKE_NAMES:
         raise BrainFLError(
@@ -291,13 +326,13 @@ def read_labels_csv(
 def _refuse_label_spellings(csv_file: Path, labels: list[tuple[int, str]]) -> None:
     """Refuse labels that differ only in case or surrounding spaces (``Glioma``, ``glioma``), which
     would become two classes, naming the lines of each spelling."""
-    spellings: dict[str, dict[str, int]] = {}
+    first_line: dict[str, int] = {}
     for line, label in labels:
-        spellings.setdefault(label.strip().casefold(), {}).setdefault(label, line)
-    for found in spellings.values():
-        if len(found) > 1:
-            seen = ", ".join(f"'{label}' (line {line})" for label, line in found.items())
-            raise BrainFLError(f"{csv_file}: labels differ only in case or spaces: {seen}; spell them alike")
+        first_line.setdefault(label, line)
+    alike = alike_spellings([label for _, label in labels])
+    if alike:
+        seen = ", ".join(f"'{label}' (line {first_line[label]})" for label in alike)
+        raise BrainFLError(f"{csv_file}: labels differ only in case or spaces: {seen}; spell them alike")
 
 
 def _refuse_single_scan_labels(csv_file: Path, labels: list[tuple[int, str]]) -> None:

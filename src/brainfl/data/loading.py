@@ -115,12 +115,12 @@ def write_cache(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def list_images(
-    split_dir: Path, class_names: list[str], skip_unsupported: bool = False
+    split_dir: Path, class_names: list[str], skip_unsupported: bool = False, root: Path | None = None
 ) -> list[tuple[Path, int]]:
-    """All scans under ``split_dir/<class>/`` (at any depth) with their label, sorted by class then path."""
-    return [
-        (entry.path, entry.label) for entry in list_class_folders(split_dir, class_names, skip_unsupported)
-    ]
+    """All scans under ``split_dir/<class>/`` (at any depth) with their label, sorted by class then path
+    (``root``: the data folder ``split_dir`` is a split of)."""
+    entries = list_class_folders(split_dir, class_names, skip_unsupported, root)
+    return [(entry.path, entry.label) for entry in entries]
 
 
 def decode_image(path: Path | str, image_size: int, channels: int, crop: str = "head") -> np.ndarray:
@@ -217,8 +217,9 @@ def load_split(
     folder in this split that is not among them is an error.
     """
     data_dir, split_dir = Path(data_dir), Path(data_dir) / split
+    detect_layout(data_dir)  # (refuses a labels.csv beside the split)
     class_names = class_folders(split_dir, class_names)
-    entries = list_class_folders(split_dir, class_names, skip_unreadable)
+    entries = list_class_folders(split_dir, class_names, skip_unreadable, data_dir)
     settings = (image_size, channels, cache_dir, skip_unreadable)
     return _load_entries(data_dir, entries, class_names, split.lower(), settings)
 
@@ -246,7 +247,7 @@ def load_images(
             )
         split_dir = data_dir / TRAIN_SPLIT
         class_names = class_folders(split_dir, class_names)
-        entries = list_class_folders(split_dir, class_names, skip_unreadable)
+        entries = list_class_folders(split_dir, class_names, skip_unreadable, data_dir)
         return _load_entries(data_dir, entries, class_names, "training", settings), layout
     if layout == LABELS_CSV:
         entries, class_names = read_labels_csv(data_dir, class_names, skip_unreadable)

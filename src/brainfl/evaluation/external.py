@@ -119,7 +119,7 @@ def labelled_scans(data_dir: Path | str, class_names: Sequence[str]) -> tuple[li
             f"class folder {split_dir / unknown[0]} is not one of the model's classes "
             f"({', '.join(class_names)})"
         )
-    entries = layouts.list_class_folders(split_dir, list(class_names))
+    entries = layouts.list_class_folders(split_dir, list(class_names), root=root)
     return [entry.path for entry in entries], np.asarray([entry.label for entry in entries], dtype=np.int64)
 
 

@@ -12,12 +12,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from brainfl.core.files import write_atomically
+
 FIGURE_DPI = 110
 
 
 def new_figure(width: float, height: float):
 
     return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Save ``figure`` as a PNG at ``path``, atomically."""
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
+    return path
 
 
 def cells(matrix: np.ndarray) -> Iterator[tuple[int, int, float]]:
@@ -51,8 +59,7 @@ def plot_confusion(
         for row, col, value in cells(matrix):
             color = "white" if value > scale * 0.6 else "black"
             axis.text(col, row, fmt.format(value), ha="center", va="center", color=color, fontsize=9)
-    figure.savefig(path, format="png")
-    return path
+    return save_figure(figure, path)
 
 
 def plot_confusion_counts(counts: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
@@ -107,5 +114,4 @@ def plot_reliability(
     count_axis.set_xlabel("confidence (highest probability)")
     count_axis.set_ylabel("images")
     count_axis.grid(alpha=0.3)
-    figure.savefig(path, format="png")
-    return path
+    return save_figure(figure, path)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from brainfl.core.arguments import add_output_dir
 from brainfl.core.errors import BrainFLError
+from brainfl.core.files import write_atomically
 
 VALIDITY_DAYS = 365
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -49,9 +52,14 @@ def _subject_alt_names(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    """Write ``data`` atomically; a private key is readable by its owner alone before it is written."""
+
+    def write(handle: BinaryIO) -> None:
+        if private:
+            os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+
+    write_atomically(path, write)
 
 
 def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:

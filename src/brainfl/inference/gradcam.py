@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from brainfl.core.errors import BrainFLError
+from brainfl.core.files import write_atomically
 from brainfl.data.decoding import open_scan
 from brainfl.data.framing import crop_box
 from brainfl.model.files import LoadedModel
@@ -153,9 +154,12 @@ def save_gradcam(
             raise BrainFLError(f"Grad-CAM: the model's outputs for {image_path} are not finite (no class)")
     heatmap = gradcam_heatmaps(loaded.model, inputs, np.asarray([class_index]))[0]
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay(open_original(image_path), heatmap, loaded.crop).save(out_path, format="PNG")
-    return out_path
+    return _save_png(overlay(open_original(image_path), heatmap, loaded.crop), out_path)
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    write_atomically(path, lambda handle: image.save(handle, format="PNG"))
+    return path
 
 
 def gradcam_names(files: Sequence[Path]) -> list[str]:
@@ -201,7 +205,5 @@ def write_gradcams(
         end = start + BATCH_SIZE
         heatmaps = gradcam_heatmaps(loaded.model, inputs[start:end], class_indices[start:end])
         for path, name, heatmap in zip(files[start:end], names[start:end], heatmaps, strict=True):
-            target = out_dir / name
-            overlay(open_original(path), heatmap, loaded.crop).save(target, format="PNG")
-            written.append(target)
+            written.append(_save_png(overlay(open_original(path), heatmap, loaded.crop), out_dir / name))
     return written

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from brainfl.core.arguments import add_model
 from brainfl.core.errors import BrainFLError
-from brainfl.core.files import check_can_create
+from brainfl.core.files import check_can_create, write_atomically
 from brainfl.data.decoding import SCAN_SUFFIXES, is_scan_file
 from brainfl.data.layouts import looks_like_scan, refuse_unsupported
 from brainfl.inference.gradcam import gradcam_names, write_gradcams
@@ -236,8 +236,7 @@ def run(args: argparse.Namespace) -> None:
     if args.csv is not None:
         csv_path = Path(args.csv).expanduser()
         try:
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(csv_path, index=False)
+            write_atomically(csv_path, lambda handle: table.to_csv(handle, index=False))
         except OSError as error:
             raise BrainFLError(f"--csv: cannot write {csv_path}: {error.strerror}") from None
         print(f"predictions written to {csv_path}")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from brainfl.evaluation.figures import new_figure, plot_reliability
+from brainfl.evaluation.figures import new_figure, plot_reliability, save_figure
 from brainfl.evaluation.intervals import score_with_intervals
 from brainfl.evaluation.metrics import LEAK_FREE
 from brainfl.model.outputs import scale_probabilities
@@ -68,8 +68,7 @@ def plot_curves(results: pd.DataFrame, sites: pd.DataFrame, path: Path) -> Path:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))  # whole rounds, readable at 100
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    figure.savefig(path, format="png")
-    return path
+    return save_figure(figure, path)
 
 
 def plot_partition(table: pd.DataFrame, stacks: Sequence[str], path: Path) -> Path:
@@ -89,8 +88,7 @@ def plot_partition(table: pd.DataFrame, stacks: Sequence[str], path: Path) -> Pa
     axis.set_title("Training images per site" + (" and class" if len(stacks) > 1 else ""))
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.margins(y=0.12)
-    figure.savefig(path, format="png")
-    return path
+    return save_figure(figure, path)
 
 
 RELIABILITY_RESAMPLES = 200  # bootstrap resamples of the ECE's interval in the report's reliability figures

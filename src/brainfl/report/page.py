@@ -196,7 +196,10 @@ def make_report(output_dir: Path | str, baselines: Sequence[Path] = ()) -> Path:
     personalized = report_sites.personalization_table(run)
     compared = site_comparison.report_table(output_dir, baselines)
     if compared is not None:
-        compared.round(6).to_csv(output_dir / site_comparison.COMPARISON_CSV, index_label="site")
+        write_atomically(
+            output_dir / site_comparison.COMPARISON_CSV,
+            lambda handle: compared.round(6).to_csv(handle, index_label="site"),
+        )
     differing, every = data.settings_tables(run.config, run.notes)
     taken = participation(output_dir)
     results = run.results

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +102,7 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 class CsvAppender:
-    """Append rows to a CSV with a fixed header, flushing after every row.
+    """Append rows to a CSV with a fixed header, each row written atomically.
 
     An existing file keeps its own header (a resumed run of an older version): the
     rows follow it, and columns it lacks are left out.
@@ -113,8 +112,7 @@ class CsvAppender:
         self.path = path
         self.header = list(header)
         if not path.exists() or path.stat().st_size == 0:
-            with open(path, "w", newline="", encoding="utf-8") as handle:
-                csv.writer(handle).writerow(self.header)
+            write_atomically(path, lambda handle: handle.write(_csv_text([self.header]).encode()))
             return
         with open(path, newline="", encoding="utf-8") as handle:
             existing = next(csv.reader(handle), self.header)
@@ -124,12 +122,12 @@ class CsvAppender:
             self.header = existing
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Write one row (missing columns empty, floats with 6 significant digits)."""
+        """Write one row (missing columns empty, floats with 6 significant digits): the table so far
+        and the row go to a temporary file that replaces the table, so an interrupted run leaves
+        the table as it was, never a partial row."""
         values = [_format(row.get(column, "")) for column in self.header]
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow(values)
-            handle.flush()
-            os.fsync(handle.fileno())
+        table = self.path.read_bytes() + _csv_text([values]).encode()
+        write_atomically(self.path, lambda handle: handle.write(table))
 
 
 def _format(value: Any) -> Any:
@@ -138,7 +136,8 @@ def _format(value: Any) -> Any:
 
 def write_run_config(output_dir: Path, config: Mapping[str, Any]) -> None:
     """Record the run's settings (and extras such as class names) as JSON."""
-    (output_dir / RUN_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+    write_atomically(output_dir / RUN_CONFIG, lambda handle: handle.write(text.encode()))
 
 
 def partition_header(class_names: Sequence[str]) -> list[str]:

@@ -67,6 +67,8 @@ def read_conf_file(path: Path) -> dict[str, Any]:
             return dict(_flatten(tomllib.load(handle)))
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise BrainFLError(f"--run-config: cannot read {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise BrainFLError(f"--run-config: cannot read {path}: not UTF-8 text ({error.reason})") from None
 
 
 def read_run_config_value(text: str) -> tuple[str, dict[str, Any]]:

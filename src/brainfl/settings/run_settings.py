@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -301,13 +302,18 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
                     return True
                 if value.lower() in ("false", "0", "no"):
                     return False
-                raise ValueError(value)
-            return bool(value)
+            elif isinstance(value, int) and value in (0, 1):  # (a bool is an int)
+                return bool(value)
+            raise ValueError(value)
         if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
             raise ValueError(value)
-        return kind(value)
+        converted = kind(value)
+        if kind is float and not math.isfinite(converted):
+            raise ValueError(value)
+        return converted
     except (TypeError, ValueError):
-        raise BrainFLError(f"setting '{key}': expected {kind.__name__}, got {value!r}") from None
+        hint = {bool: " (true or false)", float: " (a finite number)"}.get(kind, "")
+        raise BrainFLError(f"setting '{key}': expected {kind.__name__}{hint}, got {value!r}") from None
 
 
 def settings_from_config(config: Mapping[str, Any], app_dir: Path | str | None = None) -> RunSettings:
