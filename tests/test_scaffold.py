@@ -53,30 +53,14 @@ def test_the_correction_is_added_to_every_gradient():
     model.set_weights(start)
     trained_masks = [v.trainable for v in model.weights]
     assert len(gradient) == sum(trained_masks)
-    train(
-        model,
-        images,
-        labels,
-        epochs=1,
-        batch_size=16,
-        learning_rate=0.01,
-        label_smoothing=0.0,
-        weight_decay=0.0,
-    )
-    plain = [w for w, t in zip(model.get_weights(), trained_masks, strict=True) if t]
-    model.set_weights(start)
-    train(
-        model,
-        images,
-        labels,
-        epochs=1,
-        batch_size=16,
-        learning_rate=0.01,
-        label_smoothing=0.0,
-        weight_decay=0.0,
-        correction=[-g for g in gradient],
-    )
-    corrected = [w for w, t in zip(model.get_weights(), trained_masks, strict=True) if t]
+
+    def trained_from_start(correction=None) -> list[np.ndarray]:
+        model.set_weights(start)
+        train(model, images, labels, epochs=1, batch_size=16, learning_rate=0.01, label_smoothing=0.0,
+              weight_decay=0.0, correction=correction)  # fmt: skip
+        return [w for w, t in zip(model.get_weights(), trained_masks, strict=True) if t]
+
+    plain, corrected = trained_from_start(), trained_from_start([-g for g in gradient])
     initial = [w for w, t in zip(start, trained_masks, strict=True) if t]
     moved = lambda weights: sum(np.abs(w - s).sum() for w, s in zip(weights, initial, strict=True))  # noqa: E731
     assert moved(corrected) < moved(plain)

@@ -78,8 +78,10 @@ class LabelledSet:
         finite = predicted >= 0
         confidence = np.zeros(len(predicted))
         confidence[finite] = probabilities[finite].max(axis=1)
-        self._encode(labels, predicted, confidence, confidence_bins(confidence, bins), num_classes, bins)
-        self.notumor = notumor
+        encoded = LabelledSet.from_predictions(
+            labels, predicted, confidence, confidence_bins(confidence, bins), num_classes, bins, notumor
+        )
+        self.__dict__.update(vars(encoded))
         self.probabilities = probabilities
         self.scores = probabilities[finite]
 
@@ -97,40 +99,25 @@ class LabelledSet:
         """A set known by each image's label, predicted class (-1: none), top-label confidence and its
         confidence bin, without probabilities."""
         data = cls.__new__(cls)
-        data._encode(
-            labels, np.asarray(predicted), np.asarray(confidence), np.asarray(bin_index), num_classes, bins
+        data.labels = np.asarray(labels, dtype=np.int64)
+        if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+        data.k, data.bins, data.notumor = num_classes, bins, notumor
+        data.predicted = np.asarray(predicted, dtype=np.int64)
+        cell = data.labels * (num_classes + 1) + np.where(data.predicted < 0, num_classes, data.predicted)
+        data.cells = np.eye(num_classes * (num_classes + 1))[cell]  # n x (true, predicted or broken)
+        data.present = np.bincount(data.labels, minlength=num_classes) > 0
+        data.finite = data.predicted >= 0
+        data.confidence = np.asarray(confidence)[data.finite]
+        correct = (data.predicted[data.finite] == data.labels[data.finite]).astype(float)
+        data.bin = np.asarray(bin_index)[data.finite]
+        one_hot = np.eye(bins)[data.bin]
+        data.calibration = np.hstack(
+            [one_hot, one_hot * data.confidence[:, None], one_hot * correct[:, None]]
         )
-        data.notumor = notumor
         data.probabilities = None
         data.scores = np.empty((0, num_classes))
         return data
-
-    def _encode(
-        self,
-        labels: np.ndarray,
-        predicted: np.ndarray,
-        confidence: np.ndarray,
-        bin_index: np.ndarray,
-        num_classes: int,
-        bins: int,
-    ) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
-            raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-        self.k = num_classes
-        self.predicted = np.asarray(predicted, dtype=np.int64)
-        cell = self.labels * (num_classes + 1) + np.where(self.predicted < 0, num_classes, self.predicted)
-        self.cells = np.eye(num_classes * (num_classes + 1))[cell]  # n x (true, predicted or broken)
-        self.present = np.bincount(self.labels, minlength=num_classes) > 0
-        self.finite = self.predicted >= 0
-        self.confidence = confidence[self.finite]
-        correct = (self.predicted[self.finite] == self.labels[self.finite]).astype(float)
-        self.bin = bin_index[self.finite]
-        one_hot = np.eye(bins)[self.bin]
-        self.calibration = np.hstack(
-            [one_hot, one_hot * self.confidence[:, None], one_hot * correct[:, None]]
-        )
-        self.bins = bins
 
     @functools.cached_property
     def whole(self) -> Tally:
