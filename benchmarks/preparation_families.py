@@ -181,7 +181,8 @@ def score_families(model: Path, families_dir: Path, out: Path, extra: Sequence[s
     table = pd.DataFrame(rows)
     numbers = table.drop(columns=["family"])
     worst = table.loc[table["accuracy"].idxmin()].to_dict()
-    mean = {"family": "mean", **numbers.mean().to_dict()}
+    mean = {"family": "mean", **numbers.mean().to_dict()}  # (no interval: the mean of bounds is none)
+    mean |= {column: float("nan") for column in numbers if column.endswith(("_low", "_high"))}
     return pd.concat(
         [table, pd.DataFrame([mean, {**worst, "family": f"worst ({worst['family']})"}])], ignore_index=True
     )
