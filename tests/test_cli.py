@@ -260,6 +260,8 @@ def test_run_sh_checks_ports_sites_and_quotes_before_starting(tmp_path):
         ),
         (["--port", "0"], "--port 0: the SuperLink's port"),
         (["--sites", "2", "--min-sites", "3"], "--min-sites 3 is more than --sites 2"),
+        (["--adapt"], "--adapt goes with --validate MODEL"),
+        (["--validate", "m.keras", "--baselines"], "--validate trains nothing: it takes no --baselines"),
     ):
         result = subprocess.run([run_sh, *options], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, (
@@ -270,6 +272,14 @@ def test_run_sh_checks_ports_sites_and_quotes_before_starting(tmp_path):
     result = subprocess.run([run_sh, "--data-dir", str(quoted)], capture_output=True, text=True)
     assert result.returncode == 2 and f"data directory not found: {quoted}" in result.stderr
     assert "--run-config" not in result.stderr
+    # a model to validate that is not there is named before any Flower process starts
+    result = subprocess.run(
+        [run_sh, "--validate", str(tmp_path / "none.keras")], capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2
+        and f"{tmp_path / 'none.keras'} is neither a model file nor a run folder" in (result.stderr)
+    )
 
 
 def test_prepare_refuses_more_minimum_sites_than_sites(capsys):
