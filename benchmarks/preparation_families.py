@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -98,8 +99,6 @@ def bias(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=10)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("L")

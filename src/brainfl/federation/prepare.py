@@ -33,8 +33,8 @@ def prepare(args: argparse.Namespace) -> None:
     """
     settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
     if settings.evaluation.validate_models:
-        settings = validation_settings(settings)
         models = models_to_validate(settings.evaluation)
+        settings = validation_settings(settings, models)
         labels = ", ".join(model.label for model in models)
         print(f"validation: {len(models)} models scored at every site, nothing trained: {labels}")
     if args.await_all_sites:

@@ -125,10 +125,9 @@ def architecture(loaded: LoadedModel) -> dict[str, Any]:
     return dict(zip(ARCHITECTURE, (loaded.model_name, loaded.image_size, loaded.norm), strict=True))
 
 
-def validation_settings(settings: RunSettings) -> RunSettings:
-    """``settings`` with the classes, model and input size of the models to validate (what the sites
-    decode their scans for); one line when a model is missing or they differ."""
-    models = models_to_validate(settings.evaluation)
+def validation_settings(settings: RunSettings, models: Sequence[ModelToValidate]) -> RunSettings:
+    """``settings`` with the classes, model and input size of ``models`` (what the sites decode their
+    scans for); one line when they differ."""
     class_names = check_models(models)
     metadata = read_metadata(models[0].path)
     return settings.replace(
