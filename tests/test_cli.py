@@ -33,6 +33,7 @@ def run_prepare(capsys, *run_configs: str, extra: tuple[str, ...] = ()) -> tuple
     [
         ("data-dir='/no/such/folder'", "data directory not found: /no/such/folder"),
         ("model='resnet'", "unknown model 'resnet'"),
+        ("augmentation='flip,sharpen'", "setting 'augmentation': unknown transform 'sharpen'"),
         ("num-server-rounds=0", "'num-server-rounds' must be positive"),
         ("num-partitions=1000", "1000 sites but only 80 training images"),
         ("numserverrounds=3", "unknown setting 'numserverrounds'; did you mean 'num-server-rounds'?"),

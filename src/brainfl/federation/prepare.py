@@ -19,6 +19,7 @@ from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
 from brainfl.federation.validation import models_to_validate, validation_settings
+from brainfl.model.augmentation import augmentation_names
 from brainfl.model.process_cache import check_vgg_weights
 from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
@@ -50,6 +51,7 @@ def prepare(args: argparse.Namespace) -> None:
             f"num-partitions={settings.data.num_partitions} (the sites): the rounds would wait forever"
         )
     check_vgg_weights(settings.model)
+    augmentation_names(settings.model.augmentation)
     central = central_data(settings)
     print(describe_central(central))
     if site_dirs := args.site_data_dir or site_folders(settings):

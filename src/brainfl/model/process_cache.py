@@ -39,6 +39,7 @@ def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelB
         settings.model.vgg_weights,
         tuple(class_names),
         settings.model.norm,
+        settings.model.augmentation,
     )
 
 

@@ -70,6 +70,7 @@ class ModelSettings:
     image_size: int
     vgg_weights: str
     norm: str
+    augmentation: str
 
     @property
     def channels(self) -> int:
@@ -186,6 +187,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("tensorboard", "evaluation"),
         ("round_timeout", "federation"),
         ("norm", "model"),
+        ("augmentation", "model"),
         ("balanced_softmax", "training"),
         ("strategy", "federation"),
         ("proximal_mu", "federation"),
