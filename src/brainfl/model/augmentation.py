@@ -146,7 +146,8 @@ class RandomBiasField(_PerImageRandom):
 
 
 def gaussian_kernel(sigma: float, channels: int) -> np.ndarray:
-    """A normalized 2-D Gaussian as a depthwise kernel ``(size, size, channels, 1)``, size ``2*ceil(2 sigma)+1``."""
+    """A normalized 2-D Gaussian as a depthwise kernel ``(size, size, channels, 1)``,
+    ``size = 2 * ceil(2 * sigma) + 1``."""
     radius = int(np.ceil(2 * sigma))
     line = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     square = np.outer(line, line) / np.outer(line, line).sum()
@@ -162,7 +163,8 @@ class RandomBlur(_PerImageRandom):
         self.sigma = sigma
 
     def transform(self, inputs):
-        kernel = keras.ops.convert_to_tensor(gaussian_kernel(self.sigma, inputs.shape[-1]), dtype=inputs.dtype)
+        kernel = gaussian_kernel(self.sigma, inputs.shape[-1])
+        kernel = keras.ops.convert_to_tensor(kernel, dtype=inputs.dtype)
         blurred = keras.ops.depthwise_conv(inputs, kernel, padding="same")
         return inputs + self.uniform(inputs, 0.0, 1.0) * (blurred - inputs)
 
