@@ -29,6 +29,21 @@ Two commands::
 scans, accuracy, balanced accuracy, calibration error and the tumor sensitivity (tumor scans not
 called notumor), each with its 95% interval, then the ``mean`` and the ``worst`` family;
 ``--keep NAME`` keeps it with every family's ``evaluation.csv`` in ``benchmarks/results/NAME/``.
+
+When the training augmentation covers how preparations differ
+(:mod:`brainfl.model.augmentation`), a family must be scored on a model whose augmentation
+leaves that family's transform out (:data:`TRAINED_WITHOUT`): ``leave-out`` trains one
+centralized model per left-out transform (``brainfl centralized``, ``--epochs`` epochs, the
+app's defaults otherwise) and one with every transform, and scores each family on its own::
+
+    python3 benchmarks/preparation_families.py leave-out --data-dir ../shared/data/brain-tumor-mri \\
+        --families benchmarks/runs/families --epochs 30 --output-dir benchmarks/runs/leave-out \\
+        [--adapt] [--runs DIR]
+
+Its ``families.csv`` has a ``trained_without`` column; the in-distribution row (``testing``, the
+central test set) is the model trained with every transform. A folder already holding a finished
+model trained with the same settings is scored, not trained again; ``--runs`` (default
+``<output-dir>/runs``) lets a second scoring, e.g. with ``--adapt``, use the models of the first.
 """
 
 from __future__ import annotations
@@ -53,6 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brainfl.data.decoding import open_scan
 from brainfl.data.layouts import TEST_SPLIT
 from brainfl.evaluation import external as evaluate
+from brainfl.model.augmentation import AUGMENTATIONS
+from brainfl.settings.run_config import toml_value
 from harness import RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_image
 from shifted_copy import testing_scans
@@ -115,6 +132,19 @@ FAMILIES: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] =
 }
 SHIFTED = "shifted"
 FAMILY_NAMES = (*FAMILIES, SHIFTED)
+# The augmentation transform each family's model trains without (None: every transform; JPEG is a
+# transform no augmentation makes, the shifted copy is the geometry and gamma the training has seen).
+TRAINED_WITHOUT: dict[str, str | None] = {
+    "histeq": "curve",
+    "clahe": "curve",
+    "stretch": "curve",
+    "noisy": "noise",
+    "lowres": "blur",
+    "bias": "bias",
+    "jpeg": None,
+    SHIFTED: None,
+}
+IN_DISTRIBUTION = "testing"
 
 
 def prepared(image: Image.Image, family: str, source: str, seed: int) -> Image.Image:
@@ -158,10 +188,16 @@ def family_row(family: str, scores: dict) -> dict:
     return row
 
 
-def score_families(model: Path, families_dir: Path, out: Path, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """``brainfl evaluate`` on every family folder; the table with the mean and worst families."""
+def score_families(
+    model: Path,
+    families_dir: Path,
+    out: Path,
+    extra: Sequence[str] = (),
+    families: Sequence[str] = FAMILY_NAMES,
+) -> pd.DataFrame:
+    """``brainfl evaluate`` on each of ``families``' folders: one row per family."""
     rows = []
-    for family in FAMILY_NAMES:
+    for family in families:
         if not (families_dir / family).is_dir():
             continue
         target = out / family
@@ -177,14 +213,89 @@ def score_families(model: Path, families_dir: Path, out: Path, extra: Sequence[s
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         rows.append(family_row(family, json.loads((target / evaluate.JSON_NAME).read_text())))
-    table = pd.DataFrame(rows)
-    numbers = table.drop(columns=["family"])
+    return pd.DataFrame(rows)
+
+
+def with_mean_and_worst(table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s family rows, then their ``mean`` and the ``worst (<family>)`` row."""
+    numbers = table.drop(columns=[c for c in ("family", "trained_without") if c in table])
     worst = table.loc[table["accuracy"].idxmin()].to_dict()
     mean = {"family": "mean", **numbers.mean().to_dict()}  # (no interval: the mean of bounds is none)
     mean |= {column: float("nan") for column in numbers if column.endswith(("_low", "_high"))}
     return pd.concat(
         [table, pd.DataFrame([mean, {**worst, "family": f"worst ({worst['family']})"}])], ignore_index=True
     )
+
+
+def augmentation_without(left_out: str | None) -> str:
+    """The default augmentation with ``left_out`` removed (every transform when None)."""
+    return ",".join(name for name in AUGMENTATIONS if name != left_out)
+
+
+def trained_model(runs: Path, left_out: str | None, data_dir: Path, epochs: int) -> Path:
+    """The centralized model trained without ``left_out`` in ``runs/<all|without-T>/``, trained here
+    unless that folder already holds one trained with these settings (anything else there is refused)."""
+    folder = runs / ("all" if left_out is None else f"without-{left_out}")
+    wanted = {
+        "augmentation": augmentation_without(left_out),
+        "num-server-rounds": epochs,
+        "local-epochs": 1,
+        "data-dir": str(data_dir),
+    }
+    if (folder / "final_model.keras").is_file():
+        config = json.loads((folder / "run_config.json").read_text())
+        if any(config.get(key) != value for key, value in wanted.items()):
+            raise SystemExit(f"{folder} holds a model trained with other settings than {wanted}")
+        return folder / "final_model.keras"
+    run_config = " ".join(f"{key}={toml_value(value)}" for key, value in wanted.items())
+    run_config += f" output-dir={toml_value(str(folder))}"
+    subprocess.run(["brainfl", "centralized", "--run-config", run_config], check=True)
+    return folder / "final_model.keras"
+
+
+def in_distribution_row(model: Path) -> dict:
+    """The central test set's last-round scores of the run that wrote ``model``."""
+    last = pd.read_csv(model.parent / "federated_learning_results.csv").iloc[-1]
+    return {
+        "family": IN_DISTRIBUTION,
+        "trained_without": "",
+        "accuracy": float(last["accuracy"]),
+        "leak_free_accuracy": float(last["leak_free_accuracy"]),
+        "balanced_accuracy": float(last["balanced_accuracy"]),
+        "ece": float(last["ece"]),
+    }
+
+
+def leave_out(
+    data_dir: Path, families_dir: Path, out: Path, runs: Path, epochs: int, extra: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Every family scored on the model trained without its transform, then mean and worst, then the
+    in-distribution row of the model trained with every transform."""
+    tables = []
+    for left_out in dict.fromkeys(TRAINED_WITHOUT.values()):
+        model = trained_model(runs, left_out, data_dir, epochs)
+        families = [family for family, transform in TRAINED_WITHOUT.items() if transform == left_out]
+        scored = score_families(model, families_dir, out / (left_out or "all"), extra, families)
+        tables.append(scored.assign(trained_without=left_out or ""))
+    table = pd.concat(tables, ignore_index=True).set_index("family").loc[list(FAMILY_NAMES)].reset_index()
+    every = trained_model(out / "runs", None, data_dir, epochs)
+    return pd.concat(
+        [with_mean_and_worst(table), pd.DataFrame([in_distribution_row(every)])], ignore_index=True
+    )
+
+
+def keep_families(table: pd.DataFrame, output_dir: Path, name: str) -> Path:
+    """Copy ``families.csv``, every family's ``evaluation.csv`` and the command to
+    ``benchmarks/results/<name>``."""
+    target = RESULTS / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(output_dir / FAMILIES_CSV, target / FAMILIES_CSV)
+    for evaluation in sorted(output_dir.glob(f"**/{evaluate.CSV_NAME}")):
+        if evaluation.parent.name in table["family"].values:
+            (target / evaluation.parent.name).mkdir(exist_ok=True)
+            shutil.copyfile(evaluation, target / evaluation.parent.name / evaluate.CSV_NAME)
+    (target / "command.txt").write_text(this_command() + "\n")
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -198,31 +309,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_output_dir(make, None, old=(), help_text="where the family folders go")
     score = commands.add_parser("score", help="score a model on every family")
     score.add_argument("--model", type=Path, required=True)
-    score.add_argument("--families", type=Path, required=True, help="the folder 'make' wrote")
+    held_out = commands.add_parser("leave-out", help="train without each family's transform and score it")
+    held_out.add_argument("--data-dir", type=Path, required=True)
+    held_out.add_argument("--epochs", type=int, default=30, help="centralized epochs of every model")
+    held_out.add_argument("--adapt", action="store_true", help="score after brainfl evaluate --adapt")
+    held_out.add_argument(
+        "--runs", type=Path, default=None, help="where the models are trained (default: <output-dir>/runs)"
+    )
+    for scoring in (score, held_out):
+        scoring.add_argument("--families", type=Path, required=True, help="the folder 'make' wrote")
+        add_output_dir(scoring, None, old=(), help_text="where each family's evaluation goes")
+        add_keep(scoring)
     score.add_argument("--evaluate-args", default="", help="more options for brainfl evaluate, e.g. --adapt")
-    add_output_dir(score, None, old=(), help_text="where each family's evaluation goes")
-    add_keep(score)
     args = parser.parse_args(argv)
     if args.output_dir is None:
         parser.error("--output-dir is required")
     if args.command == "make":
         make_families(args.data_dir.resolve(), args.output_dir, args.seed)
         return
-    table = score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
+    if args.command == "score":
+        table = with_mean_and_worst(
+            score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
+        )
+    else:
+        extra = ["--adapt"] if args.adapt else []
+        runs = args.runs or args.output_dir / "runs"
+        table = leave_out(args.data_dir, args.families, args.output_dir, runs, args.epochs, extra)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     table.round(6).to_csv(args.output_dir / FAMILIES_CSV, index=False)
     print(table.round(4).to_string(index=False))
     if args.keep:
-        target = RESULTS / args.keep
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.output_dir / FAMILIES_CSV, target / FAMILIES_CSV)
-        for family in table["family"]:
-            if (args.output_dir / family / evaluate.CSV_NAME).is_file():
-                (target / family).mkdir(exist_ok=True)
-                shutil.copyfile(
-                    args.output_dir / family / evaluate.CSV_NAME, target / family / evaluate.CSV_NAME
-                )
-        (target / "command.txt").write_text(this_command() + "\n")
-        print(f"kept in {target}")
+        print(f"kept in {keep_families(table, args.output_dir, args.keep)}")
 
 
 if __name__ == "__main__":

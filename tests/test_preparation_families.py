@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+import preparation_families
+from brainfl.model.augmentation import AUGMENTATIONS, augmentation_names
 from conftest import CLASSES, REPO_ROOT
-from preparation_families import FAMILY_NAMES, NOTUMOR, family_row, make_families, prepared
+from preparation_families import (
+    FAMILY_NAMES,
+    NOTUMOR,
+    TRAINED_WITHOUT,
+    augmentation_without,
+    family_row,
+    make_families,
+    prepared,
+    trained_model,
+    with_mean_and_worst,
+)
 
 SAMPLE = REPO_ROOT / "sample_data"
 SCAN = "Testing/glioma/" + sorted(p.name for p in (SAMPLE / "Testing" / "glioma").iterdir())[0]
@@ -54,3 +70,51 @@ def test_the_missed_tumor_rate_counts_tumor_scans_called_notumor():
     )
     assert row["missed_tumor_rate"] == pytest.approx(3 / 30)
     assert row["accuracy_low"] == 0.8
+
+
+def test_every_family_names_a_transform_of_the_augmentation_its_model_leaves_out():
+    assert set(TRAINED_WITHOUT) == set(FAMILY_NAMES)
+    for family, transform in TRAINED_WITHOUT.items():
+        kept = augmentation_names(augmentation_without(transform))
+        if transform is None:
+            assert kept == tuple(AUGMENTATIONS), family
+        else:
+            assert (
+                transform in AUGMENTATIONS and transform not in kept and len(kept) == len(AUGMENTATIONS) - 1
+            )
+
+
+def test_a_trained_model_is_reused_only_when_trained_with_the_same_settings(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(
+        preparation_families.subprocess, "run", lambda command, check: trained.append(command)
+    )
+    folder = tmp_path / "without-noise"
+    folder.mkdir()
+    (folder / "final_model.keras").write_bytes(b"model")
+    config = {"augmentation": augmentation_without("noise"), "num-server-rounds": 30, "local-epochs": 1}
+    (folder / "run_config.json").write_text(json.dumps({**config, "data-dir": "data"}))
+    assert trained_model(tmp_path, "noise", Path("data"), 30) == folder / "final_model.keras"
+    assert trained == []  # reused, not trained again
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        trained_model(tmp_path, "noise", Path("data"), 20)
+    trained_model(tmp_path, "blur", Path("data"), 30)  # no folder yet: trained
+    assert trained[0][:2] == ["brainfl", "centralized"]
+    assert f'augmentation="{augmentation_without("blur")}"' in trained[0][3]
+    assert "output-dir=" in trained[0][3] and "without-blur" in trained[0][3]
+
+
+def test_mean_and_worst_rows_follow_the_families():
+    table = pd.DataFrame(
+        {
+            "family": ["a", "b"],
+            "trained_without": ["x", ""],
+            "accuracy": [0.9, 0.7],
+            "accuracy_low": [0.8, 0.6],
+        }
+    )
+    summary = with_mean_and_worst(table).set_index("family")
+    assert summary.loc["mean", "accuracy"] == pytest.approx(0.8) and np.isnan(
+        summary.loc["mean", "accuracy_low"]
+    )
+    assert summary.loc["worst (b)", "accuracy"] == 0.7
