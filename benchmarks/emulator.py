@@ -12,7 +12,11 @@ first its control variate's gradient pass and the correction, its ``c_i`` kept i
 ``Context.state`` of its own across the run's rounds, as a SuperNode keeps it) and
 replies what a ClientApp replies (:func:`brainfl.federation.site_round.reply_content`:
 its weights, the metrics of :func:`brainfl.federation.client_app.site_counts` and
-SCAFFOLD's control update, in a Flower ``Message``), the server's step is the
+SCAFFOLD's control update, in a Flower ``Message``; with ``ditto-lambda`` > 0 each
+site also trains its Ditto personal model in its ``Context.state`` and replies its
+held-out scores, and after the last round answers the personalization query with
+:func:`brainfl.federation.personalization.personalize_site`, written as the ServerApp
+writes ``personalization.csv``), the server's step is the
 ServerApp's strategy (:func:`brainfl.federation.strategy.build_strategy`: FedAvg by
 example counts, FedAvgM with the settings' server learning rate and momentum and
 BatchNorm statistics plainly averaged, or SCAFFOLD, whose control variate the sites
@@ -48,6 +52,7 @@ from flwr.serverapp.strategy import FedAvgM
 from brainfl.core.errors import BrainFLError
 from brainfl.data.sites import SiteData, load_run_dataset, site_data
 from brainfl.evaluation.test_set import CentralEvaluator
+from brainfl.federation import ditto, personalization
 from brainfl.federation.bookkeeping import ReportSink, SiteBookkeeping, SiteReport
 from brainfl.federation.client_app import site_counts
 from brainfl.federation.recorder import RunRecorder
@@ -59,7 +64,7 @@ from brainfl.federation.strategy import build_strategy
 from brainfl.model.files import ModelWriter, model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
 from brainfl.model.training import round_learning_rate
-from brainfl.report.results import PARTITION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
+from brainfl.report.results import PARTITION_CSV, PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
 from brainfl.settings.run_config import settings_from_args
 from brainfl.settings.run_settings import RunSettings
 
@@ -79,6 +84,24 @@ def settings_for(*run_configs: str) -> RunSettings:
 EMULATED_STRATEGIES = ("fedavg", "fedavgm", "scaffold")
 
 
+def site_message(
+    site_id: int, group: str, content: RecordDict, message_type: str = MessageType.TRAIN
+) -> Message:
+    """A site's reply with ``content`` as the ServerApp receives it (``group``: the round, or the query)."""
+    metadata = Metadata(
+        run_id=0,
+        message_id=f"{message_type}-{group}-{site_id}",
+        src_node_id=site_id,
+        dst_node_id=0,
+        reply_to_message_id=f"configure-{message_type}-{group}-{site_id}",
+        group_id=group,
+        created_at=time.time(),
+        ttl=DEFAULT_TTL,
+        message_type=message_type,
+    )
+    return make_message(metadata=metadata, content=content)
+
+
 def site_reply(
     site_id: int,
     server_round: int,
@@ -93,18 +116,8 @@ def site_reply(
     from :func:`brainfl.federation.client_app.site_counts`) and the site's id;
     ``control_update`` is SCAFFOLD's.
     """
-    metadata = Metadata(
-        run_id=0,
-        message_id=f"train-{server_round}-{site_id}",
-        src_node_id=site_id,
-        dst_node_id=0,
-        reply_to_message_id=f"configure-train-{server_round}-{site_id}",
-        group_id=str(server_round),
-        created_at=time.time(),
-        ttl=DEFAULT_TTL,
-        message_type=MessageType.TRAIN,
-    )
-    return make_message(metadata=metadata, content=reply_content(list(weights), metrics, control_update))
+    content = reply_content(list(weights), metrics, control_update)
+    return site_message(site_id, str(server_round), content)
 
 
 class ServerStep:
@@ -288,18 +301,26 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     """
     settings = fed.settings
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV):  # a fresh run, not appended to an older one
+    for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV, PERSONALIZATION_CSV):  # a fresh run, not appended
         (output_dir / name).unlink(missing_ok=True)
     metadata = model_metadata(
         settings.model.name, fed.class_names, settings.model.image_size, settings.model.channels
     )
     writer = ModelWriter(fed.evaluator.bundle, metadata)
     rounds = settings.federation.num_server_rounds
-    recorder = RunRecorder(output_dir, fed.evaluator.test_set, fed.class_names, writer, total_rounds=rounds)
+    recorder = RunRecorder(
+        output_dir,
+        fed.evaluator.test_set,
+        fed.class_names,
+        writer,
+        total_rounds=rounds,
+        ditto=ditto.enabled(settings),
+    )
     config = {**settings.to_config(), "class-names": list(fed.class_names), "emulator": True}
     write_run_config(output_dir, {**config, "centralized": fed.pooled})
     weights = initial_weights(settings, fed.class_names)
-    step, contexts = server_step(fed, recorder.site_report), site_contexts(fed)
+    step = server_step(fed, recorder.site_report)
+    contexts = site_contexts(fed, settings.replace(output_dir=str(output_dir)))
     scores = []
     for server_round in range(rounds + 1):
         if server_round:
@@ -307,4 +328,23 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
         evaluation = fed.evaluator(weights)
         recorder.round_done(server_round, weights, evaluation)
         scores.append(evaluation.metrics)
+    if ditto.enabled(settings):
+        personalize(fed, weights, contexts, output_dir)
     return scores
+
+
+def personalize(
+    fed: Federation, weights: list[np.ndarray], contexts: Sequence[Context], output_dir: Path
+) -> list[dict[str, object]]:
+    """The ServerApp's personalization query after the last round, answered by every site's ClientApp
+    function (:func:`brainfl.federation.personalization.personalize_site`: with Ditto, its kept personal
+    model scored and saved under ``output_dir/sites/``) and written as ``personalization.csv``."""
+    settings = fed.settings.replace(output_dir=str(output_dir))
+    query = personalization.personalization_query(weights, fed.class_names, settings)
+    replies = []
+    for site, context in zip(fed.sites, contexts, strict=True):
+        answer = personalization.personalize_site(settings, site.data, weights, query["config"], context)
+        content = RecordDict({"metrics": answer})
+        group = personalization.PERSONALIZE
+        replies.append(site_message(site.data.site_id, group, content, MessageType.QUERY))
+    return personalization.record_answers(replies, settings, fed.class_names, output_dir)

@@ -5,16 +5,19 @@ sites run the ClientApp's round, so a SCAFFOLD run equals the in-process app's."
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
 import emulator
 from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation.bookkeeping import example_weighted_average
+from brainfl.federation.ditto import DITTO_MODEL
 from brainfl.federation.scaffold import CONTROL
 from brainfl.federation.server_app import statistics_mask
 from brainfl.federation.strategy import BrainFedAvgM, build_strategy
 from brainfl.model.training import round_learning_rate
+from brainfl.report.results import DITTO_SITE_FIELDS, PERSONALIZATION_CSV, SITE_CSV
 from brainfl.settings.run_config import parse_pairs
 from brainfl.settings.run_settings import settings_with
 from conftest import make_dataset
@@ -167,3 +170,26 @@ def test_a_scaffold_run_equals_the_in_process_client_apps(tmp_path, monkeypatch)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"round {server_round}")
     moved = [np.abs(a - b).max() for a, b in zip(app_scored[2], app_scored[1], strict=True)]
     assert max(moved) > 1e-3  # the rounds trained
+
+
+def test_a_ditto_run_scores_the_personal_models_as_the_in_process_client_apps(tmp_path):
+    """With ditto-lambda the emulated sites keep and score their personal models as the ClientApp does:
+    the same held-out scores each round (site_metrics.csv) and after the last (personalization.csv)."""
+    data = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2)
+    pairs = f"data-dir='{data}' {SCAFFOLD_RUN.replace('scaffold', 'fedavg')} ditto-lambda=0.5"
+    run_in_process(2, {**parse_pairs(pairs), "output-dir": str(tmp_path / "app")})
+    emulator.run(emulator.federation(emulator.settings_for(pairs)), tmp_path / "emulated")
+
+    def table(folder, name, columns):
+        frame = pd.read_csv(tmp_path / folder / name)
+        return frame[columns].to_numpy(dtype=float)
+
+    ditto_columns = ["round", "site", *DITTO_SITE_FIELDS]
+    np.testing.assert_allclose(
+        table("emulated", SITE_CSV, ditto_columns), table("app", SITE_CSV, ditto_columns), atol=1e-4
+    )
+    answers = ["site", "global_accuracy", "ditto_accuracy", "ditto_balanced_accuracy", "gain_accuracy"]
+    np.testing.assert_allclose(
+        table("emulated", PERSONALIZATION_CSV, answers), table("app", PERSONALIZATION_CSV, answers), atol=1e-4
+    )
+    assert (tmp_path / "emulated" / "sites" / "site_1" / DITTO_MODEL).is_file()

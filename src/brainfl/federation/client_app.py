@@ -18,7 +18,8 @@ run's partition table) next to its metrics, and first scores the received
 model on the site's held-out split: loss, accuracy, balanced accuracy and
 sensitivity per class (of the server's classes, NaN for one the split lacks).
 With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
-(:mod:`brainfl.federation.fedbn`); the rest of a site's round is
+(:mod:`brainfl.federation.fedbn`); with ``ditto-lambda`` > 0 its own personal model, which
+never leaves it (:mod:`brainfl.federation.ditto`); the rest of a site's round is
 :mod:`brainfl.federation.site_round`'s. A query message is the coordinator's setup query
 before round 1, or its calibration, notumor-threshold or personalization query after the last
 round (its config's ``query`` says which; :mod:`brainfl.federation.threshold_query`,
@@ -143,9 +144,9 @@ def train_site(
 ) -> tuple[list[np.ndarray], dict[str, float | int], list[np.ndarray] | None]:
     """Score the received ``weights`` (with FedBN, the site's own BatchNorm on top) on this site's
     validation split, then train them on its training split
-    (:func:`brainfl.federation.site_round.round_update`); return the new weights, the metrics
-    (with each phase's seconds) and, given the server's SCAFFOLD ``control``, the site's control
-    update (:mod:`brainfl.federation.scaffold`)."""
+    (:func:`brainfl.federation.site_round.round_update`, with Ditto's personal model too); return
+    the new weights, the metrics (with each phase's seconds) and, given the server's SCAFFOLD
+    ``control``, the site's control update (:mod:`brainfl.federation.scaffold`)."""
     timer = MessageTimer()
     with site_session(config, context, timer) as (settings, site):
         with timer.phase("model"):
@@ -158,7 +159,7 @@ def train_site(
         with timer.phase("validation"):
             received = validate(settings.model, bundle, site)  # every reply has the same metric keys
         inputs = model_inputs(settings.model, bundle, site.train)
-        with timer.phase("training"):  # (SCAFFOLD's gradient pass counts as training)
+        with timer.phase("training"):  # (SCAFFOLD's gradient pass and Ditto's steps count as training)
             result = round_update(
                 settings,
                 bundle,
