@@ -11,11 +11,15 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   temperature scaling;
 - ``fedbn``: the same federation with ``fedbn=true``: each site's held-out
   scores of the global model with its own BatchNorm layers;
+- ``ditto``: the same federation with ``ditto-lambda`` (``--ditto-lambda``, default
+  0.1): each site's held-out scores of the Ditto personal model it trained beside
+  the global one through the rounds (``personalization.csv``'s ``ditto`` stage; its
+  global model is FedAvg's, so the ``fedavg`` run's is the one shown);
 - ``local``: ``brainfl local``, each site trains alone on its own images;
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
 Every score is a site's accuracy on its own held-out split (the same images in
-all four). Every approach trains with plain cross-entropy: the balanced-softmax
+all of them). Every approach trains with plain cross-entropy: the balanced-softmax
 loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
 trained alone with it on a few classes scores near zero on its own skewed split.
 
@@ -67,10 +71,11 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedbn", "local", "pooled")
+APPROACHES = ("fedavg", "fedbn", "ditto", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
+    "ditto": PERSONALIZATION_CSV,
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
@@ -92,7 +97,11 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
     if approach in ("local", "pooled"):
         config = f"{shared} output-dir='{out}'"
         return ["brainfl", approach, "--app-dir", str(ROOT), "--run-config", config]
-    extra = f"fine-tune-epochs={args.fine_tune_epochs}" if approach == "fedavg" else "fedbn=true"
+    extra = {
+        "fedavg": f"fine-tune-epochs={args.fine_tune_epochs}",
+        "fedbn": "fedbn=true",
+        "ditto": f"ditto-lambda={args.ditto_lambda}",
+    }[approach]
     port = str(free_port_block(SITES + 2))
     return [
         str(ROOT / "run.sh"),
@@ -144,8 +153,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def cell_sites(cell: Path) -> pd.DataFrame:
-    """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy."""
-    found = gathered(cell / approach for approach in APPROACHES if (cell / approach).is_dir())
+    """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy (a later
+    folder's approach of the same name wins: the Ditto run's global model, FedAvg's, is read first)."""
+    order = ("ditto", *(approach for approach in APPROACHES if approach != "ditto"))
+    found = gathered(cell / approach for approach in order if (cell / approach).is_dir())
     return pd.concat(
         [found[approach].rename_axis("site").reset_index().assign(approach=approach)
          for approach in sorted(found, key=rank)]
@@ -239,6 +250,7 @@ def main() -> None:
     runner.add_argument("--rounds", type=int, default=3)
     runner.add_argument("--local-epochs", type=int, default=2)
     runner.add_argument("--fine-tune-epochs", type=int, default=1)
+    runner.add_argument("--ditto-lambda", type=float, default=0.1)
     runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))

@@ -1,21 +1,27 @@
 """The emulator's server step is the app's strategy: FedAvg's average, or FedAvgM's step with statistics
-plainly averaged, taken by ``aggregate_train`` on the sites' replies as the ServerApp receives them."""
+plainly averaged, taken by ``aggregate_train`` on the sites' replies as the ServerApp receives them; its
+sites run the ClientApp's round, so a SCAFFOLD run equals the in-process app's."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
 import emulator
 from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation.bookkeeping import example_weighted_average
+from brainfl.federation.ditto import DITTO_MODEL
+from brainfl.federation.scaffold import CONTROL
 from brainfl.federation.server_app import statistics_mask
 from brainfl.federation.strategy import BrainFedAvgM, build_strategy
 from brainfl.model.training import round_learning_rate
+from brainfl.report.results import DITTO_SITE_FIELDS, PERSONALIZATION_CSV, SITE_CSV
+from brainfl.settings.run_config import parse_pairs
 from brainfl.settings.run_settings import settings_with
 from conftest import make_dataset
-from inprocess import InProcessGrid
+from inprocess import InProcessGrid, run_in_process
 
 
 def settings(**changes):
@@ -61,7 +67,7 @@ def test_no_usable_reply_keeps_the_global_weights():
 
 
 def test_other_strategies_are_refused():
-    with pytest.raises(emulator.BrainFLError, match="fedavg and fedavgm only"):
+    with pytest.raises(emulator.BrainFLError, match="fedavg, fedavgm, scaffold only"):
         emulator.federation(settings(strategy="krum"))
 
 
@@ -121,3 +127,69 @@ def test_a_fedavgm_run_takes_the_strategys_step_on_the_sites_replies(tmp_path, m
             np.testing.assert_allclose(got, average, rtol=1e-6, atol=1e-7)
         else:  # the server step (learning rate 2, momentum 0.9) goes past the sites' average
             assert not np.allclose(got, average)
+
+
+SCAFFOLD_RUN = (
+    "image-size=16 batch-size=4 local-epochs=1 num-partitions=2 num-server-rounds=2 strategy='scaffold' "
+    "calibrate=false"
+)
+
+
+def scored_weights(monkeypatch) -> list[list[np.ndarray]]:
+    """Every global model a central evaluator scores from now on (the emulator's and the ServerApp's)."""
+    scored, evaluate = [], CentralEvaluator.__call__
+
+    def recorded_evaluate(self, weights):
+        scored.append([np.array(w) for w in weights])
+        return evaluate(self, weights)
+
+    monkeypatch.setattr(CentralEvaluator, "__call__", recorded_evaluate)
+    return scored
+
+
+def test_a_scaffold_run_equals_the_in_process_client_apps(tmp_path, monkeypatch):
+    """Two SCAFFOLD rounds (round 2 uses the control variates of round 1: the server's c and each
+    site's c_i kept in its Context.state) give the same global models in the emulator as in the
+    ServerApp with the ClientApp on an in-process grid."""
+    data = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2)
+    pairs = f"data-dir='{data}' {SCAFFOLD_RUN}"
+    app_scored = scored_weights(monkeypatch)
+    grid = run_in_process(2, {**parse_pairs(pairs), "output-dir": str(tmp_path / "app")})
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(sent) == 4 and all(CONTROL in m.content.array_records for m in sent)
+    monkeypatch.undo()
+
+    fed = emulator.federation(emulator.settings_for(pairs))
+    emulated = scored_weights(monkeypatch)
+    emulator.run(fed, tmp_path / "emulated")
+    monkeypatch.undo()
+
+    assert len(app_scored) == len(emulated) == 3  # the initial model, then each round
+    for server_round, (app, emulated_round) in enumerate(zip(app_scored, emulated, strict=True)):
+        for got, want in zip(emulated_round, app, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"round {server_round}")
+    moved = [np.abs(a - b).max() for a, b in zip(app_scored[2], app_scored[1], strict=True)]
+    assert max(moved) > 1e-3  # the rounds trained
+
+
+def test_a_ditto_run_scores_the_personal_models_as_the_in_process_client_apps(tmp_path):
+    """With ditto-lambda the emulated sites keep and score their personal models as the ClientApp does:
+    the same held-out scores each round (site_metrics.csv) and after the last (personalization.csv)."""
+    data = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2)
+    pairs = f"data-dir='{data}' {SCAFFOLD_RUN.replace('scaffold', 'fedavg')} ditto-lambda=0.5"
+    run_in_process(2, {**parse_pairs(pairs), "output-dir": str(tmp_path / "app")})
+    emulator.run(emulator.federation(emulator.settings_for(pairs)), tmp_path / "emulated")
+
+    def table(folder, name, columns):
+        frame = pd.read_csv(tmp_path / folder / name)
+        return frame[columns].to_numpy(dtype=float)
+
+    ditto_columns = ["round", "site", *DITTO_SITE_FIELDS]
+    np.testing.assert_allclose(
+        table("emulated", SITE_CSV, ditto_columns), table("app", SITE_CSV, ditto_columns), atol=1e-4
+    )
+    answers = ["site", "global_accuracy", "ditto_accuracy", "ditto_balanced_accuracy", "gain_accuracy"]
+    np.testing.assert_allclose(
+        table("emulated", PERSONALIZATION_CSV, answers), table("app", PERSONALIZATION_CSV, answers), atol=1e-4
+    )
+    assert (tmp_path / "emulated" / "sites" / "site_1" / DITTO_MODEL).is_file()

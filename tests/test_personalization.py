@@ -13,7 +13,7 @@ import brainfl.federation.client_app as client_app
 from brainfl.core.errors import BrainFLError
 from brainfl.data.sites import site_data
 from brainfl.evaluation.metrics import held_out_metrics
-from brainfl.federation import personalization
+from brainfl.federation import personalization, site_round
 from brainfl.federation.bookkeeping import weighted_average
 from brainfl.federation.fedbn import SITE_BATCHNORM, SiteBatchNorm, batchnorm_mask
 from brainfl.federation.personalization import PERSONALIZE, PERSONALIZED_MODEL
@@ -34,13 +34,13 @@ from test_secure_aggregation import SECAGG_RUN
 def recording_local_update(monkeypatch) -> dict[tuple[int, int], list[np.ndarray]]:
     """Record, per (site, round), the weights a site's model holds when its local training starts."""
     started: dict[tuple[int, int], list[np.ndarray]] = {}
-    original = client_app.local_update
+    original = site_round.local_update
 
     def local_update(settings, bundle, inputs, labels, **options):
         started[options["site_id"], options["server_round"]] = bundle.trainable.get_weights()
         return original(settings, bundle, inputs, labels, **options)
 
-    monkeypatch.setattr(client_app, "local_update", local_update)
+    monkeypatch.setattr(site_round, "local_update", local_update)
     return started
 
 

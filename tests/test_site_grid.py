@@ -17,6 +17,7 @@ from site_grid import GRID_CSV, summarize
 ALONE = {1: [0.60, 0.80], 2: [0.70, 0.80]}
 FEDERATED = {1: [0.85, 0.75], 2: [0.90, 0.86]}
 TUNED = {1: [0.86, 0.84], 2: [0.91, 0.88]}
+PERSONAL = {1: [0.88, 0.86], 2: [0.92, 0.90]}  # Ditto's personal models
 POOLED = {1: [0.90, 0.92], 2: [0.93, 0.94]}
 
 
@@ -28,14 +29,22 @@ def baseline(path: Path, accuracies: list[float]) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def federated(folder: Path, fedbn: bool, first: list[float], second: list[float], ece: float) -> None:
-    """A kept federated run: personalization (global, then personalized), calibration, round results."""
+def federated(
+    folder: Path,
+    fedbn: bool,
+    first: list[float],
+    second: list[float],
+    ece: float,
+    stage: str = "personalized",
+) -> None:
+    """A kept federated run: personalization (global, then ``stage``), calibration, round results."""
     folder.mkdir(parents=True)
     (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn, "num-server-rounds": 3}))
+    tuned = 0 if fedbn or stage == "ditto" else 1
     pd.DataFrame(
         [
-            {"site": i, "fine_tune_epochs": 0 if fedbn else 1, "global_accuracy": g,
-             "personalized_accuracy": p, "global_balanced_accuracy": g, "personalized_balanced_accuracy": p}
+            {"site": i, "fine_tune_epochs": tuned, "global_accuracy": g,
+             f"{stage}_accuracy": p, "global_balanced_accuracy": g, f"{stage}_balanced_accuracy": p}
             for i, (g, p) in enumerate(zip(first, second, strict=True))
         ]
     ).to_csv(folder / PERSONALIZATION_CSV, index=False)  # fmt: skip
@@ -53,6 +62,8 @@ def grid(tmp_path) -> Path:
         baseline(cell / "pooled" / "pooled_baseline.csv", POOLED[seed])
         federated(cell / "fedavg", False, FEDERATED[seed], TUNED[seed], ece=0.08 * seed)
         federated(cell / "fedbn", True, FEDERATED[seed], POOLED[seed], ece=0.2)
+        # a Ditto run's global model is FedAvg's, trained apart: the fedavg run's is the one kept
+        federated(cell / "ditto", False, [0.5, 0.5], PERSONAL[seed], ece=0.1, stage="ditto")
     (keep / "command.txt").write_text("python3 benchmarks/site_grid.py run\n")
     return keep
 
@@ -62,7 +73,7 @@ def test_summary_is_mean_and_sd_over_seeds_of_site_mean_and_worst_site(grid):
     assert not in_a_grid(grid / "shift4" / "seed1" / "fedavg", results)  # before the summary
     summarize(grid)
     sites = pd.read_csv(grid / GRID_CSV)
-    assert len(sites) == 2 * 2 * 6  # seeds x sites x approaches
+    assert len(sites) == 2 * 2 * 7  # seeds x sites x approaches
     alone = sites[(sites["approach"] == "alone") & (sites["seed"] == 2)]
     assert alone["accuracy"].tolist() == ALONE[2]
     summary = pd.read_csv(grid / GRID_SUMMARY).set_index("approach")
@@ -72,6 +83,11 @@ def test_summary_is_mean_and_sd_over_seeds_of_site_mean_and_worst_site(grid):
     assert summary.loc["alone", "worst below mean, points"] == pytest.approx(7.5)
     assert summary.loc["federated", "sites above alone"] == "3/4"  # seed 1 site 1: 0.75 < 0.80
     assert summary.loc["FedAvg + fine-tune", "sites above alone"] == "4/4"
+    federated_scores = sites[(sites["approach"] == "federated") & (sites["seed"] == 1)]
+    assert federated_scores["accuracy"].tolist() == FEDERATED[1]  # the fedavg run's, not the Ditto run's
+    ditto = sites[(sites["approach"] == "Ditto") & (sites["seed"] == 2)]
+    assert ditto["accuracy"].tolist() == PERSONAL[2]
+    assert summary.loc["Ditto", "site mean accuracy"] == "0.8900 ± 0.0283"  # site means 0.87 and 0.91
     assert (
         summary.loc["FedBN, own BN", "site mean accuracy"] == "0.9225 ± 0.0177"
     )  # site means 0.91 and 0.935

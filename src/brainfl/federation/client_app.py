@@ -18,7 +18,9 @@ run's partition table) next to its metrics, and first scores the received
 model on the site's held-out split: loss, accuracy, balanced accuracy and
 sensitivity per class (of the server's classes, NaN for one the split lacks).
 With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
-(:mod:`brainfl.federation.fedbn`). A query message is the coordinator's setup query
+(:mod:`brainfl.federation.fedbn`); with ``ditto-lambda`` > 0 its own personal model, which
+never leaves it (:mod:`brainfl.federation.ditto`); the rest of a site's round is
+:mod:`brainfl.federation.site_round`'s. A query message is the coordinator's setup query
 before round 1, or its calibration, notumor-threshold or personalization query after the last
 round (its config's ``query`` says which; :mod:`brainfl.federation.threshold_query`,
 :mod:`brainfl.federation.personalization`), or an evaluation-only run's validation query
@@ -54,9 +56,10 @@ from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.flower_compat import KEY_CLIPPING_NORM, SECAGG_CONFIGS_KEY
 from brainfl.federation.flower_compat import recorddict_compat as compat
 from brainfl.federation.personalization import PERSONALIZE, personalize_site
-from brainfl.federation.scaffold import CONTROL, CONTROL_UPDATE, SiteControl, control_gradient
+from brainfl.federation.scaffold import CONTROL
 from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
-from brainfl.federation.site_training import class_counts, local_update, update_seed, validate
+from brainfl.federation.site_round import reply_content, round_update
+from brainfl.federation.site_training import class_counts, validate
 from brainfl.federation.threshold_query import THRESHOLD
 from brainfl.federation.threshold_query import site_answer as threshold_answer
 from brainfl.federation.validation import VALIDATE, query_architecture, site_validation
@@ -140,9 +143,10 @@ def train_site(
     control: list[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], dict[str, float | int], list[np.ndarray] | None]:
     """Score the received ``weights`` (with FedBN, the site's own BatchNorm on top) on this site's
-    validation split, then train them on its training split; return the new weights, the metrics
-    (with each phase's seconds) and, given the server's SCAFFOLD ``control``, the site's control
-    update (:mod:`brainfl.federation.scaffold`)."""
+    validation split, then train them on its training split
+    (:func:`brainfl.federation.site_round.round_update`, with Ditto's personal model too); return
+    the new weights, the metrics (with each phase's seconds) and, given the server's SCAFFOLD
+    ``control``, the site's control update (:mod:`brainfl.federation.scaffold`)."""
     timer = MessageTimer()
     with site_session(config, context, timer) as (settings, site):
         with timer.phase("model"):
@@ -155,26 +159,20 @@ def train_site(
         with timer.phase("validation"):
             received = validate(settings.model, bundle, site)  # every reply has the same metric keys
         inputs = model_inputs(settings.model, bundle, site.train)
-        scaffold, correction, gradient = None, None, None
-        with timer.phase("training"):  # (SCAFFOLD's gradient pass counts as training)
-            if control is not None:
-                trainable = [variable.trainable for variable in bundle.trainable.weights]
-                scaffold = SiteControl(context.state, trainable, weights)
-                seed = update_seed(settings, server_round, site.site_id)
-                gradient = control_gradient(settings, bundle, inputs, site.train.labels, seed)
-                correction = scaffold.correction(control)
-            metrics = local_update(
+        with timer.phase("training"):  # (SCAFFOLD's gradient pass and Ditto's steps count as training)
+            result = round_update(
                 settings,
                 bundle,
+                site,
                 inputs,
-                site.train.labels,
+                context.state,
                 learning_rate=float(config["learning-rate"]),
                 server_round=server_round,
-                site_id=site.site_id,
                 epochs=int(config.get("local-epochs", settings.training.local_epochs)),
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
-                correction=correction,
+                control=control,
             )
+        metrics = result.metrics
         LOG.info(
             "site %d round %d: trained on %d images, loss %.4f, accuracy %.4f; "
             "the received model's validation %s",
@@ -186,10 +184,9 @@ def train_site(
             held_out_summary(received),
         )
         LOG.info("site %d round %d seconds: %s", site.site_id, server_round, timer.summary())
-        trained = bundle.trainable.get_weights()
-        batchnorm.keep(trained)
-        update = None if scaffold is None else scaffold.renew(gradient, trained)
-        return trained, {**metrics, **received, **site_counts(site), **timer.metrics()}, update
+        batchnorm.keep(result.weights)
+        replied = {**metrics, **received, **site_counts(site), **timer.metrics()}
+        return result.weights, replied, result.control_update
 
 
 def site_counts(site: SiteData) -> dict[str, int]:
@@ -212,10 +209,7 @@ def train_round(msg: Message, context: Context) -> Message:
     weights, metrics, update = train_site(
         msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"], context, control
     )
-    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)})
-    if update is not None:
-        content[CONTROL_UPDATE] = ArrayRecord(update)
-    return Message(content=content, reply_to=msg)
+    return Message(content=reply_content(weights, metrics, update), reply_to=msg)
 
 
 def train_legacy_round(msg: Message, context: Context) -> Message:

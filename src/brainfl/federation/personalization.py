@@ -1,6 +1,7 @@
 """After the last round: each site's own copy of the final model, adapted or fine-tuned, saved and scored.
 
-With ``fine-tune-epochs`` > 0, ``fedbn=true`` or ``adapt-sites=true`` the coordinator sends every
+With ``fine-tune-epochs`` > 0, ``fedbn=true``, ``adapt-sites=true`` or ``ditto-lambda`` > 0 the
+coordinator sends every
 connected SuperNode one query message (``config["query"] = "personalize"``,
 :data:`PERSONALIZE`) with the final global weights (after calibration), the
 class names, ``fine-tune-learning-rate``, ``fine-tune-epochs``, ``adapt-sites`` and the final
@@ -26,6 +27,10 @@ model's temperature and ``notumor`` threshold. The site (:func:`personalize_site
 5. scores it again (stage ``personalized``), saves it as a brainfl model file
    at the site (:func:`personalized_model_path`; no temperature: the global
    model's does not describe the fine-tuned one);
+6. with Ditto (``ditto-lambda`` > 0), scores the personal model it kept through the
+   rounds (:mod:`brainfl.federation.ditto`; stage ``ditto``, NaN where it has none) and
+   saves it beside the personalized model's place as
+   :data:`brainfl.federation.ditto.DITTO_MODEL`;
 
 and answers with numbers only: its held-out and training image counts and each stage's held-out
 loss, accuracy, balanced accuracy and sensitivity per class.
@@ -54,6 +59,7 @@ from brainfl.core.logs import LOG
 from brainfl.data.sites import SiteData
 from brainfl.evaluation.metrics import held_out_keys
 from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
+from brainfl.federation.ditto import DITTO_MODEL, PersonalModel
 from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.setup import QUERY, query_sites
 from brainfl.federation.site_training import local_update, validate
@@ -67,27 +73,35 @@ from brainfl.settings.run_settings import RunSettings
 PERSONALIZE = "personalize"  # the query config's QUERY value of this query
 EPOCHS = "fine-tune-epochs"  # the query's epochs of fine-tuning
 ADAPT = "adapt-sites"  # the query's adapt-sites
+DITTO_LAMBDA = "ditto-lambda"  # the query's ditto-lambda (> 0: score and save the Ditto model)
 PERSONALIZED_MODEL = "personalized_model.keras"
 GLOBAL, SITE_BN, ADAPTED, PERSONALIZED, GAIN = "global", "site_bn", "adapted", "personalized", "gain"
+DITTO = "ditto"
 DECISION = ("temperature", "notumor_threshold")  # the final model's metadata an adapted copy keeps
 COUNTS = ("held_out_images", "num_train", "fine_tune_epochs")
 
 
 def enabled(settings: RunSettings) -> bool:
-    """Whether the run asks the sites for their own models (fine-tuning, FedBN or adapting)."""
+    """Whether the run asks the sites for their own models (fine-tuning, FedBN, adapting or Ditto)."""
     federation = settings.federation
-    return settings.training.fine_tune_epochs > 0 or federation.fedbn or federation.adapt_sites
+    return (
+        settings.training.fine_tune_epochs > 0
+        or federation.fedbn
+        or federation.adapt_sites
+        or federation.ditto_lambda > 0
+    )
 
 
-def stages(fedbn: bool, epochs: int, adapt: bool = False) -> tuple[str, ...]:
+def stages(fedbn: bool, epochs: int, adapt: bool = False, ditto: bool = False) -> tuple[str, ...]:
     """The models a site scores: the global one as received; with FedBN and fine-tuning or adapting,
     the global one with the site's own BatchNorm; the adapted one; the fine-tuned one (FedBN alone:
-    the site's own BatchNorm) it saves."""
+    the site's own BatchNorm) it saves; with Ditto, its personal model (last: the gain is its)."""
     return (
         GLOBAL,
         *((SITE_BN,) if fedbn and (epochs or adapt) else ()),
         *((ADAPTED,) if adapt else ()),
         *((PERSONALIZED,) if epochs or (fedbn and not adapt) else ()),
+        *((DITTO,) if ditto else ()),
     )
 
 
@@ -137,6 +151,7 @@ def personalization_query(
         "global-round": last,
         EPOCHS: settings.training.fine_tune_epochs,
         ADAPT: settings.federation.adapt_sites,
+        DITTO_LAMBDA: settings.federation.ditto_lambda,
         **{key: float(value) for key, value in (decision or {}).items() if key in DECISION},
     }
     return RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
@@ -153,7 +168,8 @@ def personalize_site(
     bundle = model_for(settings, site.train.class_names)
     epochs = int(config.get(EPOCHS, settings.training.fine_tune_epochs))
     adapt = bool(config.get(ADAPT, settings.federation.adapt_sites))
-    chosen = stages(settings.federation.fedbn, epochs, adapt)
+    ditto_lambda = float(config.get(DITTO_LAMBDA, settings.federation.ditto_lambda))
+    chosen = stages(settings.federation.fedbn, epochs, adapt, ditto_lambda > 0)
 
     def held_out() -> dict[str, float]:
         if not len(site.val):
@@ -184,23 +200,34 @@ def personalize_site(
         path = personalized_model_path(context, settings).with_name(ADAPTED_MODEL)
         save_site_model(bundle, {**metadata, **adapted_metadata(config, site, layers)}, path)
         saved.append(path)
-    if PERSONALIZED not in chosen:
-        return site_answer(site, scores, chosen, epochs, saved)
-    if epochs:
-        local_update(
-            settings,
-            bundle,
-            model_inputs(settings.model, bundle, site.train),
-            site.train.labels,
-            learning_rate=float(config["learning-rate"]),
-            server_round=int(config["global-round"]) + 1,
-            site_id=site.site_id,
-            epochs=epochs,
-        )
-    scores[PERSONALIZED] = held_out()
-    path = personalized_model_path(context, settings)
-    save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs}, path)
-    return site_answer(site, scores, chosen, epochs, [*saved, path])
+    if PERSONALIZED in chosen:
+        if epochs:
+            local_update(
+                settings,
+                bundle,
+                model_inputs(settings.model, bundle, site.train),
+                site.train.labels,
+                learning_rate=float(config["learning-rate"]),
+                server_round=int(config["global-round"]) + 1,
+                site_id=site.site_id,
+                epochs=epochs,
+            )
+        scores[PERSONALIZED] = held_out()
+        path = personalized_model_path(context, settings)
+        save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs}, path)
+        saved.append(path)
+    if DITTO in chosen:
+        personal = PersonalModel(context.state, site.site_id).kept(weights)
+        if personal is None:
+            LOG.warning("site %d: Ditto: no personal model kept (it never trained); not scored", site.site_id)
+            scores[DITTO] = dict.fromkeys(held_out_keys(site.val.class_names), math.nan)
+        else:
+            bundle.trainable.set_weights(personal)
+            scores[DITTO] = held_out()
+            path = personalized_model_path(context, settings).with_name(DITTO_MODEL)
+            save_site_model(bundle, {**metadata, "ditto_lambda": ditto_lambda}, path)
+            saved.append(path)
+    return site_answer(site, scores, chosen, epochs, saved)
 
 
 def adapted_metadata(config: Mapping[str, Any], site: SiteData, layers: int) -> dict[str, Any]:
@@ -291,8 +318,21 @@ def personalize(
     replies = query_sites(
         grid, content, grid.get_node_ids(), settings.federation.round_timeout, "personalization"
     )
+    return record_answers(replies, settings, class_names, output_dir)
+
+
+def record_answers(
+    replies: Sequence[Message], settings: RunSettings, class_names: Sequence[str], output_dir: Path
+) -> list[dict[str, Any]]:
+    """Write the sites' answers to the personalization query as ``personalization.csv`` (and log the
+    summary); return its rows."""
     federation = settings.federation
-    chosen = stages(federation.fedbn, settings.training.fine_tune_epochs, federation.adapt_sites)
+    chosen = stages(
+        federation.fedbn,
+        settings.training.fine_tune_epochs,
+        federation.adapt_sites,
+        federation.ditto_lambda > 0,
+    )
     names = score_names(class_names)
     rows = sorted(
         (row for reply in replies if (row := site_row(reply, chosen, names)) is not None),
@@ -309,8 +349,8 @@ def personalize(
 
 
 def summary(rows: Sequence[Mapping[str, Any]], last: str = PERSONALIZED) -> str:
-    """The log line: the sites' held-out balanced accuracy, global against the ``last`` stage (personalized
-    or adapted), and the gain."""
+    """The log line: the sites' held-out balanced accuracy, global against the ``last`` stage (personalized,
+    adapted or Ditto), and the gain."""
     scored = [row for row in rows if row["held_out_images"] > 0]
     text = f"personalization: {len(rows)} sites saved their personalized models"
     if not scored:

@@ -6,7 +6,8 @@ Data reaches it one way: the strategy hands it each stage's
 appends the round's row to ``federated_learning_results.csv`` (the
 evaluation's metrics with their bootstrap intervals, the privacy spent when a
 ledger is given), the sites' rows to ``site_metrics.csv`` (with each site's
-held-out balanced accuracy and per-class sensitivity), new sites to ``partition.csv``, rewrites
+held-out balanced accuracy and per-class sensitivity; with ``ditto`` its personal model's
+held-out scores too), new sites to ``partition.csv``, rewrites
 ``test_predictions.csv`` and ``checkpoint.keras``, and logs TensorBoard
 scalars. :func:`resume_point` reads a run's checkpoint back for ``resume``.
 
@@ -97,6 +98,7 @@ class RunRecorder:
         elapsed_before: float = 0.0,
         deployment_clock: bool = False,
         audit: AuditLog | None = None,
+        ditto: bool = False,
     ) -> None:
         self.output_dir = output_dir
         self.test_set = test_set
@@ -108,7 +110,7 @@ class RunRecorder:
         self.started = time.monotonic()
         self.class_names = tuple(class_names)
         self.results = CsvAppender(output_dir / RESULTS_CSV, results_header(class_names))
-        self.sites = CsvAppender(output_dir / SITE_CSV, site_header(class_names))
+        self.sites = CsvAppender(output_dir / SITE_CSV, site_header(class_names, ditto))
         self.partition = CsvAppender(output_dir / PARTITION_CSV, partition_header(class_names))
         self.partitioned = {row["site"] for row in read_rows(output_dir / PARTITION_CSV)}
         self.pending: dict[int, dict[str, SiteReport]] = {}

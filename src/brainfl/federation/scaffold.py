@@ -111,11 +111,16 @@ class BrainScaffold(SiteBookkeeping, FedAvg):
     ) -> Iterable[Message]:
         """FedAvg's train messages, each with the server's control variate."""
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        if self.control is None:
-            self.control = [np.zeros_like(array, dtype=np.float32) for array in arrays.to_numpy_ndarrays()]
+        control = self.server_control(arrays.to_numpy_ndarrays())
         for message in messages:
-            message.content[CONTROL] = ArrayRecord(self.control)
+            message.content[CONTROL] = ArrayRecord(control)
         return messages
+
+    def server_control(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The control variate ``c`` sent with this round's model (at first zeros, shaped as ``arrays``)."""
+        if self.control is None:
+            self.control = [np.zeros_like(array, dtype=np.float32) for array in arrays]
+        return [np.array(array) for array in self.control]
 
     def aggregate_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         """The example-weighted average of the models; ``c`` moves by the sites' updates over N."""

@@ -14,9 +14,10 @@ on its validation split at a grid of temperatures
 (:mod:`brainfl.federation.calibration_query`, ``calibrate``), then, with
 ``notumor-threshold = "fit"``, for its missed tumors and false alarms at a grid of
 ``notumor`` thresholds (:mod:`brainfl.federation.threshold_query`); the final model is saved
-with the fitted temperature and threshold; with ``fine-tune-epochs``, ``fedbn`` or ``adapt-sites``
-every site then fine-tunes or adapts and saves its own copy and answers with its held-out scores
-before and after (:mod:`brainfl.federation.personalization`, ``personalization.csv``), and
+with the fitted temperature and threshold; with ``fine-tune-epochs``, ``fedbn``, ``adapt-sites``
+or ``ditto-lambda`` every site then fine-tunes or adapts and saves its own copy (or, with Ditto,
+the personal model it trained through the rounds) and answers with its held-out scores before and
+after (:mod:`brainfl.federation.personalization`, ``personalization.csv``), and
 the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
 with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow. With
@@ -40,6 +41,7 @@ from brainfl.data.scanner_shift import write_profiles
 from brainfl.evaluation.test_set import CentralEvaluator, Evaluation
 from brainfl.federation.audit import AuditedGrid, AuditLog
 from brainfl.federation.calibration_query import calibrate
+from brainfl.federation.ditto import enabled as ditto_enabled
 from brainfl.federation.personalization import personalize
 from brainfl.federation.privacy import PrivacyLedger, with_privacy
 from brainfl.federation.recorder import RunRecorder, resume_point
@@ -157,6 +159,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         elapsed_before=elapsed_before,
         deployment_clock=True,
         audit=audit,
+        ditto=ditto_enabled(settings),
     )
 
     def learning_rate_for_round(server_round: int) -> float:

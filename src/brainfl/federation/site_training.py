@@ -40,9 +40,11 @@ def local_update(
     epochs: int | None = None,
     proximal_mu: float = 0.0,
     correction: list[np.ndarray] | None = None,
+    anchor: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Train ``bundle.trainable`` in place on ``inputs``/``labels``; return the training metrics
-    (``correction``: SCAFFOLD's, added to every gradient)."""
+    (``correction``: SCAFFOLD's, added to every gradient; ``anchor``: what the proximal term pulls
+    toward, one array per trainable weight, by default the starting weights)."""
     num_classes = bundle.trainable.output_shape[-1]
     metrics = train(
         bundle.trainable,
@@ -56,6 +58,7 @@ def local_update(
         seed=update_seed(settings, server_round, site_id),
         proximal_mu=proximal_mu,
         correction=correction,
+        anchor=anchor,
         class_prior=site_class_prior(labels, num_classes) if settings.training.balanced_softmax else None,
     )
     recalibrate_batchnorm(bundle.trainable, inputs, settings.training.batch_size)

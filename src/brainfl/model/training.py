@@ -5,7 +5,9 @@ features) with AdamW, label smoothing and a tf.data input pipeline; the
 optimizer starts fresh at every call, so each federated round does too (its
 state is zeroed, the compiled model and its traced training step are kept).
 With ``proximal_mu > 0`` the loss gains FedProx's proximal term
-``mu / 2 * ||w - w_global||^2`` over the trainable weights. With a
+``mu / 2 * ||w - w_global||^2`` over the trainable weights (``w_global``: the
+starting weights, or a given ``anchor``, as Ditto's personal model is pulled
+toward the received global model while it starts from its own). With a
 ``class_prior`` (a site's own class frequencies) the loss is the balanced
 softmax: the model is trained as if its outputs were re-weighted by that
 prior, so a site that holds few images of a class does not teach the shared
@@ -62,20 +64,31 @@ def make_dataset(
 class AnchoredModel(keras.Model):
     """Wraps a model so training adds terms around the weights it started from to the loss.
 
-    FedProx's ``mu / 2 * ||w - w_anchor||^2`` (``mu`` > 0; the anchors are copies
-    of the trainable weights when the wrapper is made: the global model the site
-    received), and SCAFFOLD's drift correction ``sum(w * (c - c_i))`` (``correction``,
-    one array per trainable weight): its gradient ``c - c_i`` is added to every
-    step's gradient, so the optimizer sees ``g - c_i + c``.
+    FedProx's ``mu / 2 * ||w - w_anchor||^2`` (``mu`` > 0; the anchors are ``anchor``,
+    one array per trainable weight, else copies of the trainable weights when the
+    wrapper is made: the global model the site received), and SCAFFOLD's drift
+    correction ``sum(w * (c - c_i))`` (``correction``, one array per trainable
+    weight): its gradient ``c - c_i`` is added to every step's gradient, so the
+    optimizer sees ``g - c_i + c``.
     """
 
-    def __init__(self, inner: keras.Model, mu: float, correction: list[np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        inner: keras.Model,
+        mu: float,
+        correction: list[np.ndarray] | None = None,
+        anchor: list[np.ndarray] | None = None,
+    ) -> None:
         super().__init__(name=f"{inner.name}_anchored")
         self.inner = inner
         self.mu = mu
+        starts = [weight.numpy() for weight in inner.trainable_weights] if anchor is None else anchor
+        if len(starts) != len(inner.trainable_weights):
+            count = len(inner.trainable_weights)
+            raise ValueError(f"{len(starts)} anchor arrays for {count} trainable weights")
         self.anchors = [
-            keras.Variable(weight.numpy(), trainable=False, name=f"anchor_{index}")
-            for index, weight in enumerate(inner.trainable_weights)
+            keras.Variable(np.asarray(array, dtype="float32"), trainable=False, name=f"anchor_{index}")
+            for index, array in enumerate(starts)
         ]
         self.correction = [
             keras.Variable(np.asarray(array, dtype="float32"), trainable=False, name=f"correction_{index}")
@@ -220,6 +233,7 @@ def _ready_to_fit(
     label_smoothing: float,
     proximal_mu: float,
     correction: list[np.ndarray] | None = None,
+    anchor: list[np.ndarray] | None = None,
 ) -> keras.Model:
     """``model`` compiled with a fresh optimizer at ``learning_rate`` (or its FedProx/SCAFFOLD wrapper).
 
@@ -231,7 +245,7 @@ def _ready_to_fit(
     correction are that call's).
     """
     if proximal_mu > 0 or correction is not None:
-        fitted = AnchoredModel(model, proximal_mu, correction)
+        fitted = AnchoredModel(model, proximal_mu, correction, anchor if proximal_mu > 0 else None)
         compile_model(fitted, learning_rate, weight_decay, label_smoothing)
         return fitted
     recipe = (weight_decay, label_smoothing)
@@ -272,18 +286,22 @@ def train(
     proximal_mu: float = 0.0,
     class_prior: np.ndarray | None = None,
     correction: list[np.ndarray] | None = None,
+    anchor: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Train in place for ``epochs`` with a fresh AdamW; return the last epoch's loss and accuracy.
 
-    ``proximal_mu > 0`` adds FedProx's proximal term around the starting
-    weights; ``class_prior`` turns the loss into the balanced softmax for that
-    prior (None: plain cross-entropy); ``correction`` (one array per trainable
-    weight) is SCAFFOLD's drift correction added to every gradient.
+    ``proximal_mu > 0`` adds FedProx's proximal term around ``anchor`` (one array
+    per trainable weight; None: the starting weights); ``class_prior`` turns the
+    loss into the balanced softmax for that prior (None: plain cross-entropy);
+    ``correction`` (one array per trainable weight) is SCAFFOLD's drift
+    correction added to every gradient.
     """
     keras.utils.set_random_seed(seed)
     reseed_random_layers(model, seed)
     num_classes = model.output_shape[-1]
-    fitted = _ready_to_fit(model, learning_rate, weight_decay, label_smoothing, proximal_mu, correction)
+    fitted = _ready_to_fit(
+        model, learning_rate, weight_decay, label_smoothing, proximal_mu, correction, anchor
+    )
     fitted.loss.use_prior(class_prior)
     _use_eager_steps(fitted, runs_eagerly(epochs * math.ceil(len(labels) / batch_size)))
     history = fitted.fit(

@@ -4,7 +4,8 @@
 model before training), with the server's clinical metrics and their
 bootstrap intervals (:func:`brainfl.evaluation.metrics.interval_columns`);
 ``site_metrics.csv`` one row per site and round, with the site's held-out
-balanced accuracy and per-class sensitivity and its seconds per phase;
+balanced accuracy and per-class sensitivity and its seconds per phase (and,
+with Ditto, its personal model's held-out scores, :data:`DITTO_SITE_FIELDS`);
 ``partition.csv`` one row per site (its image counts per class, as the site
 reported them); ``test_predictions.csv`` the latest global model's
 probabilities for every test image (rewritten each round);
@@ -50,6 +51,9 @@ SITE_FIELDS = (
     *(f"{phase}_s" for phase in PHASES),
     TOTAL,
 )
+# A Ditto site's personal model, scored on its held-out split after the round's steps
+# (brainfl.federation.ditto): site_metrics.csv's last columns in a Ditto run.
+DITTO_SITE_FIELDS = ("ditto_val_loss", "ditto_val_accuracy", "ditto_val_balanced_accuracy")
 CLOCKS = ("elapsed_s", "parallel_elapsed_s")  # this machine's clock; the deployment clock (sites in parallel)
 
 
@@ -58,12 +62,13 @@ def results_header(class_names: Sequence[str]) -> list[str]:
     return ["round", *result_columns(class_names), *ROUND_FIELDS, "epsilon", *CLOCKS]
 
 
-def site_header(class_names: Sequence[str]) -> list[str]:
+def site_header(class_names: Sequence[str], ditto: bool = False) -> list[str]:
     """Columns of ``site_metrics.csv``: :data:`SITE_FIELDS` with the site's held-out balanced accuracy
-    and sensitivity per class after ``val_accuracy``."""
+    and sensitivity per class after ``val_accuracy`` (and, for a Ditto run, :data:`DITTO_SITE_FIELDS`
+    at the end)."""
     held_out = [key for key in held_out_keys(class_names) if key not in SITE_FIELDS]
     at = SITE_FIELDS.index("val_accuracy") + 1
-    return [*SITE_FIELDS[:at], *held_out, *SITE_FIELDS[at:]]
+    return [*SITE_FIELDS[:at], *held_out, *SITE_FIELDS[at:], *(DITTO_SITE_FIELDS if ditto else ())]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

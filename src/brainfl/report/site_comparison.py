@@ -11,7 +11,8 @@ held-out (validation) split, and each run of the question writes those scores:
   ``fedbn``): the final global model as the site received it (``federated``, or
   ``FedBN`` for a FedBN run, whose global model carries averaged BatchNorm), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
-  (``... + fine-tune``); without that file, the held-out scores its sites sent with
+  (``... + fine-tune``), and with ``ditto-lambda`` the site's Ditto personal model
+  (``Ditto``); without that file, the held-out scores its sites sent with
   the last round's training replies (``site_metrics.csv``), of the model they
   received in that round (``federated, round <R> model``: the model before the
   last round's update, a little behind the final one).
@@ -46,6 +47,7 @@ ORDER = (
     "FedBN",
     "FedBN, own BN",
     "FedBN, own BN + fine-tune",
+    "Ditto",
     POOLED,
 )
 COMPARISON_CSV = "site_comparison.csv"  # the report's table, beside report.html
@@ -73,7 +75,8 @@ def _scores(table: pd.DataFrame, prefix: str, path: Path) -> pd.DataFrame:
 def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     """Approach names of ``personalization.csv``'s stages: whether the run used FedBN (its
     ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``); ``adapted``: the copy with
-    BatchNorm statistics re-estimated on the site's images (``adapt-sites``)."""
+    BatchNorm statistics re-estimated on the site's images (``adapt-sites``); ``ditto``: the site's Ditto
+    personal model (``ditto-lambda``)."""
     config_path = folder / "run_config.json"
     fedbn = bool(json.loads(config_path.read_text()).get("fedbn")) if config_path.is_file() else False
     tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
@@ -84,6 +87,7 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
         "site_bn": own,
         "adapted": f"{own} + adapted BN",
         "personalized": f"{own} + fine-tune" if tuned else own,
+        "ditto": "Ditto",
     }
 
 

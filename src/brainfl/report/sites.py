@@ -90,6 +90,7 @@ STAGE_LABELS = {
     "site_bn": "own-BN",
     "adapted": "adapted",
     "personalized": "personalized",
+    "ditto": "Ditto",
     "gain": "gain",
 }
 

@@ -111,6 +111,7 @@ class FederationSettings:
     trim_beta: float
     fedbn: bool
     adapt_sites: bool
+    ditto_lambda: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +212,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("adapt_sites", "federation"),
         ("notumor_threshold", "evaluation"),
         ("missed_tumor_target", "evaluation"),
+        ("ditto_lambda", "federation"),
     )
 )
 
@@ -395,6 +397,10 @@ def check_settings(settings: RunSettings) -> None:
     if settings.training.fine_tune_epochs < 0:
         raise BrainFLError(
             f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.training.fine_tune_epochs}"
+        )
+    if settings.federation.ditto_lambda < 0:
+        raise BrainFLError(
+            f"setting 'ditto-lambda' must be >= 0 (0: off), got {settings.federation.ditto_lambda}"
         )
     check_notumor_threshold(settings)
     check_privacy_settings(settings)
