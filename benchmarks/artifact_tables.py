@@ -119,6 +119,28 @@ def families_rows(kept: list[Kept]) -> list[Row]:
             for one in kept for r in one.table.itertuples()]  # fmt: skip
 
 
+def left_out_rows(kept: list[Kept]) -> list[Row]:
+    """A row per preparation family scored on the model trained without its transform
+    (``preparation_families.py leave-out``), then the mean, the worst and the central test set."""
+    rows = []
+    for one in kept:
+        for r in one.table.itertuples():
+            without = "—" if pd.isna(r.trained_without) or not r.trained_without else r.trained_without
+            row = {"run": one.name, "family": r.family, "trained without": without}
+            if r.family == "testing":
+                row |= {"family": "Testing (in distribution)", "images": "—",
+                        "accuracy": f"{r.accuracy:.4f} (leak-free {r.leak_free_accuracy:.4f})",
+                        "balanced accuracy": f"{r.balanced_accuracy:.3f}", "missed tumors": "—"}  # fmt: skip
+            else:
+                row |= {"images": int(r.images),
+                        "accuracy": interval(r.accuracy, r.accuracy_low, r.accuracy_high),
+                        "balanced accuracy": interval(r.balanced_accuracy, r.balanced_accuracy_low,
+                                                      r.balanced_accuracy_high),
+                        "missed tumors": f"{r.missed_tumor_rate:.3f}"}  # fmt: skip
+            rows.append(row | {"ECE": f"{r.ece:.3f}"})
+    return rows
+
+
 def cross_site_rows(kept: list[Kept]) -> list[Row]:
     """A row per model of a cross-site matrix (``cross_site.csv``): its accuracy at each site and pooled."""
     return [{"run": one.name, **{str(k): (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}}

@@ -36,6 +36,7 @@ from artifact_tables import (
     evaluation_rows,
     families_rows,
     grid_rows,
+    left_out_rows,
     shifted_commands,
     shifted_rows,
     throughput_rows,
@@ -213,6 +214,10 @@ FAMILIES = (
     "python3 benchmarks/preparation_families.py score --model benchmarks/runs/<run>/final_model.keras "
     "--families benchmarks/runs/families --output-dir benchmarks/runs/<run>-families --keep <name>"
 )
+LEFT_OUT = (
+    f"python3 benchmarks/preparation_families.py leave-out {DATA} --families benchmarks/runs/families "
+    "--epochs 30 --output-dir benchmarks/runs/<name> --keep <name>"
+)
 SITE_GRID = f"python3 benchmarks/site_grid.py run {DATA}\npython3 benchmarks/site_grid.py summarize"
 TABLES: dict[str, Table] = {
     "summary": Table(SUITE160, ("setting", "passes", "official accuracy", "leak-free accuracy",
@@ -256,6 +261,8 @@ TABLES: dict[str, Table] = {
     "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep throughput", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
     "preparation-families": Table(FAMILIES, rows=families_rows, files=("families.csv", "families.json")),
+    "preparation-families-left-out": Table(LEFT_OUT, rows=left_out_rows,
+                                           files=("families_left_out.csv", "families_left_out.json")),
     "cross-site": Table("python3 benchmarks/cross_site.py --rounds 5 --keep cross-site-4",
                         rows=cross_site_rows, files=("cross_site.csv", "cross_site.json")),
     "decode-time": Table(f"python3 benchmarks/decode_speed.py {DATA} --n 200 --keep decode-speed",

@@ -40,10 +40,10 @@ app's defaults otherwise) and one with every transform, and scores each family o
         --families benchmarks/runs/families --epochs 30 --output-dir benchmarks/runs/leave-out \\
         [--adapt] [--runs DIR]
 
-Its ``families.csv`` has a ``trained_without`` column; the in-distribution row (``testing``, the
-central test set) is the model trained with every transform. A folder already holding a finished
-model trained with the same settings is scored, not trained again; ``--runs`` (default
-``<output-dir>/runs``) lets a second scoring, e.g. with ``--adapt``, use the models of the first.
+It writes ``families_left_out.csv``, with a ``trained_without`` column; the in-distribution row
+(``testing``, the central test set) is the model trained with every transform. A folder already
+holding a finished model trained with the same settings is scored, not trained again; ``--runs``
+(default ``<output-dir>/runs``) lets a second scoring, e.g. with ``--adapt``, use its models.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ from shifted_copy import testing_scans
 
 NOTUMOR = "notumor"
 FAMILIES_CSV = "families.csv"
+LEFT_OUT_CSV = "families_left_out.csv"  # what leave-out writes
 SHOWN = ("accuracy", "balanced_accuracy", "ece")  # the overall metrics of families.csv
 
 
@@ -284,12 +285,12 @@ def leave_out(
     )
 
 
-def keep_families(table: pd.DataFrame, output_dir: Path, name: str) -> Path:
-    """Copy ``families.csv``, every family's ``evaluation.csv`` and the command to
+def keep_families(table: pd.DataFrame, output_dir: Path, csv_name: str, name: str) -> Path:
+    """Copy the table ``csv_name``, every family's ``evaluation.csv`` and the command to
     ``benchmarks/results/<name>``."""
     target = RESULTS / name
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(output_dir / FAMILIES_CSV, target / FAMILIES_CSV)
+    shutil.copyfile(output_dir / csv_name, target / csv_name)
     for evaluation in sorted(output_dir.glob(f"**/{evaluate.CSV_NAME}")):
         if evaluation.parent.name in table["family"].values:
             (target / evaluation.parent.name).mkdir(exist_ok=True)
@@ -327,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "make":
         make_families(args.data_dir.resolve(), args.output_dir, args.seed)
         return
+    csv_name = FAMILIES_CSV if args.command == "score" else LEFT_OUT_CSV
     if args.command == "score":
         table = with_mean_and_worst(
             score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
@@ -336,10 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = args.runs or args.output_dir / "runs"
         table = leave_out(args.data_dir, args.families, args.output_dir, runs, args.epochs, extra)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    table.round(6).to_csv(args.output_dir / FAMILIES_CSV, index=False)
+    table.round(6).to_csv(args.output_dir / csv_name, index=False)
     print(table.round(4).to_string(index=False))
     if args.keep:
-        print(f"kept in {keep_families(table, args.output_dir, args.keep)}")
+        print(f"kept in {keep_families(table, args.output_dir, csv_name, args.keep)}")
 
 
 if __name__ == "__main__":

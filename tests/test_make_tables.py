@@ -400,3 +400,26 @@ def test_calibration_table_shows_the_temperature_and_ece_before_and_after(tmp_pa
     row = "| calibrated | 4 sites, IID | 572 | 0.576 | 0.0761 / 0.0090 | 0.1358 / 0.0750 | 0.9000 / 0.9000 |"
     assert row in table
     assert "| uncalibrated |" not in table
+
+
+def test_left_out_families_name_the_transform_each_model_never_saw_and_end_with_the_test_set(tmp_path):
+    folder = tmp_path / "benchmarks" / "results" / "left-out"
+    folder.mkdir(parents=True)
+    nan = float("nan")
+    pd.DataFrame({
+        "family": ["histeq", "jpeg", "mean", "worst (histeq)", "testing"],
+        "images": [1311, 1311, 1311, 1311, nan], "accuracy": [0.7, 0.96, 0.83, 0.7, 0.97],
+        "accuracy_low": [0.68, 0.95, nan, 0.68, nan], "accuracy_high": [0.72, 0.97, nan, 0.72, nan],
+        "balanced_accuracy": [0.69, 0.95, 0.82, 0.69, 0.968],
+        "balanced_accuracy_low": [0.67, 0.94, nan, 0.67, nan],
+        "balanced_accuracy_high": [0.71, 0.96, nan, 0.71, nan], "ece": [0.1, 0.02, 0.06, 0.1, 0.03],
+        "missed_tumor_rate": [0.3, 0.01, 0.155, 0.3, nan],
+        "trained_without": ["curve", nan, nan, "curve", nan],
+        "leak_free_accuracy": [nan, nan, nan, nan, 0.965],
+    }).to_csv(folder / "families_left_out.csv", index=False)  # fmt: skip
+    (folder / "command.txt").write_text("python3 benchmarks/preparation_families.py leave-out\n")
+    lines = render("preparation-families-left-out", tmp_path / "benchmarks" / "results").splitlines()
+    assert lines[0].startswith("| run | family | trained without | images | accuracy |")
+    assert lines[2].startswith("| left-out | histeq | curve | 1311 | 0.700 [0.680, 0.720] |")
+    assert lines[3].startswith("| left-out | jpeg | — | 1311 | 0.960 [0.950, 0.970] |")
+    assert "| left-out | Testing (in distribution) | — | — | 0.9700 (leak-free 0.9650) |" in lines[6]
