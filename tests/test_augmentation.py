@@ -37,11 +37,22 @@ def scans(count: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
 def test_every_transform_is_the_identity_at_inference_and_changes_scans_in_training(name):
     keras.utils.set_random_seed(0)
     layer = AUGMENTATIONS[name]()
+    if hasattr(layer, "probability"):
+        layer.probability = 1.0  # every image, so that a change is certain
     images = scans()
     assert np.array_equal(np.asarray(layer(images, training=False)), images)
     out = np.asarray(layer(images, training=True))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
     assert not np.allclose(out, images)
+
+
+@pytest.mark.parametrize("layer", [RandomNoise, RandomIntensityCurve, RandomBlur, RandomBiasField])
+def test_a_transform_with_a_probability_changes_about_that_share_of_images_and_leaves_the_rest(layer):
+    images = scans(400, 16)
+    out = np.asarray(layer(seed=5, probability=0.25)(images, training=True))
+    changed = np.abs(out - images).reshape(400, -1).max(axis=1) > 1e-3
+    assert 0.17 < changed.mean() < 0.33
+    np.testing.assert_array_equal(out[~changed], images[~changed])
 
 
 def test_the_intensity_curve_is_monotonic_per_image_and_drawn_per_image():

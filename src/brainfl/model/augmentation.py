@@ -25,6 +25,9 @@ gamma, rotation, zoom, shift), which builds exactly the layers it built.
   reconstructions and upsampled low-resolution scans;
 - ``noise``: additive Gaussian noise, standard deviation up to 15 of 255,
   over the whole image, the black background included.
+
+``curve``, ``bias``, ``blur`` and ``noise`` each change a share of the images
+(:data:`CURVE_PROBABILITY` and the like); the others change every image.
 """
 
 from __future__ import annotations
@@ -44,14 +47,23 @@ CURVE_GAIN = 1.4  # gain drawn from [1, 1.4] before clipping at 255
 BIAS_STRENGTH = 0.4  # the log-field's linear term, drawn from [-0.4, 0.4]
 BLUR_SIGMA = 1.5  # pixels
 NOISE_SIGMA = 15.0  # of 255
+# The share of training images each transform changes (as nnU-Net's augmentation applies each
+# transform to a share of samples): every image also passes through unchanged ones, so the model
+# keeps seeing scans as this federation's hospitals prepare them.
+CURVE_PROBABILITY = 0.3
+BIAS_PROBABILITY = 0.3
+BLUR_PROBABILITY = 0.2
+NOISE_PROBABILITY = 0.15
 
 
 class _PerImageRandom(keras.layers.Layer):
-    """A training-only random transform of raw 0-255 pixels with per-image draws from one seed."""
+    """A training-only random transform of raw 0-255 pixels with per-image draws from one seed,
+    applied to each image with ``probability`` (the others pass unchanged)."""
 
-    def __init__(self, seed: int | None = None, **kwargs) -> None:
+    def __init__(self, seed: int | None = None, probability: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.seed = seed
+        self.probability = probability
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def uniform(self, inputs, low: float, high: float, shape: tuple | None = None):
@@ -62,13 +74,17 @@ class _PerImageRandom(keras.layers.Layer):
     def call(self, inputs, training: bool = False):
         if not training:
             return inputs
-        return keras.ops.clip(self.transform(inputs), 0.0, 255.0)
+        changed = keras.ops.clip(self.transform(inputs), 0.0, 255.0)
+        if self.probability >= 1.0:
+            return changed
+        chosen = self.uniform(inputs, 0.0, 1.0) < self.probability
+        return keras.ops.where(chosen, changed, inputs)
 
     def transform(self, inputs):
         raise NotImplementedError
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "seed": self.seed}
+        return {**super().get_config(), "seed": self.seed, "probability": self.probability}
 
 
 @keras.saving.register_keras_serializable(package="brainfl")
@@ -197,13 +213,13 @@ _RESAMPLE = {"fill_mode": "constant", "interpolation": "nearest"}
 AUGMENTATIONS: dict[str, Callable[[], keras.layers.Layer]] = {
     "flip": lambda: keras.layers.RandomFlip("horizontal", name="aug_flip"),
     "gamma": lambda: RandomGamma(AUGMENT_GAMMA, name="aug_gamma"),
-    "curve": lambda: RandomIntensityCurve(name="aug_curve"),
-    "bias": lambda: RandomBiasField(name="aug_bias"),
+    "curve": lambda: RandomIntensityCurve(probability=CURVE_PROBABILITY, name="aug_curve"),
+    "bias": lambda: RandomBiasField(probability=BIAS_PROBABILITY, name="aug_bias"),
     "rotate": lambda: keras.layers.RandomRotation(AUGMENT_ROTATION, name="aug_rotate", **_RESAMPLE),
     "zoom": lambda: keras.layers.RandomZoom(0.1, name="aug_zoom", **_RESAMPLE),
     "shift": lambda: keras.layers.RandomTranslation(0.08, 0.08, name="aug_shift", **_RESAMPLE),
-    "blur": lambda: RandomBlur(name="aug_blur"),
-    "noise": lambda: RandomNoise(name="aug_noise"),
+    "blur": lambda: RandomBlur(probability=BLUR_PROBABILITY, name="aug_blur"),
+    "noise": lambda: RandomNoise(probability=NOISE_PROBABILITY, name="aug_noise"),
 }
 GEOMETRY_AND_GAMMA = "flip,gamma,rotate,zoom,shift"
 DEFAULT_AUGMENTATION = ",".join(AUGMENTATIONS)
