@@ -109,23 +109,15 @@ def grid_rows(kept: list[Kept]) -> list[Row]:
 
 
 def families_rows(kept: list[Kept]) -> list[Row]:
-    """A row per preparation family (``preparation_families.py``'s ``families.csv``), model by model:
-    accuracy, balanced accuracy and ECE with their intervals, and the missed-tumor rate."""
-    return [{"run": one.name, "family": r.family, "images": int(r.images),
-             "accuracy": interval(r.accuracy, r.accuracy_low, r.accuracy_high),
-             "balanced accuracy": interval(r.balanced_accuracy, r.balanced_accuracy_low,
-                                           r.balanced_accuracy_high),
-             "ECE": f"{r.ece:.3f}", "missed tumors": f"{r.missed_tumor_rate:.3f}"}
-            for one in kept for r in one.table.itertuples()]  # fmt: skip
-
-
-def left_out_rows(kept: list[Kept]) -> list[Row]:
-    """A row per preparation family scored on the model trained without its transform
-    (``preparation_families.py leave-out``), then the mean, the worst and the central test set."""
+    """A row per preparation family (``preparation_families.py``'s ``families.csv``, or
+    ``families_left_out.csv``: each family on the model trained without its transform), model by
+    model: accuracy, balanced accuracy and ECE with their intervals and the missed-tumor rate; then
+    the mean, the worst and, where kept, the central test set."""
     rows = []
     for one in kept:
         for r in one.table.itertuples():
-            without = "—" if pd.isna(r.trained_without) or not r.trained_without else r.trained_without
+            without = getattr(r, "trained_without", "")
+            without = "—" if pd.isna(without) or not without else without
             row = {"run": one.name, "family": r.family, "trained without": without}
             if r.family == "testing":
                 row |= {"family": "Testing (in distribution)", "images": "—",

@@ -27,8 +27,9 @@ Two commands::
 
 ``score`` runs ``brainfl evaluate`` on every family and writes ``families.csv``: per family its
 scans, accuracy, balanced accuracy, calibration error and the tumor sensitivity (tumor scans not
-called notumor), each with its 95% interval, then the ``mean`` and the ``worst`` family;
-``--keep NAME`` keeps it with every family's ``evaluation.csv`` in ``benchmarks/results/NAME/``.
+called notumor), each with its 95% interval, then the ``mean`` and the ``worst`` family, then
+(``testing``) the central test set's scores of the run that saved the model, when its folder holds
+them; ``--keep NAME`` keeps it with every family's ``evaluation.csv`` in ``benchmarks/results/NAME/``.
 
 When the training augmentation covers how preparations differ
 (:mod:`brainfl.model.augmentation`), a family must be scored on a model whose augmentation
@@ -333,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = with_mean_and_worst(
             score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
         )
+        if (args.model.parent / "federated_learning_results.csv").is_file():
+            table = pd.concat([table, pd.DataFrame([in_distribution_row(args.model)])], ignore_index=True)
     else:
         extra = ["--adapt"] if args.adapt else []
         runs = args.runs or args.output_dir / "runs"
