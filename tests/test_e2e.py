@@ -22,7 +22,8 @@ from harness import free_port_block  # benchmarks/harness.py (conftest puts benc
 
 pytestmark = pytest.mark.e2e
 PER_CLASS = 40  # real images per class and split (a subset folder of symlinks)
-SMALL_RUN = "image-size=64 batch-size=16 local-epochs=2 learning-rate=0.003"
+SMALL_PER_CLASS = 12  # the simulation run checks outputs, not learning: fewer images
+SMALL_RUN = "image-size=32 batch-size=16 local-epochs=1 learning-rate=0.003"  # VGG-16's smallest input
 # Enough local steps per round (45) for BatchNorm's moving statistics to settle on a tiny subset.
 DEPLOY_RUN = "image-size=32 batch-size=8 local-epochs=5 learning-rate=0.002"
 
@@ -85,7 +86,13 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
 
     model = keras.models.load_model(out / "final_model.keras")
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
-    assert stored_metadata(out / "final_model.keras")["class_names"] == list(CLASSES)
+    metadata = stored_metadata(out / "final_model.keras")
+    assert metadata["class_names"] == list(CLASSES)
+    # The one end-to-end run that calibrates (the default): both sites answered the query across the
+    # transport, and the final model carries the temperature.
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert [site["site"] for site in calibration["sites"]] == [0, 1] and calibration["examples"] > 0
+    assert metadata["temperature"] == calibration["temperature"]
     assert all(port_is_closed(p) for p in range(port, port + 3)), "run.sh left a Flower process listening"
     check_baselines(out)
 
@@ -127,7 +134,7 @@ def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, 
         "--rounds",
         "1",
         "--data-dir",
-        str(real_subset(PER_CLASS)),
+        str(real_subset(SMALL_PER_CLASS)),
         "--output-dir",
         str(out),
     ]
@@ -139,7 +146,7 @@ def test_simulation_engine_run_with_vgg16_and_local_superlink_stopped(tmp_path, 
     assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events written"
     assert (out / "report.html").is_file() and (out / "confusion_matrix.png").is_file()
     model = keras.models.load_model(out / "final_model.keras")
-    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 4)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 4)
     assert {p.name for p in (out / "logs").glob("client_*.log")} == {
         "client_0.log",
         "client_1.log",

@@ -234,7 +234,8 @@ def test_fedbn_state_survives_between_messages_on_the_deployment_engine(tmp_path
     """run.sh with real SuperNodes (a fresh ClientApp process per message) on the small sample: a site
     starts from the received BatchNorm only in round 1, and saves its personalized model at the end."""
     out = tmp_path / "run"
-    settings = "image-size=32 local-epochs=1 batch-size=8 fedbn=true fine-tune-epochs=1"
+    # No calibration query (not what this test checks): each query is one more ClientApp process per site.
+    settings = "image-size=32 local-epochs=1 batch-size=8 fedbn=true fine-tune-epochs=1 calibrate=false"
     args = ["--sites", "2", "--rounds", "2", "--output-dir", str(out), "--port", str(free_port_block(3))]
     result = subprocess.run(
         [str(REPO_ROOT / "run.sh"), *args, "--run-config", settings],

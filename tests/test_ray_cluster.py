@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ray") is None, reason="the `ray` CLI is missing (flwr[simulation])"),
 ]
 PER_CLASS = 12  # real images per class and split
-RUN = "image-size=32 local-epochs=1 batch-size=16 num-server-rounds=1 num-partitions=2"
+RUN = "image-size=32 local-epochs=1 batch-size=16 num-server-rounds=1 num-partitions=2 calibrate=false"
 NICE = ["nice", "-n", "10"]
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's minimum is 75 MiB; the default, 30% of RAM, per node
 
@@ -180,6 +180,14 @@ def test_simulation_runs_its_clients_on_an_existing_two_node_ray_cluster(tmp_pat
             nodes = cluster_state(head_address, env)["nodes"]
             return len(nodes) == 2
 
+        # `ray start` says so once its node has registered with the head: read the cluster's tables after
+        # that (each reading starts a Ray driver, seconds of CPU), not over and over before it.
+        wait_until(
+            lambda: "Ray runtime started" in (logs / "ray-worker.log").read_text(errors="replace"),
+            "second Ray node to start",
+            worker,
+            logs / "ray-worker.log",
+        )
         wait_until(two_nodes, "second Ray node", worker, logs / "ray-worker.log")
         wait_until(lambda: port_open(superlink_port), "SuperLink", superlink, logs / "superlink.log")
 

@@ -32,8 +32,8 @@ from test_e2e import read_rows
 
 DEPLOY = REPO_ROOT / "deploy"
 REHEARSE = DEPLOY / "rehearse.sh"
-# Small and quick: 32 px, one local epoch, no federated evaluation messages.
-RUN = "image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0"
+# Small and quick: 32 px, one local epoch, no federated evaluation or calibration messages.
+RUN = "image-size=32 batch-size=16 local-epochs=1 fraction-evaluate=0 calibrate=false"
 # Variables that point at an env file or switch to printing the command: not settings of a host.
 CONTROL_VARIABLES = {"BRAINFL_SITE_ENV", "BRAINFL_COORDINATOR_ENV", "BRAINFL_DRY_RUN"}
 APP_VARIABLES = {"BRAINFL_CACHE_DIR"}  # read by the app itself, documented in the env examples

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, data):
     out, port = tmp_path / "run", free_port_block(3)
-    args = ["--sites", "2", "--rounds", "3", "--data-dir", str(data), "--port", str(port)]
+    args = ["--sites", "2", "--rounds", "2", "--data-dir", str(data), "--port", str(port)]
     script = start_script(*args, "--output-dir", str(out), "--run-config", TINY)
     try:
         wait_for(lambda: rounds_done(out) >= 1, 600, "round 1")
@@ -28,11 +28,11 @@ def test_resume_after_the_server_is_killed_keeps_one_row_per_round(tmp_path, dat
         stop(script)
     assert script.returncode != 0 and "the run did not finish" in output
     done = rounds_done(out)
-    assert done in (1, 2)
+    assert done == 1, "the server was killed after the last round: nothing left to resume"
 
     resumed = run_script("--resume", str(out), "--port", str(port))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
-    assert [r["round"] for r in rows] == ["0", "1", "2", "3"]
-    assert f"resuming {out} after round {done} of 3" in (out / "logs" / "server.log").read_text()
+    assert [r["round"] for r in rows] == ["0", "1", "2"]
+    assert f"resuming {out} after round {done} of 2" in (out / "logs" / "server.log").read_text()
     assert all(r["sites_trained"] == "2" for r in rows[1:])
