@@ -125,26 +125,24 @@ def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_na
         print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``prepare`` sub-command."""
-    prep = subcommands.add_parser("prepare", help="validate settings and data, and cache decoded images")
-    add_settings_arguments(prep)
-    prep.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``prepare`` sub-command's options and handler."""
+    add_settings_arguments(parser)
+    parser.add_argument(
         "--write-run-config",
         metavar="FILE",
         help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
     )
-    prep.add_argument(
+    parser.add_argument(
         "--site-data-dir",
         action="append",
         default=[],
         metavar="DIR",
         help="a site's own data folder (once per site, in site order): loaded and cached as the site will",
     )
-    prep.add_argument(
+    parser.add_argument(
         "--await-all-sites",
         action="store_true",
         help="set wait-for-sites to num-partitions: round 1 waits for every site (run.sh)",
     )
-    prep.set_defaults(handler=prepare)
-    return prep
+    parser.set_defaults(handler=prepare)
