@@ -19,8 +19,7 @@ from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
 from brainfl.federation.validation import models_to_validate, validation_settings
-from brainfl.model.augmentation import augmentation_names
-from brainfl.model.process_cache import check_vgg_weights
+from brainfl.model.choices import augmentation_names, check_vgg_weights
 from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
 from brainfl.settings.run_settings import RunSettings, default_run_config
