@@ -18,7 +18,7 @@ from brainfl.data.central import CentralData, central_data, configured_class_nam
 from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
-from brainfl.federation.validation import models_to_validate, validation_settings
+from brainfl.federation.validation_models import models_to_validate, validation_settings
 from brainfl.model.choices import augmentation_names, check_vgg_weights
 from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
