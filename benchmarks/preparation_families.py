@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brainfl.data.decoding import open_scan
 from brainfl.data.layouts import TEST_SPLIT
 from brainfl.evaluation import external as evaluate
-from brainfl.model.augmentation import AUGMENTATIONS
+from brainfl.model.choices import AUGMENTATION_NAMES
 from brainfl.settings.run_config import toml_value
 from harness import RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_image
@@ -231,7 +231,7 @@ def with_mean_and_worst(table: pd.DataFrame) -> pd.DataFrame:
 
 def augmentation_without(left_out: str | None) -> str:
     """The default augmentation with ``left_out`` removed (every transform when None)."""
-    return ",".join(name for name in AUGMENTATIONS if name != left_out)
+    return ",".join(name for name in AUGMENTATION_NAMES if name != left_out)
 
 
 def trained_model(runs: Path, left_out: str | None, data_dir: Path, epochs: int) -> Path:

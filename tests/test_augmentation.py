@@ -12,14 +12,17 @@ from brainfl.model.augmentation import (
     AUGMENT_GAMMA,
     AUGMENTATIONS,
     BIAS_STRENGTH,
-    DEFAULT_AUGMENTATION,
-    GEOMETRY_AND_GAMMA,
     NOISE_SIGMA,
     RandomBiasField,
     RandomBlur,
     RandomGamma,
     RandomIntensityCurve,
     RandomNoise,
+)
+from brainfl.model.choices import (
+    AUGMENTATION_NAMES,
+    DEFAULT_AUGMENTATION,
+    GEOMETRY_AND_GAMMA,
     augmentation_names,
 )
 
@@ -104,7 +107,7 @@ def test_gamma_augmentation_changes_contrast_per_image_in_training_only():
 def test_the_setting_names_transforms_in_any_order_and_refuses_unknown_ones():
     assert augmentation_names("noise, flip") == ("flip", "noise")  # the registry's order
     assert augmentation_names("none") == augmentation_names("") == ()
-    assert augmentation_names(DEFAULT_AUGMENTATION) == tuple(AUGMENTATIONS)
+    assert augmentation_names(DEFAULT_AUGMENTATION) == tuple(AUGMENTATIONS) == AUGMENTATION_NAMES
     with pytest.raises(BrainFLError, match="setting 'augmentation': unknown transform 'sharpen'"):
         augmentation_names("flip,sharpen")
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from flwr.common.config import parse_config_args
 
+import brainfl
 from brainfl import cli
 from brainfl.settings import run_config as run_configs
 from conftest import REPO_ROOT
@@ -286,3 +289,38 @@ def test_run_sh_checks_ports_sites_and_quotes_before_starting(tmp_path):
 def test_prepare_refuses_more_minimum_sites_than_sites(capsys):
     code, _, errors = run_prepare(capsys, "num-partitions=2 min-sites=3")
     assert code == 2 and len(errors) == 1 and "'min-sites'=3 is more than num-partitions=2" in errors[0]
+
+
+# brainfl's main in a fresh interpreter; prints its exit code and whether TensorFlow and Keras got imported.
+MAIN_AND_IMPORTS = """
+import sys
+from brainfl import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as stop:  # --help
+    code = stop.code
+print(code, "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--help"],
+        ["prepare", "--app-dir", str(REPO_ROOT), "--run-config", f"data-dir='{REPO_ROOT / 'sample_data'}'"],
+        ["certs", "--output-dir", "{tmp}/certs", "--sites", "1"],
+        ["check-data", str(REPO_ROOT / "sample_data"), "--output-dir", "{tmp}/check"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_commands_that_need_no_model_start_without_tensorflow(tmp_path, command):
+    """TensorFlow takes seconds to import: prepare (which run.sh runs first), certs and check-data,
+    and brainfl --help, never import it, nor Keras."""
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in command]
+    source = str(Path(brainfl.__file__).resolve().parents[1])  # the brainfl under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-c", MAIN_AND_IMPORTS, *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "0 False False", result.stdout[-3000:]

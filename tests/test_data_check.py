@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import shutil
@@ -13,10 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from brainfl import cli
 from brainfl.core.errors import BrainFLError
 from brainfl.data import check as data_check
 from brainfl.data import duplicates
-from brainfl.data.check import add_parser, check_data, summarize
+from brainfl.data.check import check_data, summarize
 from brainfl.data.duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
     PAIR_COLUMNS,
@@ -259,9 +259,8 @@ def test_old_names_stay_importable_from_data_check() -> None:
     assert data_check.find_duplicates is find_duplicates
 
 
-def test_add_parser_wires_the_subcommand(dataset: Path, tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser(prog="brainfl")
-    add_parser(parser.add_subparsers(dest="command", required=True))
+def test_the_command_line_wires_the_subcommand(dataset: Path, tmp_path: Path) -> None:
+    parser = cli.build_parser()
     out = tmp_path / "cli-out"
     args = parser.parse_args(["check-data", str(dataset), "--output-dir", str(out), "--threshold", "0"])
     assert (args.data_dir, args.output_dir, args.threshold) == (dataset, out, 0)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from brainfl import cli
 from brainfl.evaluation import external as evaluate
 from brainfl.evaluation.intervals import OVERALL, PER_CLASS
 from brainfl.inference import predict
@@ -29,9 +30,7 @@ def model_file(tmp_path_factory) -> Path:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="brainfl")
-    evaluate.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return cli.build_parser().parse_args(argv)
 
 
 def run(*argv: str | Path) -> None:
@@ -153,8 +152,6 @@ def test_scans_with_non_finite_outputs_count_wrong(model_file, tmp_path, first_r
 
 
 def test_cli_runs_the_command_when_registered(model_file, tmp_path, capsys):
-    from brainfl import cli
-
     parser = cli.build_parser()
     choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if "evaluate" not in choices:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from brainfl import cli
 from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import load_dataset
 from brainfl.inference import predict
@@ -260,9 +261,7 @@ def test_write_gradcams_stays_importable_from_predict():
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="brainfl")
-    predict.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return cli.build_parser().parse_args(argv)
 
 
 def test_command_prints_a_table_and_saves_csv_and_gradcams(model_file, odd_images, tmp_path, capsys):
@@ -289,8 +288,6 @@ def test_command_prints_a_table_and_saves_csv_and_gradcams(model_file, odd_image
 
 
 def test_cli_reports_a_mistake_with_exit_code_2(model_file, tmp_path, capsys):
-    from brainfl import cli
-
     parser = cli.build_parser()
     choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if "predict" not in choices:
@@ -303,8 +300,6 @@ def test_cli_reports_a_mistake_with_exit_code_2(model_file, tmp_path, capsys):
 def test_an_unreadable_file_fails_the_prediction_unless_skipped_and_named(
     model_file, tmp_path, capsys
 ) -> None:
-    from brainfl import cli
-
     folder = tmp_path / "scans"
     folder.mkdir()
     good = next((REPO_ROOT / "sample_data" / "Testing" / "glioma").glob("*.jpg"))
@@ -346,8 +341,6 @@ def test_a_model_decodes_scans_as_its_metadata_says_it_was_trained(model_file, t
 def test_an_output_under_a_file_is_one_line_before_any_scan_is_scored(
     model_file, tmp_path, capsys, monkeypatch
 ):
-    from brainfl import cli
-
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setattr(

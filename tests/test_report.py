@@ -10,7 +10,6 @@ and evaluation refused, so everything it shows comes from those files.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import io
@@ -28,6 +27,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from brainfl import cli
 from brainfl.core.errors import BrainFLError
 from brainfl.data import loading as data_loader
 from brainfl.federation.audit import AuditLog
@@ -494,9 +494,7 @@ def test_not_a_run_folder_is_one_clear_line(tmp_path):
 
 
 def test_report_command(recorded_run, capsys):
-    parser = argparse.ArgumentParser(prog="brainfl")
-    report.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", str(recorded_run)])
+    args = cli.build_parser().parse_args(["report", str(recorded_run)])
     with no_pipeline():
         args.handler(args)
     assert f"report written to {recorded_run / report.REPORT_HTML}" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from flwr.app import Message, MessageType
 
 from brainfl.cli import main
 from brainfl.evaluation import external as evaluate
-from brainfl.federation.validation import check_models, models_to_validate
+from brainfl.federation.validation_models import check_models, models_to_validate
 from brainfl.report.validation import (
     CROSS_SITE_CSV,
     CROSS_SITE_FIGURE,

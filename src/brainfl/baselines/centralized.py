@@ -83,16 +83,11 @@ def run(args: argparse.Namespace) -> None:
         LOG.info("outputs written to %s", output_dir)
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``centralized`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "centralized",
-        help="train the same model centrally (the upper bound for federated runs)",
-        description=(
-            "Train on the pooled training set with the run config's recipe: num-server-rounds "
-            "epochs-of-local-epochs, evaluated on the server's test set after each."
-        ),
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``centralized`` sub-command's description, options and handler."""
+    parser.description = (
+        "Train on the pooled training set with the run config's recipe: num-server-rounds "
+        "epochs-of-local-epochs, evaluated on the server's test set after each."
     )
     add_settings_arguments(parser)
     parser.set_defaults(handler=run)
-    return parser

@@ -229,11 +229,10 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
 
 
-COMMANDS = {  # command: (what it runs, its CSV, its help, its description)
+COMMANDS = {  # command: (what it runs, its CSV, its description)
     "local": (
         run_local,
         LOCAL_CSV,
-        "train each site's model alone on its own images (the local-only baseline)",
         "Train, at each site of the run in turn, the run's model on that site's training images "
         "alone (num-server-rounds rounds of local-epochs, no averaging); score it on the site's "
         "held-out split and on the central test set; write local_baseline.csv.",
@@ -241,7 +240,6 @@ COMMANDS = {  # command: (what it runs, its CSV, its help, its description)
     "pooled": (
         run_pooled,
         POOLED_CSV,
-        "train one model on the run's sites' training images pooled (the pooled baseline)",
         "Train the run's model on the training splits of all the run's sites pooled, with the run's "
         "budget (num-server-rounds rounds of local-epochs); score it on each site's held-out split "
         "and on the central test set; write pooled_baseline.csv.",
@@ -251,7 +249,7 @@ COMMANDS = {  # command: (what it runs, its CSV, its help, its description)
 
 def run(args: argparse.Namespace) -> None:
     """The ``brainfl local`` and ``brainfl pooled`` commands."""
-    train, csv_name, _, _ = COMMANDS[args.baseline]
+    train, csv_name, _ = COMMANDS[args.baseline]
     settings = settings_from_args(args.app_dir, args.run_config, args.output_dir)
     output_dir = resolve_output_dir(settings)
     with log_to_file(output_dir / "logs" / f"{args.baseline}.log"):
@@ -261,16 +259,25 @@ def run(args: argparse.Namespace) -> None:
     print(f"written: {output_dir / csv_name}")
 
 
-def add_parsers(subcommands: argparse._SubParsersAction) -> None:
-    """Add the ``local`` and ``pooled`` sub-commands to the ``brainfl`` parser."""
-    for name, (_, _, help_text, description) in COMMANDS.items():
-        parser = subcommands.add_parser(name, help=help_text, description=description)
-        add_settings_arguments(parser)
-        parser.add_argument(
-            "--site-data-dir",
-            action="append",
-            default=[],
-            metavar="DIR",
-            help="a site's own data folder (once per site, in site order) instead of a partition of data-dir",
-        )
-        parser.set_defaults(handler=run, baseline=name)
+def add_arguments(parser: argparse.ArgumentParser, baseline: str) -> None:
+    """The description, options and handler of the ``local`` or ``pooled`` sub-command."""
+    parser.description = COMMANDS[baseline][2]
+    add_settings_arguments(parser)
+    parser.add_argument(
+        "--site-data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a site's own data folder (once per site, in site order) instead of a partition of data-dir",
+    )
+    parser.set_defaults(handler=run, baseline=baseline)
+
+
+def add_local_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``local`` sub-command's description, options and handler."""
+    add_arguments(parser, "local")
+
+
+def add_pooled_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``pooled`` sub-command's description, options and handler."""
+    add_arguments(parser, "pooled")

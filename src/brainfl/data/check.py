@@ -61,7 +61,7 @@ __all__ = [
     "PAIR_COLUMNS",
     "SUMMARY_COLUMNS",
     "TABLE_COLUMNS",
-    "add_parser",
+    "add_arguments",
     "check_data",
     "exact_pairs",
     "find_duplicates",
@@ -210,12 +210,8 @@ def run_check_data(args: argparse.Namespace) -> None:
     check_data(args.data_dir, args.output_dir, args.threshold)
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``check-data <data-dir> [--output-dir DIR] [--threshold N]`` to a sub-command parser set."""
-    parser = subcommands.add_parser(
-        "check-data",
-        help="find exact and near-duplicate images, label conflicts and the leak-free Testing subset",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options and handler of ``check-data <data-dir> [--output-dir DIR] [--threshold N]``."""
     parser.add_argument("data_dir", type=Path, help="dataset folder with Training/ and Testing/")
     add_output_dir(
         parser,
@@ -230,4 +226,3 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         f"(default: {NEAR_DUPLICATE_THRESHOLD})",
     )
     parser.set_defaults(handler=run_check_data)
-    return parser

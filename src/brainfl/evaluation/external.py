@@ -301,13 +301,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "evaluate",
-        help="score a saved model on a labelled folder of scans, with 95%% intervals",
-        description="External validation: every metric of a saved model on DATA with its bootstrap "
-        "95%% interval, printed and written as CSV, JSON and figures.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` sub-command's description, options and handler."""
+    parser.description = (
+        "External validation: every metric of a saved model on DATA with its bootstrap "
+        "95%% interval, printed and written as CSV, JSON and figures."
     )
     add_model(parser, required=False)  # required once the positional MODEL of earlier releases is gone
     parser.add_argument(
@@ -332,4 +330,3 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="first re-estimate the model's BatchNorm statistics on the scored scans (labels not used)",
     )
     parser.set_defaults(handler=run)
-    return parser

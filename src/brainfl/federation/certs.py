@@ -150,11 +150,9 @@ def run_certs(args: argparse.Namespace) -> None:
     print(f"wrote CA, SuperLink certificate and {args.sites} site key pairs to {args.output_dir}")
 
 
-def add_parser(subcommands) -> argparse.ArgumentParser:
-    """Add the ``certs`` sub-command."""
-    parser = subcommands.add_parser("certs", help="create a CA, a SuperLink TLS certificate and site keys")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``certs`` sub-command's options and handler."""
     add_output_dir(parser, "output folder (default: certs/)", default=Path("certs"), old=["--out"])
     parser.add_argument("--hosts", nargs="*", default=[], help="extra host names or IPs of the SuperLink")
     parser.add_argument("--sites", type=int, default=2, help="number of site key pairs (default: 2)")
     parser.set_defaults(handler=run_certs)
-    return parser

@@ -18,9 +18,8 @@ from brainfl.data.central import CentralData, central_data, configured_class_nam
 from brainfl.data.partitioning import partition_indices
 from brainfl.data.sites import describe_layout, load_run_dataset, site_data, site_folders
 from brainfl.federation.strategy import check_strategy
-from brainfl.federation.validation import models_to_validate, validation_settings
-from brainfl.model.augmentation import augmentation_names
-from brainfl.model.process_cache import check_vgg_weights
+from brainfl.federation.validation_models import models_to_validate, validation_settings
+from brainfl.model.choices import augmentation_names, check_vgg_weights
 from brainfl.report.results import check_new_run_folder
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args, to_toml, toml_value
 from brainfl.settings.run_settings import RunSettings, default_run_config
@@ -125,26 +124,24 @@ def check_site_folders(settings: RunSettings, site_dirs: Sequence[str], class_na
         print(f"site {site_id}: {site_dir}: {len(site.train)} training and {len(site.val)} validation images")
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``prepare`` sub-command."""
-    prep = subcommands.add_parser("prepare", help="validate settings and data, and cache decoded images")
-    add_settings_arguments(prep)
-    prep.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``prepare`` sub-command's options and handler."""
+    add_settings_arguments(parser)
+    parser.add_argument(
         "--write-run-config",
         metavar="FILE",
         help="write the checked run config (every key) as TOML, for flwr run --run-config FILE",
     )
-    prep.add_argument(
+    parser.add_argument(
         "--site-data-dir",
         action="append",
         default=[],
         metavar="DIR",
         help="a site's own data folder (once per site, in site order): loaded and cached as the site will",
     )
-    prep.add_argument(
+    parser.add_argument(
         "--await-all-sites",
         action="store_true",
         help="set wait-for-sites to num-partitions: round 1 waits for every site (run.sh)",
     )
-    prep.set_defaults(handler=prepare)
-    return prep
+    parser.set_defaults(handler=prepare)

@@ -8,7 +8,7 @@ the disk that survives between messages. In a round the site
 
 1. computes ``c_i+``: the gradient of its training loss at ``x``, averaged over its
    images (the paper's option I: exact in scale whatever the optimizer, at the cost
-   of one pass without a step);
+   of one pass without a step; :func:`brainfl.federation.site_round.control_gradient`);
 2. trains as usual with ``c - c_i`` added to every gradient (a linear term in the
    loss, :class:`brainfl.model.training.AnchoredModel`);
 3. keeps ``c_i+`` and replies with its model and ``c_i+ - c_i``
@@ -31,9 +31,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from brainfl.federation.bookkeeping import SiteBookkeeping, example_weighted_average
-from brainfl.model.architectures import ModelBundle
-from brainfl.model.training import mean_gradient
-from brainfl.settings.run_settings import RunSettings
 
 CONTROL = "scaffold-control"  # the server's control variate, in every train message
 CONTROL_UPDATE = "scaffold-control-update"  # a site's c_i+ - c_i, in its train reply
@@ -77,23 +74,6 @@ class SiteControl:
         self.state[SITE_CONTROL] = ArrayRecord([np.asarray(array, dtype=np.float32) for array in gradient])
         self.current = list(gradient)
         return all_arrays(update, weights, self.trainable)
-
-
-def control_gradient(
-    settings: RunSettings, bundle: ModelBundle, inputs: np.ndarray, labels: np.ndarray, seed: int
-):
-    """``c_i+``: the site's mean training-loss gradient at the received model, which is left as it was."""
-    received = bundle.trainable.get_weights()
-    gradient = mean_gradient(
-        bundle.trainable,
-        inputs,
-        labels,
-        batch_size=settings.training.batch_size,
-        label_smoothing=settings.training.label_smoothing,
-        seed=seed,
-    )
-    bundle.trainable.set_weights(received)  # (training-mode BatchNorm moved its statistics)
-    return gradient
 
 
 class BrainScaffold(SiteBookkeeping, FedAvg):

@@ -24,9 +24,10 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from brainfl.data.sites import SiteData
 from brainfl.federation import ditto
-from brainfl.federation.scaffold import CONTROL_UPDATE, SiteControl, control_gradient
+from brainfl.federation.scaffold import CONTROL_UPDATE, SiteControl
 from brainfl.federation.site_training import local_update, update_seed
 from brainfl.model.architectures import ModelBundle
+from brainfl.model.training import mean_gradient
 from brainfl.settings.run_settings import RunSettings
 
 LocalUpdate = Callable[..., dict[str, float]]  # local_update's signature
@@ -40,6 +41,24 @@ class RoundUpdate:
     weights: list[np.ndarray]
     metrics: dict[str, float]
     control_update: list[np.ndarray] | None = None
+
+
+def control_gradient(
+    settings: RunSettings, bundle: ModelBundle, inputs: np.ndarray, labels: np.ndarray, seed: int
+) -> list[np.ndarray]:
+    """SCAFFOLD's ``c_i+``: the site's mean training-loss gradient at the received model, which is
+    left as it was."""
+    received = bundle.trainable.get_weights()
+    gradient = mean_gradient(
+        bundle.trainable,
+        inputs,
+        labels,
+        batch_size=settings.training.batch_size,
+        label_smoothing=settings.training.label_smoothing,
+        seed=seed,
+    )
+    bundle.trainable.set_weights(received)  # (training-mode BatchNorm moved its statistics)
+    return gradient
 
 
 def round_update(

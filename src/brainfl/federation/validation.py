@@ -15,18 +15,14 @@ per-scan value. The coordinator scores each site's counts and their sum (the
 ``pooled`` row, equal to scoring the union of the sites' scans) with the metric
 registry's intervals and writes :mod:`brainfl.report.validation`'s outputs.
 
-A ``validate-models`` entry is a model file or a run folder; a run folder gives
-every ``final_model.keras`` under it (the federated model, and with ``--baselines``
-each site's model trained alone and the pooled model), so one query scores every
-model at every site: the cross-site matrix.
+The models come from :mod:`brainfl.federation.validation_models`; one query
+scores every model at every site: the cross-site matrix.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,98 +39,24 @@ from brainfl.evaluation.registry import LabelledSet
 from brainfl.federation.audit import AuditedGrid, AuditLog
 from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
 from brainfl.federation.setup import QUERY, query_sites_and_errors, setup_federation
+from brainfl.federation.validation_models import ModelToValidate, check_models, models_to_validate
 from brainfl.model.batch_norm import recalibrate_batchnorm
-from brainfl.model.files import FINAL_MODEL, LoadedModel, load_model, read_metadata, trainable_weights
+from brainfl.model.files import LoadedModel, load_model, trainable_weights
 from brainfl.model.outputs import notumor_rule, scale_probabilities
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.model.training import predict_proba
 from brainfl.report.results import write_run_config
 from brainfl.report.validation import POOLED, make_validation_report, validation_row, write_validation
-from brainfl.settings.run_settings import EvaluationSettings, RunSettings
+from brainfl.settings.run_settings import RunSettings
 
 VALIDATE = "validate"  # the query config's QUERY value of this query
 SUMMARY = "summary"  # a site's answer: summary-<i>, its CountSummary's arrays for model i
 ARCHITECTURE = ("model", "image-size", "norm")  # the query config's keys a site builds the model from
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelToValidate:
-    """One saved model and its name in the tables."""
-
-    label: str
-    path: Path
-
-
-def models_in(folder: Path) -> list[ModelToValidate]:
-    """Every final model under a run folder: its own (named after the folder) first, then the rest by path."""
-    found = sorted(folder.rglob(FINAL_MODEL), key=lambda path: (path.parent != folder, str(path)))
-    return [
-        ModelToValidate(
-            folder.name if path.parent == folder else path.parent.relative_to(folder).as_posix(), path
-        )
-        for path in found
-    ]
-
-
-def models_to_validate(evaluation: EvaluationSettings) -> list[ModelToValidate]:
-    """The models the ``validate-models`` setting names, files or run folders (one line if one is missing)."""
-    models: list[ModelToValidate] = []
-    for entry in filter(str.strip, evaluation.validate_models.split(os.pathsep)):
-        path = Path(entry).expanduser()
-        if path.is_file():
-            models.append(ModelToValidate(path.stem, path))
-        elif path.is_dir():
-            found = models_in(path)
-            if not found:
-                raise BrainFLError(f"setting 'validate-models': no {FINAL_MODEL} in run folder {path}")
-            models += found
-        else:
-            raise BrainFLError(f"setting 'validate-models': {path} is neither a model file nor a run folder")
-    labels = [model.label for model in models]
-    return [
-        dataclasses.replace(model, label=f"{model.label} ({index + 1})")
-        if labels.count(model.label) > 1
-        else model
-        for index, model in enumerate(models)
-    ]
-
-
-def check_models(models: Sequence[ModelToValidate]) -> tuple[str, ...]:
-    """The models' common class names; one line naming the first model that differs in classes or
-    input, or that frames its scans otherwise than the sites do (cropped to the head)."""
-    first = read_metadata(models[0].path)
-    for model in models:
-        metadata = read_metadata(model.path)
-        if metadata.get("crop", "none") != "head":
-            raise BrainFLError(
-                f"setting 'validate-models': {model.path} takes uncropped scans (crop none) but sites decode "
-                "them cropped to the head; score it with brainfl evaluate"
-            )
-        if [metadata[key] for key in ("class_names", "image_size", "channels")] != [
-            first[key] for key in ("class_names", "image_size", "channels")
-        ]:
-            raise BrainFLError(
-                f"setting 'validate-models': {model.path} differs from {models[0].path} in its classes or "
-                "input size; validate them in separate runs"
-            )
-    return tuple(first["class_names"])
-
-
 def architecture(loaded: LoadedModel) -> dict[str, Any]:
     """The settings that build ``loaded``'s network, as run-config keys."""
     return dict(zip(ARCHITECTURE, (loaded.model_name, loaded.image_size, loaded.norm), strict=True))
-
-
-def validation_settings(settings: RunSettings, models: Sequence[ModelToValidate]) -> RunSettings:
-    """``settings`` with the classes, model and input size of ``models`` (what the sites decode their
-    scans for); one line when they differ."""
-    class_names = check_models(models)
-    metadata = read_metadata(models[0].path)
-    return settings.replace(
-        class_names=",".join(class_names),
-        model=str(metadata["model"]),
-        image_size=int(metadata["image_size"]),
-    )
 
 
 def load_models(models: Sequence[ModelToValidate]) -> list[LoadedModel]:

@@ -157,13 +157,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"adapted model written to {path}")
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``adapt`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "adapt",
-        help="re-estimate a saved model's BatchNorm statistics on a hospital's unlabelled scans",
-        description="AdaBN: set the BatchNorm moving statistics of a saved model from the scans under "
-        "DATA (any layout; labels are not used) and write the adapted model file.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``adapt`` sub-command's description, options and handler."""
+    parser.description = (
+        "AdaBN: set the BatchNorm moving statistics of a saved model from the scans under "
+        "DATA (any layout; labels are not used) and write the adapted model file."
     )
     add_model(parser)
     parser.add_argument("data", type=Path, help="a folder of scans (class folders, a split, or flat)")
@@ -172,4 +170,3 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded"
     )
     parser.set_defaults(handler=run)
-    return parser

@@ -254,13 +254,9 @@ def _probability(text: str) -> float:
     return value
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``predict`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "predict",
-        help="classify MRI images with a saved model",
-        description="Print the class and the probability of each class for every image.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``predict`` sub-command's description, options and handler."""
+    parser.description = "Print the class and the probability of each class for every image."
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
     add_model(parser)
     parser.add_argument("--csv", type=Path, default=None, help="also save the predictions to this CSV file")
@@ -279,4 +275,3 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         f"(default {UNCERTAIN_BELOW})",
     )
     parser.set_defaults(handler=run)
-    return parser

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from brainfl.core.errors import BrainFLError
-from brainfl.model.augmentation import GEOMETRY_AND_GAMMA, augment, augmentation_names
+from brainfl.model.augmentation import augment
+from brainfl.model.choices import GEOMETRY_AND_GAMMA, augmentation_names
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 

@@ -6,12 +6,12 @@ transform below draws its parameters per image (seeded, restarted by
 :func:`brainfl.model.training.reseed_random_layers`) and is the identity at
 inference, so a saved model predicts the same with or without it.
 
-:data:`AUGMENTATIONS` is the registry, in the order the transforms are
-applied (intensity, then geometry, then blur and noise, so noise also covers
-the background the geometry filled in); the ``augmentation`` setting names
-the ones a model trains with, in any order. :data:`DEFAULT_AUGMENTATION` is
-the app's default and :data:`GEOMETRY_AND_GAMMA` the earlier recipe (flip,
-gamma, rotation, zoom, shift), which builds exactly the layers it built.
+:data:`AUGMENTATIONS` is the registry: each transform's layer, in the order
+the transforms are applied (intensity, then geometry, then blur and noise, so
+noise also covers the background the geometry filled in), which
+:data:`brainfl.model.choices.AUGMENTATION_NAMES` holds; the ``augmentation``
+setting names the ones a model trains with, in any order
+(:func:`brainfl.model.choices.augmentation_names` reads it without Keras).
 
 - ``flip``: horizontal flip;
 - ``gamma``: ``255 * (x / 255) ** g``, ``g`` log-uniform in ``[1 / 1.5, 1.5]``;
@@ -37,7 +37,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from brainfl.core.errors import BrainFLError
+from brainfl.model.choices import AUGMENTATION_NAMES
 
 AUGMENT_GAMMA = 1.5  # gamma drawn from [1/1.5, 1.5]
 AUGMENT_ROTATION = 30 / 360  # up to +-30 degrees
@@ -209,8 +209,8 @@ class RandomNoise(_PerImageRandom):
 # cost 5 points of test accuracy (0.900 vs 0.950 with re-estimated statistics).
 _RESAMPLE = {"fill_mode": "constant", "interpolation": "nearest"}
 
-# name -> the layer's factory, in the order the transforms are applied.
-AUGMENTATIONS: dict[str, Callable[[], keras.layers.Layer]] = {
+# name -> the layer's factory.
+_LAYERS: dict[str, Callable[[], keras.layers.Layer]] = {
     "flip": lambda: keras.layers.RandomFlip("horizontal", name="aug_flip"),
     "gamma": lambda: RandomGamma(AUGMENT_GAMMA, name="aug_gamma"),
     "curve": lambda: RandomIntensityCurve(probability=CURVE_PROBABILITY, name="aug_curve"),
@@ -221,21 +221,8 @@ AUGMENTATIONS: dict[str, Callable[[], keras.layers.Layer]] = {
     "blur": lambda: RandomBlur(probability=BLUR_PROBABILITY, name="aug_blur"),
     "noise": lambda: RandomNoise(probability=NOISE_PROBABILITY, name="aug_noise"),
 }
-GEOMETRY_AND_GAMMA = "flip,gamma,rotate,zoom,shift"
-DEFAULT_AUGMENTATION = ",".join(AUGMENTATIONS)
-
-
-def augmentation_names(value: str) -> tuple[str, ...]:
-    """The transforms a comma-separated ``augmentation`` setting names, in the registry's order
-    (``none`` or empty: none); raises :class:`BrainFLError` naming an unknown one."""
-    names = {name.strip() for name in value.split(",")} - {"", "none"}
-    unknown = sorted(names - set(AUGMENTATIONS))
-    if unknown:
-        raise BrainFLError(
-            f"setting 'augmentation': unknown transform '{unknown[0]}' "
-            f"(choose from: {', '.join(AUGMENTATIONS)}, or none)"
-        )
-    return tuple(name for name in AUGMENTATIONS if name in names)
+# name -> the layer's factory, in the order the transforms are applied.
+AUGMENTATIONS = {name: _LAYERS[name] for name in AUGMENTATION_NAMES}
 
 
 def augment(x, names: tuple[str, ...]):

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import ImageSet, default_cache_dir, write_cache
 from brainfl.model.architectures import ModelBundle, build_model
 from brainfl.settings.run_settings import ModelSettings, RunSettings
-
-
-def check_vgg_weights(model: ModelSettings) -> None:
-    """``vgg-weights`` must be ``none``, ``imagenet`` or an existing file (checked before Flower starts)."""
-    value = model.vgg_weights
-    if value in ("", "none", "imagenet") or Path(value).expanduser().is_file():
-        return
-    raise BrainFLError(f"setting 'vgg-weights'={value!r}: not none, imagenet or an existing weights file")
 
 
 def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelBundle:

@@ -247,13 +247,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"report written to {path}")
 
 
-def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``report`` sub-command to the ``brainfl`` parser."""
-    parser = subcommands.add_parser(
-        "report",
-        help="write figures and report.html for a run",
-        description="Write the figures and a self-contained report.html into a run's output folder.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``report`` sub-command's description, options and handler."""
+    parser.description = "Write the figures and a self-contained report.html into a run's output folder."
     parser.add_argument("output_dir", type=Path, help="the run's output folder")
     parser.add_argument(
         "--baselines",
@@ -265,4 +261,3 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         "personalization.csv) to compare with the run, per site",
     )
     parser.set_defaults(handler=run)
-    return parser
