@@ -221,6 +221,8 @@ _LAYERS: dict[str, Callable[[], keras.layers.Layer]] = {
     "blur": lambda: RandomBlur(probability=BLUR_PROBABILITY, name="aug_blur"),
     "noise": lambda: RandomNoise(probability=NOISE_PROBABILITY, name="aug_noise"),
 }
+if set(_LAYERS) != set(AUGMENTATION_NAMES):  # a transform named without a layer, or the reverse
+    raise ImportError(f"augmentation layers {sorted(_LAYERS)} differ from the names {AUGMENTATION_NAMES}")
 # name -> the layer's factory, in the order the transforms are applied.
 AUGMENTATIONS = {name: _LAYERS[name] for name in AUGMENTATION_NAMES}
 
