@@ -48,6 +48,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, Metadata, Recor
 from flwr.app.message import make_message
 from flwr.common import DEFAULT_TTL
 from flwr.serverapp.strategy import FedAvgM
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data.sites import SiteData, load_run_dataset, site_data
@@ -81,7 +82,7 @@ def settings_for(*run_configs: str) -> RunSettings:
     return settings_from_args(ROOT, list(run_configs))
 
 
-EMULATED_STRATEGIES = ("fedavg", "fedavgm", "scaffold")
+EMULATED_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "scaffold")
 
 
 def site_message(
@@ -127,8 +128,9 @@ class ServerStep:
     with the run's settings, cosine learning-rate schedule and the model's
     ``statistics`` mask): ``fedavg`` averages the replies by example count,
     ``fedavgm`` is Flower's FedAvgM (SGD with momentum on ``old - average``,
-    the server learning rate and momentum of the settings) for trained weights
-    and the plain average for statistics. Each call hands the strategy the
+    the server learning rate and momentum of the settings) and ``fedadam`` /
+    ``fedyogi`` Flower's FedOpt steps (at the server learning rate) for trained
+    weights, and the plain average for statistics. Each call hands the strategy the
     round's global weights as its ``configure_train`` keeps them (the model
     replies are checked against, and FedAvgM's starting point in its first
     round; no site is sampled here, every site trains), then returns what its
@@ -183,6 +185,10 @@ class ServerStep:
         self.strategy.global_arrays = list(weights)
         if isinstance(self.strategy, FedAvgM) and self.strategy.current_arrays is None:
             self.strategy.current_arrays = ArrayRecord(list(weights))
+        if isinstance(self.strategy, FedOpt):  # its configure_train keeps each round's global arrays
+            self.strategy.current_arrays = {
+                key: array.numpy() for key, array in ArrayRecord(list(weights)).items()
+            }
         aggregated, _ = self.strategy.aggregate_train(server_round, replies)
         return list(weights) if aggregated is None else aggregated.to_numpy_ndarrays()
 

@@ -66,8 +66,30 @@ def test_no_usable_reply_keeps_the_global_weights():
     assert step.last_report.sites_replied == 0 and step.last_report.sites_failed == 2
 
 
+@pytest.mark.parametrize("strategy", ["fedadam", "fedyogi"])
+def test_fedopt_steps_trained_weights_as_flowers_strategy_and_averages_statistics(strategy):
+    chosen = settings(strategy=strategy, server_learning_rate=0.1)
+    step = emulator.ServerStep(chosen, [False, True])
+    old = [np.zeros(2, np.float32), np.zeros(2, np.float32)]
+    rounds = [[np.ones(2, np.float32), np.full(2, 3.0, np.float32)], [np.full(2, 2.0, np.float32)] * 2]
+    reference = build_strategy(
+        chosen, (), lambda server_round: 0.01, num_sites=1, statistics_mask=[False, True]
+    )
+    weights, expected = old, old
+    for server_round, averaged in enumerate(rounds, start=1):
+        reference.configure_train(
+            server_round, ArrayRecord(list(expected)), ConfigRecord(), InProcessGrid(1, {})
+        )
+        aggregated, _ = reference.aggregate_train(server_round, [reply(0, averaged, 10)])
+        expected = aggregated.to_numpy_ndarrays()
+        weights = step(server_round, weights, [reply(0, averaged, 10)])
+        np.testing.assert_allclose(weights[0], expected[0], rtol=1e-6)
+        np.testing.assert_allclose(weights[1], averaged[1])  # a statistic: the plain average
+    assert not np.allclose(weights[0], rounds[-1][0])  # a server step, not the average
+
+
 def test_other_strategies_are_refused():
-    with pytest.raises(emulator.BrainFLError, match="fedavg, fedavgm, scaffold only"):
+    with pytest.raises(emulator.BrainFLError, match="fedavg, fedavgm, fedadam, fedyogi, scaffold only"):
         emulator.federation(settings(strategy="krum"))
 
 

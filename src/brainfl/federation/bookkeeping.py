@@ -185,9 +185,11 @@ def split_replies(replies: Iterable[Message], stage: str) -> tuple[list[Message]
 def server_step_with_plain_statistics(
     stepped: list[np.ndarray], averaged: list[np.ndarray], statistics_mask: Sequence[bool]
 ) -> list[np.ndarray]:
-    """The server-optimizer result for trained weights, the plain average for statistics."""
+    """The server-optimizer result for trained weights, the plain average for statistics, each in the
+    model's dtype (Flower's FedOpt steps come back in float64; the sites' next replies, in the model's
+    float32, would otherwise be dropped as of another dtype)."""
     return [
-        plain if is_statistic else step
+        plain if is_statistic else np.asarray(step).astype(plain.dtype, copy=False)
         for step, plain, is_statistic in zip(stepped, averaged, statistics_mask, strict=True)
     ]
 
