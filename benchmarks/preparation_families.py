@@ -70,6 +70,7 @@ from brainfl.data.decoding import open_scan
 from brainfl.data.layouts import TEST_SPLIT
 from brainfl.evaluation import external as evaluate
 from brainfl.model.choices import AUGMENTATION_NAMES
+from brainfl.report.results import RESULTS_CSV
 from brainfl.settings.run_config import toml_value
 from harness import RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_image
@@ -257,7 +258,7 @@ def trained_model(runs: Path, left_out: str | None, data_dir: Path, epochs: int)
 
 def in_distribution_row(model: Path) -> dict:
     """The central test set's last-round scores of the run that wrote ``model``."""
-    last = pd.read_csv(model.parent / "federated_learning_results.csv").iloc[-1]
+    last = pd.read_csv(model.parent / RESULTS_CSV).iloc[-1]
     return {
         "family": IN_DISTRIBUTION,
         "trained_without": "",
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = with_mean_and_worst(
             score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())
         )
-        if (args.model.parent / "federated_learning_results.csv").is_file():
+        if (args.model.parent / RESULTS_CSV).is_file():
             table = pd.concat([table, pd.DataFrame([in_distribution_row(args.model)])], ignore_index=True)
     else:
         extra = ["--adapt"] if args.adapt else []
