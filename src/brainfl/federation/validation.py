@@ -51,12 +51,14 @@ from brainfl.settings.run_settings import RunSettings
 
 VALIDATE = "validate"  # the query config's QUERY value of this query
 SUMMARY = "summary"  # a site's answer: summary-<i>, its CountSummary's arrays for model i
-ARCHITECTURE = ("model", "image-size", "norm")  # the query config's keys a site builds the model from
+# the query config's keys a site builds the model from
+ARCHITECTURE = ("model", "image-size", "norm", "standardization")
 
 
 def architecture(loaded: LoadedModel) -> dict[str, Any]:
     """The settings that build ``loaded``'s network, as run-config keys."""
-    return dict(zip(ARCHITECTURE, (loaded.model_name, loaded.image_size, loaded.norm), strict=True))
+    values = (loaded.model_name, loaded.image_size, loaded.norm, loaded.standardization)
+    return dict(zip(ARCHITECTURE, values, strict=True))
 
 
 def load_models(models: Sequence[ModelToValidate]) -> list[LoadedModel]:

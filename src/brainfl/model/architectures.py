@@ -19,6 +19,7 @@ import numpy as np
 from brainfl.core.errors import BrainFLError
 from brainfl.model.augmentation import augment
 from brainfl.model.choices import GEOMETRY_AND_GAMMA, augmentation_names
+from brainfl.model.standardization import standardization_layer
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -30,16 +31,6 @@ class VGGPreprocess(keras.layers.Layer):
     def call(self, inputs):
         bgr = keras.ops.flip(inputs, axis=-1)
         return bgr - keras.ops.convert_to_tensor(VGG_MEAN_BGR, dtype=inputs.dtype)
-
-
-@keras.saving.register_keras_serializable(package="brainfl")
-class PerImageStandardization(keras.layers.Layer):
-    """Scale each image to zero mean and unit variance (robust to scanner contrast)."""
-
-    def call(self, inputs):
-        mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
-        std = keras.ops.std(inputs, axis=(1, 2, 3), keepdims=True)
-        return (inputs - mean) / (std + 1.0)
 
 
 @dataclasses.dataclass
@@ -95,12 +86,13 @@ def build_cnn(
     num_classes: int,
     norm: str = "batch",
     augmentation: str = GEOMETRY_AND_GAMMA,
+    standardization: str = "image",
 ) -> keras.Model:
     """Compact CNN (~0.4M parameters) trained from scratch.
 
     The named ``augmentation`` transforms (:mod:`brainfl.model.augmentation`, active only in
-    training) cover how other hospitals prepare scans; then per-image
-    standardization (any intensity scale), a stride-2 stem and four
+    training) cover how other hospitals prepare scans; then the named per-image intensity
+    ``standardization`` (:mod:`brainfl.model.standardization`), a stride-2 stem and four
     conv-BN-ReLU stages (max pooling between them), global average pooling,
     dropout and a softmax layer. BatchNorm momentum is 0.9: Keras' default
     0.99 leaves the moving statistics far from the data after the few
@@ -110,7 +102,7 @@ def build_cnn(
     """
     inputs = keras.Input((image_size, image_size, channels), name="image")
     x = augment(inputs, augmentation_names(augmentation))
-    x = PerImageStandardization(name="standardize")(x)
+    x = standardization_layer(standardization)(x)
     x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
     for stage, filters in enumerate(CNN_STAGES, start=1):
         x = _conv_norm_relu(x, filters, f"stage{stage}", norm)
@@ -172,11 +164,14 @@ def build_model(
     class_names: tuple[str, ...] = (),
     norm: str = "batch",
     augmentation: str = GEOMETRY_AND_GAMMA,
+    standardization: str = "image",
 ) -> ModelBundle:
     """Build the named model (``cnn`` or ``vgg16``) for ``num_classes`` classes; ``augmentation`` names
-    the CNN's training transforms (the VGG-16 head trains on cached features, without augmentation)."""
+    the CNN's training transforms and ``standardization`` its intensity standardization (the VGG-16
+    head trains on cached features, without augmentation, after VGG-16's own preprocessing)."""
     if name == "cnn":
-        return ModelBundle(name, build_cnn(image_size, 1, num_classes, norm, augmentation), None, class_names)
+        cnn = build_cnn(image_size, 1, num_classes, norm, augmentation, standardization)
+        return ModelBundle(name, cnn, None, class_names)
     if name == "vgg16":
         extractor = build_vgg16_extractor(image_size, vgg_weights)
         head = build_vgg16_head(extractor.output_shape[-1], num_classes)

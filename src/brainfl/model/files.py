@@ -176,6 +176,13 @@ class LoadedModel:
         )
         return "group" if group else "batch"
 
+    @property
+    def standardization(self) -> str:
+        """The model's intensity standardization, as the ``standardization`` setting names it."""
+        from brainfl.model.standardization import standardization_of
+
+        return standardization_of(self.model)
+
     def probabilities(self, inputs: Any, batch_size: int = 32) -> Any:
         """Class probabilities (N x classes) of preprocessed ``inputs``, scaled by the model's temperature:
         what ``brainfl predict``, ``brainfl evaluate`` and Grad-CAM's class choice all read."""

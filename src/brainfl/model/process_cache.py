@@ -30,6 +30,7 @@ def _build_seeded(settings: RunSettings, class_names: tuple[str, ...]) -> ModelB
         tuple(class_names),
         settings.model.norm,
         settings.model.augmentation,
+        settings.model.standardization,
     )
 
 

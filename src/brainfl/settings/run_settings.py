@@ -34,6 +34,7 @@ from brainfl.core.errors import BrainFLError
 MODEL_NAMES = ("cnn", "vgg16")
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
+STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
@@ -71,6 +72,7 @@ class ModelSettings:
     vgg_weights: str
     norm: str
     augmentation: str
+    standardization: str
 
     @property
     def channels(self) -> int:
@@ -189,6 +191,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("round_timeout", "federation"),
         ("norm", "model"),
         ("augmentation", "model"),
+        ("standardization", "model"),
         ("balanced_softmax", "training"),
         ("strategy", "federation"),
         ("proximal_mu", "federation"),
@@ -378,6 +381,7 @@ def check_settings(settings: RunSettings) -> None:
         ("model", settings.model.name, MODEL_NAMES),
         ("partitioning", settings.data.partitioning, PARTITIONINGS),
         ("norm", settings.model.norm, NORMS),
+        ("standardization", settings.model.standardization, STANDARDIZATIONS),
         ("dp", settings.privacy.dp, DP_MODES),
         ("validate-split", settings.evaluation.validate_split, VALIDATE_SPLITS),
     ):

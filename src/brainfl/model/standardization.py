@@ -1,0 +1,137 @@
+"""Intensity standardization: each scan's pixel values put on one scale inside the model, before the CNN.
+
+Hospitals export scans with their own intensity scale: windowing, contrast
+stretches, histogram equalization, brighter or darker. The CNN's first layer
+standardizes every image on its own, so the scale a hospital chose matters
+less. It is a layer of the saved model, after the training augmentation, so
+training, the server's test set, ``predict``, ``evaluate``, Grad-CAM and
+adaptation all see the same standardized picture, and a model file keeps the
+standardization it was trained with (files written before the choice existed
+hold the ``image`` layer and decode as they did).
+
+:data:`STANDARDIZATION_LAYERS` is the registry; the ``standardization`` setting picks one
+(:data:`brainfl.settings.run_settings.STANDARDIZATIONS` holds the names, known without Keras):
+
+- ``image``: the whole image (background included) to zero mean and unit
+  variance, ``(x - mean) / (std + 1)``;
+- ``foreground``: nnU-Net's MRI z-score, with the mean and standard deviation
+  of the head only (:func:`foreground_mask`), applied to every pixel;
+- ``percentile``: MONAI's ``ScaleIntensityRangePercentiles`` over the head:
+  its 1st to 99th percentile to ``[0, 1]``, clipped;
+- ``equalize``: histogram equalization over the head: each head pixel becomes
+  the share of head pixels at or below it (in ``(0, 1]``), the background 0.
+  Every monotonic change of intensity (gamma, stretch, global equalization)
+  leaves it unchanged.
+
+The head is every pixel above :data:`FOREGROUND_FRACTION` of the image's 99th
+percentile (the framing crops scans to the head; the rest is background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+FOREGROUND_FRACTION = 0.1  # of the image's 99th percentile: the head's darkest tissue is well above it
+PERCENTILES = (0.01, 0.99)  # of the head: the window ``percentile`` scales to [0, 1]
+
+
+def _flat(inputs):
+    """``(batch, pixels)``: every channel's pixels of each image in one row."""
+    return tf.reshape(inputs, (tf.shape(inputs)[0], -1))
+
+
+def _at_fraction(sorted_values, fraction: float, start=0, count=None):
+    """The value at ``fraction`` of each row's sorted values, among ``count`` values from ``start``."""
+    count = tf.shape(sorted_values)[1] if count is None else count
+    index = start + tf.cast(tf.round(fraction * tf.cast(count - 1, tf.float32)), tf.int32)
+    index = tf.broadcast_to(tf.reshape(index, (-1, 1)), (tf.shape(sorted_values)[0], 1))
+    return tf.gather(sorted_values, index, batch_dims=1)
+
+
+def foreground_mask(inputs):
+    """Per image, its head: the pixels above :data:`FOREGROUND_FRACTION` of its 99th percentile
+    (``(batch, pixels)``, with the row of each image sorted alongside)."""
+    flat = _flat(inputs)
+    sorted_values = tf.sort(flat, axis=-1)
+    threshold = FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
+    return flat, flat > threshold
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class PerImageStandardization(keras.layers.Layer):
+    """Scale each image to zero mean and unit variance (robust to scanner contrast)."""
+
+    def call(self, inputs):
+        mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(inputs, axis=(1, 2, 3), keepdims=True)
+        return (inputs - mean) / (std + 1.0)
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class ForegroundStandardization(keras.layers.Layer):
+    """Each image to zero mean and unit variance over its head (nnU-Net's z-score for MRI)."""
+
+    def call(self, inputs):
+        flat, head = foreground_mask(inputs)
+        weight = tf.cast(head, flat.dtype)
+        count = tf.maximum(tf.reduce_sum(weight, axis=-1, keepdims=True), 1.0)
+        mean = tf.reduce_sum(flat * weight, axis=-1, keepdims=True) / count
+        variance = tf.reduce_sum(tf.square(flat - mean) * weight, axis=-1, keepdims=True) / count
+        return tf.reshape((flat - mean) / (tf.sqrt(variance) + 1.0), tf.shape(inputs))
+
+
+def _head_sorted(flat, head):
+    """Each row's head values sorted after its background (set to -1), and the background's count."""
+    background = tf.reduce_sum(tf.cast(~head, tf.int32), axis=-1, keepdims=True)
+    return tf.sort(tf.where(head, flat, -1.0), axis=-1), background
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class PercentileStandardization(keras.layers.Layer):
+    """Each image's head from its 1st to its 99th percentile onto ``[0, 1]``, clipped."""
+
+    def call(self, inputs):
+        flat, head = foreground_mask(inputs)
+        sorted_values, background = _head_sorted(flat, head)
+        count = tf.maximum(tf.shape(flat)[1] - background, 1)
+        low, high = (_at_fraction(sorted_values, p, background, count) for p in PERCENTILES)
+        scaled = (flat - low) / tf.maximum(high - low, 1.0)
+        return tf.reshape(tf.clip_by_value(scaled, 0.0, 1.0), tf.shape(inputs))
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class HistogramEqualization(keras.layers.Layer):
+    """Each head pixel to the share of the head's pixels at or below it; the background to 0."""
+
+    def call(self, inputs):
+        flat, head = foreground_mask(inputs)
+        sorted_values, background = _head_sorted(flat, head)
+        count = tf.maximum(tf.shape(flat)[1] - background, 1)
+        at_or_below = tf.searchsorted(sorted_values, flat, side="right") - background
+        share = tf.cast(at_or_below, flat.dtype) / tf.cast(count, flat.dtype)
+        return tf.reshape(tf.where(head, share, 0.0), tf.shape(inputs))
+
+
+STANDARDIZATION_LAYERS: dict[str, Callable[[], keras.layers.Layer]] = {
+    "image": PerImageStandardization,
+    "foreground": ForegroundStandardization,
+    "percentile": PercentileStandardization,
+    "equalize": HistogramEqualization,
+}
+
+
+def standardization_layer(name: str) -> keras.layers.Layer:
+    """The named standardization as the model's ``standardize`` layer."""
+    return STANDARDIZATION_LAYERS[name](name="standardize")
+
+
+def standardization_of(model: keras.Model) -> str:
+    """The name of the standardization a built or loaded CNN applies (``image`` for models without one)."""
+    kinds = {layer_class: name for name, layer_class in STANDARDIZATION_LAYERS.items()}
+    for layer in model._flatten_layers():
+        if type(layer) in kinds:
+            return kinds[type(layer)]
+    return "image"
