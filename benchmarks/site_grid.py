@@ -15,6 +15,8 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   0.1): each site's held-out scores of the Ditto personal model it trained beside
   the global one through the rounds (``personalization.csv``'s ``ditto`` stage; its
   global model is FedAvg's, so the ``fedavg`` run's is the one shown);
+- ``scaffold``: the same federation with ``strategy=scaffold`` (control variates against
+  client drift under label skew), then 1 fine-tuning epoch per site as for ``fedavg``;
 - ``local``: ``brainfl local``, each site trains alone on its own images;
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
@@ -71,11 +73,12 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedbn", "ditto", "local", "pooled")
+APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
     "ditto": PERSONALIZATION_CSV,
+    "scaffold": PERSONALIZATION_CSV,
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
@@ -101,6 +104,7 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
         "fedavg": f"fine-tune-epochs={args.fine_tune_epochs}",
         "fedbn": "fedbn=true",
         "ditto": f"ditto-lambda={args.ditto_lambda}",
+        "scaffold": f"strategy='scaffold' fine-tune-epochs={args.fine_tune_epochs}",
     }[approach]
     port = str(free_port_block(SITES + 2))
     return [

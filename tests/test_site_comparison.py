@@ -37,9 +37,9 @@ def baseline_csv(path: Path, accuracies: list[float]) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def personalization_csv(folder: Path, fedbn: bool, epochs: int) -> None:
+def personalization_csv(folder: Path, fedbn: bool, epochs: int, strategy: str = "fedavg") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn}))
+    (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn, "strategy": strategy}))
     rows = [
         {
             "site": i,
@@ -75,6 +75,12 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
     fedbn = site_comparison.approaches(tmp_path / "fedbn")
     assert list(fedbn) == ["FedBN", "FedBN, own BN"]
     assert fedbn["FedBN, own BN"]["accuracy"].tolist() == TUNED
+    personalization_csv(tmp_path / "scaffold", fedbn=False, epochs=1, strategy="scaffold")
+    scaffold = site_comparison.approaches(tmp_path / "scaffold")
+    assert list(scaffold) == ["scaffold", "scaffold + fine-tune"]
+    assert scaffold["scaffold"]["accuracy"].tolist() == GLOBAL
+    ranked = sorted(["pooled", "scaffold", "alone", "Ditto", "federated"], key=site_comparison.rank)
+    assert ranked == ["alone", "federated", "Ditto", "scaffold", "pooled"]
 
 
 def test_comparison_puts_approaches_side_by_side_with_the_gain_and_worst_site(tmp_path, baselines):

@@ -9,7 +9,8 @@ held-out (validation) split, and each run of the question writes those scores:
   training split pooled (``pooled``);
 - a federated run's ``personalization.csv`` (with ``fine-tune-epochs`` or
   ``fedbn``): the final global model as the site received it (``federated``, or
-  ``FedBN`` for a FedBN run, whose global model carries averaged BatchNorm), with
+  ``FedBN`` for a FedBN run, whose global model carries averaged BatchNorm, or the
+  ``strategy`` setting's name for another strategy, e.g. ``scaffold``), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
   (``... + fine-tune``), and with ``ditto-lambda`` the site's Ditto personal model
   (``Ditto``); without that file, the held-out scores its sites sent with
@@ -73,17 +74,18 @@ def _scores(table: pd.DataFrame, prefix: str, path: Path) -> pd.DataFrame:
 
 
 def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
-    """Approach names of ``personalization.csv``'s stages: whether the run used FedBN (its
-    ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``); ``adapted``: the copy with
-    BatchNorm statistics re-estimated on the site's images (``adapt-sites``); ``ditto``: the site's Ditto
-    personal model (``ditto-lambda``)."""
+    """Approach names of ``personalization.csv``'s stages: whether the run used FedBN or a strategy
+    other than FedAvg (its ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``);
+    ``adapted``: the copy with BatchNorm statistics re-estimated on the site's images (``adapt-sites``);
+    ``ditto``: the site's Ditto personal model (``ditto-lambda``)."""
     config_path = folder / "run_config.json"
-    fedbn = bool(json.loads(config_path.read_text()).get("fedbn")) if config_path.is_file() else False
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    fedbn, strategy = bool(config.get("fedbn")), str(config.get("strategy", "fedavg"))
     tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
-    base = "FedBN" if fedbn else "FedAvg"
+    base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
     own = f"{base}, own BN" if fedbn else base
     return {
-        "global": base if fedbn else FEDERATED,
+        "global": FEDERATED if base == "FedAvg" else base,
         "site_bn": own,
         "adapted": f"{own} + adapted BN",
         "personalized": f"{own} + fine-tune" if tuned else own,
@@ -127,10 +129,11 @@ def gathered(folders: Iterable[Path]) -> dict[str, pd.DataFrame]:
     return found
 
 
-def rank(approach: str) -> int:
-    """An approach's place in :data:`ORDER` (``federated, round <R> model`` as ``federated``; others last)."""
+def rank(approach: str) -> float:
+    """An approach's place in :data:`ORDER` (``federated, round <R> model`` as ``federated``; others,
+    such as another strategy's, just before ``pooled``)."""
     base = FEDERATED if approach.startswith(f"{FEDERATED}, ") else approach
-    return ORDER.index(base) if base in ORDER else len(ORDER)
+    return ORDER.index(base) if base in ORDER else ORDER.index(POOLED) - 0.5
 
 
 def comparison(found: Mapping[str, pd.DataFrame], score: str = "accuracy") -> pd.DataFrame:
