@@ -133,6 +133,27 @@ def families_rows(kept: list[Kept]) -> list[Row]:
     return rows
 
 
+def families_summary_rows(kept: list[Kept]) -> list[Row]:
+    """A row per model scored on the preparation families: its in-distribution accuracy (``Testing``,
+    where kept), the families' mean and worst accuracy, and the mean and worst missed-tumor rate."""
+    rows = []
+    for one in kept:
+        table = one.table.set_index("family")
+        families = table.drop(index=[f for f in table.index if f in ("mean", "testing") or f.startswith("worst")])
+        worst = families["accuracy"].idxmin()
+        testing = table.loc["testing"] if "testing" in table.index else None
+        rows.append({
+            "run": one.name,
+            "Testing (leak-free)": "—" if testing is None
+            else f"{testing.accuracy:.4f} ({testing.leak_free_accuracy:.4f})",
+            "families mean": f"{families['accuracy'].mean():.3f}",
+            "worst family": f"{families.loc[worst, 'accuracy']:.3f} ({worst})",
+            "missed tumors, mean": f"{families['missed_tumor_rate'].mean():.3f}",
+            "missed tumors, worst": f"{families['missed_tumor_rate'].max():.3f}",
+        })  # fmt: skip
+    return rows
+
+
 def cross_site_rows(kept: list[Kept]) -> list[Row]:
     """A row per model of a cross-site matrix (``cross_site.csv``): its accuracy at each site and pooled."""
     return [{"run": one.name, **{str(k): (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}}

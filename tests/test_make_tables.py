@@ -423,3 +423,23 @@ def test_left_out_families_name_the_transform_each_model_never_saw_and_end_with_
     assert lines[2].startswith("| left-out | histeq | curve | 1311 | 0.700 [0.680, 0.720] |")
     assert lines[3].startswith("| left-out | jpeg | — | 1311 | 0.960 [0.950, 0.970] |")
     assert "| left-out | Testing (in distribution) | — | — | 0.9700 (leak-free 0.9650) |" in lines[6]
+
+
+def test_families_summary_has_one_row_per_model_with_its_mean_worst_and_test_set(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    nan = float("nan")
+    for name, histeq in (("image", 0.70), ("equalize", 0.93)):
+        folder = results / "families" / name
+        folder.mkdir(parents=True)
+        pd.DataFrame({
+            "family": ["histeq", "jpeg", "mean", "worst (histeq)", "testing"],
+            "images": [1311, 1311, 1311, 1311, nan], "accuracy": [histeq, 0.96, nan, histeq, 0.97],
+            "accuracy_low": [nan] * 5, "accuracy_high": [nan] * 5, "balanced_accuracy": [0.6] * 5,
+            "balanced_accuracy_low": [nan] * 5, "balanced_accuracy_high": [nan] * 5, "ece": [0.1] * 5,
+            "missed_tumor_rate": [0.3, 0.01, 0.155, 0.3, nan], "leak_free_accuracy": [nan] * 4 + [0.965],
+        }).to_csv(folder / "families.csv", index=False)  # fmt: skip
+        (folder / "command.txt").write_text("python3 benchmarks/preparation_families.py score\n")
+    lines = render("preparation-families-summary", results).splitlines()
+    assert lines[0].startswith("| run | Testing (leak-free) | families mean | worst family |")
+    assert "| families/equalize | 0.9700 (0.9650) | 0.945 | 0.930 (histeq) | 0.155 | 0.300 |" in lines
+    assert "| families/image | 0.9700 (0.9650) | 0.830 | 0.700 (histeq) | 0.155 | 0.300 |" in lines
