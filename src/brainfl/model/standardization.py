@@ -52,8 +52,8 @@ def _at_fraction(sorted_values, fraction: float, start=0, count=None):
 
 
 def foreground_mask(inputs):
-    """Per image, its head: the pixels above :data:`FOREGROUND_FRACTION` of its 99th percentile
-    (``(batch, pixels)``, with the row of each image sorted alongside)."""
+    """Each image's pixels in one row and its head, the pixels above :data:`FOREGROUND_FRACTION` of its
+    99th percentile: two ``(batch, pixels)`` tensors, the values and the head mask."""
     flat = _flat(inputs)
     sorted_values = tf.sort(flat, axis=-1)
     threshold = FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
@@ -62,7 +62,8 @@ def foreground_mask(inputs):
 
 @keras.saving.register_keras_serializable(package="brainfl")
 class PerImageStandardization(keras.layers.Layer):
-    """Scale each image to zero mean and unit variance (robust to scanner contrast)."""
+    """Each whole image to zero mean and unit variance, ``(x - mean) / (std + 1)`` (robust to scanner
+    contrast; the ``+ 1`` keeps a flat image finite)."""
 
     def call(self, inputs):
         mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
