@@ -139,7 +139,8 @@ def families_summary_rows(kept: list[Kept]) -> list[Row]:
     rows = []
     for one in kept:
         table = one.table.set_index("family")
-        families = table.drop(index=[f for f in table.index if f in ("mean", "testing") or f.startswith("worst")])
+        summaries = [f for f in table.index if f in ("mean", "testing") or f.startswith("worst")]
+        families = table.drop(index=summaries)
         worst = families["accuracy"].idxmin()
         testing = table.loc["testing"] if "testing" in table.index else None
         rows.append({
