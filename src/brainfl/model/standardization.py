@@ -15,7 +15,7 @@ hold the ``image`` layer and decode as they did).
 - ``image``: the whole image (background included) to zero mean and unit
   variance, ``(x - mean) / (std + 1)``;
 - ``foreground``: nnU-Net's MRI z-score, with the mean and standard deviation
-  of the head only (:func:`foreground_mask`), applied to every pixel;
+  of the head only (:func:`head_pixels`), applied to every pixel;
 - ``percentile``: MONAI's ``ScaleIntensityRangePercentiles`` over the head:
   its 1st to 99th percentile to ``[0, 1]``, clipped;
 - ``equalize``: histogram equalization over the head: each head pixel becomes
@@ -51,13 +51,16 @@ def _at_fraction(sorted_values, fraction: float, start=0, count=None):
     return tf.gather(sorted_values, index, batch_dims=1)
 
 
-def foreground_mask(inputs):
-    """Each image's pixels in one row and its head, the pixels above :data:`FOREGROUND_FRACTION` of its
-    99th percentile: two ``(batch, pixels)`` tensors, the values and the head mask."""
+def head_pixels(inputs):
+    """Each image's head, the pixels above :data:`FOREGROUND_FRACTION` of its 99th percentile:
+    ``(flat, head, sorted_values, background)``, the pixels of each image in one row, the head mask
+    (both ``(batch, pixels)``), each row sorted (its background first: every value at or below the
+    threshold) and each row's background count (``(batch, 1)``)."""
     flat = _flat(inputs)
     sorted_values = tf.sort(flat, axis=-1)
-    threshold = FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
-    return flat, flat > threshold
+    head = flat > FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
+    background = tf.reduce_sum(tf.cast(~head, tf.int32), axis=-1, keepdims=True)
+    return flat, head, sorted_values, background
 
 
 @keras.saving.register_keras_serializable(package="brainfl")
@@ -76,7 +79,7 @@ class ForegroundStandardization(keras.layers.Layer):
     """Each image to zero mean and unit variance over its head (nnU-Net's z-score for MRI)."""
 
     def call(self, inputs):
-        flat, head = foreground_mask(inputs)
+        flat, head, _, _ = head_pixels(inputs)
         weight = tf.cast(head, flat.dtype)
         count = tf.maximum(tf.reduce_sum(weight, axis=-1, keepdims=True), 1.0)
         mean = tf.reduce_sum(flat * weight, axis=-1, keepdims=True) / count
@@ -84,19 +87,12 @@ class ForegroundStandardization(keras.layers.Layer):
         return tf.reshape((flat - mean) / (tf.sqrt(variance) + 1.0), tf.shape(inputs))
 
 
-def _head_sorted(flat, head):
-    """Each row's head values sorted after its background (set to -1), and the background's count."""
-    background = tf.reduce_sum(tf.cast(~head, tf.int32), axis=-1, keepdims=True)
-    return tf.sort(tf.where(head, flat, -1.0), axis=-1), background
-
-
 @keras.saving.register_keras_serializable(package="brainfl")
 class PercentileStandardization(keras.layers.Layer):
     """Each image's head from its 1st to its 99th percentile onto ``[0, 1]``, clipped."""
 
     def call(self, inputs):
-        flat, head = foreground_mask(inputs)
-        sorted_values, background = _head_sorted(flat, head)
+        flat, _, sorted_values, background = head_pixels(inputs)
         count = tf.maximum(tf.shape(flat)[1] - background, 1)
         low, high = (_at_fraction(sorted_values, p, background, count) for p in PERCENTILES)
         scaled = (flat - low) / tf.maximum(high - low, 1.0)
@@ -108,8 +104,7 @@ class HistogramEqualization(keras.layers.Layer):
     """Each head pixel to the share of the head's pixels at or below it; the background to 0."""
 
     def call(self, inputs):
-        flat, head = foreground_mask(inputs)
-        sorted_values, background = _head_sorted(flat, head)
+        flat, head, sorted_values, background = head_pixels(inputs)
         count = tf.maximum(tf.shape(flat)[1] - background, 1)
         at_or_below = tf.searchsorted(sorted_values, flat, side="right") - background
         share = tf.cast(at_or_below, flat.dtype) / tf.cast(count, flat.dtype)
