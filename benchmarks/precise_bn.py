@@ -32,7 +32,7 @@ import numpy as np
 import emulator
 from brainfl.federation.site_training import local_update, update_seed
 from brainfl.model.architectures import ModelBundle
-from brainfl.model.training import train
+from brainfl.model.training import OptimizerRecipe, train
 from brainfl.settings.run_settings import RunSettings
 from harness import add_keep, add_output_dir, keep_result, markdown_table, this_command
 
@@ -50,7 +50,7 @@ def keras_averages_update(
     """The site update without precise BN: train only, leaving Keras' moving averages."""
     seed, epochs = update_seed(settings, server_round, site_id), settings.training.local_epochs
     regularization = {
-        "weight_decay": settings.training.weight_decay,
+        "optimizer": OptimizerRecipe.of(settings.training),
         "label_smoothing": settings.training.label_smoothing,
     }
     return train(

@@ -76,13 +76,10 @@ def training_rates(
     training: TrainingSettings, model_factory, inputs, labels, epochs: int, repeats: int
 ) -> tuple[float, float]:
     """(app, tight) training images per second."""
-    from brainfl.model.training import compile_model, train
+    from brainfl.model.training import OptimizerRecipe, compile_model, train
 
     size, classes = training.batch_size, len(np.unique(labels))
-    recipe = {
-        "learning_rate": training.learning_rate,
-        "weight_decay": training.weight_decay,
-    }
+    recipe = {"learning_rate": training.learning_rate, "optimizer": OptimizerRecipe.of(training)}
     app_model = model_factory()
 
     def app_train():
@@ -94,7 +91,7 @@ def training_rates(
     compile_model(
         tight_model,
         training.learning_rate,
-        training.weight_decay,
+        recipe["optimizer"],
         training.label_smoothing,
     )
     batches = -(-len(labels) // size)

@@ -10,7 +10,7 @@ from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import load_dataset
 from brainfl.model import process_cache
 from brainfl.model.architectures import build_model, build_vgg16_extractor
-from brainfl.settings.run_settings import settings_with
+from brainfl.settings.run_settings import MODEL_NAMES, settings_with
 
 
 def test_cnn_takes_raw_grayscale_pixels_and_outputs_probabilities():
@@ -19,6 +19,31 @@ def test_cnn_takes_raw_grayscale_pixels_and_outputs_probabilities():
     probabilities = bundle.inference_model().predict(np.full((2, 48, 48, 1), 255.0), verbose=0)
     assert probabilities.shape == (2, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_every_model_setting_builds_its_model():
+    for name in MODEL_NAMES:
+        bundle = build_model(name, 32, 4)
+        assert bundle.name == name and bundle.trainable.output_shape == (None, 4)
+
+
+def test_the_residual_cnn_adds_each_blocks_input_to_its_convolutions():
+    """With the second convolution's normalization zeroed, each block passes on ReLU of its (projected)
+    input: the shortcut is really added."""
+    model = build_model("rescnn", 32, 4).trainable
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert [layer.name for layer in adds] == [f"stage{stage}_add" for stage in range(1, 5)]
+    for stage in range(1, 5):
+        norm = model.get_layer(f"stage{stage}_b_bn")
+        norm.set_weights(
+            [np.zeros_like(weight) for weight in norm.get_weights()[:2]] + norm.get_weights()[2:]
+        )
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1)).astype("float32")
+    probe = keras.Model(
+        model.input, [model.get_layer("stage2_relu").output, model.get_layer("stage2_project_bn").output]
+    )
+    block_output, shortcut = probe.predict(images, verbose=0)
+    np.testing.assert_allclose(block_output, np.maximum(shortcut, 0), atol=1e-5)
 
 
 def test_vgg16_base_is_frozen_and_only_the_head_trains():

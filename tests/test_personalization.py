@@ -184,7 +184,10 @@ def test_a_site_keeps_its_own_batchnorm_in_its_context_state():
     ("config", "message"),
     [
         ({"fedbn": True, "norm": "group"}, "'fedbn': FedBN keeps each site's own BatchNorm layers"),
-        ({"fedbn": True, "model": "vgg16"}, r"needs model=cnn with norm=batch and no dp \(got model=vgg16"),
+        (
+            {"fedbn": True, "model": "vgg16"},
+            r"needs model=cnn or rescnn with norm=batch and no dp \(got model=vgg16",
+        ),
         ({"fedbn": True, "norm": "group", "dp": "server-fixed"}, "norm=group, dp=server-fixed"),
         ({"fine-tune-epochs": -1}, r"'fine-tune-epochs' must be >= 0 \(0: off\), got -1"),
         ({"fine-tune-epochs": 1.5}, "'fine-tune-epochs': expected int"),

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, MessageType, RecordDict
 from brainfl.core.errors import BrainFLError
 from brainfl.federation.scaffold import CONTROL, CONTROL_UPDATE, SITE_CONTROL, SiteControl
 from brainfl.model.architectures import build_cnn
-from brainfl.model.training import mean_gradient, train
+from brainfl.model.training import OptimizerRecipe, mean_gradient, train
 from brainfl.settings.run_settings import settings_with
 from conftest import make_dataset
 from inprocess import run_in_process
@@ -57,7 +57,7 @@ def test_the_correction_is_added_to_every_gradient():
     def trained_from_start(correction=None) -> list[np.ndarray]:
         model.set_weights(start)
         train(model, images, labels, epochs=1, batch_size=16, learning_rate=0.01, label_smoothing=0.0,
-              weight_decay=0.0, correction=correction)  # fmt: skip
+              optimizer=OptimizerRecipe("sgd", 0.0, 0.0), correction=correction)  # fmt: skip
         return [w for w, t in zip(model.get_weights(), trained_masks, strict=True) if t]
 
     plain, corrected = trained_from_start(), trained_from_start([-g for g in gradient])

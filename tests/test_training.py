@@ -10,12 +10,16 @@ from brainfl.model import training
 from brainfl.model.batch_norm import _batch_moments_function, recalibrate_batchnorm
 from brainfl.model.training import (
     EAGER_MAX_BATCHES,
+    OPTIMIZERS,
+    OptimizerRecipe,
     PriorAdjustedCrossEntropy,
+    mean_gradient,
     predict_proba,
     round_learning_rate,
     site_class_prior,
     train,
 )
+from brainfl.settings import run_settings
 
 
 def _distance_after_training(mu: float) -> float:
@@ -51,6 +55,41 @@ def test_each_call_trains_with_a_fresh_optimizer_on_the_step_traced_once():
     train(model, inputs, labels, epochs=1, batch_size=16, learning_rate=0.0, seed=3)
     for after, was in zip(model.get_weights(), before, strict=True):  # the new learning rate is used
         np.testing.assert_array_equal(after, was)
+
+
+def test_the_optimizer_setting_names_the_local_optimizer():
+    assert tuple(OPTIMIZERS) == run_settings.OPTIMIZERS
+    recipe = OptimizerRecipe.of(run_settings.settings_with(optimizer="sgd", sgd_momentum=0.5).training)
+    built = recipe.build(0.1)
+    assert isinstance(built, keras.optimizers.SGD) and built.momentum == 0.5
+    assert isinstance(
+        OptimizerRecipe.of(run_settings.settings_with().training).build(0.1), keras.optimizers.AdamW
+    )
+    with pytest.raises(run_settings.BrainFLError, match=r"'optimizer': unknown 'adam'.*adamw, sgd"):
+        run_settings.settings_with(optimizer="adam")
+
+
+def test_an_sgd_step_moves_the_weights_by_minus_the_learning_rate_times_the_gradient():
+    """One full batch of plain SGD (no momentum, no decay): ``w - lr * g``, exactly what SCAFFOLD's
+    correction assumes; AdamW's first step is ``lr * sign(g)`` instead, so the same call with the
+    default optimizer lands elsewhere."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.normal(size=(32, 8)).astype("float32"), rng.integers(0, 4, 32)
+    start = [w.copy() for w in model.get_weights()]
+    gradient = mean_gradient(model, inputs, labels, batch_size=32, label_smoothing=0.0)
+    sgd = OptimizerRecipe("sgd", weight_decay=0.0, momentum=0.0)
+    train(
+        model, inputs, labels, epochs=1, batch_size=32, learning_rate=0.5, label_smoothing=0.0, optimizer=sgd
+    )
+    for after, before, g in zip(model.get_weights(), start, gradient, strict=True):
+        np.testing.assert_allclose(after, before - 0.5 * g, rtol=1e-4, atol=1e-6)
+    model.set_weights(start)
+    train(model, inputs, labels, epochs=1, batch_size=32, learning_rate=0.5, label_smoothing=0.0)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)  # compiled again for the other recipe
+    moved = model.get_weights()[0] - start[0]
+    assert not np.allclose(moved, -0.5 * gradient[0], atol=1e-3)
 
 
 def test_prior_adjusted_loss_is_cross_entropy_of_logits_shifted_by_the_log_prior():

@@ -1,7 +1,7 @@
 """One site's local update: the training step every engine, baseline and benchmark shares.
 
 :func:`local_update` trains a model's weights on a site's images for the
-round's local epochs (AdamW, the round's learning rate, optional proximal
+round's local epochs (the ``optimizer`` setting's, at the round's learning rate, optional proximal
 term and balanced-softmax prior) and then sets its BatchNorm statistics from
 the site's own un-augmented images (precise BN). The ClientApp, the
 centralized baseline (one "site" holding all the data) and the benchmarks'
@@ -19,7 +19,7 @@ from brainfl.evaluation.metrics import held_out_metrics
 from brainfl.model.architectures import ModelBundle
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.process_cache import model_inputs
-from brainfl.model.training import predict_proba, site_class_prior, train
+from brainfl.model.training import OptimizerRecipe, predict_proba, site_class_prior, train
 from brainfl.settings.run_settings import ModelSettings, RunSettings
 
 
@@ -53,7 +53,7 @@ def local_update(
         epochs=settings.training.local_epochs if epochs is None else epochs,
         batch_size=settings.training.batch_size,
         learning_rate=learning_rate,
-        weight_decay=settings.training.weight_decay,
+        optimizer=OptimizerRecipe.of(settings.training),
         label_smoothing=settings.training.label_smoothing,
         seed=update_seed(settings, server_round, site_id),
         proximal_mu=proximal_mu,

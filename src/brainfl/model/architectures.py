@@ -1,4 +1,4 @@
-"""Keras models: a compact CNN trained from scratch and a VGG-16 transfer model.
+"""Keras models: a compact CNN and a residual CNN trained from scratch, and a VGG-16 transfer model.
 
 Every model takes raw pixel values (0-255, uint8 cast to float) and does its
 own normalization, so the preprocessing travels inside the saved model. A
@@ -20,6 +20,7 @@ from brainfl.core.errors import BrainFLError
 from brainfl.model.augmentation import augment
 from brainfl.model.choices import GEOMETRY_AND_GAMMA, augmentation_names
 from brainfl.model.standardization import standardization_layer
+from brainfl.settings.run_settings import MODEL_NAMES
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -114,6 +115,53 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="cnn")
 
 
+# Output channels of the residual CNN's stages: narrower than the plain CNN's, as each stage has two
+# convolutions, so that a pass costs about as much.
+RESIDUAL_STAGES = (24, 48, 96, 192)
+
+
+def _residual_block(x, filters: int, name: str, norm: str):
+    """He et al.'s basic block: two 3x3 conv-norm layers added to the input (projected by a 1x1
+    conv-norm when the width changes), then ReLU."""
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project_conv")(x)
+        shortcut = _normalization(norm, f"{name}_project")(shortcut)
+    x = _conv_norm_relu(x, filters, f"{name}_a", norm)
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(x)
+    x = _normalization(norm, f"{name}_b")(x)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def build_residual_cnn(
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    norm: str = "batch",
+    augmentation: str = GEOMETRY_AND_GAMMA,
+    standardization: str = "image",
+) -> keras.Model:
+    """Residual CNN (~0.7M parameters) trained from scratch: the compact CNN's input, stem, pooling and
+    head around four residual blocks (:data:`RESIDUAL_STAGES` channels) instead of single convolutions."""
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    x = augment(inputs, augmentation_names(augmentation))
+    x = standardization_layer(standardization)(x)
+    x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
+    for stage, filters in enumerate(RESIDUAL_STAGES, start=1):
+        x = _residual_block(x, filters, f"stage{stage}", norm)
+        if stage < len(RESIDUAL_STAGES):
+            x = keras.layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.3, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="rescnn")
+
+
+# The models trained from scratch on grayscale scans, by ``model`` setting (VGG-16 is the transfer model).
+FROM_SCRATCH = {"cnn": build_cnn, "rescnn": build_residual_cnn}
+
+
 def _vgg_weights_argument(weights: str) -> str | None:
     if weights in ("", "none"):
         return None
@@ -166,14 +214,15 @@ def build_model(
     augmentation: str = GEOMETRY_AND_GAMMA,
     standardization: str = "image",
 ) -> ModelBundle:
-    """Build the named model (``cnn`` or ``vgg16``) for ``num_classes`` classes; ``augmentation`` names
-    the CNN's training transforms and ``standardization`` its intensity standardization (the VGG-16
-    head trains on cached features, without augmentation, after VGG-16's own preprocessing)."""
-    if name == "cnn":
-        cnn = build_cnn(image_size, 1, num_classes, norm, augmentation, standardization)
+    """Build the named model (``cnn``, ``rescnn`` or ``vgg16``) for ``num_classes`` classes;
+    ``augmentation`` names the CNNs' training transforms and ``standardization`` their intensity
+    standardization (the VGG-16 head trains on cached features, without augmentation, after VGG-16's
+    own preprocessing)."""
+    if name in FROM_SCRATCH:
+        cnn = FROM_SCRATCH[name](image_size, 1, num_classes, norm, augmentation, standardization)
         return ModelBundle(name, cnn, None, class_names)
     if name == "vgg16":
         extractor = build_vgg16_extractor(image_size, vgg_weights)
         head = build_vgg16_head(extractor.output_shape[-1], num_classes)
         return ModelBundle(name, head, extractor, class_names)
-    raise BrainFLError(f"setting 'model': unknown model '{name}' (choose one of: cnn, vgg16)")
+    raise BrainFLError(f"setting 'model': unknown model '{name}' (choose one of: {', '.join(MODEL_NAMES)})")

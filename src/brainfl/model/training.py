@@ -1,7 +1,8 @@
 """Local training and prediction, shared by sites, the server and benchmarks.
 
 One code path trains a model for some epochs on arrays (images or cached
-features) with AdamW, label smoothing and a tf.data input pipeline; the
+features) with AdamW (or SGD with momentum: SCAFFOLD's correction assumes
+plain gradient steps), label smoothing and a tf.data input pipeline; the
 optimizer starts fresh at every call, so each federated round does too (its
 state is zeroed, the compiled model and its traced training step are kept).
 With ``proximal_mu > 0`` the loss gains FedProx's proximal term
@@ -26,12 +27,15 @@ traced steps compute the same thing; they differ by float round-off only
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from brainfl.settings.run_settings import TrainingSettings
 
 # Tracing costs ~1.3 s of CPU for the training step (~0.2 s for predict and precise BN); an
 # eager step ~0.15 s more than a traced one (CNN, 32-64 px): up to 4 batches, eager is cheaper.
@@ -187,17 +191,47 @@ def site_class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return counts / counts.sum()
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerRecipe:
+    """How local training steps: the ``optimizer`` setting's name, weight decay (decoupled, both
+    optimizers) and SGD's momentum."""
+
+    name: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+    @classmethod
+    def of(cls, training: TrainingSettings) -> OptimizerRecipe:
+        """The recipe the run's training settings name."""
+        return cls(training.optimizer, training.weight_decay, training.sgd_momentum)
+
+    def build(self, learning_rate: float) -> keras.optimizers.Optimizer:
+        """A fresh optimizer at ``learning_rate``."""
+        return OPTIMIZERS[self.name](self, learning_rate)
+
+
+# The ``optimizer`` setting's values (brainfl.settings.run_settings.OPTIMIZERS).
+OPTIMIZERS = {
+    "adamw": lambda recipe, rate: keras.optimizers.AdamW(
+        learning_rate=rate, weight_decay=recipe.weight_decay
+    ),
+    "sgd": lambda recipe, rate: keras.optimizers.SGD(
+        learning_rate=rate, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    ),
+}
+
+
 def compile_model(
-    model: keras.Model, learning_rate: float, weight_decay: float, label_smoothing: float
+    model: keras.Model, learning_rate: float, recipe: OptimizerRecipe, label_smoothing: float
 ) -> None:
-    """Compile with a fresh AdamW optimizer and label-smoothed (prior-adjusted) cross-entropy.
+    """Compile with a fresh optimizer (``recipe``) and label-smoothed (prior-adjusted) cross-entropy.
 
     The optimizer's variables (zeros) are made here, not on the first
     training step: a ``tf.function`` that creates variables is traced twice,
     and the training step's trace is most of a short fit's cost.
     """
     loss = PriorAdjustedCrossEntropy(model.output_shape[-1], label_smoothing=label_smoothing)
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    optimizer = recipe.build(learning_rate)
     model.compile(
         optimizer=optimizer,
         loss=loss,
@@ -229,7 +263,7 @@ _COMPILED_RECIPE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _ready_to_fit(
     model: keras.Model,
     learning_rate: float,
-    weight_decay: float,
+    optimizer: OptimizerRecipe,
     label_smoothing: float,
     proximal_mu: float,
     correction: list[np.ndarray] | None = None,
@@ -237,7 +271,7 @@ def _ready_to_fit(
 ) -> keras.Model:
     """``model`` compiled with a fresh optimizer at ``learning_rate`` (or its FedProx/SCAFFOLD wrapper).
 
-    A plain model is compiled once per recipe (weight decay, label
+    A plain model is compiled once per recipe (optimizer, label
     smoothing); later calls zero the optimizer's state and set the learning
     rate instead of compiling again, so the traced training step is reused:
     a site trains every round, and tracing cost ~1 s per call. FedProx and
@@ -246,15 +280,15 @@ def _ready_to_fit(
     """
     if proximal_mu > 0 or correction is not None:
         fitted = AnchoredModel(model, proximal_mu, correction, anchor if proximal_mu > 0 else None)
-        compile_model(fitted, learning_rate, weight_decay, label_smoothing)
+        compile_model(fitted, learning_rate, optimizer, label_smoothing)
         return fitted
-    recipe = (weight_decay, label_smoothing)
+    recipe = (optimizer, label_smoothing)
     cached = _COMPILED_RECIPE.get(model)  # (an uncompiled model has no optimizer attribute)
     if cached is None or cached != (recipe, model.optimizer):  # never compiled here, or since elsewhere
-        compile_model(model, learning_rate, weight_decay, label_smoothing)
+        compile_model(model, learning_rate, optimizer, label_smoothing)
         _COMPILED_RECIPE[model] = (recipe, model.optimizer)
         return model
-    for variable in model.optimizer.variables:  # step counter, moments: a fresh AdamW
+    for variable in model.optimizer.variables:  # step counter, moments: a fresh optimizer
         variable.assign(keras.ops.zeros_like(variable))
     model.optimizer.learning_rate = learning_rate
     return model
@@ -280,7 +314,7 @@ def train(
     epochs: int,
     batch_size: int,
     learning_rate: float,
-    weight_decay: float = 1e-4,
+    optimizer: OptimizerRecipe = OptimizerRecipe(),
     label_smoothing: float = 0.1,
     seed: int = 0,
     proximal_mu: float = 0.0,
@@ -288,7 +322,7 @@ def train(
     correction: list[np.ndarray] | None = None,
     anchor: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Train in place for ``epochs`` with a fresh AdamW; return the last epoch's loss and accuracy.
+    """Train in place for ``epochs`` with a fresh ``optimizer``; return the last epoch's loss and accuracy.
 
     ``proximal_mu > 0`` adds FedProx's proximal term around ``anchor`` (one array
     per trainable weight; None: the starting weights); ``class_prior`` turns the
@@ -299,9 +333,7 @@ def train(
     keras.utils.set_random_seed(seed)
     reseed_random_layers(model, seed)
     num_classes = model.output_shape[-1]
-    fitted = _ready_to_fit(
-        model, learning_rate, weight_decay, label_smoothing, proximal_mu, correction, anchor
-    )
+    fitted = _ready_to_fit(model, learning_rate, optimizer, label_smoothing, proximal_mu, correction, anchor)
     fitted.loss.use_prior(class_prior)
     _use_eager_steps(fitted, runs_eagerly(epochs * math.ceil(len(labels) / batch_size)))
     history = fitted.fit(

@@ -31,16 +31,18 @@ from typing import Any
 
 from brainfl.core.errors import BrainFLError
 
-MODEL_NAMES = ("cnn", "vgg16")
+MODEL_NAMES = ("cnn", "rescnn", "vgg16")  # brainfl.model.architectures
+SCRATCH_MODELS = ("cnn", "rescnn")  # trained from scratch, with BatchNorm or GroupNorm (norm)
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
+OPTIMIZERS = ("adamw", "sgd")  # brainfl.model.training.OPTIMIZERS
 STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
-# Smallest image each model accepts: the CNN halves it four times (stride-2 stem, three
+# Smallest image each model accepts: the CNNs halve it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
-MIN_IMAGE_SIZE = {"cnn": 15, "vgg16": 32}
+MIN_IMAGE_SIZE = {"cnn": 15, "rescnn": 15, "vgg16": 32}
 # Where the app's pyproject.toml is when no app folder is given: the source tree (editable
 # install, or the app folder Flower unpacks), else a copy packaged in the brainfl package.
 DEFAULT_APP_DIRS = (Path(__file__).resolve().parents[3], Path(__file__).resolve().parents[1])
@@ -89,6 +91,8 @@ class TrainingSettings:
     learning_rate: float
     label_smoothing: float
     weight_decay: float
+    optimizer: str  # "adamw" or "sgd" (with momentum ``sgd_momentum``)
+    sgd_momentum: float
     balanced_softmax: bool
     fine_tune_epochs: int
     fine_tune_learning_rate: float
@@ -182,6 +186,8 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("vgg_weights", "model"),
         ("label_smoothing", "training"),
         ("weight_decay", "training"),
+        ("optimizer", "training"),
+        ("sgd_momentum", "training"),
         ("fraction_train", "federation"),
         ("fraction_evaluate", "federation"),
         ("min_sites", "federation"),
@@ -381,6 +387,7 @@ def check_settings(settings: RunSettings) -> None:
         ("model", settings.model.name, MODEL_NAMES),
         ("partitioning", settings.data.partitioning, PARTITIONINGS),
         ("norm", settings.model.norm, NORMS),
+        ("optimizer", settings.training.optimizer, OPTIMIZERS),
         ("standardization", settings.model.standardization, STANDARDIZATIONS),
         ("dp", settings.privacy.dp, DP_MODES),
         ("validate-split", settings.evaluation.validate_split, VALIDATE_SPLITS),
@@ -396,6 +403,7 @@ def check_settings(settings: RunSettings) -> None:
     _within(settings, "fraction_evaluate", 0, 1, "[]")
     _within(settings, "label_smoothing", 0, 1, "[)")
     _within(settings, "feature_shift", 0, 1, "[]")
+    _within(settings, "sgd_momentum", 0, 1, "[)")
     if settings.training.weight_decay < 0 or settings.federation.wait_for_sites < 0:
         raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
     if settings.training.fine_tune_epochs < 0:
@@ -448,20 +456,21 @@ def check_setting_combinations(settings: RunSettings) -> None:
         )
     if federation.resume and not settings.output_dir:
         raise BrainFLError("setting 'resume': needs 'output-dir', the folder of the run to continue")
-    if federation.fedbn and (model.name, model.norm, privacy.dp) != ("cnn", "batch", "none"):
+    batch_norm = model.name in SCRATCH_MODELS and model.norm == "batch"
+    if federation.fedbn and not (batch_norm and privacy.dp == "none"):
         raise BrainFLError(
-            "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn with "
-            f"norm=batch and no dp (got model={model.name}, norm={model.norm}, dp={privacy.dp})"
+            "setting 'fedbn': FedBN keeps each site's own BatchNorm layers, so it needs model=cnn or rescnn "
+            f"with norm=batch and no dp (got model={model.name}, norm={model.norm}, dp={privacy.dp})"
         )
-    if federation.adapt_sites and (model.name, model.norm) != ("cnn", "batch"):
+    if federation.adapt_sites and not batch_norm:
         raise BrainFLError(
-            "setting 'adapt-sites': re-estimating BatchNorm statistics needs model=cnn with norm=batch "
-            f"(got model={model.name}, norm={model.norm})"
+            "setting 'adapt-sites': re-estimating BatchNorm statistics needs model=cnn or rescnn with "
+            f"norm=batch (got model={model.name}, norm={model.norm})"
         )
-    if privacy.dp != "none" and model.norm == "batch" and model.name == "cnn":
+    if privacy.dp != "none" and batch_norm:
         raise BrainFLError(
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
-            "use norm=group with the cnn model"
+            f"use norm=group with the {model.name} model"
         )
     if federation.strategy == "scaffold" and privacy.dp != "none":
         raise BrainFLError(
