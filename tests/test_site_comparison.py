@@ -37,9 +37,12 @@ def baseline_csv(path: Path, accuracies: list[float]) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def personalization_csv(folder: Path, fedbn: bool, epochs: int, strategy: str = "fedavg") -> None:
+def personalization_csv(
+    folder: Path, fedbn: bool, epochs: int, strategy: str = "fedavg", optimizer: str = "adamw"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn, "strategy": strategy}))
+    config = {"fedbn": fedbn, "strategy": strategy, "optimizer": optimizer}
+    (folder / "run_config.json").write_text(json.dumps(config))
     rows = [
         {
             "site": i,
@@ -79,6 +82,13 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
     scaffold = site_comparison.approaches(tmp_path / "scaffold")
     assert list(scaffold) == ["scaffold", "scaffold + fine-tune"]
     assert scaffold["scaffold"]["accuracy"].tolist() == GLOBAL
+    personalization_csv(
+        tmp_path / "scaffold-sgd", fedbn=False, epochs=1, strategy="scaffold", optimizer="sgd"
+    )
+    assert list(site_comparison.approaches(tmp_path / "scaffold-sgd")) == [
+        "scaffold (sgd)",
+        "scaffold (sgd) + fine-tune",
+    ]
     ranked = sorted(["pooled", "scaffold", "alone", "Ditto", "federated"], key=site_comparison.rank)
     assert ranked == ["alone", "federated", "Ditto", "scaffold", "pooled"]
 

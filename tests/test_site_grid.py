@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV
 from make_tables import render
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY, in_a_grid, load_runs
-from site_grid import GRID_CSV, summarize
+from site_grid import DEFAULT_APPROACHES, GRID_CSV, command, summarize
 
 # per seed, the two sites' held-out accuracy of each approach
 ALONE = {1: [0.60, 0.80], 2: [0.70, 0.80]}
@@ -105,3 +106,18 @@ def test_summary_is_mean_and_sd_over_seeds_of_site_mean_and_worst_site(grid):
 def test_summarize_without_cells_stops_with_the_folder(tmp_path):
     with pytest.raises(SystemExit, match="no kept cell"):
         summarize(tmp_path)
+
+
+def test_scaffold_sgd_cells_train_with_sgd_and_fine_tune_at_a_tenth_of_its_rate(tmp_path):
+    args = argparse.Namespace(
+        rounds=10,
+        local_epochs=2,
+        data_dir="data",
+        fine_tune_epochs=1,
+        ditto_lambda=0.1,
+        sgd_learning_rate=0.05,
+    )
+    line = " ".join(command(args, "dir03", 1, "scaffold-sgd", tmp_path))
+    assert "strategy='scaffold' optimizer='sgd' learning-rate=0.05 fine-tune-learning-rate=0.005" in line
+    assert "optimizer" not in " ".join(command(args, "dir03", 1, "scaffold", tmp_path))
+    assert "scaffold" not in DEFAULT_APPROACHES and "scaffold-sgd" in DEFAULT_APPROACHES

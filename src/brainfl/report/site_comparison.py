@@ -10,7 +10,8 @@ held-out (validation) split, and each run of the question writes those scores:
 - a federated run's ``personalization.csv`` (with ``fine-tune-epochs`` or
   ``fedbn``): the final global model as the site received it (``federated``, or
   ``FedBN`` for a FedBN run, whose global model carries averaged BatchNorm, or the
-  ``strategy`` setting's name for another strategy, e.g. ``scaffold``), with
+  ``strategy`` setting's name for another strategy, e.g. ``scaffold``, and the
+  ``optimizer`` setting's in brackets when not AdamW: ``scaffold (sgd)``), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
   (``... + fine-tune``), and with ``ditto-lambda`` the site's Ditto personal model
   (``Ditto``); without that file, the held-out scores its sites sent with
@@ -75,14 +76,17 @@ def _scores(table: pd.DataFrame, prefix: str, path: Path) -> pd.DataFrame:
 
 def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     """Approach names of ``personalization.csv``'s stages: whether the run used FedBN or a strategy
-    other than FedAvg (its ``run_config.json``) and fine-tuned (the CSV's ``fine_tune_epochs``);
+    other than FedAvg, and a local optimizer other than AdamW, e.g. ``scaffold (sgd)`` (its
+    ``run_config.json``), and fine-tuned (the CSV's ``fine_tune_epochs``);
     ``adapted``: the copy with BatchNorm statistics re-estimated on the site's images (``adapt-sites``);
     ``ditto``: the site's Ditto personal model (``ditto-lambda``)."""
     config_path = folder / "run_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     fedbn, strategy = bool(config.get("fedbn")), str(config.get("strategy", "fedavg"))
+    optimizer = str(config.get("optimizer", "adamw"))
     tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
     base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
+    base += "" if optimizer == "adamw" else f" ({optimizer})"
     own = f"{base}, own BN" if fedbn else base
     return {
         "global": FEDERATED if base == "FedAvg" else base,
