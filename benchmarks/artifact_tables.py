@@ -3,7 +3,7 @@
 ``make_tables.py`` renders them: the external-validation and shifted-copy
 tables (``brainfl evaluate``'s ``evaluation.csv``), the calibration table (a
 run's ``calibration.json``), the decode-time and throughput tables
-(``decode_speed.csv``, ``throughput.csv``).
+(``decode_speed.csv``, ``throughput.csv``) and the model-cost table (``model_cost.csv``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,14 @@ def throughput_rows(kept: list[Kept]) -> list[Row]:
              "app, images per s": f"{r.app_images_per_s:.0f}",
              "tight loop, images per s": f"{r.tight_images_per_s:.0f}",
              "app / tight loop": f"{r.app_share:.2f}"}
+            for one in kept for r in one.table.itertuples()]  # fmt: skip
+
+
+def model_cost_rows(kept: list[Kept]) -> list[Row]:
+    """A row per folder and candidate of ``model_cost.csv``: its model, input size, parameters, training
+    time per image and that time over the first candidate's."""
+    return [{"run": one.name, "model": r.model, "image px": r.image_size, "parameters": f"{r.parameters:,}",
+             "training ms per image": f"{r.ms_per_image:.2f}", "cost / first": f"{r.relative_cost:.2f}"}
             for one in kept for r in one.table.itertuples()]  # fmt: skip
 
 

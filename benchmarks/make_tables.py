@@ -8,8 +8,9 @@ measured); with ``evaluation.csv`` (``brainfl evaluate``) a column of the extern
 it is a run's ``shifted/`` or ``shifted-leak-free/`` (``benchmarks/shifted_copy.py``: the run's final model
 on a shifted copy of the Testing split), which the runs and shifted tables show with the run; with
 ``decode_speed.csv`` rows of the decode-time table; with ``throughput.csv`` rows of the throughput
-table. A table goes between ``<!-- table:NAME -->`` and ``<!-- /table -->``, under it each of its
-folders' command and, in BENCHMARKS.md, the machine it ran on (README.md points there); a question no
+table; with ``model_cost.csv`` rows of the model-cost table. A table goes between
+``<!-- table:NAME -->`` and ``<!-- /table -->``, under it each of its folders' command and, in
+BENCHMARKS.md, the machine it ran on (README.md points there); a question no
 folder answers gets one line and a command that would. A comparison pairs runs kept at the
 same folder level, on the same data (folder name) and schedule. Passes = rounds x local epochs.
 ``result_folders.py`` reads the folders and a run's cells, ``artifact_tables.py`` makes the rows of the tables
@@ -37,6 +38,7 @@ from artifact_tables import (
     families_rows,
     families_summary_rows,
     grid_rows,
+    model_cost_rows,
     shifted_commands,
     shifted_rows,
     throughput_rows,
@@ -260,6 +262,9 @@ TABLES: dict[str, Table] = {
     "site-grid-calibration": Table(SITE_GRID, rows=grid_rows, files=(GRID_CALIBRATION, "site_grid.json")),
     "throughput": Table(f"python3 benchmarks/throughput.py {DATA} --keep throughput", rows=throughput_rows,
                         files=("throughput.csv", "throughput.json")),
+    "model-cost": Table(f"python3 benchmarks/model_cost.py {DATA} --candidates image-size=64 image-size=96 "
+                        "image-size=128 \"model='rescnn'\" --keep model-cost", rows=model_cost_rows,
+                        files=("model_cost.csv", "model_cost.json")),
     "preparation-families": Table(FAMILIES, rows=families_rows, files=("families.csv", "families.json")),
     "preparation-families-summary": Table(FAMILIES, rows=families_summary_rows,
                                           files=("families.csv", "families.json")),

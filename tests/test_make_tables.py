@@ -227,6 +227,21 @@ def test_throughput_has_a_row_per_step_with_the_apps_share_of_the_tight_loop(tmp
     assert "python3 benchmarks/throughput.py --keep throughput" in lines
 
 
+def test_model_cost_has_a_row_per_candidate_with_its_cost_over_the_first(tmp_path):
+    folder = tmp_path / "benchmarks" / "results" / "model-cost"
+    folder.mkdir(parents=True)
+    pd.DataFrame({
+        "candidate": ["image-size=64", "model='rescnn'"], "model": ["cnn", "rescnn"], "image_size": 64,
+        "parameters": [394836, 691700], "images": 1024, "ms_per_image": [2.5, 3.1],
+        "relative_cost": [1.0, 1.24],
+    }).to_csv(folder / "model_cost.csv", index=False)  # fmt: skip
+    (folder / "command.txt").write_text("python3 benchmarks/model_cost.py --keep model-cost\n")
+    lines = render("model-cost", tmp_path / "benchmarks" / "results").splitlines()
+    assert lines[0] == "| run | model | image px | parameters | training ms per image | cost / first |"
+    assert lines[3] == "| model-cost | rescnn | 64 | 691,700 | 3.10 | 1.24 |"
+    assert "python3 benchmarks/model_cost.py --keep model-cost" in lines
+
+
 def test_tables_without_their_folders_say_so_with_a_command(tmp_path):
     keep(tmp_path, "iid", [0.2, 0.9], [0, 10])  # a run is no evaluation and no timing
     results = tmp_path / "benchmarks" / "results"
