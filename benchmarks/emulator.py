@@ -62,7 +62,7 @@ from brainfl.federation.server_app import statistics_mask
 from brainfl.federation.site_round import LocalUpdate, reply_content, round_update
 from brainfl.federation.site_training import local_update
 from brainfl.federation.strategy import build_strategy
-from brainfl.model.files import ModelWriter, model_metadata
+from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
 from brainfl.model.training import round_learning_rate
 from brainfl.report.results import PARTITION_CSV, PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
@@ -309,9 +309,7 @@ def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in (RESULTS_CSV, SITE_CSV, PARTITION_CSV, PERSONALIZATION_CSV):  # a fresh run, not appended
         (output_dir / name).unlink(missing_ok=True)
-    metadata = model_metadata(
-        settings.model.name, fed.class_names, settings.model.image_size, settings.model.channels
-    )
+    metadata = run_model_metadata(settings, fed.class_names)
     writer = ModelWriter(fed.evaluator.bundle, metadata)
     rounds = settings.federation.num_server_rounds
     recorder = RunRecorder(

@@ -8,6 +8,7 @@ import pytest
 from brainfl.core.errors import BrainFLError
 from brainfl.data import loading as data_loader
 from brainfl.data.loading import decode_image, load_dataset, load_split
+from brainfl.settings.run_settings import CROPS
 from conftest import CLASSES, write_image
 
 
@@ -134,7 +135,7 @@ def test_every_cache_goes_to_brainfl_cache_dir(tiny_dataset, isolated_cache):
     assert cached == ["partitions", "testing", "training"]
 
 
-def test_cache_key_covers_skip_unreadable(tiny_dataset):
+def test_cache_key_covers_skip_unreadable_and_the_crop(tiny_dataset):
     broken = tiny_dataset / "Training" / "glioma" / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     skipped = load_dataset(tiny_dataset, 32, 1, skip_unreadable=True)
@@ -143,8 +144,11 @@ def test_cache_key_covers_skip_unreadable(tiny_dataset):
     with pytest.raises(BrainFLError, match=r"cannot decode image .*broken\.jpg"):
         load_dataset(tiny_dataset, 32, 1)
     entries = data_loader.list_class_folders(tiny_dataset / "Training", list(CLASSES))
-    keys = {data_loader._cache_key(entries, 32, 1, list(CLASSES), skip) for skip in (False, True)}
-    assert len(keys) == 2
+    options = [(skip, crop) for skip in (False, True) for crop in CROPS]
+    keys = {data_loader._cache_key(entries, 32, 1, list(CLASSES), *option) for option in options}
+    assert len(keys) == len(options)
+    framed = {crop: load_dataset(tiny_dataset, 32, 1, skip_unreadable=True, crop=crop) for crop in CROPS}
+    assert not np.array_equal(framed["head"].train.images, framed["none"].train.images)
 
 
 def test_unwritable_cache_folder_is_one_line_naming_the_setting(tiny_dataset, tmp_path, monkeypatch):

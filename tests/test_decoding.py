@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from brainfl.core.errors import BrainFLError
 from brainfl.data import loading as data_loader
 from brainfl.data.decoding import SCAN_SUFFIXES, decode_scan, is_scan_file, open_scan
-from brainfl.data.framing import HEAD_MARGIN, crop_box, head_box
+from brainfl.data.framing import HEAD_MARGIN, HEAD_THRESHOLDS, crop_box, head_box
 from brainfl.data.readers import reader_for
 from brainfl.data.windowing import window_to_uint8
+from brainfl.settings.run_settings import CROPS
 from conftest import CLASSES
 from scan_files import correlation, read_gray, scan_to_dicom, scan_to_png16, write_dicom
 
@@ -89,6 +90,30 @@ def test_an_image_with_nothing_bright_is_framed_whole():
     assert crop_box(Image.new("L", (30, 20)), "none") == (0, 0, 30, 20)
     with pytest.raises(BrainFLError, match="crop 'tight'"):
         crop_box(Image.new("L", (30, 20)), "tight")
+
+
+def box_overlap(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes."""
+    width = max(0, min(first[2], second[2]) - max(first[0], second[0]))
+    height = max(0, min(first[3], second[3]) - max(first[1], second[1]))
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+    return width * height / (area(first) + area(second) - width * height)
+
+
+def test_every_crop_setting_frames_scans_and_otsu_finds_the_head_of_an_equalized_scan(real_data):
+    """Histogram equalization lifts the dark background's noise above a tenth of the 99th percentile,
+    and the ``head`` box grows toward the whole picture; Otsu's threshold moves with the background."""
+    assert (*HEAD_THRESHOLDS, "none") == CROPS
+    overlap = {crop: [] for crop in HEAD_THRESHOLDS}
+    for name in CLASSES:
+        for path in sorted((real_data / "Training" / name).glob("*.jpg"))[:5]:
+            original = Image.open(path).convert("L")
+            equalized = ImageOps.equalize(original)
+            for crop in HEAD_THRESHOLDS:
+                boxes = [head_box(np.asarray(image), crop) for image in (original, equalized)]
+                overlap[crop].append(box_overlap(*boxes))
+    assert np.mean(overlap["head-otsu"]) > 0.9 > np.mean(overlap["head"]) + 0.05
+    assert decode_scan(path, 16, 1, "head-otsu").shape == (16, 16, 1)
 
 
 def test_a_wide_border_and_a_tight_crop_give_the_model_the_same_picture(scans, tmp_path):

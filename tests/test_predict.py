@@ -335,7 +335,7 @@ def test_a_model_decodes_scans_as_its_metadata_says_it_was_trained(model_file, t
     assert not np.array_equal(loaded_older.preprocess(wide), loaded.preprocess(wide))
     odd = tmp_path / "odd.keras"
     save_model(keras.models.load_model(model_file), odd, {**metadata, "crop": "tight"})
-    assert "crop head or none" in one_line_error(lambda: load_model(odd))
+    assert "crop one of head, head-otsu, none" in one_line_error(lambda: load_model(odd))
 
 
 def test_an_output_under_a_file_is_one_line_before_any_scan_is_scored(

@@ -23,7 +23,7 @@ from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation.bookkeeping import CLASS_COUNT_PREFIX, SiteReport
 from brainfl.federation.recorder import RunRecorder
 from brainfl.federation.site_training import class_counts, local_update
-from brainfl.model.files import FINAL_MODEL, ModelWriter, model_metadata
+from brainfl.model.files import FINAL_MODEL, ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
 from brainfl.model.training import round_learning_rate
 from brainfl.report.page import make_report
@@ -42,7 +42,7 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
     bundle = evaluator.bundle
     writer = ModelWriter(
         bundle,
-        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
+        run_model_metadata(settings, class_names),
     )
     recorder = RunRecorder(
         output_dir,

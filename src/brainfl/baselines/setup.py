@@ -23,7 +23,7 @@ from brainfl.data.loading import ImageSet
 from brainfl.data.sites import SiteData, site_data
 from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation.setup import Roster
-from brainfl.model.files import ModelWriter, model_metadata
+from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import model_for
 from brainfl.settings.run_settings import DataSettings, RunSettings
 
@@ -89,7 +89,7 @@ def prepare(settings: RunSettings, site_dirs: Sequence[str], kind: str) -> Basel
     bundle = model_for(settings, class_names)
     writer = ModelWriter(
         bundle,
-        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
+        run_model_metadata(settings, class_names),
     )
     config = {
         **settings.to_config(),

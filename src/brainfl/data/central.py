@@ -56,10 +56,10 @@ def load_test_folder(settings: RunSettings, root: Path, class_names: tuple[str, 
     """Every test scan of ``root``: its ``Testing`` split if it has one, else all of its scans."""
     names = list(class_names) if class_names else None
     options = (settings.model.image_size, settings.model.channels)
-    cache = default_cache_dir()
+    cache, crop = default_cache_dir(), settings.model.crop
     if (root / TEST_SPLIT).is_dir():
-        return load_split(root, TEST_SPLIT, *options, names, cache, settings.data.skip_unreadable)
-    images, _ = load_images(root, *options, names, cache, settings.data.skip_unreadable)
+        return load_split(root, TEST_SPLIT, *options, names, cache, settings.data.skip_unreadable, crop)
+    images, _ = load_images(root, *options, names, cache, settings.data.skip_unreadable, crop)
     return images
 
 

@@ -5,8 +5,9 @@ scan looks the same in training, the server's test set, ``predict``, Grad-CAM
 and ``check-data``:
 
 * Every scan is cropped to the head (:func:`brainfl.data.framing.head_box`: the square around the
-  large bright regions, with a small margin) before it is resized, so a scan exported with a wide black border
-  and one cropped tight to the skull give the model the same picture.
+  large bright regions, with a small margin; the ``crop`` setting says how bright is found, or
+  ``none``) before it is resized, so a scan exported with a wide black border and one cropped tight
+  to the skull give the model the same picture.
 * Each format is read by its reader (:mod:`brainfl.data.readers`: Pillow's
   JPEG, PNG, BMP and TIFF; DICOM through pydicom), which gives the full-size
   8-bit picture, high-bit pixel values windowed (:mod:`brainfl.data.windowing`);

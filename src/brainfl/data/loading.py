@@ -134,10 +134,16 @@ def decode_image(path: Path | str, image_size: int, channels: int, crop: str = "
 
 
 def _cache_key(
-    entries: list[Entry], image_size: int, channels: int, class_names: list[str], skip_unreadable: bool
+    entries: list[Entry],
+    image_size: int,
+    channels: int,
+    class_names: list[str],
+    skip_unreadable: bool,
+    crop: str,
 ) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_VERSION, image_size, channels, class_names, skip_unreadable]).encode())
+    options = [CACHE_VERSION, image_size, channels, class_names, skip_unreadable, crop]
+    digest.update(json.dumps(options).encode())
     for path, label, _ in entries:
         stat = path.stat()
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -159,14 +165,14 @@ def _check_memory(count: int, image_size: int, channels: int) -> None:
 
 
 def _decode_all(
-    entries: list[Entry], image_size: int, channels: int, skip_unreadable: bool, desc: str
+    entries: list[Entry], image_size: int, channels: int, skip_unreadable: bool, crop: str, desc: str
 ) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     _check_memory(len(entries), image_size, channels)
     images = np.empty((len(entries), image_size, image_size, channels), dtype=np.uint8)
     labels, kept = [], []
     for path, label, _ in tqdm(entries, desc=desc, unit="img", disable=None, leave=False):
         try:
-            images[len(kept)] = decode_image(path, image_size, channels)
+            images[len(kept)] = decode_image(path, image_size, channels, crop)
         except BrainFLError as error:
             if not skip_unreadable:
                 raise BrainFLError(f"{error} (set skip-unreadable=true to skip such files)") from None
@@ -182,17 +188,19 @@ def _load_entries(
     entries: list[Entry],
     class_names: list[str],
     name: str,
-    settings: tuple[int, int, Path | None, bool],
+    settings: tuple[int, int, Path | None, bool, str],
 ) -> ImageSet:
-    """Decode (or load from cache) ``entries``; ``settings`` = (image size, channels, cache, skip)."""
-    image_size, channels, cache_dir, skip_unreadable = settings
-    key = _cache_key(entries, image_size, channels, class_names, skip_unreadable)
+    """Decode (or load from cache) ``entries``; ``settings`` = (image size, channels, cache, skip, crop)."""
+    image_size, channels, cache_dir, skip_unreadable, crop = settings
+    key = _cache_key(entries, image_size, channels, class_names, skip_unreadable, crop)
     cache_path = (cache_dir or default_cache_dir()) / f"{name}-{image_size}px-{channels}ch-{key}.npz"
     if cache_path.exists():
         with np.load(cache_path) as cached:
             images, labels, files = cached["images"], cached["labels"], [str(f) for f in cached["files"]]
     else:
-        images, labels, kept = _decode_all(entries, image_size, channels, skip_unreadable, f"decoding {name}")
+        images, labels, kept = _decode_all(
+            entries, image_size, channels, skip_unreadable, crop, f"decoding {name}"
+        )
         files = [str(path.relative_to(data_dir)) for path in kept]
         write_cache(cache_path, lambda f: np.savez(f, images=images, labels=labels, files=np.asarray(files)))
     groups = None
@@ -210,8 +218,9 @@ def load_split(
     class_names: list[str] | None = None,
     cache_dir: Path | None = None,
     skip_unreadable: bool = False,
+    crop: str = "head",
 ) -> ImageSet:
-    """Decode (or load from cache) every scan of ``data_dir/split``.
+    """Decode (or load from cache) every scan of ``data_dir/split``, framed by ``crop``.
 
     ``class_names`` fixes the label order (the Training classes); a class
     folder in this split that is not among them is an error.
@@ -220,7 +229,7 @@ def load_split(
     detect_layout(data_dir)  # (refuses a labels.csv beside the split)
     class_names = class_folders(split_dir, class_names)
     entries = list_class_folders(split_dir, class_names, skip_unreadable, data_dir)
-    settings = (image_size, channels, cache_dir, skip_unreadable)
+    settings = (image_size, channels, cache_dir, skip_unreadable, crop)
     return _load_entries(data_dir, entries, class_names, split.lower(), settings)
 
 
@@ -231,15 +240,17 @@ def load_images(
     class_names: list[str] | None = None,
     cache_dir: Path | None = None,
     skip_unreadable: bool = False,
+    crop: str = "head",
 ) -> tuple[ImageSet, str]:
-    """A folder's training scans and its layout: ``Training`` of a Kaggle split, else every scan.
+    """A folder's training scans (framed by ``crop``) and its layout: ``Training`` of a Kaggle split,
+    else every scan.
 
     This is what a site with its own folder trains on (labels follow
     ``class_names``, the server's), and the base of the hold-out test set.
     """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
-    settings = (image_size, channels, cache_dir, skip_unreadable)
+    settings = (image_size, channels, cache_dir, skip_unreadable, crop)
     if layout == KAGGLE_SPLIT:
         if not (data_dir / TRAIN_SPLIT).is_dir():
             raise BrainFLError(
@@ -281,16 +292,18 @@ def load_dataset(
     test_fraction: float = 0.2,
     seed: int = 42,
     class_names: list[str] | None = None,
+    crop: str = "head",
 ) -> Dataset:
-    """Training and test images; without a Testing folder, a stratified hold-out of the training scans
-    (none with ``test_fraction`` 0: every scan is a training scan, the test set is empty).
+    """Training and test images (framed by ``crop``); without a Testing folder, a stratified hold-out
+    of the training scans (none with ``test_fraction`` 0: every scan is a training scan, the test set
+    is empty).
 
     ``class_names`` (default: the folder's classes) fixes the label order, as
     a site must use the server's classes even when it lacks one of them.
     """
     data_dir = Path(data_dir)
     derived = class_names is None
-    train, layout = load_images(data_dir, image_size, channels, class_names, cache_dir, skip_unreadable)
+    train, layout = load_images(data_dir, image_size, channels, class_names, cache_dir, skip_unreadable, crop)
     source = _source(data_dir, layout)
     if derived and len(train.class_names) < 2:
         raise BrainFLError(
@@ -298,7 +311,7 @@ def load_dataset(
         )
     if layout == KAGGLE_SPLIT and (data_dir / TEST_SPLIT).is_dir():
         names = list(train.class_names)
-        test = load_split(data_dir, TEST_SPLIT, image_size, channels, names, cache_dir, skip_unreadable)
+        test = load_split(data_dir, TEST_SPLIT, image_size, channels, names, cache_dir, skip_unreadable, crop)
         return Dataset(train, test, True, layout)
     if test_fraction == 0:
         return Dataset(train, train.subset(np.arange(0)), False, layout)

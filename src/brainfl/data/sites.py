@@ -38,6 +38,7 @@ def _load_dataset_cached(
     test_fraction: float,
     seed: int,
     class_names: tuple[str, ...] | None,
+    crop: str,
 ) -> Dataset:
     return load_dataset(
         data_dir,
@@ -48,6 +49,7 @@ def _load_dataset_cached(
         test_fraction,
         seed,
         list(class_names) if class_names else None,
+        crop,
     )
 
 
@@ -65,6 +67,7 @@ def load_run_dataset(
         0.0 if settings.data.test_dir else settings.data.test_fraction,
         settings.seed,
         class_names,
+        settings.model.crop,
     )
 
 
@@ -180,6 +183,7 @@ def site_data(
             list(class_names),
             default_cache_dir(),
             settings.data.skip_unreadable,
+            settings.model.crop,
         )
     if len(train) == 0:
         raise BrainFLError(f"site {site_id} has no training images")

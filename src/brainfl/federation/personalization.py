@@ -65,7 +65,7 @@ from brainfl.federation.setup import QUERY, query_sites
 from brainfl.federation.site_training import local_update, validate
 from brainfl.inference.adaptation import ADAPTED_MODEL, Adaptation, now
 from brainfl.model.batch_norm import recalibrate_batchnorm
-from brainfl.model.files import ModelWriter, model_metadata
+from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import model_for, model_inputs
 from brainfl.report.results import PERSONALIZATION_CSV, CsvAppender
 from brainfl.settings.run_settings import RunSettings
@@ -183,14 +183,7 @@ def personalize_site(
     if SITE_BN in chosen:
         scores[SITE_BN] = held_out()
     names, fedbn = site.train.class_names, settings.federation.fedbn
-    metadata = model_metadata(
-        settings.model.name,
-        names,
-        settings.model.image_size,
-        settings.model.channels,
-        site=site.site_id,
-        fedbn=fedbn,
-    )
+    metadata = run_model_metadata(settings, names, site=site.site_id, fedbn=fedbn)
     saved = []
     if adapt:
         layers = recalibrate_batchnorm(

@@ -50,7 +50,7 @@ from brainfl.federation.setup import Roster, setup_federation
 from brainfl.federation.strategy import build_strategy, check_strategy
 from brainfl.federation.threshold_query import final_threshold
 from brainfl.federation.validation import run_validation
-from brainfl.model.files import FINAL_MODEL, ModelWriter, model_metadata
+from brainfl.model.files import FINAL_MODEL, ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_for
 from brainfl.model.training import round_learning_rate
 from brainfl.report.page import make_report
@@ -129,7 +129,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     bundle = model_for(settings, class_names)
     writer = ModelWriter(
         bundle,
-        model_metadata(settings.model.name, class_names, settings.model.image_size, settings.model.channels),
+        run_model_metadata(settings, class_names),
     )
     weights, first_round, elapsed_before = initial_weights(settings, class_names), 0, 0.0
     resumed = resume_point(output_dir, writer) if settings.federation.resume else None

@@ -52,12 +52,12 @@ from brainfl.settings.run_settings import RunSettings
 VALIDATE = "validate"  # the query config's QUERY value of this query
 SUMMARY = "summary"  # a site's answer: summary-<i>, its CountSummary's arrays for model i
 # the query config's keys a site builds the model from
-ARCHITECTURE = ("model", "image-size", "norm", "standardization")
+ARCHITECTURE = ("model", "image-size", "norm", "standardization", "crop")
 
 
 def architecture(loaded: LoadedModel) -> dict[str, Any]:
-    """The settings that build ``loaded``'s network, as run-config keys."""
-    values = (loaded.model_name, loaded.image_size, loaded.norm, loaded.standardization)
+    """The settings that build ``loaded``'s network and frame its scans, as run-config keys."""
+    values = (loaded.model_name, loaded.image_size, loaded.norm, loaded.standardization, loaded.crop)
     return dict(zip(ARCHITECTURE, values, strict=True))
 
 

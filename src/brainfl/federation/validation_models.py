@@ -63,23 +63,24 @@ def models_to_validate(evaluation: EvaluationSettings) -> list[ModelToValidate]:
     ]
 
 
+INPUT = ("class_names", "image_size", "channels", "crop")  # what one query's models must share
+
+
 def check_models(models: Sequence[ModelToValidate]) -> tuple[str, ...]:
     """The models' common class names; one line naming the first model that differs in classes or
     input, or that frames its scans otherwise than the sites do (cropped to the head)."""
     first = read_metadata(models[0].path)
     for model in models:
         metadata = read_metadata(model.path)
-        if metadata.get("crop", "none") != "head":
+        if metadata.get("crop", "none") == "none":
             raise BrainFLError(
                 f"setting 'validate-models': {model.path} takes uncropped scans (crop none) but sites decode "
                 "them cropped to the head; score it with brainfl evaluate"
             )
-        if [metadata[key] for key in ("class_names", "image_size", "channels")] != [
-            first[key] for key in ("class_names", "image_size", "channels")
-        ]:
+        if [metadata[key] for key in INPUT] != [first[key] for key in INPUT]:
             raise BrainFLError(
-                f"setting 'validate-models': {model.path} differs from {models[0].path} in its classes or "
-                "input size; validate them in separate runs"
+                f"setting 'validate-models': {model.path} differs from {models[0].path} in its classes, "
+                "input size or crop; validate them in separate runs"
             )
     return tuple(first["class_names"])
 

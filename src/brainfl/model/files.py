@@ -32,7 +32,7 @@ from typing import Any
 from brainfl.core.errors import BrainFLError
 from brainfl.data.loading import decode_image
 from brainfl.model.outputs import notumor_rule, predicted_classes, scale_probabilities
-from brainfl.settings.run_settings import settings_from_config
+from brainfl.settings.run_settings import CROPS, RunSettings, settings_from_config
 
 MODEL_METADATA = "brainfl.json"
 RUN_CONFIG = "run_config.json"
@@ -58,6 +58,12 @@ def model_metadata(
         "crop": crop,
         **extra,
     }
+
+
+def run_model_metadata(settings: RunSettings, class_names: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """:func:`model_metadata` of a model the run's settings build and decode for."""
+    model = settings.model
+    return model_metadata(model.name, class_names, model.image_size, model.channels, model.crop, **extra)
 
 
 def save_model(model: Any, path: Path, metadata: Mapping[str, Any]) -> None:
@@ -127,14 +133,14 @@ def read_metadata(path: Path) -> dict[str, Any]:
         or not all(isinstance(n, str) for n in names)
         or not isinstance(metadata.get("image_size"), int)
         or metadata.get("channels") not in (1, 3)
-        or metadata.get("crop", "none") not in ("head", "none")
+        or metadata.get("crop", "none") not in CROPS
         or not _is_temperature(metadata.get("temperature", 1.0))
         or not _is_threshold(metadata.get("notumor_threshold", 0.0))
     ):
         raise BrainFLError(
             f"model {path}: brainfl metadata needs class_names (list of names), image_size and channels "
-            f"(1 or 3), crop head or none, temperature a positive number and notumor_threshold a number "
-            f"in [0, 1) if given, got {metadata}"
+            f"(1 or 3), crop one of {', '.join(CROPS)}, temperature a positive number and "
+            f"notumor_threshold a number in [0, 1) if given, got {metadata}"
         )
     return metadata
 

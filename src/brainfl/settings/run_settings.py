@@ -36,6 +36,7 @@ SCRATCH_MODELS = ("cnn", "rescnn")  # trained from scratch, with BatchNorm or Gr
 PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
 OPTIMIZERS = ("adamw", "sgd")  # brainfl.model.training.OPTIMIZERS
+CROPS = ("head", "head-otsu", "none")  # how scans are framed: brainfl.data.framing
 STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
@@ -75,6 +76,7 @@ class ModelSettings:
     norm: str
     augmentation: str
     standardization: str
+    crop: str
 
     @property
     def channels(self) -> int:
@@ -198,6 +200,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("norm", "model"),
         ("augmentation", "model"),
         ("standardization", "model"),
+        ("crop", "model"),
         ("balanced_softmax", "training"),
         ("strategy", "federation"),
         ("proximal_mu", "federation"),
@@ -389,6 +392,7 @@ def check_settings(settings: RunSettings) -> None:
         ("norm", settings.model.norm, NORMS),
         ("optimizer", settings.training.optimizer, OPTIMIZERS),
         ("standardization", settings.model.standardization, STANDARDIZATIONS),
+        ("crop", settings.model.crop, CROPS),
         ("dp", settings.privacy.dp, DP_MODES),
         ("validate-split", settings.evaluation.validate_split, VALIDATE_SPLITS),
     ):
