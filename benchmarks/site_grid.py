@@ -15,12 +15,10 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   0.1): each site's held-out scores of the Ditto personal model it trained beside
   the global one through the rounds (``personalization.csv``'s ``ditto`` stage; its
   global model is FedAvg's, so the ``fedavg`` run's is the one shown);
-- ``scaffold-sgd``: the same federation with ``strategy=scaffold`` (control variates against
+- ``scaffold``: the same federation with ``strategy=scaffold`` (control variates against
   client drift under label skew) and the sites' local steps SGD with momentum, whose
   gradient steps the correction assumes (``--sgd-learning-rate``, default 0.03; fine-tuning
   at a tenth of it), then 1 fine-tuning epoch per site as for ``fedavg``;
-- ``scaffold``: SCAFFOLD with the sites' AdamW (only when named: it diverges under label
-  skew, as AdamW turns the constant correction into a full step per weight);
 - ``local``: ``brainfl local``, each site trains alone on its own images;
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
@@ -77,15 +75,12 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "scaffold-sgd", "local", "pooled")
-# What ``run`` trains unless told: SCAFFOLD with the sites' AdamW diverges under label skew.
-DEFAULT_APPROACHES = tuple(approach for approach in APPROACHES if approach != "scaffold")
+APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
     "ditto": PERSONALIZATION_CSV,
     "scaffold": PERSONALIZATION_CSV,
-    "scaffold-sgd": PERSONALIZATION_CSV,
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
@@ -111,8 +106,7 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
         "fedavg": f"fine-tune-epochs={args.fine_tune_epochs}",
         "fedbn": "fedbn=true",
         "ditto": f"ditto-lambda={args.ditto_lambda}",
-        "scaffold": f"strategy='scaffold' fine-tune-epochs={args.fine_tune_epochs}",
-        "scaffold-sgd": (
+        "scaffold": (
             f"strategy='scaffold' optimizer='sgd' learning-rate={args.sgd_learning_rate:g} "
             f"fine-tune-learning-rate={args.sgd_learning_rate / 10:g} "
             f"fine-tune-epochs={args.fine_tune_epochs}"
@@ -270,7 +264,7 @@ def main() -> None:
     runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     runner.add_argument("--sgd-learning-rate", type=float, default=0.03)
-    runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(DEFAULT_APPROACHES))
+    runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
     add_output_dir(runner, None, help_text="where the runs go (default: benchmarks/runs/<keep>)")
     add_keep(runner, "site-grid", where="NAME/<setting>/seed<k>/<approach>/")
     summarizer = sub.add_parser("summarize", help="the kept cells' per-site table and summaries")

@@ -153,7 +153,7 @@ def test_a_fedavgm_run_takes_the_strategys_step_on_the_sites_replies(tmp_path, m
 
 SCAFFOLD_RUN = (
     "image-size=16 batch-size=4 local-epochs=1 num-partitions=2 num-server-rounds=2 strategy='scaffold' "
-    "calibrate=false"
+    "optimizer='sgd' learning-rate=0.01 calibrate=false"
 )
 
 

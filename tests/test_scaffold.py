@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, MessageType, RecordDict
 
 from brainfl.core.errors import BrainFLError
 from brainfl.federation.scaffold import CONTROL, CONTROL_UPDATE, SITE_CONTROL, SiteControl
-from brainfl.model.architectures import build_cnn
-from brainfl.model.training import OptimizerRecipe, mean_gradient, train
+from brainfl.federation.site_round import scaffold_step_scale
+from brainfl.model.training import OptimizerRecipe, train
 from brainfl.settings.run_settings import settings_with
 from conftest import make_dataset
 from inprocess import run_in_process
 
-RUN = {"strategy": "scaffold", "image-size": 16, "local-epochs": 1, "batch-size": 4, "num-server-rounds": 2}
+RUN = {
+    "strategy": "scaffold",
+    "optimizer": "sgd",
+    "image-size": 16,
+    "local-epochs": 1,
+    "batch-size": 4,
+    "num-server-rounds": 2,
+}
 
 
 def test_control_variates_survive_between_rounds_and_move_the_servers(tmp_path):
@@ -43,41 +51,54 @@ def test_control_variates_survive_between_rounds_and_move_the_servers(tmp_path):
 
 
 def test_the_correction_is_added_to_every_gradient():
-    """With c - c_i equal to minus the gradient at the start, a plain SGD-like first step goes nowhere: the
-    corrected model moves less than the uncorrected one from the same start."""
+    """One full-batch step of plain SGD from the same start: the corrected weights end exactly
+    ``lr * (c - c_i)`` behind the uncorrected ones."""
     rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 255, (16, 16, 16, 1)).astype("uint8"), rng.integers(0, 4, 16)
-    model = build_cnn(16, 1, 4)
+    images, labels = rng.normal(size=(16, 8)).astype("float32"), rng.integers(0, 4, 16)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
     start = model.get_weights()
-    gradient = mean_gradient(model, images, labels, batch_size=16, label_smoothing=0.0)
-    model.set_weights(start)
-    trained_masks = [v.trainable for v in model.weights]
-    assert len(gradient) == sum(trained_masks)
+    correction = [np.full(w.shape, 0.25, np.float32) for w in start]
 
     def trained_from_start(correction=None) -> list[np.ndarray]:
         model.set_weights(start)
-        train(model, images, labels, epochs=1, batch_size=16, learning_rate=0.01, label_smoothing=0.0,
+        train(model, images, labels, epochs=1, batch_size=16, learning_rate=0.1, label_smoothing=0.0,
               optimizer=OptimizerRecipe("sgd", 0.0, 0.0), correction=correction)  # fmt: skip
-        return [w for w, t in zip(model.get_weights(), trained_masks, strict=True) if t]
+        return model.get_weights()
 
-    plain, corrected = trained_from_start(), trained_from_start([-g for g in gradient])
-    initial = [w for w, t in zip(start, trained_masks, strict=True) if t]
-    moved = lambda weights: sum(np.abs(w - s).sum() for w, s in zip(weights, initial, strict=True))  # noqa: E731
-    assert moved(corrected) < moved(plain)
+    plain, corrected = trained_from_start(), trained_from_start(correction)
+    for p, c in zip(plain, corrected, strict=True):
+        np.testing.assert_allclose(p - c, 0.1 * 0.25, rtol=1e-4)
 
 
-def test_a_sites_control_starts_at_zero_and_keeps_its_gradient():
+def test_a_sites_control_is_its_mean_corrected_step_and_survives_in_its_state():
+    """Option II: ``c_i+ = c_i - c + (x - y_i) / (K * lr / (1 - m))``, over trained weights only."""
     state = RecordDict()
-    weights = [np.ones(3, np.float32), np.ones(2, np.float32)]
+    weights = [np.ones(3, np.float32), np.ones(2, np.float32)]  # a trained weight, then a statistic
     control = SiteControl(state, [True, False], weights)
-    assert [c.tolist() for c in control.correction([np.full(3, 2.0), np.zeros(2)])] == [[2.0, 2.0, 2.0]]
-    update = control.renew([np.full(3, 0.5, np.float32)], weights)
-    assert [u.tolist() for u in update] == [[0.5, 0.5, 0.5], [0.0, 0.0]]
+    server = [np.full(3, 2.0, np.float32), np.zeros(2, np.float32)]
+    assert [c.tolist() for c in control.correction(server)] == [[2.0, 2.0, 2.0]]
+    trained = [np.full(3, 0.5, np.float32), np.full(2, 7.0, np.float32)]  # moved by 0.5 in 4 steps of 0.25
+    update = control.renew(weights, trained, server, step_scale=4 * 0.25)
+    assert [u.tolist() for u in update] == [[-1.5, -1.5, -1.5], [0.0, 0.0]]  # 0.5 / 1 - 2
     again = SiteControl(state, [True, False], weights)
-    assert isinstance(state[SITE_CONTROL], ArrayRecord) and again.current[0].tolist() == [0.5, 0.5, 0.5]
+    assert isinstance(state[SITE_CONTROL], ArrayRecord) and again.current[0].tolist() == [-1.5, -1.5, -1.5]
+
+
+def test_the_step_scale_counts_the_rounds_sgd_steps_and_momentum():
+    settings = settings_with(
+        strategy="scaffold", optimizer="sgd", sgd_momentum=0.5, batch_size=4, local_epochs=2
+    )
+    assert scaffold_step_scale(settings, 10, 0.1, None) == pytest.approx(2 * 3 * 0.1 / 0.5)
+    assert scaffold_step_scale(settings, 10, 0.1, 1) == pytest.approx(3 * 0.1 / 0.5)
+
+
+def test_scaffold_without_sgd_is_refused_in_one_line():
+    with pytest.raises(BrainFLError, match="use optimizer='sgd' \\(got optimizer=adamw\\)") as caught:
+        settings_with(strategy="scaffold")
+    assert "\n" not in str(caught.value)
 
 
 def test_scaffold_with_differential_privacy_is_refused_in_one_line():
     with pytest.raises(BrainFLError, match="scaffold") as caught:
-        settings_with(strategy="scaffold", dp="server-fixed", norm="group")
+        settings_with(strategy="scaffold", optimizer="sgd", dp="server-fixed", norm="group")
     assert "\n" not in str(caught.value)

@@ -6,13 +6,22 @@ first) and sends it with the global model ``x`` in every train message
 (:data:`SITE_CONTROL`, zeros until it has trained once), the only place besides
 the disk that survives between messages. In a round the site
 
-1. computes ``c_i+``: the gradient of its training loss at ``x``, averaged over its
-   images (the paper's option I: exact in scale whatever the optimizer, at the cost
-   of one pass without a step; :func:`brainfl.federation.site_round.control_gradient`);
-2. trains as usual with ``c - c_i`` added to every gradient (a linear term in the
-   loss, :class:`brainfl.model.training.AnchoredModel`);
+1. trains as usual from ``x`` with ``c - c_i`` added to every gradient (a linear
+   term in the loss, :class:`brainfl.model.training.AnchoredModel`), in ``K``
+   SGD steps at the round's learning rate ``lr`` with momentum ``m``, to ``y_i``;
+2. sets ``c_i+ = c_i - c + (x - y_i) / (K * lr / (1 - m))``, the paper's option II:
+   the mean corrected gradient along its own steps, minus the correction (with
+   momentum a step moves ``lr / (1 - m)`` times the gradient once the momentum
+   has built up);
 3. keeps ``c_i+`` and replies with its model and ``c_i+ - c_i``
    (:data:`CONTROL_UPDATE`).
+
+Option II is measured on the trajectory the site just took, at no extra cost;
+option I (the gradient at ``x``, one more pass) is a round old when it is used,
+and under label skew early rounds move the model far in a round: with it the
+global model's accuracy collapsed in the round the correction started. The
+correction assumes gradient steps, so SCAFFOLD needs ``optimizer='sgd'``
+(AdamW would rescale ``c - c_i`` to a full step per weight).
 
 The server averages the models as FedAvg does (by example count) and sets
 ``c <- c + (1 / N) * sum of the answering sites' updates``, N the sites that
@@ -67,13 +76,30 @@ class SiteControl:
             c - own for c, own in zip(trained_only(server_control, self.trainable), self.current, strict=True)
         ]
 
-    def renew(self, gradient: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Keep ``gradient`` (at the received model) as ``c_i+``; the update ``c_i+ - c_i`` in
-        ``model.weights`` order, for the reply."""
-        update = [new - old for new, old in zip(gradient, self.current, strict=True)]
-        self.state[SITE_CONTROL] = ArrayRecord([np.asarray(array, dtype=np.float32) for array in gradient])
-        self.current = list(gradient)
-        return all_arrays(update, weights, self.trainable)
+    def renew(
+        self,
+        received: Sequence[np.ndarray],
+        trained: Sequence[np.ndarray],
+        server_control: Sequence[np.ndarray],
+        step_scale: float,
+    ) -> list[np.ndarray]:
+        """Keep ``c_i+ = c_i - c + (x - y_i) / step_scale`` (``received`` is ``x``, ``trained`` is
+        ``y_i``, both in ``model.weights`` order; ``step_scale``: how far the steps moved per unit of
+        gradient, ``K * lr / (1 - m)``); the update ``c_i+ - c_i`` in ``model.weights`` order, for the
+        reply."""
+        moved = [
+            (start - end) / step_scale
+            for start, end in zip(
+                trained_only(received, self.trainable), trained_only(trained, self.trainable), strict=True
+            )
+        ]
+        update = [
+            step - c for step, c in zip(moved, trained_only(server_control, self.trainable), strict=True)
+        ]
+        renewed = [own + change for own, change in zip(self.current, update, strict=True)]
+        self.state[SITE_CONTROL] = ArrayRecord([np.asarray(array, dtype=np.float32) for array in renewed])
+        self.current = renewed
+        return all_arrays(update, trained, self.trainable)
 
 
 class BrainScaffold(SiteBookkeeping, FedAvg):

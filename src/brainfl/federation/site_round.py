@@ -2,7 +2,7 @@
 
 :func:`round_update` is what a site does with the global model it received in a
 train message, after scoring it: with the server's SCAFFOLD control variate it
-computes its new ``c_i`` and trains with the correction
+trains with the correction and then sets its new ``c_i`` from the steps it took
 (:mod:`brainfl.federation.scaffold`); it trains the global model with the local update
 (:func:`brainfl.federation.site_training.local_update`); with ``ditto-lambda`` > 0 it
 then trains its personal model (:mod:`brainfl.federation.ditto`). What a site keeps
@@ -16,6 +16,7 @@ both call these, so a site's round is one piece of code.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +26,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from brainfl.data.sites import SiteData
 from brainfl.federation import ditto
 from brainfl.federation.scaffold import CONTROL_UPDATE, SiteControl
-from brainfl.federation.site_training import local_update, update_seed
+from brainfl.federation.site_training import local_update
 from brainfl.model.architectures import ModelBundle
-from brainfl.model.training import mean_gradient
 from brainfl.settings.run_settings import RunSettings
 
 LocalUpdate = Callable[..., dict[str, float]]  # local_update's signature
@@ -43,22 +43,14 @@ class RoundUpdate:
     control_update: list[np.ndarray] | None = None
 
 
-def control_gradient(
-    settings: RunSettings, bundle: ModelBundle, inputs: np.ndarray, labels: np.ndarray, seed: int
-) -> list[np.ndarray]:
-    """SCAFFOLD's ``c_i+``: the site's mean training-loss gradient at the received model, which is
-    left as it was."""
-    received = bundle.trainable.get_weights()
-    gradient = mean_gradient(
-        bundle.trainable,
-        inputs,
-        labels,
-        batch_size=settings.training.batch_size,
-        label_smoothing=settings.training.label_smoothing,
-        seed=seed,
-    )
-    bundle.trainable.set_weights(received)  # (training-mode BatchNorm moved its statistics)
-    return gradient
+def scaffold_step_scale(
+    settings: RunSettings, images: int, learning_rate: float, epochs: int | None
+) -> float:
+    """How far a site's local steps move its weights per unit of (constant) gradient: ``K * lr / (1 - m)``
+    for ``K`` SGD steps at ``lr`` with momentum ``m``."""
+    training = settings.training
+    steps = (training.local_epochs if epochs is None else epochs) * math.ceil(images / training.batch_size)
+    return steps * learning_rate / (1 - training.sgd_momentum)
 
 
 def round_update(
@@ -88,11 +80,9 @@ def round_update(
     options: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
     if proximal_mu:
         options["proximal_mu"] = proximal_mu
-    scaffold, gradient = None, None
+    scaffold = None
     if control is not None:
         scaffold = SiteControl(state, [variable.trainable for variable in model.weights], received)
-        seed = update_seed(settings, server_round, site.site_id)
-        gradient = control_gradient(settings, bundle, inputs, site.train.labels, seed)
         options["correction"] = scaffold.correction(control)
     metrics = (update or local_update)(
         settings,
@@ -105,7 +95,10 @@ def round_update(
         **options,
     )
     trained = model.get_weights()
-    control_update = None if scaffold is None else scaffold.renew(gradient, trained)
+    control_update = None
+    if scaffold is not None:
+        scale = scaffold_step_scale(settings, len(site.train.labels), learning_rate, epochs)
+        control_update = scaffold.renew(received, trained, control, scale)
     if ditto.enabled(settings):
         personal = ditto.personal_update(
             settings,

@@ -342,36 +342,6 @@ def train(
     return {"train_loss": float(history["loss"][-1]), "train_accuracy": float(history["accuracy"][-1])}
 
 
-def mean_gradient(
-    model: keras.Model,
-    inputs: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    label_smoothing: float,
-    seed: int = 0,
-) -> list[np.ndarray]:
-    """The gradient of the training loss at ``model``'s weights, averaged over every image once (one
-    per trainable weight; batches as in training, augmentation on). BatchNorm layers run in training
-    mode and move their statistics: callers that keep the model set its weights again."""
-    keras.utils.set_random_seed(seed)
-    reseed_random_layers(model, seed)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction="sum")
-    variables = model.trainable_weights
-
-    @tf.function
-    def batch_gradient(images, targets):
-        with tf.GradientTape() as tape:
-            total = loss(targets, model(images, training=True))
-        return tape.gradient(total, variables)
-
-    sums = [np.zeros(variable.shape, dtype=np.float64) for variable in variables]
-    for images, targets in make_dataset(inputs, labels, model.output_shape[-1], batch_size, seed):
-        for total, gradient in zip(sums, batch_gradient(images, targets), strict=True):
-            total += gradient.numpy()
-    return [(total / max(len(labels), 1)).astype(np.float32) for total in sums]
-
-
 def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Class probabilities for ``inputs`` (no augmentation, inference mode); a few batches run eagerly."""
     starts = range(0, len(inputs), batch_size)

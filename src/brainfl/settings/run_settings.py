@@ -476,6 +476,11 @@ def check_setting_combinations(settings: RunSettings) -> None:
             "setting 'dp': DP noise on BatchNorm's moving variances can make them negative; "
             f"use norm=group with the {model.name} model"
         )
+    if federation.strategy == "scaffold" and settings.training.optimizer != "sgd":
+        raise BrainFLError(
+            "setting 'strategy': scaffold's correction and control variates assume gradient steps; "
+            f"use optimizer='sgd' (got optimizer={settings.training.optimizer})"
+        )
     if federation.strategy == "scaffold" and privacy.dp != "none":
         raise BrainFLError(
             "setting 'strategy': scaffold's control variates travel outside the DP accounting of the "
