@@ -155,6 +155,10 @@ def test_a_changed_setting_that_would_have_no_effect_is_refused():
     message = "'dirichlet-alpha'=0.3 has no effect unless partitioning=dirichlet"
     with pytest.raises(BrainFLError, match=re.escape(message)):
         settings_from_args(REPO_ROOT, "dirichlet-alpha=0.3")
+    momentum = "'sgd-momentum'=0.5 has no effect unless optimizer=sgd"
+    with pytest.raises(BrainFLError, match=re.escape(momentum)):
+        settings_from_args(REPO_ROOT, "sgd-momentum=0.5")
+    assert settings_from_args(REPO_ROOT, "sgd-momentum=0.5 optimizer='sgd'").training.sgd_momentum == 0.5
 
 
 def documented_settings() -> dict[str, str]:

@@ -263,7 +263,6 @@ def test_strategies_are_named_in_one_registry_and_checked_against_it():
         check_strategy(shared, defaults)
     check_strategy(settings_from_config(defaults), defaults)  # a full config restating the defaults
     for name, entry in STRATEGIES.items():  # every entry builds its class from the settings
-        built = build_strategy(
-            settings_from_config({"strategy": name}), ["a", "b"], lambda r: 0.1, num_sites=3
-        )
+        config = {"strategy": name, "optimizer": "sgd" if name == "scaffold" else "adamw"}
+        built = build_strategy(settings_from_config(config), ["a", "b"], lambda r: 0.1, num_sites=3)
         assert type(built) is entry.strategy_class

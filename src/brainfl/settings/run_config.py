@@ -125,6 +125,7 @@ def settings_from_args(
 _ONLY_WHEN: dict[str, tuple[str, Callable[[RunSettings], bool]]] = {
     "dirichlet-alpha": ("partitioning=dirichlet", lambda s: s.data.partitioning == "dirichlet"),
     "vgg-weights": ("model=vgg16", lambda s: s.model.name == "vgg16"),
+    "sgd-momentum": ("optimizer=sgd", lambda s: s.training.optimizer == "sgd"),
     "dp-noise-multiplier": ("dp is not none", lambda s: s.privacy.dp != "none"),
     "dp-clipping-norm": ("dp is not none", lambda s: s.privacy.dp != "none"),
     "dp-delta": ("dp is not none", lambda s: s.privacy.dp != "none"),
