@@ -12,9 +12,9 @@ find the head; :data:`brainfl.settings.run_settings.CROPS` the names, with ``non
 - ``head``: bright is above :data:`HEAD_THRESHOLD` of the image's 99th percentile;
 - ``head-otsu``: bright is above Otsu's threshold (scikit-image), which separates
   the image's two intensity classes. A preparation that lifts the dark background
-  (histogram equalization, CLAHE, noise) lifts a fixed fraction of the 99th
-  percentile with it less than it lifts the background, and the head box grows to
-  the whole picture; Otsu's threshold moves with the background;
+  (histogram equalization, CLAHE, noise) lifts its noise above a tenth of the 99th
+  percentile, and the ``head`` box grows toward the whole picture; Otsu's threshold
+  moves with the background;
 - ``none``: the scan as stored (models saved before the head crop).
 """
 
