@@ -39,16 +39,13 @@ def prepared(data_dir: str, candidate: str, images: int):
     """(settings, model, images, labels) of one candidate: its model built and trained once (tracing)."""
     import emulator
     from brainfl.data.sites import load_run_dataset
-    from brainfl.federation.site_training import local_update
     from brainfl.model.process_cache import model_for
 
     settings = emulator.settings_for(f'data-dir="{data_dir}"', candidate)
     train_set = load_run_dataset(settings).train
     inputs, labels = train_set.images[:images], train_set.labels[:images]
     bundle = model_for(settings, train_set.class_names)
-    local_update(
-        settings, bundle, inputs, labels, learning_rate=settings.training.learning_rate, server_round=0
-    )
+    timed_pass(settings, bundle, inputs, labels)
     return settings, bundle, inputs, labels
 
 

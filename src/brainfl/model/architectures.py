@@ -11,6 +11,7 @@ prediction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -81,6 +82,34 @@ CNN_STEM = 16
 CNN_STAGES = (32, 64, 128, 256)
 
 
+def _from_scratch(
+    name: str,
+    stage: Callable,
+    widths: tuple[int, ...],
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    norm: str,
+    augmentation: str,
+    standardization: str,
+) -> keras.Model:
+    """The frame both CNNs share: the training augmentation, the intensity standardization, a
+    stride-2 stem, one ``stage(x, filters, name, norm)`` per width with max pooling between them,
+    global average pooling, dropout and a softmax layer."""
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    x = augment(inputs, augmentation_names(augmentation))
+    x = standardization_layer(standardization)(x)
+    x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
+    for index, filters in enumerate(widths, start=1):
+        x = stage(x, filters, f"stage{index}", norm)
+        if index < len(widths):
+            x = keras.layers.MaxPooling2D(name=f"stage{index}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.3, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_cnn(
     image_size: int,
     channels: int,
@@ -101,22 +130,12 @@ def build_cnn(
     (8 groups) instead: nothing data-dependent to average across sites, and
     nothing that DP noise can push out of range.
     """
-    inputs = keras.Input((image_size, image_size, channels), name="image")
-    x = augment(inputs, augmentation_names(augmentation))
-    x = standardization_layer(standardization)(x)
-    x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
-    for stage, filters in enumerate(CNN_STAGES, start=1):
-        x = _conv_norm_relu(x, filters, f"stage{stage}", norm)
-        if stage < len(CNN_STAGES):
-            x = keras.layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(0.3, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="cnn")
+    args = (image_size, channels, num_classes, norm, augmentation, standardization)
+    return _from_scratch("cnn", _conv_norm_relu, CNN_STAGES, *args)
 
 
 # Output channels of the residual CNN's stages: narrower than the plain CNN's, as each stage has two
-# convolutions, so that a pass costs about as much.
+# convolutions (a training pass still costs about twice the CNN's: benchmarks/model_cost.py).
 RESIDUAL_STAGES = (24, 48, 96, 192)
 
 
@@ -144,18 +163,8 @@ def build_residual_cnn(
 ) -> keras.Model:
     """Residual CNN (~0.7M parameters) trained from scratch: the compact CNN's input, stem, pooling and
     head around four residual blocks (:data:`RESIDUAL_STAGES` channels) instead of single convolutions."""
-    inputs = keras.Input((image_size, image_size, channels), name="image")
-    x = augment(inputs, augmentation_names(augmentation))
-    x = standardization_layer(standardization)(x)
-    x = _conv_norm_relu(x, CNN_STEM, "stem", norm, strides=2)
-    for stage, filters in enumerate(RESIDUAL_STAGES, start=1):
-        x = _residual_block(x, filters, f"stage{stage}", norm)
-        if stage < len(RESIDUAL_STAGES):
-            x = keras.layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(0.3, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="rescnn")
+    args = (image_size, channels, num_classes, norm, augmentation, standardization)
+    return _from_scratch("rescnn", _residual_block, RESIDUAL_STAGES, *args)
 
 
 # The models trained from scratch on grayscale scans, by ``model`` setting (VGG-16 is the transfer model).
