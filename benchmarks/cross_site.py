@@ -89,14 +89,20 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-config", default="conf/iid-4-sites.toml", help="the training recipe")
+    parser.add_argument(
+        "--run-config",
+        nargs="+",
+        default=["conf/iid-4-sites.toml"],
+        help='the training recipe: conf files or "K=V ..." overrides, as run.sh takes them, in order',
+    )
     add_output_dir(parser, None)
     add_keep(parser, where="NAME/{train,validate,validate-adapted}/")
     args = parser.parse_args()
     out = (args.output_dir or fresh_output_dir("cross-site")).resolve()
     folders = hospital_folders(args.data_dir.resolve(), out / "hospitals", args.sites, args.seed)
     common = ["--sites", str(args.sites), "--data-dir", str(args.data_dir)]
-    recipe = ["--run-config", args.run_config, "--rounds", str(args.rounds)]
+    configs = [part for config in args.run_config for part in ("--run-config", config)]
+    recipe = [*configs, "--rounds", str(args.rounds)]
     train = measured_run([*common, *recipe, *site_options(folders["train"]), "--baselines"], out / "train")
     validations = {
         name: measured_command(

@@ -72,6 +72,7 @@ from brainfl.evaluation import external as evaluate
 from brainfl.model.choices import AUGMENTATION_NAMES
 from brainfl.report.results import RESULTS_CSV
 from brainfl.settings.run_config import toml_value
+from brainfl.settings.run_settings import CROPS
 from harness import RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_image
 from shifted_copy import testing_scans
@@ -235,15 +236,19 @@ def augmentation_without(left_out: str | None) -> str:
     return ",".join(name for name in AUGMENTATION_NAMES if name != left_out)
 
 
-def trained_model(runs: Path, left_out: str | None, data_dir: Path, epochs: int) -> Path:
-    """The centralized model trained without ``left_out`` in ``runs/<all|without-T>/``, trained here
-    unless that folder already holds one trained with these settings (anything else there is refused)."""
+def trained_model(
+    runs: Path, left_out: str | None, data_dir: Path, epochs: int, crop: str | None = None
+) -> Path:
+    """The centralized model trained without ``left_out`` in ``runs/<all|without-T>/`` (framed by
+    ``crop``, else the app's default), trained here unless that folder already holds one trained with
+    these settings (anything else there is refused)."""
     folder = runs / ("all" if left_out is None else f"without-{left_out}")
     wanted = {
         "augmentation": augmentation_without(left_out),
         "num-server-rounds": epochs,
         "local-epochs": 1,
         "data-dir": str(data_dir),
+        **({"crop": crop} if crop else {}),
     }
     if (folder / "final_model.keras").is_file():
         config = json.loads((folder / "run_config.json").read_text())
@@ -270,18 +275,24 @@ def in_distribution_row(model: Path) -> dict:
 
 
 def leave_out(
-    data_dir: Path, families_dir: Path, out: Path, runs: Path, epochs: int, extra: Sequence[str] = ()
+    data_dir: Path,
+    families_dir: Path,
+    out: Path,
+    runs: Path,
+    epochs: int,
+    extra: Sequence[str] = (),
+    crop: str | None = None,
 ) -> pd.DataFrame:
     """Every family scored on the model trained without its transform, then mean and worst, then the
     in-distribution row of the model trained with every transform."""
     tables = []
     for left_out in dict.fromkeys(TRAINED_WITHOUT.values()):
-        model = trained_model(runs, left_out, data_dir, epochs)
+        model = trained_model(runs, left_out, data_dir, epochs, crop)
         families = [family for family, transform in TRAINED_WITHOUT.items() if transform == left_out]
         scored = score_families(model, families_dir, out / (left_out or "all"), extra, families)
         tables.append(scored.assign(trained_without=left_out or ""))
     table = pd.concat(tables, ignore_index=True).set_index("family").loc[list(FAMILY_NAMES)].reset_index()
-    every = trained_model(out / "runs", None, data_dir, epochs)
+    every = trained_model(runs, None, data_dir, epochs, crop)
     return pd.concat(
         [with_mean_and_worst(table), pd.DataFrame([in_distribution_row(every)])], ignore_index=True
     )
@@ -316,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     held_out.add_argument("--data-dir", type=Path, required=True)
     held_out.add_argument("--epochs", type=int, default=30, help="centralized epochs of every model")
     held_out.add_argument("--adapt", action="store_true", help="score after brainfl evaluate --adapt")
+    held_out.add_argument("--crop", choices=CROPS, help="every model's framing (default: the app's)")
     held_out.add_argument(
         "--runs", type=Path, default=None, help="where the models are trained (default: <output-dir>/runs)"
     )
@@ -340,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         extra = ["--adapt"] if args.adapt else []
         runs = args.runs or args.output_dir / "runs"
-        table = leave_out(args.data_dir, args.families, args.output_dir, runs, args.epochs, extra)
+        table = leave_out(args.data_dir, args.families, args.output_dir, runs, args.epochs, extra, args.crop)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     table.round(6).to_csv(args.output_dir / csv_name, index=False)
     print(table.round(4).to_string(index=False))

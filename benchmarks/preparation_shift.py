@@ -63,7 +63,7 @@ def tight_box(gray: np.ndarray, shift: Shift) -> tuple[int, int, int, int]:
     to which each side adds its own drawn margin, so the box is seldom square.
     Pillow fills what lies outside the image with black.
     """
-    left, top, right, bottom = head_box(gray)
+    left, top, right, bottom = head_box(gray, "head")
     width, height = (right - left) / (1 + 2 * HEAD_MARGIN), (bottom - top) / (1 + 2 * HEAD_MARGIN)
     centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
     return (

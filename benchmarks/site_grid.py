@@ -89,11 +89,12 @@ GRID_CSV = "site_grid.csv"  # per setting, seed, site and approach
 
 
 def run_config(args: argparse.Namespace, setting: str, seed: int) -> str:
-    """The run-config every approach of a cell shares."""
-    return (
+    """The run-config every approach of a cell shares (after the grid's own ``--run-config``)."""
+    cell = (
         f"{SETTINGS[setting]} num-partitions={SITES} num-server-rounds={args.rounds} "
         f"local-epochs={args.local_epochs} seed={seed} data-dir='{args.data_dir}'"
     )
+    return f"{args.run_config} {cell}" if args.run_config else cell
 
 
 def command(args: argparse.Namespace, setting: str, seed: int, approach: str, out: Path) -> list[str]:
@@ -264,6 +265,7 @@ def main() -> None:
     runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     runner.add_argument("--sgd-learning-rate", type=float, default=0.03)
+    runner.add_argument("--run-config", default="", help="overrides for every cell, e.g. \"crop='head'\"")
     runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
     add_output_dir(runner, None, help_text="where the runs go (default: benchmarks/runs/<keep>)")
     add_keep(runner, "site-grid", where="NAME/<setting>/seed<k>/<approach>/")

@@ -104,6 +104,11 @@ def test_a_trained_model_is_reused_only_when_trained_with_the_same_settings(tmp_
     assert trained[0][:2] == ["brainfl", "centralized"]
     assert f'augmentation="{augmentation_without("blur")}"' in trained[0][3]
     assert "output-dir=" in trained[0][3] and "without-blur" in trained[0][3]
+    assert "crop=" not in trained[0][3]  # the app's framing unless told
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        trained_model(tmp_path, "noise", Path("data"), 30, crop="head")  # kept model: the app's framing
+    trained_model(tmp_path, "gamma", Path("data"), 30, crop="head")
+    assert 'crop="head"' in trained[1][3]
 
 
 def test_mean_and_worst_rows_follow_the_families():

@@ -31,7 +31,7 @@ def test_fedavgm_with_momentum_trains_on_four_iid_sites(real_subset, tmp_path):
     rows = read_rows(tmp_path / "run" / "federated_learning_results.csv")
     accuracies = [float(row["accuracy"]) for row in rows]
     assert len(rows) == 5 and all(np.isfinite(float(row["loss"])) for row in rows)
-    assert max(accuracies[1:]) >= accuracies[0] + 0.2, accuracies  # learns: 4 classes start near 0.25
+    assert max(accuracies[1:]) >= accuracies[0] + 0.15, accuracies  # learns: 4 classes start near 0.25
     model = keras.models.load_model(tmp_path / "run" / FINAL_MODEL)
     variances = [v.numpy() for v in model.weights if v.path.endswith("moving_variance")]
     assert variances and all(np.all(v > 0) for v in variances)

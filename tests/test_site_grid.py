@@ -108,15 +108,21 @@ def test_summarize_without_cells_stops_with_the_folder(tmp_path):
         summarize(tmp_path)
 
 
+def grid_arguments(**changed) -> argparse.Namespace:
+    """The site grid's ``run`` options, as its parser gives them by default, with ``changed``."""
+    defaults = dict(rounds=10, local_epochs=2, data_dir="data", fine_tune_epochs=1, ditto_lambda=0.1)
+    return argparse.Namespace(**{**defaults, "sgd_learning_rate": 0.03, "run_config": "", **changed})
+
+
 def test_scaffold_cells_train_with_sgd_and_fine_tune_at_a_tenth_of_its_rate(tmp_path):
-    args = argparse.Namespace(
-        rounds=10,
-        local_epochs=2,
-        data_dir="data",
-        fine_tune_epochs=1,
-        ditto_lambda=0.1,
-        sgd_learning_rate=0.05,
-    )
+    args = grid_arguments(sgd_learning_rate=0.05)
     line = " ".join(command(args, "dir03", 1, "scaffold", tmp_path))
     assert "strategy='scaffold' optimizer='sgd' learning-rate=0.05 fine-tune-learning-rate=0.005" in line
     assert "optimizer" not in " ".join(command(args, "dir03", 1, "fedavg", tmp_path))
+
+
+def test_the_grids_run_config_reaches_every_approach_before_the_cells_settings(tmp_path):
+    args = grid_arguments(run_config="crop='head'")
+    for approach in ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled"):
+        config = command(args, "dir03", 1, approach, tmp_path)[-1]
+        assert config.startswith("crop='head' partitioning='dirichlet'"), approach
