@@ -125,7 +125,7 @@ def rows_of(table: Table, runs: list[Run]) -> list[Row]:
 
 def central_rows(runs: list[Run]) -> list[Row]:
     """Federated vs centralized: accuracy at equal passes; passes and time to the central final accuracy."""
-    rows, same = [], ("image-size", "model", "emulator")
+    rows, same = [], ("image-size", "model", "emulator", "crop")
     trained = [f for f in runs if f.plain and not is_engine_timing(f)]
     for fed, central in ((f, c) for f in trained for c in runs if c.central):
         if not partner(fed, [central], lambda r: True, same):

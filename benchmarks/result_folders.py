@@ -134,6 +134,7 @@ class Run(Kept):
 
     def __post_init__(self) -> None:
         self.rounds = r = self.table.sort_values("round", ignore_index=True)
+        self.info.setdefault("crop", "head")  # kept before the setting existed: framed by the head rule
         sites, last, words = self.folder / "site_metrics.csv", r.iloc[-1], shlex.split(self.command)
         self.sites = pd.read_csv(sites) if sites.is_file() else pd.DataFrame()
         self.measurement = json.loads(read(self.folder / MEASUREMENT) or "{}")  # harness.keep_result

@@ -101,6 +101,17 @@ def test_time_to_the_central_final_on_the_deployment_clock_where_the_results_hol
     assert row[8] == "24 s / 30 s, 0.80 |"  # the sites in parallel
 
 
+def test_a_federated_run_is_set_against_the_centralized_runs_framed_as_it_is(tmp_path):
+    keep(tmp_path, "central", [0.2, 0.96], [0, 30], **{"centralized": True, "local-epochs": 1})  # no crop
+    keep(tmp_path, "central-otsu", [0.2, 0.97], [0, 30], centralized=True, crop="head-otsu")
+    keep(tmp_path, "fed", [0.2, 0.961], [0, 90])  # kept before the crop setting: the head rule
+    keep(tmp_path, "fed-head", [0.2, 0.961], [0, 90], crop="head")
+    keep(tmp_path, "fed-otsu", [0.2, 0.98], [0, 90], crop="head-otsu")
+    table = render("centralized", tmp_path / "benchmarks" / "results")
+    pairs = [tuple(line.split(" | ")[:2]) for line in table.splitlines()[2:] if line.startswith("| fed")]
+    assert pairs == [("| fed", "central"), ("| fed-head", "central"), ("| fed-otsu", "central-otsu")]
+
+
 def test_label_skew_gap_is_dirichlet_minus_iid_in_points_on_the_same_schedule(tmp_path):
     keep(tmp_path, "iid", [0.2, 0.9, 0.983], [0, 10, 20])
     skew = {"partitioning": "dirichlet", "dirichlet-alpha": 0.3}
