@@ -7,7 +7,7 @@ the ClientApp's (:func:`brainfl.data.sites.site_data`: the run's partitioning
 less each site's validation hold-out), every site runs the ClientApp's
 round (:func:`brainfl.federation.site_round.round_update`: the local update
 :func:`brainfl.federation.site_training.local_update` from the global weights with the
-round's learning rate, :func:`brainfl.model.training.round_learning_rate`; under SCAFFOLD
+round's learning rate, :func:`brainfl.model.training.scheduled_learning_rate`; under SCAFFOLD
 first its control variate's gradient pass and the correction, its ``c_i`` kept in a
 ``Context.state`` of its own across the run's rounds, as a SuperNode keeps it) and
 replies what a ClientApp replies (:func:`brainfl.federation.site_round.reply_content`:
@@ -64,7 +64,7 @@ from brainfl.federation.site_training import local_update
 from brainfl.federation.strategy import build_strategy
 from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
-from brainfl.model.training import round_learning_rate
+from brainfl.model.training import scheduled_learning_rate
 from brainfl.report.results import PARTITION_CSV, PERSONALIZATION_CSV, RESULTS_CSV, SITE_CSV, write_run_config
 from brainfl.settings.run_config import settings_from_args
 from brainfl.settings.run_settings import RunSettings
@@ -149,9 +149,7 @@ class ServerStep:
         report: ReportSink | None = None,
     ) -> None:
         def learning_rate_for_round(server_round: int) -> float:
-            return round_learning_rate(
-                settings.training.learning_rate, server_round, settings.federation.num_server_rounds
-            )
+            return scheduled_learning_rate(settings, server_round)
 
         self.sink = report
         self.last_report: SiteReport | None = None

@@ -92,6 +92,7 @@ def test_keys_that_are_not_settings_are_ignored_as_in_a_runs_saved_config():
         ({"dp-delta": "nan"}, "'dp-delta': expected float"),
         ({"calibrate": 2}, r"'calibrate': expected bool \(true or false\), got 2"),
         ({"secagg": 1.0}, "'secagg': expected bool"),
+        ({"warmup-rounds": -1}, r"'warmup-rounds' must be >= 0 \(0: off\), got -1"),
     ],
 )
 def test_bad_settings_name_the_setting(config, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -16,10 +18,12 @@ from brainfl.model.training import (
     PriorAdjustedCrossEntropy,
     predict_proba,
     round_learning_rate,
+    scheduled_learning_rate,
     site_class_prior,
     train,
 )
 from brainfl.settings import run_settings
+from brainfl.settings.run_settings import settings_from_config
 
 
 def _distance_after_training(mu: float) -> float:
@@ -157,6 +161,14 @@ def test_learning_rate_decays_from_base_to_floor_over_rounds():
     assert round_learning_rate(0.01, 1, 10) == pytest.approx(0.01)
     assert round_learning_rate(0.01, 10, 10) == pytest.approx(0.0002)
     assert round_learning_rate(0.01, 5, 10) < round_learning_rate(0.01, 4, 10)
+
+
+def test_warm_up_rounds_ramp_to_the_base_rate_then_the_decay_starts_from_it():
+    rates = [round_learning_rate(0.01, r, 10, warmup_rounds=3) for r in range(1, 11)]
+    assert rates[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])  # r / 4, then the base
+    assert rates[-1] == pytest.approx(0.0002) and all(a > b for a, b in itertools.pairwise(rates[3:]))
+    settings = settings_from_config({"learning-rate": 0.01, "num-server-rounds": 10, "warmup-rounds": 3})
+    assert [scheduled_learning_rate(settings, r) for r in range(1, 11)] == rates
 
 
 def _augmented_bn_model() -> keras.Model:

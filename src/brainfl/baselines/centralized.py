@@ -25,7 +25,7 @@ from brainfl.federation.recorder import RunRecorder
 from brainfl.federation.site_training import class_counts, local_update
 from brainfl.model.files import FINAL_MODEL, ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
-from brainfl.model.training import round_learning_rate
+from brainfl.model.training import scheduled_learning_rate
 from brainfl.report.page import make_report
 from brainfl.report.results import resolve_output_dir, write_run_config
 from brainfl.settings.run_config import add_settings_arguments, settings_from_args
@@ -60,9 +60,7 @@ def run_centralized(settings: RunSettings, output_dir: Path) -> None:
     counts = {f"{CLASS_COUNT_PREFIX}{i}": n for i, n in enumerate(class_counts(labels, len(class_names)))}
     for epoch in range(1, settings.federation.num_server_rounds + 1):
         bundle.trainable.set_weights(weights)
-        learning_rate = round_learning_rate(
-            settings.training.learning_rate, epoch, settings.federation.num_server_rounds
-        )
+        learning_rate = scheduled_learning_rate(settings, epoch)
         metrics = local_update(
             settings, bundle, inputs, labels, learning_rate=learning_rate, server_round=epoch
         )

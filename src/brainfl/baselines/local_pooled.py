@@ -5,7 +5,7 @@ on my patients than the one I could train alone?". With the run's settings it
 trains, at each site of the run in turn, a model from the run's seeded initial
 weights on that site's training images only: ``num-server-rounds`` "rounds" of
 :func:`brainfl.federation.site_training.local_update` (``local-epochs`` epochs each, the
-round's learning rate :func:`brainfl.model.training.round_learning_rate`, the site's
+round's learning rate :func:`brainfl.model.training.scheduled_learning_rate`, the site's
 seeds), exactly as the site trains in the federation, with no averaging in
 between (and no FedProx term: there is no shared model to stay near). The sites
 are the federation's (:func:`brainfl.data.sites.site_data`): the run's
@@ -54,7 +54,7 @@ from brainfl.federation.site_training import local_update
 from brainfl.model.architectures import ModelBundle
 from brainfl.model.files import FINAL_MODEL, ModelWriter
 from brainfl.model.process_cache import initial_weights, model_inputs
-from brainfl.model.training import round_learning_rate
+from brainfl.model.training import scheduled_learning_rate
 from brainfl.report.results import (
     PARTITION_CSV,
     RESULTS_CSV,
@@ -119,7 +119,7 @@ def train_alone(
             bundle,
             inputs,
             labels,
-            learning_rate=round_learning_rate(settings.training.learning_rate, server_round, rounds),
+            learning_rate=scheduled_learning_rate(settings, server_round),
             server_round=server_round,
             site_id=site.site_id,
         )

@@ -52,7 +52,7 @@ from brainfl.federation.threshold_query import final_threshold
 from brainfl.federation.validation import run_validation
 from brainfl.model.files import FINAL_MODEL, ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_for
-from brainfl.model.training import round_learning_rate
+from brainfl.model.training import scheduled_learning_rate
 from brainfl.report.page import make_report
 from brainfl.report.results import RESULTS_CSV, last_recorded_round, resolve_output_dir, write_run_config
 from brainfl.settings.run_settings import RunSettings, default_run_config, settings_from_config
@@ -163,9 +163,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
     )
 
     def learning_rate_for_round(server_round: int) -> float:
-        return round_learning_rate(
-            settings.training.learning_rate, server_round, settings.federation.num_server_rounds
-        )
+        return scheduled_learning_rate(settings, server_round)
 
     latest: list[Evaluation] = []  # the last evaluation: of the final model once the rounds are done
 

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from brainfl.settings.run_settings import TrainingSettings
+from brainfl.settings.run_settings import RunSettings, TrainingSettings
 
 # Tracing costs ~1.3 s of CPU for the training step (~0.2 s for predict and precise BN); an
 # eager step ~0.15 s more than a traced one (CNN, 32-64 px): up to 4 batches, eager is cheaper.
@@ -356,9 +356,24 @@ def predict_proba(model: keras.Model, inputs: np.ndarray, batch_size: int = 128)
     return model.predict(data, verbose=0)
 
 
-def round_learning_rate(base: float, server_round: int, num_rounds: int, floor: float = 0.02) -> float:
-    """Cosine decay over rounds: ``base`` in round 1 down to ``base * floor`` in the last."""
-    if num_rounds <= 1:
+def round_learning_rate(
+    base: float, server_round: int, num_rounds: int, warmup_rounds: int = 0, floor: float = 0.02
+) -> float:
+    """Linear warm-up, then cosine decay over rounds: ``base * r / (warmup_rounds + 1)`` in round
+    ``r <= warmup_rounds``, then ``base`` in the first round after them down to ``base * floor`` in the
+    last."""
+    if server_round <= warmup_rounds:
+        return base * server_round / (warmup_rounds + 1)
+    decaying = num_rounds - warmup_rounds
+    if decaying <= 1:
         return base
-    progress = (server_round - 1) / (num_rounds - 1)
+    progress = (server_round - 1 - warmup_rounds) / (decaying - 1)
     return base * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def scheduled_learning_rate(settings: RunSettings, server_round: int) -> float:
+    """The learning rate of a round (a centralized epoch) under the run's settings."""
+    training = settings.training
+    return round_learning_rate(
+        training.learning_rate, server_round, settings.federation.num_server_rounds, training.warmup_rounds
+    )

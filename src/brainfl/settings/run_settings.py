@@ -91,6 +91,7 @@ class TrainingSettings:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    warmup_rounds: int  # rounds (centralized: epochs) whose learning rate ramps up to learning_rate
     label_smoothing: float
     weight_decay: float
     optimizer: str  # "adamw" or "sgd" (with momentum ``sgd_momentum``)
@@ -170,6 +171,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("local_epochs", "training"),
         ("batch_size", "training"),
         ("learning_rate", "training"),
+        ("warmup_rounds", "training"),
         ("model", "model"),
         ("image_size", "model"),
         ("num_partitions", "data"),
@@ -410,6 +412,10 @@ def check_settings(settings: RunSettings) -> None:
     _within(settings, "sgd_momentum", 0, 1, "[)")
     if settings.training.weight_decay < 0 or settings.federation.wait_for_sites < 0:
         raise BrainFLError("settings 'weight-decay' and 'wait-for-sites' must be >= 0")
+    if settings.training.warmup_rounds < 0:
+        raise BrainFLError(
+            f"setting 'warmup-rounds' must be >= 0 (0: off), got {settings.training.warmup_rounds}"
+        )
     if settings.training.fine_tune_epochs < 0:
         raise BrainFLError(
             f"setting 'fine-tune-epochs' must be >= 0 (0: off), got {settings.training.fine_tune_epochs}"
