@@ -19,13 +19,19 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   client drift under label skew) and the sites' local steps SGD with momentum, whose
   gradient steps the correction assumes (``--sgd-learning-rate``, default 0.03; fine-tuning
   at a tenth of it), then 1 fine-tuning epoch per site as for ``fedavg``;
+- ``prior``: the same federation with the balanced-softmax loss (``balanced-softmax=true``: each
+  site fits the class-balanced world under its own class mix, so the global model follows no
+  site's), then 1 fine-tuning epoch per site (with the same loss) and the site's own class mix
+  folded back into the classifier (``site-prior=true``, :mod:`brainfl.federation.site_prior`):
+  the global model (``FedAvg, balanced softmax``), fine-tuned, and with the site prior;
 - ``local``: ``brainfl local``, each site trains alone on its own images;
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
 Every score is a site's accuracy on its own held-out split (the same images in
-all of them). Every approach trains with plain cross-entropy: the balanced-softmax
+all of them). Every approach but ``prior`` trains with plain cross-entropy: the balanced-softmax
 loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
-trained alone with it on a few classes scores near zero on its own skewed split.
+trained alone with it on a few classes scores near zero on its own skewed split unless its own
+class mix is put back, as ``prior`` does.
 
 ``run`` trains what is missing into ``--output-dir`` (default
 ``benchmarks/runs/<keep>``; a cell whose result file exists
@@ -75,12 +81,13 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled")
+APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "prior", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
     "ditto": PERSONALIZATION_CSV,
     "scaffold": PERSONALIZATION_CSV,
+    "prior": PERSONALIZATION_CSV,
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
@@ -112,6 +119,7 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
             f"fine-tune-learning-rate={args.sgd_learning_rate / 10:g} "
             f"fine-tune-epochs={args.fine_tune_epochs}"
         ),
+        "prior": f"balanced-softmax=true fine-tune-epochs={args.fine_tune_epochs} site-prior=true",
     }[approach]
     port = str(free_port_block(SITES + 2))
     return [

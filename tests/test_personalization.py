@@ -16,7 +16,7 @@ from brainfl.evaluation.metrics import held_out_metrics
 from brainfl.federation import personalization, site_round
 from brainfl.federation.bookkeeping import weighted_average
 from brainfl.federation.fedbn import SITE_BATCHNORM, SiteBatchNorm, batchnorm_mask
-from brainfl.federation.personalization import PERSONALIZE, PERSONALIZED_MODEL
+from brainfl.federation.personalization import PERSONALIZE, PERSONALIZED_MODEL, SITE_PRIOR_MODEL
 from brainfl.federation.setup import QUERY
 from brainfl.federation.site_training import local_update
 from brainfl.model.files import FINAL_MODEL, load_model, stored_metadata
@@ -159,6 +159,38 @@ def test_sites_fine_tune_save_and_send_only_their_scores(tmp_path, monkeypatch):
     assert "personalization: 2 sites saved their personalized models" in (run / "logs/server.log").read_text()
     page = (run / "report.html").read_text()
     assert "Global against personalized model" in page and "gain balanced accuracy" in page
+
+
+def test_site_prior_folds_each_sites_class_mix_into_its_copy_against_the_federations(tmp_path):
+    """site-prior=true: the query carries the federation's class mix (partition.csv summed); each site
+    saves the global model with its own mix folded in, whose probabilities are Bayes' rule on the global
+    model's, and reports that copy's held-out scores (stage site_prior)."""
+    grid, _, _ = run_coordinated(tmp_path, {"num-server-rounds": 1, "site-prior": True})
+    run = tmp_path / "run"
+    partition = read_rows(run / "partition.csv")
+    counts = np.array([sum(int(row[name]) for row in partition) for name in CLASSES]) + 1.0
+    reference = counts / counts.sum()
+    query = grid.sent[-1].content["config"]
+    assert query[QUERY] == PERSONALIZE and query["site-prior"]
+    np.testing.assert_allclose(query["reference-prior"], reference)
+    settings = settings_from_config(grid.run_config)
+    final = load_model(run / FINAL_MODEL)
+    rows = read_rows(run / PERSONALIZATION_CSV)
+    assert [row["site"] for row in rows] == ["0", "1"]
+    for row in rows:
+        site = site_data(settings, grid.contexts[NODE_BASE + int(row["site"])].node_config, CLASSES)
+        path = run / "sites" / f"site_{row['site']}" / SITE_PRIOR_MODEL
+        mix = np.bincount(site.train.labels, minlength=len(CLASSES)) + 1.0
+        mix /= mix.sum()
+        np.testing.assert_allclose(stored_metadata(path)["site_prior"]["site"], mix)
+        expected = predict_proba(final.model, site.val.images) * mix / reference
+        expected /= expected.sum(1, keepdims=True)
+        folded = predict_proba(load_model(path).model, site.val.images)
+        np.testing.assert_allclose(folded, expected, rtol=1e-3, atol=1e-6)
+        scores = held_out_metrics(site.val.labels, folded, CLASSES)
+        assert float(row["site_prior_accuracy"]) == pytest.approx(scores["val_accuracy"], abs=1e-6)
+        gain = float(row["site_prior_accuracy"]) - float(row["global_accuracy"])
+        assert float(row["gain_accuracy"]) == pytest.approx(gain, abs=1e-5)
 
 
 def test_a_site_keeps_its_own_batchnorm_in_its_context_state():

@@ -89,6 +89,20 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
         "scaffold (sgd)",
         "scaffold (sgd) + fine-tune",
     ]
+    prior = tmp_path / "prior"
+    personalization_csv(prior, fedbn=False, epochs=1)
+    config = json.loads((prior / "run_config.json").read_text())
+    (prior / "run_config.json").write_text(json.dumps({**config, "balanced-softmax": True}))
+    table = pd.read_csv(prior / PERSONALIZATION_CSV)
+    table["site_prior_accuracy"], table["site_prior_balanced_accuracy"] = ALONE, ALONE
+    table.to_csv(prior / PERSONALIZATION_CSV, index=False)
+    with_prior = site_comparison.approaches(prior)
+    assert list(with_prior) == [
+        "FedAvg, balanced softmax",
+        "FedAvg, balanced softmax + fine-tune",
+        "FedAvg, balanced softmax + fine-tune + site prior",
+    ]
+    assert with_prior["FedAvg, balanced softmax + fine-tune + site prior"]["accuracy"].tolist() == ALONE
     ranked = sorted(["pooled", "scaffold", "alone", "Ditto", "federated"], key=site_comparison.rank)
     assert ranked == ["alone", "federated", "Ditto", "scaffold", "pooled"]
 

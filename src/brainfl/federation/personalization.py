@@ -1,11 +1,13 @@
 """After the last round: each site's own copy of the final model, adapted or fine-tuned, saved and scored.
 
-With ``fine-tune-epochs`` > 0, ``fedbn=true``, ``adapt-sites=true`` or ``ditto-lambda`` > 0 the
-coordinator sends every
+With ``fine-tune-epochs`` > 0, ``fedbn=true``, ``adapt-sites=true``, ``ditto-lambda`` > 0 or
+``site-prior=true`` the coordinator sends every
 connected SuperNode one query message (``config["query"] = "personalize"``,
 :data:`PERSONALIZE`) with the final global weights (after calibration), the
 class names, ``fine-tune-learning-rate``, ``fine-tune-epochs``, ``adapt-sites`` and the final
-model's temperature and ``notumor`` threshold. The site (:func:`personalize_site`)
+model's temperature and ``notumor`` threshold (with ``site-prior``, also the class mix the global
+model was fitted to, :func:`brainfl.federation.site_prior.reference_prior`). The site
+(:func:`personalize_site`)
 
 1. scores the global model as received (``final_model.keras``'s weights) on its
    held-out split (:func:`brainfl.federation.site_training.validate`);
@@ -27,7 +29,12 @@ model's temperature and ``notumor`` threshold. The site (:func:`personalize_site
 5. scores it again (stage ``personalized``), saves it as a brainfl model file
    at the site (:func:`personalized_model_path`; no temperature: the global
    model's does not describe the fine-tuned one);
-6. with Ditto (``ditto-lambda`` > 0), scores the personal model it kept through the
+6. with ``site-prior``, folds its own class mix into the classifier of the model it has now
+   (:mod:`brainfl.federation.site_prior`: the fine-tuned one, else the adapted one or the
+   global one with its own BatchNorm), scores it (stage ``site_prior``) and saves it beside the
+   personalized model's place as :data:`SITE_PRIOR_MODEL` (``site_prior`` metadata: its class
+   frequencies and the reference; no temperature);
+7. with Ditto (``ditto-lambda`` > 0), scores the personal model it kept through the
    rounds (:mod:`brainfl.federation.ditto`; stage ``ditto``, NaN where it has none) and
    saves it beside the personalized model's place as
    :data:`brainfl.federation.ditto.DITTO_MODEL`;
@@ -62,46 +69,69 @@ from brainfl.federation.bookkeeping import NUM_EXAMPLES, site_of
 from brainfl.federation.ditto import DITTO_MODEL, PersonalModel
 from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.setup import QUERY, query_sites
+from brainfl.federation.site_prior import fold_prior, prior_shift, reference_prior
 from brainfl.federation.site_training import local_update, validate
 from brainfl.inference.adaptation import ADAPTED_MODEL, Adaptation, now
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import model_for, model_inputs
+from brainfl.model.training import site_class_prior
 from brainfl.report.results import PERSONALIZATION_CSV, CsvAppender
 from brainfl.settings.run_settings import RunSettings
 
 PERSONALIZE = "personalize"  # the query config's QUERY value of this query
 EPOCHS = "fine-tune-epochs"  # the query's epochs of fine-tuning
 ADAPT = "adapt-sites"  # the query's adapt-sites
+PRIOR = "site-prior"  # the query's site-prior
+REFERENCE = "reference-prior"  # the query's class mix of the global model (with site-prior)
 DITTO_LAMBDA = "ditto-lambda"  # the query's ditto-lambda (> 0: score and save the Ditto model)
 PERSONALIZED_MODEL = "personalized_model.keras"
+SITE_PRIOR_MODEL = "site_prior_model.keras"
 GLOBAL, SITE_BN, ADAPTED, PERSONALIZED, GAIN = "global", "site_bn", "adapted", "personalized", "gain"
-DITTO = "ditto"
+DITTO, SITE_PRIOR = "ditto", "site_prior"
 DECISION = ("temperature", "notumor_threshold")  # the final model's metadata an adapted copy keeps
 COUNTS = ("held_out_images", "num_train", "fine_tune_epochs")
 
 
 def enabled(settings: RunSettings) -> bool:
-    """Whether the run asks the sites for their own models (fine-tuning, FedBN, adapting or Ditto)."""
+    """Whether the run asks the sites for their own models (fine-tuning, FedBN, adapting, Ditto or
+    the site's class prior)."""
     federation = settings.federation
     return (
         settings.training.fine_tune_epochs > 0
         or federation.fedbn
         or federation.adapt_sites
         or federation.ditto_lambda > 0
+        or federation.site_prior
     )
 
 
-def stages(fedbn: bool, epochs: int, adapt: bool = False, ditto: bool = False) -> tuple[str, ...]:
+def stages(
+    fedbn: bool, epochs: int, adapt: bool = False, ditto: bool = False, prior: bool = False
+) -> tuple[str, ...]:
     """The models a site scores: the global one as received; with FedBN and fine-tuning or adapting,
     the global one with the site's own BatchNorm; the adapted one; the fine-tuned one (FedBN alone:
-    the site's own BatchNorm) it saves; with Ditto, its personal model (last: the gain is its)."""
+    the site's own BatchNorm) it saves; that with its own class prior; with Ditto, its personal
+    model (the last one's is the gain)."""
     return (
         GLOBAL,
         *((SITE_BN,) if fedbn and (epochs or adapt) else ()),
         *((ADAPTED,) if adapt else ()),
         *((PERSONALIZED,) if epochs or (fedbn and not adapt) else ()),
+        *((SITE_PRIOR,) if prior else ()),
         *((DITTO,) if ditto else ()),
+    )
+
+
+def run_stages(settings: RunSettings) -> tuple[str, ...]:
+    """:func:`stages` of a run's settings."""
+    federation = settings.federation
+    return stages(
+        federation.fedbn,
+        settings.training.fine_tune_epochs,
+        federation.adapt_sites,
+        federation.ditto_lambda > 0,
+        federation.site_prior,
     )
 
 
@@ -140,9 +170,11 @@ def personalization_query(
     class_names: Sequence[str],
     settings: RunSettings,
     decision: Mapping[str, float] | None = None,
+    reference: Sequence[float] | None = None,
 ) -> RecordDict:
     """What every site gets: the final weights, the class names, the learning rate, the epochs, whether
-    to adapt and the final model's ``decision`` metadata (temperature, ``notumor`` threshold)."""
+    to adapt, the final model's ``decision`` metadata (temperature, ``notumor`` threshold) and, with
+    ``site-prior``, the class mix the global model follows (``reference``; uniform when not given)."""
     last = settings.federation.num_server_rounds
     config = {
         QUERY: PERSONALIZE,
@@ -152,6 +184,8 @@ def personalization_query(
         EPOCHS: settings.training.fine_tune_epochs,
         ADAPT: settings.federation.adapt_sites,
         DITTO_LAMBDA: settings.federation.ditto_lambda,
+        PRIOR: settings.federation.site_prior,
+        **({REFERENCE: [float(value) for value in reference]} if reference is not None else {}),
         **{key: float(value) for key, value in (decision or {}).items() if key in DECISION},
     }
     return RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
@@ -169,7 +203,8 @@ def personalize_site(
     epochs = int(config.get(EPOCHS, settings.training.fine_tune_epochs))
     adapt = bool(config.get(ADAPT, settings.federation.adapt_sites))
     ditto_lambda = float(config.get(DITTO_LAMBDA, settings.federation.ditto_lambda))
-    chosen = stages(settings.federation.fedbn, epochs, adapt, ditto_lambda > 0)
+    prior = bool(config.get(PRIOR, settings.federation.site_prior))
+    chosen = stages(settings.federation.fedbn, epochs, adapt, ditto_lambda > 0, prior)
 
     def held_out() -> dict[str, float]:
         if not len(site.val):
@@ -208,6 +243,17 @@ def personalize_site(
         scores[PERSONALIZED] = held_out()
         path = personalized_model_path(context, settings)
         save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs}, path)
+        saved.append(path)
+    if prior:
+        names_count = len(site.train.class_names)
+        reference = [float(value) for value in config.get(REFERENCE, [1.0 / names_count] * names_count)]
+        shift = prior_shift(site.train.labels, reference)
+        fold_prior(bundle.trainable, shift)
+        scores[SITE_PRIOR] = held_out()
+        path = personalized_model_path(context, settings).with_name(SITE_PRIOR_MODEL)
+        site_mix = site_class_prior(site.train.labels, names_count).tolist()
+        recorded = {"site": site_mix, "reference": reference}
+        save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs, "site_prior": recorded}, path)
         saved.append(path)
     if DITTO in chosen:
         personal = PersonalModel(context.state, site.site_id).kept(weights)
@@ -301,13 +347,16 @@ def personalize(
     class_names: Sequence[str],
     output_dir: Path,
     decision: Mapping[str, float] | None = None,
+    federation_counts: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Ask every site for its personalized model's scores (see the module docstring); write
+    """Ask every site for its personalized model's scores (see the module docstring; with
+    ``site-prior``, ``federation_counts`` are the sites' training images per class); write
     ``personalization.csv``. Returns its rows (none when the run does not personalize)."""
     (output_dir / PERSONALIZATION_CSV).unlink(missing_ok=True)  # an earlier run's, in a reused folder
     if not enabled(settings):
         return []
-    content = personalization_query(weights, class_names, settings, decision)
+    reference = reference_prior(settings.training.balanced_softmax, federation_counts, len(class_names))
+    content = personalization_query(weights, class_names, settings, decision, reference.tolist())
     replies = query_sites(
         grid, content, grid.get_node_ids(), settings.federation.round_timeout, "personalization"
     )
@@ -319,13 +368,7 @@ def record_answers(
 ) -> list[dict[str, Any]]:
     """Write the sites' answers to the personalization query as ``personalization.csv`` (and log the
     summary); return its rows."""
-    federation = settings.federation
-    chosen = stages(
-        federation.fedbn,
-        settings.training.fine_tune_epochs,
-        federation.adapt_sites,
-        federation.ditto_lambda > 0,
-    )
+    chosen = run_stages(settings)
     names = score_names(class_names)
     rows = sorted(
         (row for reply in replies if (row := site_row(reply, chosen, names)) is not None),

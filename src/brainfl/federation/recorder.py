@@ -122,6 +122,12 @@ class RunRecorder:
             for row in rows:
                 ledger.release(int(row["sites_trained"] or 0))
 
+    def class_counts(self) -> list[int]:
+        """The federation's training images per class: ``partition.csv``'s rows summed (every site that
+        sent its counts with a training reply, before an interruption too)."""
+        rows = read_rows(self.output_dir / PARTITION_CSV)
+        return [sum(int(row.get(name) or 0) for row in rows) for name in self.class_names]
+
     def _tensorboard_writer(self):
         import tensorflow as tf  # only with tensorboard=true: the recorder itself never needs TensorFlow
 

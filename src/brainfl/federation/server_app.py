@@ -14,11 +14,12 @@ on its validation split at a grid of temperatures
 (:mod:`brainfl.federation.calibration_query`, ``calibrate``), then, with
 ``notumor-threshold = "fit"``, for its missed tumors and false alarms at a grid of
 ``notumor`` thresholds (:mod:`brainfl.federation.threshold_query`); the final model is saved
-with the fitted temperature and threshold; with ``fine-tune-epochs``, ``fedbn``, ``adapt-sites``
-or ``ditto-lambda`` every site then fine-tunes or adapts and saves its own copy (or, with Ditto,
-the personal model it trained through the rounds) and answers with its held-out scores before and
-after (:mod:`brainfl.federation.personalization`, ``personalization.csv``), and
-the report is made from those saved files.
+with the fitted temperature and threshold; with ``fine-tune-epochs``, ``fedbn``, ``adapt-sites``,
+``ditto-lambda`` or ``site-prior`` every site then fine-tunes or adapts and saves its own copy (or,
+with Ditto, the personal model it trained through the rounds; with ``site-prior``, its copy with its
+own class mix, for which the server sends the federation's, ``partition.csv`` summed) and answers
+with its held-out scores before and after (:mod:`brainfl.federation.personalization`,
+``personalization.csv``), and the report is made from those saved files.
 The strategy is the one the ``strategy`` setting names, wrapped for ``dp``;
 with ``secagg=true`` the rounds run on Flower's SecAgg+ workflow. With
 ``validate-models`` set the run trains nothing: saved models are scored at every
@@ -97,11 +98,12 @@ def personalize_sites(
     class_names: tuple[str, ...],
     output_dir: Path,
     decision: dict[str, float] | None = None,
+    federation_counts: list[int] | None = None,
 ) -> None:
     """The sites' personalized and adapted models (:mod:`brainfl.federation.personalization`; a problem
     never fails a finished run, whose outputs then lack ``personalization.csv``)."""
     try:
-        personalize(grid, settings, weights, class_names, output_dir, decision)
+        personalize(grid, settings, weights, class_names, output_dir, decision, federation_counts)
     except Exception as error:
         LOG.warning("personalization failed: %r", error)
 
@@ -212,7 +214,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
         **final_threshold(grid, settings, weights, class_names, temperature or 1.0, test, output_dir),
     }
     writer.write(output_dir / FINAL_MODEL, weights, **decision)
-    personalize_sites(grid, settings, weights, class_names, output_dir, decision)
+    personalize_sites(grid, settings, weights, class_names, output_dir, decision, recorder.class_counts())
     write_report(output_dir)
     LOG.info("outputs written to %s", output_dir)
 

@@ -13,10 +13,11 @@ held-out (validation) split, and each run of the question writes those scores:
   ``strategy`` setting's name for another strategy, e.g. ``scaffold``, and the
   ``optimizer`` setting's in brackets when not AdamW: ``scaffold (sgd)``), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
-  (``... + fine-tune``), and with ``ditto-lambda`` the site's Ditto personal model
-  (``Ditto``); without that file, the held-out scores its sites sent with
-  the last round's training replies (``site_metrics.csv``), of the model they
-  received in that round (``federated, round <R> model``: the model before the
+  (``... + fine-tune``), with ``site-prior`` that model with the site's own class mix
+  (``... + site prior``; a run with ``balanced-softmax`` is named ``FedAvg, balanced softmax``),
+  and with ``ditto-lambda`` the site's Ditto personal model (``Ditto``); without that file, the
+  held-out scores its sites sent with the last round's training replies (``site_metrics.csv``), of
+  the model they received in that round (``federated, round <R> model``: the model before the
   last round's update, a little behind the final one).
 
 :func:`approaches` reads whichever of these a folder holds;
@@ -79,6 +80,7 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     other than FedAvg, and a local optimizer other than AdamW, e.g. ``scaffold (sgd)`` (its
     ``run_config.json``), and fine-tuned (the CSV's ``fine_tune_epochs``);
     ``adapted``: the copy with BatchNorm statistics re-estimated on the site's images (``adapt-sites``);
+    ``site_prior``: the last of those with the site's class mix folded in (``site-prior``);
     ``ditto``: the site's Ditto personal model (``ditto-lambda``)."""
     config_path = folder / "run_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -87,12 +89,15 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
     base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
     base += "" if optimizer == "adamw" else f" ({optimizer})"
+    base += ", balanced softmax" if config.get("balanced-softmax") else ""
     own = f"{base}, own BN" if fedbn else base
+    personalized = f"{own} + fine-tune" if tuned else own
     return {
         "global": FEDERATED if base == "FedAvg" else base,
         "site_bn": own,
         "adapted": f"{own} + adapted BN",
-        "personalized": f"{own} + fine-tune" if tuned else own,
+        "personalized": personalized,
+        "site_prior": f"{personalized} + site prior",
         "ditto": "Ditto",
     }
 

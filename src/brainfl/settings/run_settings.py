@@ -121,6 +121,7 @@ class FederationSettings:
     fedbn: bool
     adapt_sites: bool
     ditto_lambda: float
+    site_prior: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +228,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("notumor_threshold", "evaluation"),
         ("missed_tumor_target", "evaluation"),
         ("ditto_lambda", "federation"),
+        ("site_prior", "federation"),
     )
 )
 
