@@ -191,6 +191,7 @@ def test_site_prior_folds_each_sites_class_mix_into_its_copy_against_the_federat
         assert float(row["site_prior_accuracy"]) == pytest.approx(scores["val_accuracy"], abs=1e-6)
         gain = float(row["site_prior_accuracy"]) - float(row["global_accuracy"])
         assert float(row["gain_accuracy"]) == pytest.approx(gain, abs=1e-5)
+    assert "site-prior accuracy" in (run / "report.html").read_text()  # the report's table shows the stage
 
 
 def test_a_site_keeps_its_own_batchnorm_in_its_context_state():

@@ -90,6 +90,7 @@ STAGE_LABELS = {
     "site_bn": "own-BN",
     "adapted": "adapted",
     "personalized": "personalized",
+    "site_prior": "site-prior",
     "ditto": "Ditto",
     "gain": "gain",
 }
@@ -98,7 +99,8 @@ STAGE_LABELS = {
 def personalization_table(run: Run) -> pd.DataFrame | None:
     """Per site, from ``personalization.csv``: the held-out accuracy and balanced accuracy of the global
     model, of it with the site's own BatchNorm (FedBN with fine-tuning), of the adapted copy
-    (``adapt-sites``), of the personalized model and the gain (the last of these - global), and the
+    (``adapt-sites``), of the personalized model, of that with the site's class mix (``site-prior``)
+    and the gain (the last of these - global), and the
     gain in each class's sensitivity; then the :data:`SUMMARY_ROWS`
     (worst: the lowest). None when the run wrote no ``personalization.csv``."""
     path = run.output_dir / PERSONALIZATION_CSV
