@@ -21,9 +21,10 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   at a tenth of it), then 1 fine-tuning epoch per site as for ``fedavg``;
 - ``prior``: the same federation with the balanced-softmax loss (``balanced-softmax=true``: each
   site fits the class-balanced world under its own class mix, so the global model follows no
-  site's), then 1 fine-tuning epoch per site (with the same loss) and the site's own class mix
-  folded back into the classifier (``site-prior=true``, :mod:`brainfl.federation.site_prior`):
-  the global model (``FedAvg, balanced softmax``), fine-tuned, and with the site prior;
+  site's; ``balanced-softmax-smoothing=0.1``: a class a site lacks keeps 2.5% of its mix), then
+  1 fine-tuning epoch per site (with the same loss) and the site's own class mix folded back
+  into the classifier (``site-prior=true``, :mod:`brainfl.federation.site_prior`): the global
+  model (``FedAvg, balanced softmax``), fine-tuned, and with the site prior;
 - ``local``: ``brainfl local``, each site trains alone on its own images;
 - ``pooled``: ``brainfl pooled``, one model on the sites' training splits pooled.
 
@@ -119,7 +120,10 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
             f"fine-tune-learning-rate={args.sgd_learning_rate / 10:g} "
             f"fine-tune-epochs={args.fine_tune_epochs}"
         ),
-        "prior": f"balanced-softmax=true fine-tune-epochs={args.fine_tune_epochs} site-prior=true",
+        "prior": (
+            f"balanced-softmax=true balanced-softmax-smoothing=0.1 "
+            f"fine-tune-epochs={args.fine_tune_epochs} site-prior=true"
+        ),
     }[approach]
     port = str(free_port_block(SITES + 2))
     return [

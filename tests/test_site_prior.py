@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from brainfl.core.errors import BrainFLError
 from brainfl.federation.site_prior import CLASSIFIER, fold_prior, prior_shift, reference_prior
+from brainfl.federation.site_training import site_mix
 from brainfl.model.process_cache import model_for
 from brainfl.model.training import predict_proba
 from brainfl.settings.run_settings import settings_with
@@ -18,10 +21,19 @@ def test_the_reference_is_uniform_under_the_balanced_softmax_else_the_federation
     np.testing.assert_allclose(reference_prior(False, [1, 2], 4), [0.25] * 4)  # counts of other classes
 
 
-def test_the_shift_is_the_log_ratio_of_the_sites_smoothed_class_mix_to_the_reference():
+def test_the_shift_is_the_log_ratio_of_the_sites_class_mix_to_the_reference():
+    np.testing.assert_allclose(np.exp(prior_shift([0.5, 0.25, 0.125, 0.125], [0.25] * 4)), [2, 1, 0.5, 0.5])
+
+
+def test_the_sites_mix_is_what_its_loss_sees_smoothed_toward_uniform_under_the_balanced_softmax():
     labels = np.array([0] * 7 + [1] * 1)  # 7, 1, 0, 0 -> add-one smoothed 8, 2, 1, 1 of 12
-    shift = prior_shift(labels, [0.25] * 4)
-    np.testing.assert_allclose(np.exp(shift) * 0.25, [8 / 12, 2 / 12, 1 / 12, 1 / 12])
+    smoothed = [8 / 12, 2 / 12, 1 / 12, 1 / 12]
+    plain = settings_with(balanced_softmax=False, balanced_softmax_smoothing=0.2).training
+    np.testing.assert_allclose(site_mix(plain, labels, 4), smoothed)  # the smoothing is the loss's only
+    balanced = settings_with(balanced_softmax=True, balanced_softmax_smoothing=0.2).training
+    np.testing.assert_allclose(site_mix(balanced, labels, 4), 0.8 * np.array(smoothed) + 0.2 / 4)
+    with pytest.raises(BrainFLError, match="balanced-softmax-smoothing"):
+        settings_with(balanced_softmax_smoothing=1.0)
 
 
 def test_folding_the_prior_makes_the_model_predict_bayes_rule_and_changes_only_the_classifiers_bias():

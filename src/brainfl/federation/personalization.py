@@ -70,12 +70,11 @@ from brainfl.federation.ditto import DITTO_MODEL, PersonalModel
 from brainfl.federation.fedbn import SiteBatchNorm
 from brainfl.federation.setup import QUERY, query_sites
 from brainfl.federation.site_prior import fold_prior, prior_shift, reference_prior
-from brainfl.federation.site_training import local_update, validate
+from brainfl.federation.site_training import local_update, site_mix, validate
 from brainfl.inference.adaptation import ADAPTED_MODEL, Adaptation, now
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import model_for, model_inputs
-from brainfl.model.training import site_class_prior
 from brainfl.report.results import PERSONALIZATION_CSV, CsvAppender
 from brainfl.settings.run_settings import RunSettings
 
@@ -247,12 +246,11 @@ def personalize_site(
     if prior:
         names_count = len(site.train.class_names)
         reference = [float(value) for value in config.get(REFERENCE, [1.0 / names_count] * names_count)]
-        shift = prior_shift(site.train.labels, reference)
-        fold_prior(bundle.trainable, shift)
+        mix = site_mix(settings.training, site.train.labels, names_count).tolist()
+        fold_prior(bundle.trainable, prior_shift(mix, reference))
         scores[SITE_PRIOR] = held_out()
         path = personalized_model_path(context, settings).with_name(SITE_PRIOR_MODEL)
-        site_mix = site_class_prior(site.train.labels, names_count).tolist()
-        recorded = {"site": site_mix, "reference": reference}
+        recorded = {"site": mix, "reference": reference}
         save_site_model(bundle, {**metadata, "fine_tune_epochs": epochs, "site_prior": recorded}, path)
         saved.append(path)
     if DITTO in chosen:

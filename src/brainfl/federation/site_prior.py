@@ -4,8 +4,10 @@ Under label skew each hospital sees the classes in its own proportions, while
 the global model's probabilities follow the class mix it was fitted to: the
 federation's (its training images per class, summed over the sites' training
 replies) or, with ``balanced-softmax``, a uniform one. With the site's own
-class frequencies ``pi_site`` (its training labels, add-one smoothed, as the
-balanced softmax counts them) the probabilities the site should use are
+class mix ``pi_site`` as its training loss sees it
+(:func:`brainfl.federation.site_training.site_mix`: its training labels' add-one
+smoothed frequencies, under the balanced softmax mixed with the uniform mix by
+``balanced-softmax-smoothing``) the probabilities the site should use are
 
     p_site(y | x) = p(y | x) * pi_site(y) / pi_ref(y), renormalized
 
@@ -25,8 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from brainfl.model.training import site_class_prior
-
 CLASSIFIER = "probabilities"  # the softmax layer every architecture ends in
 
 
@@ -42,11 +42,9 @@ def reference_prior(
     return counts / counts.sum()
 
 
-def prior_shift(labels: np.ndarray, reference: Sequence[float]) -> np.ndarray:
+def prior_shift(site: Sequence[float], reference: Sequence[float]) -> np.ndarray:
     """``log pi_site - log pi_ref`` per class: what the site adds to the classifier's bias."""
-    reference = np.asarray(reference, dtype=np.float64)
-    site = site_class_prior(np.asarray(labels, dtype=np.int64), len(reference))
-    return np.log(site) - np.log(reference)
+    return np.log(np.asarray(site, dtype=np.float64)) - np.log(np.asarray(reference, dtype=np.float64))
 
 
 def fold_prior(model: Any, shift: np.ndarray) -> None:

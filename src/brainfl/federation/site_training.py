@@ -20,7 +20,7 @@ from brainfl.model.architectures import ModelBundle
 from brainfl.model.batch_norm import recalibrate_batchnorm
 from brainfl.model.process_cache import model_inputs
 from brainfl.model.training import OptimizerRecipe, predict_proba, site_class_prior, train
-from brainfl.settings.run_settings import ModelSettings, RunSettings
+from brainfl.settings.run_settings import ModelSettings, RunSettings, TrainingSettings
 
 
 def update_seed(settings: RunSettings, server_round: int, site_id: int) -> int:
@@ -46,6 +46,7 @@ def local_update(
     (``correction``: SCAFFOLD's, added to every gradient; ``anchor``: what the proximal term pulls
     toward, one array per trainable weight, by default the starting weights)."""
     num_classes = bundle.trainable.output_shape[-1]
+    balanced = settings.training.balanced_softmax
     metrics = train(
         bundle.trainable,
         inputs,
@@ -59,10 +60,18 @@ def local_update(
         proximal_mu=proximal_mu,
         correction=correction,
         anchor=anchor,
-        class_prior=site_class_prior(labels, num_classes) if settings.training.balanced_softmax else None,
+        class_prior=site_mix(settings.training, labels, num_classes) if balanced else None,
     )
     recalibrate_batchnorm(bundle.trainable, inputs, settings.training.batch_size)
     return metrics
+
+
+def site_mix(training: TrainingSettings, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The site's class mix as its loss sees it: its add-one smoothed class frequencies, under the
+    balanced softmax mixed with the uniform mix by ``balanced-softmax-smoothing`` (so that a class the
+    site lacks still costs something when the model predicts it)."""
+    smoothing = training.balanced_softmax_smoothing if training.balanced_softmax else 0.0
+    return site_class_prior(np.asarray(labels, dtype=np.int64), num_classes, smoothing)
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

@@ -185,10 +185,11 @@ class PriorAdjustedAccuracy(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype}
 
 
-def site_class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """A site's class frequencies, add-one smoothed (a class it lacks keeps a small prior)."""
+def site_class_prior(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
+    """A site's class frequencies, add-one smoothed (a class it lacks keeps a small prior), mixed with
+    the uniform mix by the share ``smoothing``."""
     counts = np.bincount(labels, minlength=num_classes) + 1.0
-    return counts / counts.sum()
+    return (1.0 - smoothing) * counts / counts.sum() + smoothing / num_classes
 
 
 @dataclasses.dataclass(frozen=True)

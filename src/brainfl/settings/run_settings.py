@@ -97,6 +97,7 @@ class TrainingSettings:
     optimizer: str  # "adamw" or "sgd" (with momentum ``sgd_momentum``)
     sgd_momentum: float
     balanced_softmax: bool
+    balanced_softmax_smoothing: float
     fine_tune_epochs: int
     fine_tune_learning_rate: float
 
@@ -205,6 +206,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("standardization", "model"),
         ("crop", "model"),
         ("balanced_softmax", "training"),
+        ("balanced_softmax_smoothing", "training"),
         ("strategy", "federation"),
         ("proximal_mu", "federation"),
         ("server_learning_rate", "federation"),
@@ -410,6 +412,7 @@ def check_settings(settings: RunSettings) -> None:
     _within(settings, "fraction_train", 0, 1, "(]")
     _within(settings, "fraction_evaluate", 0, 1, "[]")
     _within(settings, "label_smoothing", 0, 1, "[)")
+    _within(settings, "balanced_softmax_smoothing", 0, 1, "[)")
     _within(settings, "feature_shift", 0, 1, "[]")
     _within(settings, "sgd_momentum", 0, 1, "[)")
     if settings.training.weight_decay < 0 or settings.federation.wait_for_sites < 0:
