@@ -245,7 +245,9 @@ def personalize_site(
         saved.append(path)
     if prior:
         names_count = len(site.train.class_names)
-        reference = [float(value) for value in config.get(REFERENCE, [1.0 / names_count] * names_count)]
+        sent = config.get(REFERENCE)
+        fallback = reference_prior(settings.training.balanced_softmax, None, names_count)  # uniform
+        reference = [float(value) for value in (fallback if sent is None else sent)]
         mix = site_mix(settings.training, site.train.labels, names_count).tolist()
         fold_prior(bundle.trainable, prior_shift(mix, reference))
         scores[SITE_PRIOR] = held_out()
@@ -353,8 +355,11 @@ def personalize(
     (output_dir / PERSONALIZATION_CSV).unlink(missing_ok=True)  # an earlier run's, in a reused folder
     if not enabled(settings):
         return []
-    reference = reference_prior(settings.training.balanced_softmax, federation_counts, len(class_names))
-    content = personalization_query(weights, class_names, settings, decision, reference.tolist())
+    reference = None
+    if settings.federation.site_prior:
+        balanced = settings.training.balanced_softmax
+        reference = reference_prior(balanced, federation_counts, len(class_names)).tolist()
+    content = personalization_query(weights, class_names, settings, decision, reference)
     replies = query_sites(
         grid, content, grid.get_node_ids(), settings.federation.round_timeout, "personalization"
     )
