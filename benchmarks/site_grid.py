@@ -34,6 +34,9 @@ loss (``balanced-softmax``) fits a model to a class-balanced world, and a site
 trained alone with it on a few classes scores near zero on its own skewed split unless its own
 class mix is put back, as ``prior`` does.
 
+``--fine-tune-epochs`` other than 1 puts the fine-tuning approaches' cells in folders of their own
+(``prior-ft3``), named ``... + fine-tune (3 epochs)`` in the tables.
+
 ``run`` trains what is missing into ``--output-dir`` (default
 ``benchmarks/runs/<keep>``; a cell whose result file exists
 is skipped, so a stopped grid resumes; ``--rounds``, ``--local-epochs``,
@@ -92,6 +95,7 @@ RESULT_FILE = {
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
+TUNED = ("fedavg", "scaffold", "prior")  # the approaches that fine-tune (``--fine-tune-epochs``)
 SITES = 4
 GRID_CSV = "site_grid.csv"  # per setting, seed, site and approach
 
@@ -142,6 +146,12 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
     ]
 
 
+def folder_name(approach: str, fine_tune_epochs: int) -> str:
+    """A cell's folder for ``approach``: its name, with ``-ft<N>`` when it fine-tunes for N epochs other
+    than 1 (``prior-ft3``), so that fine-tuning lengths sit side by side in one grid."""
+    return f"{approach}-ft{fine_tune_epochs}" if approach in TUNED and fine_tune_epochs != 1 else approach
+
+
 def keep_baseline(out: Path, target: Path, line: str, result_file: str) -> None:
     """Keep a baseline's CSV and run config with its command (a baseline has no round results)."""
     target.mkdir(parents=True, exist_ok=True)
@@ -157,8 +167,9 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for setting in args.settings:
             for approach in args.approaches:
-                out = args.output_dir / setting / f"seed{seed}" / approach
-                target = RESULTS / args.keep / setting / f"seed{seed}" / approach
+                folder = folder_name(approach, args.fine_tune_epochs)
+                out = args.output_dir / setting / f"seed{seed}" / folder
+                target = RESULTS / args.keep / setting / f"seed{seed}" / folder
                 if (target / RESULT_FILE[approach]).is_file():
                     continue
                 line = command(args, setting, seed, approach, out)
@@ -175,11 +186,18 @@ def run(args: argparse.Namespace) -> None:
                 print(f"  done in {figures.get('command_s', '(already run)')} s", flush=True)
 
 
+def variants(cell: Path, approach: str) -> list[str]:
+    """The folders of ``approach`` with another fine-tuning length in a kept cell (``prior-ft3``)."""
+    return sorted(path.name for path in cell.glob(f"{approach}-ft*"))
+
+
 def cell_sites(cell: Path) -> pd.DataFrame:
     """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy (a later
-    folder's approach of the same name wins: the Ditto run's global model, FedAvg's, is read first)."""
+    folder's approach of the same name wins: the Ditto run's global model, FedAvg's, is read first; an
+    approach's folders of other fine-tuning lengths, ``<approach>-ft<N>``, follow its own)."""
     order = ("ditto", *(approach for approach in APPROACHES if approach != "ditto"))
-    found = gathered(cell / approach for approach in order if (cell / approach).is_dir())
+    folders = [cell / name for approach in order for name in (approach, *variants(cell, approach))]
+    found = gathered(folder for folder in folders if folder.is_dir())
     return pd.concat(
         [found[approach].rename_axis("site").reset_index().assign(approach=approach)
          for approach in sorted(found, key=rank)]

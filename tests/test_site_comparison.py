@@ -74,6 +74,9 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
     assert found["alone"]["balanced_accuracy"].tolist() == pytest.approx([a - 0.1 for a in ALONE])
     personalization_csv(tmp_path / "fedavg", fedbn=False, epochs=1)
     assert list(site_comparison.approaches(tmp_path / "fedavg")) == ["federated", "FedAvg + fine-tune"]
+    personalization_csv(tmp_path / "fedavg-ft3", fedbn=False, epochs=3)
+    longer = list(site_comparison.approaches(tmp_path / "fedavg-ft3"))
+    assert longer == ["federated", "FedAvg + fine-tune (3 epochs)"]
     personalization_csv(tmp_path / "fedbn", fedbn=True, epochs=0)
     fedbn = site_comparison.approaches(tmp_path / "fedbn")
     assert list(fedbn) == ["FedBN", "FedBN, own BN"]

@@ -12,7 +12,7 @@ import pytest
 from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV
 from make_tables import render
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY, in_a_grid, load_runs
-from site_grid import GRID_CSV, command, summarize
+from site_grid import GRID_CSV, command, folder_name, summarize
 
 # per seed, the two sites' held-out accuracy of each approach
 ALONE = {1: [0.60, 0.80], 2: [0.70, 0.80]}
@@ -37,11 +37,12 @@ def federated(
     second: list[float],
     ece: float,
     stage: str = "personalized",
+    epochs: int = 1,
 ) -> None:
     """A kept federated run: personalization (global, then ``stage``), calibration, round results."""
     folder.mkdir(parents=True)
     (folder / "run_config.json").write_text(json.dumps({"fedbn": fedbn, "num-server-rounds": 3}))
-    tuned = 0 if fedbn or stage == "ditto" else 1
+    tuned = 0 if fedbn or stage == "ditto" else epochs
     pd.DataFrame(
         [
             {"site": i, "fine_tune_epochs": tuned, "global_accuracy": g,
@@ -126,3 +127,19 @@ def test_the_grids_run_config_reaches_every_approach_before_the_cells_settings(t
     for approach in ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled"):
         config = command(args, "dir03", 1, approach, tmp_path)[-1]
         assert config.startswith("crop='head' partitioning='dirichlet'"), approach
+
+
+def test_longer_fine_tuning_gets_folders_and_rows_of_its_own_beside_one_epoch(grid):
+    assert folder_name("prior", 3) == "prior-ft3" and folder_name("prior", 1) == "prior"
+    assert folder_name("local", 3) == "local" and folder_name("fedbn", 3) == "fedbn"
+    for seed in (1, 2):
+        cell = grid / "shift4" / f"seed{seed}"
+        federated(cell / folder_name("fedavg", 3), False, FEDERATED[seed], POOLED[seed], ece=0.1, epochs=3)
+        federated(cell / "prior-unsmoothed", False, FEDERATED[seed], ALONE[seed], ece=0.1, epochs=3)
+    summarize(grid)
+    summary = pd.read_csv(grid / GRID_SUMMARY).set_index("approach")
+    assert summary.loc["FedAvg + fine-tune", "site mean accuracy"] == "0.8725 ± 0.0318"  # TUNED
+    assert summary.loc["FedAvg + fine-tune (3 epochs)", "site mean accuracy"] == "0.9225 ± 0.0177"  # POOLED
+    assert summary.loc["FedAvg + fine-tune (3 epochs)", "sites above alone"] == "4/4"
+    sites = pd.read_csv(grid / GRID_CSV)
+    assert len(sites) == 2 * 2 * 8  # the one more approach; a folder of another name is not read

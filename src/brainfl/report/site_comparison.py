@@ -13,7 +13,8 @@ held-out (validation) split, and each run of the question writes those scores:
   ``strategy`` setting's name for another strategy, e.g. ``scaffold``, and the
   ``optimizer`` setting's in brackets when not AdamW: ``scaffold (sgd)``), with
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
-  (``... + fine-tune``), with ``site-prior`` that model with the site's own class mix
+  (``... + fine-tune``; ``... + fine-tune (3 epochs)`` for other than 1 epoch), with
+  ``site-prior`` that model with the site's own class mix
   (``... + site prior``; a run with ``balanced-softmax`` is named ``FedAvg, balanced softmax``),
   and with ``ditto-lambda`` the site's Ditto personal model (``Ditto``); without that file, the
   held-out scores its sites sent with the last round's training replies (``site_metrics.csv``), of
@@ -78,7 +79,8 @@ def _scores(table: pd.DataFrame, prefix: str, path: Path) -> pd.DataFrame:
 def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     """Approach names of ``personalization.csv``'s stages: whether the run used FedBN or a strategy
     other than FedAvg, and a local optimizer other than AdamW, e.g. ``scaffold (sgd)`` (its
-    ``run_config.json``), and fine-tuned (the CSV's ``fine_tune_epochs``);
+    ``run_config.json``), and fine-tuned (the CSV's ``fine_tune_epochs``, named when not 1:
+    ``FedAvg + fine-tune (3 epochs)``);
     ``adapted``: the copy with BatchNorm statistics re-estimated on the site's images (``adapt-sites``);
     ``site_prior``: the last of those with the site's class mix folded in (``site-prior``);
     ``ditto``: the site's Ditto personal model (``ditto-lambda``)."""
@@ -86,12 +88,13 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     fedbn, strategy = bool(config.get("fedbn")), str(config.get("strategy", "fedavg"))
     optimizer = str(config.get("optimizer", "adamw"))
-    tuned = "fine_tune_epochs" in table and bool((table["fine_tune_epochs"] > 0).any())
+    epochs = int(table["fine_tune_epochs"].max()) if "fine_tune_epochs" in table else 0
     base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
     base += "" if optimizer == "adamw" else f" ({optimizer})"
     base += ", balanced softmax" if config.get("balanced-softmax") else ""
     own = f"{base}, own BN" if fedbn else base
-    personalized = f"{own} + fine-tune" if tuned else own
+    fine_tune = "fine-tune" if epochs == 1 else f"fine-tune ({epochs} epochs)"
+    personalized = f"{own} + {fine_tune}" if epochs > 0 else own
     return {
         "global": FEDERATED if base == "FedAvg" else base,
         "site_bn": own,
