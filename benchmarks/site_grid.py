@@ -65,7 +65,7 @@ import pandas as pd
 
 from brainfl.model.files import RUN_CONFIG
 from brainfl.report.results import PERSONALIZATION_CSV
-from brainfl.report.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, gathered, rank
+from brainfl.report.site_comparison import ALONE, LOCAL_CSV, POOLED_CSV, SCORES, approaches, gathered, rank
 from harness import (
     RESULTS,
     ROOT,
@@ -193,11 +193,15 @@ def variants(cell: Path, approach: str) -> list[str]:
 
 def cell_sites(cell: Path) -> pd.DataFrame:
     """One row per site and approach of a kept cell: its held-out accuracy and balanced accuracy (a later
-    folder's approach of the same name wins: the Ditto run's global model, FedAvg's, is read first; an
-    approach's folders of other fine-tuning lengths, ``<approach>-ft<N>``, follow its own)."""
+    folder's approach of the same name wins: the Ditto run's global model, FedAvg's, is read first). An
+    approach's folders of other fine-tuning lengths, ``<approach>-ft<N>``, add only the rows its own
+    folder lacks (``+ fine-tune (3 epochs)``): their global model, a run of the same recipe, is not
+    shown twice."""
     order = ("ditto", *(approach for approach in APPROACHES if approach != "ditto"))
-    folders = [cell / name for approach in order for name in (approach, *variants(cell, approach))]
-    found = gathered(folder for folder in folders if folder.is_dir())
+    found = gathered(cell / approach for approach in order if (cell / approach).is_dir())
+    for name in (name for approach in order for name in variants(cell, approach)):
+        for label, scores in approaches(cell / name).items():
+            found.setdefault(label, scores)
     return pd.concat(
         [found[approach].rename_axis("site").reset_index().assign(approach=approach)
          for approach in sorted(found, key=rank)]

@@ -134,7 +134,7 @@ def test_longer_fine_tuning_gets_folders_and_rows_of_its_own_beside_one_epoch(gr
     assert folder_name("local", 3) == "local" and folder_name("fedbn", 3) == "fedbn"
     for seed in (1, 2):
         cell = grid / "shift4" / f"seed{seed}"
-        federated(cell / folder_name("fedavg", 3), False, FEDERATED[seed], POOLED[seed], ece=0.1, epochs=3)
+        federated(cell / folder_name("fedavg", 3), False, ALONE[seed], POOLED[seed], ece=0.1, epochs=3)
         federated(cell / "prior-unsmoothed", False, FEDERATED[seed], ALONE[seed], ece=0.1, epochs=3)
     summarize(grid)
     summary = pd.read_csv(grid / GRID_SUMMARY).set_index("approach")
@@ -143,3 +143,5 @@ def test_longer_fine_tuning_gets_folders_and_rows_of_its_own_beside_one_epoch(gr
     assert summary.loc["FedAvg + fine-tune (3 epochs)", "sites above alone"] == "4/4"
     sites = pd.read_csv(grid / GRID_CSV)
     assert len(sites) == 2 * 2 * 8  # the one more approach; a folder of another name is not read
+    federated_scores = sites[(sites["approach"] == "federated") & (sites["seed"] == 1)]
+    assert federated_scores["accuracy"].tolist() == FEDERATED[1]  # the fedavg run's global model, kept
