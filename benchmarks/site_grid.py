@@ -19,6 +19,10 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   client drift under label skew) and the sites' local steps SGD with momentum, whose
   gradient steps the correction assumes (``--sgd-learning-rate``, default 0.03; fine-tuning
   at a tenth of it), then 1 fine-tuning epoch per site as for ``fedavg``;
+- ``fedavgm``: the same federation with FedAvgM's server step (``strategy=fedavgm``,
+  ``--server-learning-rate``, default 2, ``--server-momentum``, default 0: the averaged update
+  of the trained weights extrapolated, BatchNorm statistics averaged plainly), then 1
+  fine-tuning epoch per site as for ``fedavg``;
 - ``prior``: the same federation with the balanced-softmax loss (``balanced-softmax=true``: each
   site fits the class-balanced world under its own class mix, so the global model follows no
   site's; ``balanced-softmax-smoothing=0.1``: a class a site lacks keeps 2.5% of its mix), then
@@ -85,9 +89,10 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedbn", "ditto", "scaffold", "prior", "local", "pooled")
+APPROACHES = ("fedavg", "fedavgm", "fedbn", "ditto", "scaffold", "prior", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
+    "fedavgm": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
     "ditto": PERSONALIZATION_CSV,
     "scaffold": PERSONALIZATION_CSV,
@@ -95,7 +100,7 @@ RESULT_FILE = {
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
-TUNED = ("fedavg", "scaffold", "prior")  # the approaches that fine-tune (``--fine-tune-epochs``)
+TUNED = ("fedavg", "fedavgm", "scaffold", "prior")  # the approaches that fine-tune (``--fine-tune-epochs``)
 SITES = 4
 GRID_CSV = "site_grid.csv"  # per setting, seed, site and approach
 
@@ -117,6 +122,10 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
         return ["brainfl", approach, "--app-dir", str(ROOT), "--run-config", config]
     extra = {
         "fedavg": f"fine-tune-epochs={args.fine_tune_epochs}",
+        "fedavgm": (
+            f"strategy='fedavgm' server-learning-rate={args.server_learning_rate:g} "
+            f"server-momentum={args.server_momentum:g} fine-tune-epochs={args.fine_tune_epochs}"
+        ),
         "fedbn": "fedbn=true",
         "ditto": f"ditto-lambda={args.ditto_lambda}",
         "scaffold": (
@@ -299,6 +308,8 @@ def main() -> None:
     runner.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     runner.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     runner.add_argument("--sgd-learning-rate", type=float, default=0.03)
+    runner.add_argument("--server-learning-rate", type=float, default=2.0)
+    runner.add_argument("--server-momentum", type=float, default=0.0)
     runner.add_argument("--run-config", default="", help="overrides for every cell, e.g. \"crop='head'\"")
     runner.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
     add_output_dir(runner, None, help_text="where the runs go (default: benchmarks/runs/<keep>)")

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from brainfl.report.results import PERSONALIZATION_CSV, RESULTS_CSV
+from brainfl.settings.run_config import parse_pairs
 from make_tables import render
 from result_folders import GRID_CALIBRATION, GRID_SUMMARY, in_a_grid, load_runs
-from site_grid import GRID_CSV, command, folder_name, summarize
+from site_grid import APPROACHES, GRID_CSV, command, folder_name, summarize
 
 # per seed, the two sites' held-out accuracy of each approach
 ALONE = {1: [0.60, 0.80], 2: [0.70, 0.80]}
@@ -112,7 +113,8 @@ def test_summarize_without_cells_stops_with_the_folder(tmp_path):
 def grid_arguments(**changed) -> argparse.Namespace:
     """The site grid's ``run`` options, as its parser gives them by default, with ``changed``."""
     defaults = dict(rounds=10, local_epochs=2, data_dir="data", fine_tune_epochs=1, ditto_lambda=0.1)
-    return argparse.Namespace(**{**defaults, "sgd_learning_rate": 0.03, "run_config": "", **changed})
+    optimizers = dict(server_learning_rate=2.0, server_momentum=0.0, sgd_learning_rate=0.03)
+    return argparse.Namespace(**{**defaults, **optimizers, "run_config": "", **changed})
 
 
 def test_scaffold_cells_train_with_sgd_and_fine_tune_at_a_tenth_of_its_rate(tmp_path):
@@ -122,9 +124,18 @@ def test_scaffold_cells_train_with_sgd_and_fine_tune_at_a_tenth_of_its_rate(tmp_
     assert "optimizer" not in " ".join(command(args, "dir03", 1, "fedavg", tmp_path))
 
 
+def test_fedavgm_cells_take_the_server_step_and_fine_tune_as_fedavg(tmp_path):
+    args = grid_arguments(server_learning_rate=1.5, fine_tune_epochs=3)
+    settings = parse_pairs(command(args, "iid4", 1, "fedavgm", tmp_path)[-1])
+    assert settings["strategy"] == "fedavgm" and settings["server-learning-rate"] == 1.5
+    assert settings["server-momentum"] == 0.0 and settings["fine-tune-epochs"] == 3
+    assert folder_name("fedavgm", 3) == "fedavgm-ft3"
+    assert "strategy" not in parse_pairs(command(args, "iid4", 1, "fedavg", tmp_path)[-1])
+
+
 def test_the_grids_run_config_reaches_every_approach_before_the_cells_settings(tmp_path):
     args = grid_arguments(run_config="crop='head'")
-    for approach in ("fedavg", "fedbn", "ditto", "scaffold", "local", "pooled"):
+    for approach in APPROACHES:
         config = command(args, "dir03", 1, approach, tmp_path)[-1]
         assert config.startswith("crop='head' partitioning='dirichlet'"), approach
 
