@@ -121,23 +121,21 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
         config = f"{shared} output-dir='{out}'"
         return ["brainfl", approach, "--app-dir", str(ROOT), "--run-config", config]
     extra = {
-        "fedavg": f"fine-tune-epochs={args.fine_tune_epochs}",
+        "fedavg": "",
         "fedavgm": (
             f"strategy='fedavgm' server-learning-rate={args.server_learning_rate:g} "
-            f"server-momentum={args.server_momentum:g} fine-tune-epochs={args.fine_tune_epochs}"
+            f"server-momentum={args.server_momentum:g}"
         ),
         "fedbn": "fedbn=true",
         "ditto": f"ditto-lambda={args.ditto_lambda}",
         "scaffold": (
             f"strategy='scaffold' optimizer='sgd' learning-rate={args.sgd_learning_rate:g} "
-            f"fine-tune-learning-rate={args.sgd_learning_rate / 10:g} "
-            f"fine-tune-epochs={args.fine_tune_epochs}"
+            f"fine-tune-learning-rate={args.sgd_learning_rate / 10:g}"
         ),
-        "prior": (
-            f"balanced-softmax=true balanced-softmax-smoothing=0.1 "
-            f"fine-tune-epochs={args.fine_tune_epochs} site-prior=true"
-        ),
+        "prior": "balanced-softmax=true balanced-softmax-smoothing=0.1 site-prior=true",
     }[approach]
+    if approach in TUNED:
+        extra = f"{extra} fine-tune-epochs={args.fine_tune_epochs}".lstrip()
     port = str(free_port_block(SITES + 2))
     return [
         str(ROOT / "run.sh"),

@@ -110,6 +110,14 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
     assert ranked == ["alone", "federated", "Ditto", "scaffold", "pooled"]
 
 
+def test_a_hand_edited_file_without_fine_tuning_lengths_is_still_read(tmp_path):
+    personalization_csv(tmp_path / "edited", fedbn=False, epochs=1)
+    table = pd.read_csv(tmp_path / "edited" / PERSONALIZATION_CSV)
+    table.assign(fine_tune_epochs="").to_csv(tmp_path / "edited" / PERSONALIZATION_CSV, index=False)
+    found = site_comparison.approaches(tmp_path / "edited")
+    assert found["federated"]["accuracy"].tolist() == GLOBAL and len(found) == 2
+
+
 def test_comparison_puts_approaches_side_by_side_with_the_gain_and_worst_site(tmp_path, baselines):
     personalization_csv(tmp_path / "run", fedbn=False, epochs=1)
     table = site_comparison.comparison(site_comparison.gathered([baselines, tmp_path / "run"]))

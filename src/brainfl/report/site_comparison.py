@@ -88,7 +88,8 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     fedbn, strategy = bool(config.get("fedbn")), str(config.get("strategy", "fedavg"))
     optimizer = str(config.get("optimizer", "adamw"))
-    epochs = int(table["fine_tune_epochs"].max()) if "fine_tune_epochs" in table else 0
+    lengths = pd.to_numeric(table.get("fine_tune_epochs", pd.Series(dtype=float)), errors="coerce")
+    epochs = 0 if lengths.isna().all() else int(lengths.max())
     base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
     base += "" if optimizer == "adamw" else f" ({optimizer})"
     base += ", balanced softmax" if config.get("balanced-softmax") else ""
