@@ -18,7 +18,7 @@ GroupNorm and the balanced-softmax loss; and scale runs of 50 and 200 simulated 
 total memory).
 ``--only`` picks some by name. ``--tiny`` uses a few dozen images at 32 px
 (a subset folder of 12 images per class and split, see ``subset.py``) for
-one round and the first three settings. ``--keep NAME`` copies each
+one round and the first two settings. ``--keep NAME`` copies each
 setting's small result files to ``benchmarks/results/NAME/<setting>/``.
 """
 
@@ -59,7 +59,7 @@ SETTINGS = {  # name: (sites, run-config); sites 0 = centralized
     "50 sites (scale)": (50, "partitioning='iid' fraction-evaluate=0"),
     "200 sites (scale)": (200, "partitioning='iid' fraction-evaluate=0"),
 }
-TINY_SETTINGS = ("centralized", "4 IID", "10 Dir 0.3")
+TINY_SETTINGS = ("centralized", "4 IID")
 TINY = "image-size=32 batch-size=16"
 TINY_PER_CLASS = 12
 COLUMNS = [

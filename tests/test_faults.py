@@ -164,7 +164,7 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
         "--sites",
         "2",
         "--rounds",
-        "2",
+        "1",
         "--site-data-dir",
         str(data),
         "--site-data-dir",
@@ -194,8 +194,8 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
         stop(script)
     assert script.returncode == 0, output[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
-    assert [r["round"] for r in rows] == ["0", "1", "2"]
-    assert all(r["sites_trained"] == "1" and r["sites_failed"] == "1" for r in rows[1:]), rows
+    assert [r["round"] for r in rows] == ["0", "1"]
+    assert rows[1]["sites_trained"] == "1" and rows[1]["sites_failed"] == "1", rows
     bad_site_log = (out / "logs" / "client_1.log").read_text()
     assert "site 1: data directory not found" in bad_site_log and "no-such-hospital-folder" in bad_site_log
     server_log = (out / "logs" / "server.log").read_text()

@@ -3,8 +3,6 @@ saves and scores its own model, and only the scores reach the server."""
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 from flwr.app import MessageType, RecordDict
@@ -24,8 +22,7 @@ from brainfl.model.process_cache import model_for
 from brainfl.model.training import predict_proba
 from brainfl.report.results import PERSONALIZATION_CSV, read_rows
 from brainfl.settings.run_settings import settings_from_config, settings_with
-from conftest import CLASSES, REPO_ROOT
-from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
+from conftest import CLASSES
 from inprocess import NODE_BASE, run_in_process, train_messages
 from test_federation_setup import run_coordinated
 from test_secure_aggregation import SECAGG_RUN
@@ -263,26 +260,3 @@ def test_fedbn_with_secagg_keeps_each_sites_batchnorm(tmp_path, monkeypatch):
         assert all(np.array_equal(a, b) for a, b in zip(own, mine, strict=True))
     assert [row["round"] for row in read_rows(tmp_path / "federated_learning_results.csv")] == ["0", "1", "2"]
     assert (tmp_path / "sites" / "site_1" / PERSONALIZED_MODEL).is_file()
-
-
-@pytest.mark.e2e
-def test_fedbn_state_survives_between_messages_on_the_deployment_engine(tmp_path):
-    """run.sh with real SuperNodes (a fresh ClientApp process per message) on the small sample: a site
-    starts from the received BatchNorm only in round 1, and saves its personalized model at the end."""
-    out = tmp_path / "run"
-    # No calibration query (not what this test checks): each query is one more ClientApp process per site.
-    settings = "image-size=32 local-epochs=1 batch-size=8 fedbn=true fine-tune-epochs=1 calibrate=false"
-    args = ["--sites", "2", "--rounds", "2", "--output-dir", str(out), "--port", str(free_port_block(3))]
-    result = subprocess.run(
-        [str(REPO_ROOT / "run.sh"), *args, "--run-config", settings],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for site in (0, 1):
-        log = (out / "logs" / f"client_{site}.log").read_text()
-        assert log.count("FedBN: no BatchNorm of its own yet") == 1, log[-3000:]
-        assert f"site {site} personalization: 1 fine-tuning epochs" in log
-        assert load_model(out / "sites" / f"site_{site}" / PERSONALIZED_MODEL).class_names == CLASSES
-    assert [row["site"] for row in read_rows(out / PERSONALIZATION_CSV)] == ["0", "1"]
