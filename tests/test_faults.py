@@ -210,18 +210,18 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
 def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, data):
     out = tmp_path / "run"
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "poisoning.py"), "--data-dir", str(data)]
-    command += ["--output-dir", str(out), "--sites", "2", "--rounds", "2", "--run-config", TINY]
+    command += ["--output-dir", str(out), "--sites", "2", "--rounds", "1", "--run-config", TINY]
     command += ["--poison", "nan", "--poisoned-sites", "0"]  # Flower's simulation engine, site 0 poisoned
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_rows(out / "federated_learning_results.csv")
-    assert [r["round"] for r in rows] == ["0", "1", "2"]
-    assert all((r["sites_trained"], r["sites_failed"]) == ("1", "1") for r in rows[1:]), rows
+    assert [r["round"] for r in rows] == ["0", "1"]
+    assert (rows[1]["sites_trained"], rows[1]["sites_failed"]) == ("1", "1"), rows
     server_log = (out / "logs" / "server.log").read_text()
-    assert server_log.count("dropped the reply of site 0: array 0 contains NaN") == 2
+    assert server_log.count("dropped the reply of site 0: array 0 contains NaN") == 1
     dropped = [e["dropped"] for e in read_audit(out / AUDIT_JSONL) if e["event"] == "round" and e["round"]]
     assert [[(d["site"], d["reason"]) for d in round_] for round_ in dropped] == [
         [(0, "unusable update: array 0 contains NaN or infinite values")]
-    ] * 2
+    ]
     weights = keras.models.load_model(out / "final_model.keras").get_weights()
     assert all(np.all(np.isfinite(w)) for w in weights)
