@@ -52,7 +52,7 @@ from brainfl.data.duplicates import leak_free_test_mask
 from brainfl.data.loading import TEST_SPLIT, TRAIN_SPLIT
 from brainfl.evaluation import intervals as uncertainty
 from brainfl.evaluation.figures import plot_confusion_counts, plot_reliability
-from brainfl.inference.adaptation import adapt_loaded
+from brainfl.inference.adaptation import adapt_loaded, add_entropy_epochs
 from brainfl.inference.predict import predict_scans, temperature_note, threshold_note
 from brainfl.model.files import load_model
 
@@ -139,10 +139,13 @@ def evaluate_model(
     resamples: int | None = None,
     seed: int | None = None,
     adapt: bool = False,
+    entropy_epochs: int = 0,
 ) -> FolderEvaluation:
     """Score the model at ``model_path`` on the labelled scans of ``data_dir``, with intervals; with
-    ``adapt``, after re-estimating its BatchNorm statistics on those scans (labels not used)."""
-
+    ``adapt``, after re-estimating its BatchNorm statistics on those scans (labels not used) and
+    ``entropy_epochs`` passes of entropy minimization (:mod:`brainfl.inference.adaptation`)."""
+    if entropy_epochs and not adapt:
+        raise BrainFLError("--entropy-epochs adapts the model: give it with --adapt")
     loaded = load_model(model_path)
     data = Path(data_dir).expanduser()
     files, labels = labelled_scans(data, loaded.class_names)
@@ -152,7 +155,7 @@ def evaluate_model(
             raise BrainFLError(f"--leak-free-only: every scan of {data} has a copy in its Training folder")
         files, labels = [f for f, keep in zip(files, mask, strict=True) if keep], labels[mask]
 
-    adaptation = adapt_loaded(loaded, files, data, skip_unreadable) if adapt else None
+    adaptation = adapt_loaded(loaded, files, data, skip_unreadable, entropy_epochs) if adapt else None
     probabilities, unreadable = predict_scans(loaded, files, skip_unreadable)
     if len(unreadable) == len(files):
         raise BrainFLError(f"no readable scans in {data}")
@@ -219,9 +222,11 @@ def _cell(value: float) -> str:
 
 def adapted_note(adapted: dict[str, Any]) -> str:
     """The line saying the scores are of the model adapted to the scored scans."""
+    entropy = adapted.get("entropy_epochs", 0)
+    tent = f", then {entropy} passes of entropy minimization" if entropy else ""
     return (
         f"scores of the model ADAPTED to these scans: BatchNorm statistics re-estimated on "
-        f"{adapted['scans_used']} of them (labels not used); without --adapt, of the model as saved"
+        f"{adapted['scans_used']} of them{tent} (labels not used); without --adapt, of the model as saved"
     )
 
 
@@ -282,7 +287,14 @@ def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl evaluate``."""
     model, data = model_and_data(args)
     evaluation = evaluate_model(
-        model, data, args.skip_unreadable, args.leak_free_only, args.resamples, args.seed, args.adapt
+        model,
+        data,
+        args.skip_unreadable,
+        args.leak_free_only,
+        args.resamples,
+        args.seed,
+        args.adapt,
+        args.entropy_epochs,
     )
     if evaluation.skipped:
         print(f"skipped {len(evaluation.skipped)} unreadable files:")
@@ -329,4 +341,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="first re-estimate the model's BatchNorm statistics on the scored scans (labels not used)",
     )
+    add_entropy_epochs(parser)
     parser.set_defaults(handler=run)

@@ -11,7 +11,12 @@ are any, are not read), decodes a seeded random sample of at most
 :data:`ADAPT_SCANS` of them with the model's own preprocessing, and sets each
 BatchNorm layer's moving mean and variance from them
 (:func:`brainfl.model.batch_norm.recalibrate_batchnorm`). Nothing else
-changes: every other weight stays bit-identical.
+changes: every other weight stays bit-identical. With ``--entropy-epochs N``
+the BatchNorm layers' scale and offset are then trained for N passes over the
+same sample to make the model's predictions on them confident (TENT, Wang et
+al. 2021: :func:`brainfl.model.batch_norm.minimize_entropy`), still without
+labels, and the statistics re-estimated once more; every other weight still
+stays bit-identical.
 
 The adapted model is written as ``DIR/adapted_model.keras``, a brainfl model
 file like its source (class names, preprocessing, temperature and ``notumor``
@@ -56,6 +61,8 @@ class Adaptation:
     batchnorm_layers: int
     date: str
     source_model: dict[str, Any]
+    entropy_epochs: int = 0  # TENT's passes over the sample after the statistics (0: statistics only)
+    mean_entropy: list[float] = dataclasses.field(default_factory=list)  # per TENT pass, in nats
 
     def metadata(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,10 +95,15 @@ def decode_sample(
 
 
 def adapt_loaded(
-    loaded: LoadedModel, files: Sequence[Path], folder: Path, skip_unreadable: bool = False
+    loaded: LoadedModel,
+    files: Sequence[Path],
+    folder: Path,
+    skip_unreadable: bool = False,
+    entropy_epochs: int = 0,
 ) -> Adaptation:
-    """Re-estimate ``loaded.model``'s BatchNorm statistics on ``files`` (in place); what was done."""
-    from brainfl.model.batch_norm import batchnorm_layers, recalibrate_batchnorm
+    """Re-estimate ``loaded.model``'s BatchNorm statistics on ``files`` (in place), then, with
+    ``entropy_epochs``, train its BatchNorm scales and offsets by entropy minimization; what was done."""
+    from brainfl.model.batch_norm import batchnorm_layers, minimize_entropy, recalibrate_batchnorm
 
     if not batchnorm_layers(loaded.model):
         raise BrainFLError(
@@ -102,6 +114,7 @@ def adapt_loaded(
         raise BrainFLError(f"no scans in {folder} to adapt on")
     inputs = decode_sample(loaded, files, skip_unreadable)
     layers = recalibrate_batchnorm(loaded.model, inputs, BATCH_SIZE, max_images=len(inputs), seed=SEED)
+    entropy = minimize_entropy(loaded.model, inputs, entropy_epochs, BATCH_SIZE, seed=SEED)
     source = {
         "file": loaded.path.name,
         "sha256": file_sha256(loaded.path),
@@ -115,6 +128,8 @@ def adapt_loaded(
         batchnorm_layers=layers,
         date=now(),
         source_model=source,
+        entropy_epochs=entropy_epochs,
+        mean_entropy=[round(value, 6) for value in entropy],
     )
 
 
@@ -129,14 +144,19 @@ def save_adapted(loaded: LoadedModel, adaptation: Adaptation, path: Path) -> Pat
 
 
 def adapt_model(
-    model_path: Path | str, data_dir: Path | str, output_dir: Path | str, skip_unreadable: bool = False
+    model_path: Path | str,
+    data_dir: Path | str,
+    output_dir: Path | str,
+    skip_unreadable: bool = False,
+    entropy_epochs: int = 0,
 ) -> tuple[Path, Adaptation]:
     """Adapt the model at ``model_path`` on the scans under ``data_dir``; write it into ``output_dir``."""
     loaded = load_model(model_path)
     data = Path(data_dir).expanduser()
     if not data.is_dir():
         raise BrainFLError(f"data folder not found: {data}")
-    adaptation = adapt_loaded(loaded, find_images([data], skip_unreadable), data, skip_unreadable)
+    files = find_images([data], skip_unreadable)
+    adaptation = adapt_loaded(loaded, files, data, skip_unreadable, entropy_epochs)
     return save_adapted(loaded, adaptation, Path(output_dir).expanduser() / ADAPTED_MODEL), adaptation
 
 
@@ -148,12 +168,20 @@ def default_output(model: Path | str, data: Path | str) -> Path:
 def run(args: argparse.Namespace) -> None:
     """Handler of ``brainfl adapt``."""
     output_dir = args.output_dir or default_output(args.model, args.data)
-    path, adaptation = adapt_model(args.model, args.data, output_dir, args.skip_unreadable)
+    path, adaptation = adapt_model(
+        args.model, args.data, output_dir, args.skip_unreadable, args.entropy_epochs
+    )
     print(
         f"{adaptation.batchnorm_layers} BatchNorm layers of {args.model} re-estimated on "
         f"{adaptation.scans_used} of the {adaptation.scans_found} scans of {adaptation.folder} "
         "(labels not used); every other weight unchanged"
     )
+    if adaptation.entropy_epochs:
+        entropy = " -> ".join(f"{value:.3f}" for value in adaptation.mean_entropy)
+        print(
+            f"their scales and offsets trained for {adaptation.entropy_epochs} entropy-minimization "
+            f"passes (mean prediction entropy per pass, nats: {entropy})"
+        )
     print(f"adapted model written to {path}")
 
 
@@ -161,7 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``adapt`` sub-command's description, options and handler."""
     parser.description = (
         "AdaBN: set the BatchNorm moving statistics of a saved model from the scans under "
-        "DATA (any layout; labels are not used) and write the adapted model file."
+        "DATA (any layout; labels are not used), optionally TENT's entropy minimization of their "
+        "scales and offsets, and write the adapted model file."
     )
     add_model(parser)
     parser.add_argument("data", type=Path, help="a folder of scans (class folders, a split, or flat)")
@@ -169,4 +198,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-unreadable", action="store_true", help="leave out files that cannot be decoded"
     )
+    add_entropy_epochs(parser)
     parser.set_defaults(handler=run)
+
+
+def _epochs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_entropy_epochs(parser: argparse.ArgumentParser) -> None:
+    """``--entropy-epochs N``, shared by ``adapt`` and ``evaluate --adapt``."""
+    parser.add_argument(
+        "--entropy-epochs",
+        type=_epochs,
+        default=0,
+        help="after the statistics, train BatchNorm's scales and offsets for N passes to make the "
+        "predictions on the scans confident (TENT; labels not used; default 0: statistics only)",
+    )

@@ -5,7 +5,10 @@ drift of the weights during the epoch; :func:`recalibrate_batchnorm` runs one
 forward pass over up to ``PRECISE_BN_IMAGES`` of the site's images with
 BatchNorm normalizing by batch statistics, as in training, and sets each
 layer's moving mean and variance to their size-weighted batch averages.
-Models that are not a chain of layers, or have no BatchNorm, are left alone.
+:func:`minimize_entropy` goes one step further on unlabelled scans (TENT): it
+trains only the BatchNorm layers' scale and offset to make the model's
+predictions on them confident. Models that are not a chain of layers, or have
+no BatchNorm, are left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tensorflow as tf
 from brainfl.model.training import runs_eagerly
 
 PRECISE_BN_IMAGES = 1024
+ENTROPY_LEARNING_RATE = 1e-3  # TENT's Adam rate for BatchNorm's scale and offset
 
 
 def _is_chain(model: keras.Model) -> bool:
@@ -96,3 +100,58 @@ def _batch_moments_function(model: keras.Model):
 
         _BATCH_MOMENTS[model] = batch_moments
     return _BATCH_MOMENTS[model]
+
+
+def _test_time_forward(layers: list[keras.layers.Layer], x: tf.Tensor) -> tf.Tensor:
+    """The model's output with BatchNorm normalizing by the batch's statistics, augmentation and dropout
+    off: the forward pass of test-time adaptation."""
+    for layer in layers:
+        x = layer(x, training=isinstance(layer, keras.layers.BatchNormalization))
+    return x
+
+
+def minimize_entropy(
+    model: keras.Model,
+    inputs: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float = ENTROPY_LEARNING_RATE,
+    seed: int = 0,
+) -> list[float]:
+    """TENT (Wang et al. 2021): train every BatchNorm layer's scale and offset, and nothing else, to
+    lower the mean entropy of the model's predicted class probabilities on unlabelled ``inputs``.
+
+    Each step normalizes with the batch's statistics (as AdaBN's estimate does) on a shuffled batch
+    (``seed``) of ``inputs``, without augmentation or dropout; Adam at ``learning_rate`` moves the
+    scales and offsets for ``epochs`` passes over ``inputs`` (an incomplete last batch is left out).
+    The moving statistics are then re-estimated on ``inputs``
+    (:func:`recalibrate_batchnorm`): a layer's new scale and offset change what every later layer
+    sees. Returns the mean entropy (nats) of each epoch's batches; an empty list, and nothing changed,
+    for a model without BatchNorm layers this module can reach.
+    """
+    norms = batchnorm_layers(model)
+    if not norms or epochs < 1:
+        return []
+    variables = [variable for layer in norms for variable in (layer.gamma, layer.beta)]
+    optimizer = keras.optimizers.Adam(learning_rate)
+    layers = model.layers[1:]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+    def step(x):
+        with tf.GradientTape() as tape:
+            probabilities = _test_time_forward(layers, x)
+            per_scan = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-7), axis=1)
+            entropy = tf.reduce_mean(per_scan)
+        gradients = tape.gradient(entropy, [variable.value for variable in variables])
+        optimizer.apply_gradients(zip(gradients, [variable.value for variable in variables], strict=True))
+        return entropy
+
+    rng = np.random.default_rng(seed)
+    full_batches = max(1, len(inputs) // batch_size)
+    per_epoch = []
+    for _ in range(epochs):
+        order = rng.permutation(len(inputs))
+        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(full_batches)]
+        per_epoch.append(float(np.mean([float(step(tf.constant(inputs[b], tf.float32))) for b in batches])))
+    recalibrate_batchnorm(model, inputs, batch_size, max_images=len(inputs), seed=seed)
+    return per_epoch
