@@ -20,7 +20,8 @@ writes ``personalization.csv``), the server's step is the
 ServerApp's strategy (:func:`brainfl.federation.strategy.build_strategy`: FedAvg by
 example counts, FedAvgM with the settings' server learning rate and momentum and
 BatchNorm statistics plainly averaged, or SCAFFOLD, whose control variate the sites
-get with the model) aggregating those replies (:class:`ServerStep`), the server's
+get with the model) aggregating those replies (:class:`ServerStep`; with ``bn-statistics='pooled'``
+the sites then answer the statistics query in this process, :func:`statistics_pool`), the server's
 evaluator scores the global model (:class:`brainfl.evaluation.test_set.CentralEvaluator`:
 :func:`brainfl.evaluation.metrics.score` on its test set, leak-free subset included)
 and the server's recorder writes the round (:class:`brainfl.federation.recorder.RunRecorder`, the strategy's
@@ -54,13 +55,14 @@ from brainfl.core.errors import BrainFLError
 from brainfl.data.sites import SiteData, load_run_dataset, site_data
 from brainfl.evaluation.test_set import CentralEvaluator
 from brainfl.federation import ditto, personalization
-from brainfl.federation.bookkeeping import ReportSink, SiteBookkeeping, SiteReport
+from brainfl.federation.bookkeeping import PoolStatistics, ReportSink, SiteBookkeeping, SiteReport
 from brainfl.federation.client_app import site_counts
 from brainfl.federation.recorder import RunRecorder
 from brainfl.federation.scaffold import BrainScaffold
 from brainfl.federation.server_app import statistics_mask
 from brainfl.federation.site_round import LocalUpdate, reply_content, round_update
 from brainfl.federation.site_training import local_update
+from brainfl.federation.statistics_query import STATISTICS, pool_answers, site_statistics
 from brainfl.federation.strategy import build_strategy
 from brainfl.model.files import ModelWriter, run_model_metadata
 from brainfl.model.process_cache import initial_weights, model_inputs
@@ -147,6 +149,7 @@ class ServerStep:
         num_sites: int = 1,
         class_names: Sequence[str] = (),
         report: ReportSink | None = None,
+        pool_statistics: PoolStatistics | None = None,
     ) -> None:
         def learning_rate_for_round(server_round: int) -> float:
             return scheduled_learning_rate(settings, server_round)
@@ -160,6 +163,7 @@ class ServerStep:
             num_sites=num_sites,
             report=self._report,
             statistics_mask=statistics,
+            pool_statistics=pool_statistics,
         )
 
     def _report(self, server_round: int, report: SiteReport) -> None:
@@ -295,7 +299,31 @@ def server_step(fed: Federation, report: ReportSink | None = None) -> ServerStep
         num_sites=len(fed.sites),
         class_names=fed.class_names,
         report=report,
+        pool_statistics=statistics_pool(fed),
     )
+
+
+def statistics_pool(fed: Federation) -> PoolStatistics | None:
+    """With ``bn-statistics='pooled'``: the ServerApp's statistics query, each site answering in this
+    process as its ClientApp does (:func:`brainfl.federation.statistics_query.site_statistics`)."""
+    if fed.settings.federation.bn_statistics != "pooled":
+        return None
+    model, batch_size = fed.evaluator.bundle.trainable, fed.settings.training.batch_size
+
+    def pool(server_round: int, weights: list[np.ndarray], nodes: Sequence[int]) -> list[np.ndarray]:
+        replies = [
+            site_message(
+                site.data.site_id,
+                f"{STATISTICS}-{server_round}",
+                site_statistics(model, weights, site.inputs, batch_size, site.data.site_id),
+                MessageType.QUERY,
+            )
+            for site in fed.sites
+            if site.data.site_id in nodes
+        ]
+        return pool_answers(model, server_round, weights, replies)
+
+    return pool
 
 
 def run(fed: Federation, output_dir: Path, update: SiteUpdate = local_update) -> list[dict[str, float]]:

@@ -23,6 +23,10 @@ model, rounds x local epochs and learning-rate schedule, it runs:
   ``--server-learning-rate``, default 2, ``--server-momentum``, default 0: the averaged update
   of the trained weights extrapolated, BatchNorm statistics averaged plainly), then 1
   fine-tuning epoch per site as for ``fedavg``;
+- ``fedavgm-bn``: ``fedavgm`` with ``bn-statistics='pooled'``: after each server step the sites
+  measure the new global model's BatchNorm statistics on their images and the server pools them
+  (:mod:`brainfl.federation.statistics_query`), instead of averaging the statistics of the sites'
+  own models, which the extrapolated weights no longer match; fine-tuned as ``fedavg``;
 - ``prior``: the same federation with the balanced-softmax loss (``balanced-softmax=true``: each
   site fits the class-balanced world under its own class mix, so the global model follows no
   site's; ``balanced-softmax-smoothing=0.1``: a class a site lacks keeps 2.5% of its mix), then
@@ -89,10 +93,11 @@ SETTINGS = {  # folder name: run-config of the setting
     "dir03": "partitioning='dirichlet' dirichlet-alpha=0.3",
     "shift4": "partitioning='iid' feature-shift=1.0",
 }
-APPROACHES = ("fedavg", "fedavgm", "fedbn", "ditto", "scaffold", "prior", "local", "pooled")
+APPROACHES = ("fedavg", "fedavgm", "fedavgm-bn", "fedbn", "ditto", "scaffold", "prior", "local", "pooled")
 RESULT_FILE = {
     "fedavg": PERSONALIZATION_CSV,
     "fedavgm": PERSONALIZATION_CSV,
+    "fedavgm-bn": PERSONALIZATION_CSV,
     "fedbn": PERSONALIZATION_CSV,
     "ditto": PERSONALIZATION_CSV,
     "scaffold": PERSONALIZATION_CSV,
@@ -100,7 +105,8 @@ RESULT_FILE = {
     "local": LOCAL_CSV,
     "pooled": POOLED_CSV,
 }
-TUNED = ("fedavg", "fedavgm", "scaffold", "prior")  # the approaches that fine-tune (``--fine-tune-epochs``)
+# The approaches that fine-tune (``--fine-tune-epochs``).
+TUNED = ("fedavg", "fedavgm", "fedavgm-bn", "scaffold", "prior")
 SITES = 4
 GRID_CSV = "site_grid.csv"  # per setting, seed, site and approach
 
@@ -120,12 +126,14 @@ def command(args: argparse.Namespace, setting: str, seed: int, approach: str, ou
     if approach in ("local", "pooled"):
         config = f"{shared} output-dir='{out}'"
         return ["brainfl", approach, "--app-dir", str(ROOT), "--run-config", config]
+    fedavgm = (
+        f"strategy='fedavgm' server-learning-rate={args.server_learning_rate:g} "
+        f"server-momentum={args.server_momentum:g}"
+    )
     extra = {
         "fedavg": "",
-        "fedavgm": (
-            f"strategy='fedavgm' server-learning-rate={args.server_learning_rate:g} "
-            f"server-momentum={args.server_momentum:g}"
-        ),
+        "fedavgm": fedavgm,
+        "fedavgm-bn": f"{fedavgm} bn-statistics='pooled'",
         "fedbn": "fedbn=true",
         "ditto": f"ditto-lambda={args.ditto_lambda}",
         "scaffold": (

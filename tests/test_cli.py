@@ -44,6 +44,10 @@ def run_prepare(capsys, *run_configs: str, extra: tuple[str, ...] = ()) -> tuple
         ("local-epochs=1 seed", "'seed' is not key=value"),
         ("model=vgg16", "model=vgg16: not a TOML value (quote text: model='vgg16')"),
         ("proximal-mu=0.1", "'proximal-mu'=0.1 has no effect unless strategy=fedprox"),
+        ("bn-statistics='mean'", "setting 'bn-statistics': unknown 'mean' (choose one of: averaged, pooled)"),
+        ("bn-statistics='pooled' fedbn=true", "setting 'bn-statistics': pooling the sites' BatchNorm"),
+        ("bn-statistics='pooled' norm='group'", "needs model=cnn or rescnn with norm=batch"),
+        ("bn-statistics='pooled' strategy='krum'", "the robust aggregation of strategy=krum"),
         ("conf/no-such-recipe.toml", "conf file not found: conf/no-such-recipe.toml"),
     ],
 )

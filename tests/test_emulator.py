@@ -15,6 +15,7 @@ from brainfl.federation.bookkeeping import example_weighted_average
 from brainfl.federation.ditto import DITTO_MODEL
 from brainfl.federation.scaffold import CONTROL
 from brainfl.federation.server_app import statistics_mask
+from brainfl.federation.statistics_query import STATISTICS
 from brainfl.federation.strategy import BrainFedAvgM, build_strategy
 from brainfl.model.training import round_learning_rate
 from brainfl.report.results import DITTO_SITE_FIELDS, PERSONALIZATION_CSV, SITE_CSV
@@ -192,6 +193,31 @@ def test_a_scaffold_run_equals_the_in_process_client_apps(tmp_path, monkeypatch)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"round {server_round}")
     moved = [np.abs(a - b).max() for a, b in zip(app_scored[2], app_scored[1], strict=True)]
     assert max(moved) > 1e-3  # the rounds trained
+
+
+def test_a_run_with_pooled_statistics_equals_the_in_process_client_apps(tmp_path, monkeypatch):
+    """bn-statistics='pooled': the emulated sites answer the statistics query as the ClientApp does, and
+    the global model scored after the round is the ServerApp's, statistics included."""
+    data = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2)
+    pairs = (
+        f"data-dir='{data}' image-size=16 batch-size=4 local-epochs=1 num-partitions=2 num-server-rounds=1 "
+        "strategy='fedavgm' server-learning-rate=2.0 server-momentum=0.0 bn-statistics='pooled' "
+        "calibrate=false"
+    )
+    app_scored = scored_weights(monkeypatch)
+    grid = run_in_process(2, {**parse_pairs(pairs), "output-dir": str(tmp_path / "app")})
+    queries = [m.content["config"]["query"] for m in grid.sent if m.metadata.message_type == "query"]
+    monkeypatch.undo()
+
+    fed = emulator.federation(emulator.settings_for(pairs))
+    emulated = scored_weights(monkeypatch)
+    emulator.run(fed, tmp_path / "emulated")
+    monkeypatch.undo()
+
+    assert queries.count(STATISTICS) == 2 and len(app_scored) == len(emulated) == 2
+    mask = statistics_mask(fed.evaluator.bundle.trainable)
+    for got, want, is_statistic in zip(emulated[1], app_scored[1], mask, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4, err_msg=f"statistic: {is_statistic}")
 
 
 def test_a_ditto_run_scores_the_personal_models_as_the_in_process_client_apps(tmp_path):

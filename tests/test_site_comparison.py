@@ -92,6 +92,12 @@ def test_approaches_are_read_with_names_that_say_what_each_site_model_is(tmp_pat
         "scaffold (sgd)",
         "scaffold (sgd) + fine-tune",
     ]
+    pooled_bn = tmp_path / "fedavgm-bn"
+    personalization_csv(pooled_bn, fedbn=False, epochs=1, strategy="fedavgm")
+    config = json.loads((pooled_bn / "run_config.json").read_text())
+    (pooled_bn / "run_config.json").write_text(json.dumps({**config, "bn-statistics": "pooled"}))
+    labels = ["fedavgm, pooled BN", "fedavgm, pooled BN + fine-tune"]
+    assert list(site_comparison.approaches(pooled_bn)) == labels
     prior = tmp_path / "prior"
     personalization_csv(prior, fedbn=False, epochs=1)
     config = json.loads((prior / "run_config.json").read_text())

@@ -131,6 +131,9 @@ def test_fedavgm_cells_take_the_server_step_and_fine_tune_as_fedavg(tmp_path):
     assert settings["server-momentum"] == 0.0 and settings["fine-tune-epochs"] == 3
     assert folder_name("fedavgm", 3) == "fedavgm-ft3"
     assert "strategy" not in parse_pairs(command(args, "iid4", 1, "fedavg", tmp_path)[-1])
+    pooled = parse_pairs(command(args, "iid4", 1, "fedavgm-bn", tmp_path)[-1])
+    assert pooled == {**settings, "bn-statistics": "pooled"}  # FedAvgM's cell, the statistics pooled
+    assert folder_name("fedavgm-bn", 1) == "fedavgm-bn"
 
 
 def test_the_grids_run_config_reaches_every_approach_before_the_cells_settings(tmp_path):

@@ -31,6 +31,9 @@ from brainfl.evaluation.metrics import site_per_class_prefixes
 from brainfl.federation.flower_compat import aggregate_metricrecords, validate_message_reply_consistency
 
 NUM_EXAMPLES = "num-examples"
+# bn-statistics='pooled' (brainfl.federation.statistics_query): (round, the aggregated weights, the
+# nodes whose updates they hold) -> the weights with the sites' pooled BatchNorm statistics
+PoolStatistics = Callable[[int, list[np.ndarray], Sequence[int]], list[np.ndarray]]
 SITE_KEYS = ("site-id", "num_train", "num_val")
 CLASS_COUNT_PREFIX = "class-count-"  # reply keys of a site's training images per class: never averaged
 PER_SITE_PREFIXES = (CLASS_COUNT_PREFIX, *site_per_class_prefixes())  # per-site only (a class may be NaN)
@@ -214,6 +217,7 @@ class SiteBookkeeping:
         report: ReportSink | None = None,
         round_offset: int = 0,
         statistics_mask: Sequence[bool] = (),
+        pool_statistics: PoolStatistics | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("train_metrics_aggr_fn", aggregate_site_metrics)
@@ -225,6 +229,7 @@ class SiteBookkeeping:
         self.report = report or (lambda _round, _report: None)
         self.round_offset = round_offset
         self.statistics_mask = tuple(statistics_mask)
+        self.pool_statistics = pool_statistics  # bn-statistics='pooled': the sites' statistics query
         self.asked: list[int] = []  # the nodes sent this round's train message
         self.site_ids: dict[int, int] = {}  # node -> site id, from the replies so far
 
@@ -296,6 +301,10 @@ class SiteBookkeeping:
             stepped = aggregated.to_numpy_ndarrays()
             mask = self.statistics_mask
             aggregated = ArrayRecord(server_step_with_plain_statistics(stepped, averaged, mask))
+        if self.pool_statistics is not None and aggregated is not None:
+            nodes = [int(message.metadata.src_node_id) for message in valid]
+            weights = aggregated.to_numpy_ndarrays()
+            aggregated = ArrayRecord(self.pool_statistics(server_round + self.round_offset, weights, nodes))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         counts = (len(valid), len(failed) + len(rejected))
         seconds = time.perf_counter() - started

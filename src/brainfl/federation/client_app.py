@@ -21,9 +21,11 @@ With ``fedbn=true`` the site keeps its own BatchNorm layers between messages
 (:mod:`brainfl.federation.fedbn`); with ``ditto-lambda`` > 0 its own personal model, which
 never leaves it (:mod:`brainfl.federation.ditto`); the rest of a site's round is
 :mod:`brainfl.federation.site_round`'s. A query message is the coordinator's setup query
-before round 1, or its calibration, notumor-threshold or personalization query after the last
-round (its config's ``query`` says which; :mod:`brainfl.federation.threshold_query`,
-:mod:`brainfl.federation.personalization`), or an evaluation-only run's validation query
+before round 1, with ``bn-statistics='pooled'`` its query for each round's aggregate's BatchNorm
+statistics (:mod:`brainfl.federation.statistics_query`), its calibration, notumor-threshold or
+personalization query after the last round (its config's ``query`` says which;
+:mod:`brainfl.federation.threshold_query`, :mod:`brainfl.federation.personalization`), or an
+evaluation-only run's validation query
 (:mod:`brainfl.federation.validation`).
 """
 
@@ -60,6 +62,7 @@ from brainfl.federation.scaffold import CONTROL
 from brainfl.federation.setup import QUERY, SETUP, TEST_COPIES, TEST_HASHES
 from brainfl.federation.site_round import reply_content, round_update
 from brainfl.federation.site_training import class_counts, validate
+from brainfl.federation.statistics_query import STATISTICS, site_statistics
 from brainfl.federation.threshold_query import THRESHOLD
 from brainfl.federation.threshold_query import site_answer as threshold_answer
 from brainfl.federation.validation import VALIDATE, query_architecture, site_validation
@@ -312,6 +315,18 @@ def threshold_round(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": answer}), reply_to=msg)
 
 
+def statistics_round(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's BatchNorm statistics query: the received model's BatchNorm input
+    statistics over this site's training images (:mod:`brainfl.federation.statistics_query`)."""
+    with site_session(msg.content["config"], context) as (settings, site):
+        bundle = model_for(settings, site.train.class_names)
+        inputs = model_inputs(settings.model, bundle, site.train)
+        weights = msg.content["arrays"].to_numpy_ndarrays()
+        batch_size = settings.training.batch_size
+        content = site_statistics(bundle.trainable, weights, inputs, batch_size, site.site_id)
+    return Message(content=content, reply_to=msg)
+
+
 def personalization_round(msg: Message, context: Context) -> Message:
     """Answer the coordinator's personalization query: fine-tune the final model here, save it here, and
     reply with its held-out scores before and after (:mod:`brainfl.federation.personalization`)."""
@@ -336,6 +351,7 @@ QUERIES = {
     CALIBRATION: calibration_round,
     THRESHOLD: threshold_round,
     PERSONALIZE: personalization_round,
+    STATISTICS: statistics_round,
     VALIDATE: validation_round,
 }
 

@@ -5,7 +5,9 @@ set come from :mod:`brainfl.data.central`. Before round 1 every site answers
 one setup query (:mod:`brainfl.federation.setup`): its example count and the
 test images it holds copies of, which give the federation's leak-free test
 subset and the number of sites the strategy and DP are sized for.
-Per round: the strategy aggregates the sites' replies and hands their
+Per round: the strategy aggregates the sites' replies (with ``bn-statistics='pooled'`` the
+sites then answer a query for the aggregate's BatchNorm statistics,
+:mod:`brainfl.federation.statistics_query`) and hands their
 metrics to the recorder (:class:`~brainfl.federation.bookkeeping.SiteReport`); the
 central evaluator scores the new global model on the test set and the
 recorder writes the round's outputs (CSVs, predictions, checkpoint). At the
@@ -48,6 +50,7 @@ from brainfl.federation.privacy import PrivacyLedger, with_privacy
 from brainfl.federation.recorder import RunRecorder, resume_point
 from brainfl.federation.secure_aggregation import run_secure_federation, secure_strategy
 from brainfl.federation.setup import Roster, setup_federation
+from brainfl.federation.statistics_query import StatisticsQuery
 from brainfl.federation.strategy import build_strategy, check_strategy
 from brainfl.federation.threshold_query import final_threshold
 from brainfl.federation.validation import run_validation
@@ -115,6 +118,16 @@ def central_evaluator(settings: RunSettings, central: CentralData, roster: Roste
     return CentralEvaluator(
         settings, central.test, central.class_names, official=central.official, leak_free=roster.leak_free()
     )
+
+
+def statistics_pool(
+    grid: Grid, settings: RunSettings, model, class_names: tuple[str, ...]
+) -> StatisticsQuery | None:
+    """With ``bn-statistics='pooled'``, the query that puts the sites' BatchNorm statistics of each
+    round's aggregate in it (:mod:`brainfl.federation.statistics_query`)."""
+    if settings.federation.bn_statistics != "pooled":
+        return None
+    return StatisticsQuery(grid, model, class_names, settings.federation.round_timeout)
 
 
 def run_federation(grid: Grid, context: Context, settings: RunSettings, output_dir: Path) -> None:
@@ -194,6 +207,7 @@ def run_federation(grid: Grid, context: Context, settings: RunSettings, output_d
             report=recorder.site_report,
             round_offset=first_round,
             statistics_mask=statistics_mask(bundle.trainable),
+            pool_statistics=statistics_pool(grid, settings, bundle.trainable, class_names),
         )
         result = with_privacy(strategy, settings, roster.num_sites).start(
             grid=grid,

@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import (
 from brainfl.core.errors import BrainFLError
 from brainfl.federation.bookkeeping import (
     NUM_EXAMPLES,
+    PoolStatistics,
     ReportSink,
     SiteBookkeeping,
     SiteReport,
@@ -118,6 +119,7 @@ class StrategyEntry:
     strategy_class: type[SiteBookkeeping]
     options: Callable[[RunSettings, int], dict[str, Any]]  # (settings, sites that joined) -> its arguments
     reads: tuple[str, ...] = ()  # run-config keys that act only with this strategy (and others reading them)
+    robust: bool = False  # Byzantine-robust: a plain average of what the sites send would undo it
 
 
 SERVER_RATE, BYZANTINE = ("server-learning-rate",), ("byzantine-sites",)
@@ -142,13 +144,15 @@ STRATEGIES: dict[str, StrategyEntry] = {
         (*SERVER_RATE, "server-momentum"),
     ),
     "krum": StrategyEntry(
-        BrainKrum, lambda s, n: {"num_malicious_nodes": s.federation.byzantine_sites}, BYZANTINE
+        BrainKrum, lambda s, n: {"num_malicious_nodes": s.federation.byzantine_sites}, BYZANTINE, robust=True
     ),
-    "multikrum": StrategyEntry(BrainMultiKrum, lambda s, n: _multikrum(s.federation, n), BYZANTINE),
+    "multikrum": StrategyEntry(
+        BrainMultiKrum, lambda s, n: _multikrum(s.federation, n), BYZANTINE, robust=True
+    ),
     "trimmed-mean": StrategyEntry(
-        BrainTrimmedMean, lambda s, n: {"beta": s.federation.trim_beta}, ("trim-beta",)
+        BrainTrimmedMean, lambda s, n: {"beta": s.federation.trim_beta}, ("trim-beta",), robust=True
     ),
-    "median": StrategyEntry(BrainMedian, lambda s, n: {}),
+    "median": StrategyEntry(BrainMedian, lambda s, n: {}, robust=True),
     "scaffold": StrategyEntry(BrainScaffold, lambda s, n: {"num_sites": n}),
 }
 
@@ -160,6 +164,11 @@ def check_strategy(settings: RunSettings, defaults: Mapping[str, Any]) -> None:
     if strategy not in STRATEGIES:
         raise BrainFLError(
             f"setting 'strategy': unknown '{strategy}' (choose one of: {', '.join(STRATEGIES)})"
+        )
+    if STRATEGIES[strategy].robust and settings.federation.bn_statistics == "pooled":
+        raise BrainFLError(
+            f"setting 'bn-statistics': pooled statistics are a plain average of what every site answers, "
+            f"which the robust aggregation of strategy={strategy} is there to avoid; use 'averaged'"
         )
     config = settings.to_config()
     chosen = STRATEGIES[strategy].reads
@@ -185,13 +194,16 @@ def build_strategy(
     report: ReportSink | None = None,
     round_offset: int = 0,
     statistics_mask: Sequence[bool] = (),
+    pool_statistics: PoolStatistics | None = None,
 ) -> SiteBookkeeping:
     """The strategy named by ``settings.federation.strategy``, with the run's sampling and waiting settings.
 
     ``num_sites`` is the number of sites that joined (Multi-Krum keeps all but
     ``byzantine-sites`` of them); ``statistics_mask`` marks the model's arrays that
     are statistics, not trained weights (BatchNorm moving mean and variance);
-    ``report`` receives each stage's :class:`SiteReport`.
+    ``report`` receives each stage's :class:`SiteReport`; ``pool_statistics`` (``bn-statistics='pooled'``)
+    puts the sites' BatchNorm statistics of each round's aggregate in it
+    (:mod:`brainfl.federation.statistics_query`).
     """
     strategy_class, options = strategy_options(settings, num_sites)
     return strategy_class(
@@ -200,6 +212,7 @@ def build_strategy(
         report=report,
         round_offset=round_offset,
         statistics_mask=statistics_mask,
+        pool_statistics=pool_statistics,
         fraction_train=settings.federation.fraction_train,
         fraction_evaluate=settings.federation.fraction_evaluate,
         min_train_nodes=settings.federation.min_sites,

@@ -13,8 +13,10 @@ no BatchNorm, are left alone.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import weakref
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -37,6 +39,84 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     not a plain chain of layers)."""
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     return norms if norms and _is_chain(model) else []
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStatistics:
+    """Each BatchNorm layer's input mean and variance (the averages over batches, as precise BN takes
+    them) and how many images they come from."""
+
+    means: list[np.ndarray]
+    variances: list[np.ndarray]
+    images: int
+
+    def arrays(self) -> list[np.ndarray]:
+        """The statistics as one list, layer by layer: mean, variance, mean, variance..."""
+        return [array for pair in zip(self.means, self.variances, strict=True) for array in pair]
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], images: int) -> BatchStatistics:
+        """The statistics from :meth:`arrays`' list."""
+        return cls(list(arrays[0::2]), list(arrays[1::2]), images)
+
+
+def batch_statistics(
+    model: keras.Model,
+    inputs: np.ndarray,
+    batch_size: int,
+    max_images: int = PRECISE_BN_IMAGES,
+    seed: int = 0,
+) -> BatchStatistics | None:
+    """Every BN layer's input statistics over at most ``max_images`` of ``inputs`` under the model's
+    current weights (see :func:`recalibrate_batchnorm`); None for a model without BN layers this
+    module can reach."""
+    norms = batchnorm_layers(model)
+    if not norms:
+        return None
+    batch_moments = _batch_moments_function(model)
+    order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]
+    used = inputs[order]
+    batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
+    if runs_eagerly(len(batches)):  # the same pass op by op: cheaper than tracing it
+        batch_moments = batch_moments.python_function
+    per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
+    sizes = [len(batch) for batch in batches]
+
+    def averaged(index: int, moment: int) -> np.ndarray:  # over the batches, weighted by their sizes
+        return np.average([m[index][moment] for m in per_batch], axis=0, weights=sizes)
+
+    layers = range(len(norms))
+    return BatchStatistics([averaged(i, 0) for i in layers], [averaged(i, 1) for i in layers], len(used))
+
+
+def moving_statistics(model: keras.Model) -> BatchStatistics | None:
+    """Every BN layer's moving mean and variance as the model holds them (None without BN layers)."""
+    norms = batchnorm_layers(model)
+    if not norms:
+        return None
+    return BatchStatistics(
+        [layer.moving_mean.numpy() for layer in norms], [layer.moving_variance.numpy() for layer in norms], 0
+    )
+
+
+def set_statistics(model: keras.Model, statistics: BatchStatistics) -> None:
+    """Make ``statistics`` every BN layer's moving mean and variance."""
+    for layer, mean, variance in zip(
+        batchnorm_layers(model), statistics.means, statistics.variances, strict=True
+    ):
+        layer.moving_mean.assign(np.asarray(mean, dtype=layer.moving_mean.dtype))
+        layer.moving_variance.assign(np.asarray(variance, dtype=layer.moving_variance.dtype))
+
+
+def pooled_statistics(parts: Sequence[BatchStatistics]) -> BatchStatistics:
+    """The statistics of several image sets as if their images were pooled: image-weighted averages."""
+    images = [part.images for part in parts]
+    layers = range(len(parts[0].means))
+    return BatchStatistics(
+        [np.average([part.means[i] for part in parts], axis=0, weights=images) for i in layers],
+        [np.average([part.variances[i] for part in parts], axis=0, weights=images) for i in layers],
+        sum(images),
+    )
 
 
 def recalibrate_batchnorm(
@@ -62,21 +142,11 @@ def recalibrate_batchnorm(
     are not a plain chain of layers, or have no BN layer, are left as they are.
     A pass of a few batches runs eagerly (:func:`brainfl.model.training.runs_eagerly`).
     """
-    norms = batchnorm_layers(model)
-    if not norms:
+    statistics = batch_statistics(model, inputs, batch_size, max_images, seed)
+    if statistics is None:
         return 0
-    batch_moments = _batch_moments_function(model)
-    order = np.random.default_rng(seed).permutation(len(inputs))[:max_images]
-    used = inputs[order]
-    batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
-    if runs_eagerly(len(batches)):  # the same pass op by op: cheaper than tracing it
-        batch_moments = batch_moments.python_function
-    per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
-    sizes = [len(batch) for batch in batches]
-    for index, layer in enumerate(norms):
-        layer.moving_mean.assign(np.average([m[index][0] for m in per_batch], axis=0, weights=sizes))
-        layer.moving_variance.assign(np.average([m[index][1] for m in per_batch], axis=0, weights=sizes))
-    return len(norms)
+    set_statistics(model, statistics)
+    return len(statistics.means)
 
 
 _BATCH_MOMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

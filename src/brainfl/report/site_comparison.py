@@ -15,7 +15,8 @@ held-out (validation) split, and each run of the question writes those scores:
   the site's own BatchNorm (``FedBN, own BN``) and fine-tuned at the site
   (``... + fine-tune``; ``... + fine-tune (3 epochs)`` for other than 1 epoch), with
   ``site-prior`` that model with the site's own class mix
-  (``... + site prior``; a run with ``balanced-softmax`` is named ``FedAvg, balanced softmax``),
+  (``... + site prior``; a run with ``balanced-softmax`` is named ``FedAvg, balanced softmax``, one
+  with ``bn-statistics='pooled'`` e.g. ``fedavgm, pooled BN``),
   and with ``ditto-lambda`` the site's Ditto personal model (``Ditto``); without that file, the
   held-out scores its sites sent with the last round's training replies (``site_metrics.csv``), of
   the model they received in that round (``federated, round <R> model``: the model before the
@@ -93,6 +94,7 @@ def personalization_labels(folder: Path, table: pd.DataFrame) -> dict[str, str]:
     base = "FedBN" if fedbn else "FedAvg" if strategy == "fedavg" else strategy
     base += "" if optimizer == "adamw" else f" ({optimizer})"
     base += ", balanced softmax" if config.get("balanced-softmax") else ""
+    base += ", pooled BN" if config.get("bn-statistics") == "pooled" else ""
     own = f"{base}, own BN" if fedbn else base
     fine_tune = "fine-tune" if epochs == 1 else f"fine-tune ({epochs} epochs)"
     personalized = f"{own} + {fine_tune}" if epochs > 0 else own

@@ -40,6 +40,10 @@ CROPS = ("head", "head-otsu", "none")  # how scans are framed: brainfl.data.fram
 STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
+BN_STATISTICS = (
+    "averaged",
+    "pooled",
+)  # the global model's BatchNorm statistics: brainfl.federation.statistics_query
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Smallest image each model accepts: the CNNs halve it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
@@ -117,6 +121,7 @@ class FederationSettings:
     proximal_mu: float
     server_learning_rate: float
     server_momentum: float
+    bn_statistics: str  # "averaged" or "pooled" (BN_STATISTICS)
     byzantine_sites: int
     trim_beta: float
     fedbn: bool
@@ -211,6 +216,7 @@ _LAYOUT: tuple[tuple[str, str | None, str], ...] = tuple(
         ("proximal_mu", "federation"),
         ("server_learning_rate", "federation"),
         ("server_momentum", "federation"),
+        ("bn_statistics", "federation"),
         ("byzantine_sites", "federation"),
         ("trim_beta", "federation"),
         ("dp", "privacy"),
@@ -399,6 +405,7 @@ def check_settings(settings: RunSettings) -> None:
         ("optimizer", settings.training.optimizer, OPTIMIZERS),
         ("standardization", settings.model.standardization, STANDARDIZATIONS),
         ("crop", settings.model.crop, CROPS),
+        ("bn-statistics", settings.federation.bn_statistics, BN_STATISTICS),
         ("dp", settings.privacy.dp, DP_MODES),
         ("validate-split", settings.evaluation.validate_split, VALIDATE_SPLITS),
     ):
@@ -481,6 +488,13 @@ def check_setting_combinations(settings: RunSettings) -> None:
         raise BrainFLError(
             "setting 'adapt-sites': re-estimating BatchNorm statistics needs model=cnn or rescnn with "
             f"norm=batch (got model={model.name}, norm={model.norm})"
+        )
+    if federation.bn_statistics == "pooled" and (not batch_norm or federation.fedbn or privacy.secagg):
+        raise BrainFLError(
+            "setting 'bn-statistics': pooling the sites' BatchNorm statistics of the global model needs "
+            "model=cnn or rescnn with norm=batch, without fedbn (each site keeps its own) or secagg (the "
+            f"statistics would reach the server in the clear); got model={model.name}, norm={model.norm}, "
+            f"fedbn={str(federation.fedbn).lower()}, secagg={str(privacy.secagg).lower()}"
         )
     if privacy.dp != "none" and batch_norm:
         raise BrainFLError(
