@@ -118,3 +118,24 @@ def first_row_nan(monkeypatch) -> None:
         return probabilities
 
     monkeypatch.setattr(training, "predict_proba", predict_with_nan)
+
+
+# The modules that take longest (end-to-end runs, minutes each), longest first. The README's command
+# keeps this order (``--no-loadscope-reorder``; xdist would otherwise hand out the modules with the
+# most tests first, and these, with one to three tests each, last): started first, they run while the
+# other worker goes through the many short modules, and the two workers finish together.
+SLOWEST_MODULES = (
+    "test_restarts.py",
+    "test_e2e.py",
+    "test_faults.py",
+    "test_dicom_site.py",
+    "test_ray_cluster.py",
+    "test_rehearsal.py",
+    "test_benchmarks.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run :data:`SLOWEST_MODULES` first, in that order; every other module after them, as collected."""
+    rank = {name: index for index, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
