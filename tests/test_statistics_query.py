@@ -75,18 +75,21 @@ def test_unusable_answers_are_dropped_and_without_any_the_weights_are_kept(caplo
         reply.content[STATISTICS_ARRAYS] = type(reply.content[STATISTICS_ARRAYS])(change(arrays))
         return reply
 
+    empty = answer(model, weights, inputs, 4)
+    del empty.content[STATISTICS_ARRAYS]  # a site that answered something else
     bad = [
         broken(1, lambda arrays: arrays[:-1]),  # a layer short
         broken(2, lambda arrays: [np.full_like(a, np.nan) for a in arrays]),
         broken(3, lambda arrays: [*arrays[:1], -np.abs(arrays[1]) - 1, *arrays[2:]]),  # negative variance
+        empty,
     ]
     with caplog.at_level(logging.WARNING):
         alone = pool_answers(model, 1, weights, [good])
         with_bad = pool_answers(model, 1, weights, [good, *bad])
     assert all(np.array_equal(a, b) for a, b in zip(alone, with_bad, strict=True))
     dropped = [r.getMessage() for r in caplog.records if "dropped site" in r.getMessage()]
-    assert len(dropped) == 3 and "other shapes" in dropped[0] and "not finite" in dropped[1]
-    assert "negative variance" in dropped[2]
+    assert len(dropped) == 4 and "other shapes" in dropped[0] and "not finite" in dropped[1]
+    assert "negative variance" in dropped[2] and "no statistics" in dropped[3]
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):

@@ -104,9 +104,12 @@ def usable_answers(
     """The sites' statistics that can be pooled; the others are dropped with a warning."""
     usable = []
     for reply in replies:
-        arrays = reply.content[STATISTICS_ARRAYS].to_numpy_ndarrays()
-        images = int(reply.content["metrics"][NUM_EXAMPLES])
-        problem = answer_problem(arrays, expected, images)
+        if STATISTICS_ARRAYS not in reply.content.array_records:
+            arrays, images, problem = [], 0, "no statistics in it"
+        else:
+            arrays = reply.content[STATISTICS_ARRAYS].to_numpy_ndarrays()
+            images = int(reply.content["metrics"].get(NUM_EXAMPLES, 0))
+            problem = answer_problem(arrays, expected, images)
         if problem is None:
             usable.append(BatchStatistics.from_arrays(arrays, images))
         else:
