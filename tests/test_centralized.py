@@ -14,7 +14,7 @@ from brainfl.settings.run_settings import settings_from_config
 def test_centralized_run_writes_one_evaluated_row_per_epoch(tmp_path, real_subset):
     settings = settings_from_config(
         {
-            "data-dir": str(real_subset(150)),
+            "data-dir": str(real_subset(60)),
             "image-size": 32,
             "num-server-rounds": 3,
             "learning-rate": 0.003,
