@@ -15,6 +15,8 @@ from brainfl.federation.statistics_query import STATISTICS_ARRAYS, pool_answers,
 from brainfl.model.batch_norm import batch_statistics, batchnorm_layers
 from brainfl.model.files import FINAL_MODEL
 from brainfl.model.process_cache import model_for, model_inputs
+from brainfl.report.audit import read_audit
+from brainfl.report.results import AUDIT_JSONL
 from brainfl.settings.run_settings import settings_from_config
 from conftest import CLASSES, cache_at
 from emulator import site_message
@@ -130,6 +132,9 @@ def test_the_server_puts_the_sites_pooled_statistics_of_each_aggregate_in_its_mo
     assert len(answers) == 4  # both sites, after each of the 2 rounds
     server_log = (tmp_path / "run" / "logs" / "server.log").read_text()
     assert server_log.count("bn-statistics: pooled from") == 2
+    audit = read_audit(tmp_path / "run" / AUDIT_JSONL)
+    asked = [e["round"] for e in audit if e.get("query") == "bn-statistics" and e["direction"] == "sent"]
+    assert asked == [1, 1, 2, 2]  # each round's aggregate, to both sites that trained it
     # The saved model's statistics are its own, measured at the sites and pooled: not an average of the
     # sites' statistics of their own models, which FedAvgM's step at rate 2 left behind.
     images = np.array([m.images for m in measured], dtype=float)

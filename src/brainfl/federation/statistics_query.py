@@ -59,9 +59,10 @@ STATISTICS = "bn-statistics"  # the query config's QUERY value of this query
 STATISTICS_ARRAYS = "statistics"  # a site's answer: each BN layer's mean and variance, in layer order
 
 
-def statistics_query(weights: list[np.ndarray], class_names: Sequence[str]) -> RecordDict:
-    """What every site gets: the round's global weights and the class names."""
-    config = ConfigRecord({QUERY: STATISTICS, "class-names": ",".join(class_names)})
+def statistics_query(weights: list[np.ndarray], class_names: Sequence[str], server_round: int) -> RecordDict:
+    """What every site gets: the round's global weights, the class names and the round (for the audit)."""
+    config = {QUERY: STATISTICS, "class-names": ",".join(class_names), "global-round": server_round}
+    config = ConfigRecord(config)
     return RecordDict({"arrays": ArrayRecord(weights), "config": config})
 
 
@@ -152,6 +153,6 @@ class StatisticsQuery:
     def __call__(
         self, server_round: int, weights: list[np.ndarray], nodes: Sequence[int]
     ) -> list[np.ndarray]:
-        content = statistics_query(weights, self.class_names)
+        content = statistics_query(weights, self.class_names, server_round)
         replies = query_sites(self.grid, content, nodes, self.timeout, f"round {server_round} bn-statistics")
         return pool_answers(self.model, server_round, weights, replies)
