@@ -8,8 +8,11 @@ module of its own so that the parallel suite runs it beside the other fault test
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from brainfl.model.files import CHECKPOINT, stored_metadata
 from test_e2e import free_port_block, read_rows, run_script
 from test_faults import (
     TINY,
@@ -26,6 +29,12 @@ from test_faults import (
 
 __all__ = ["data"]  # the fixture, used by name
 pytestmark = pytest.mark.e2e
+
+
+def checkpoint_round(out: Path) -> int:
+    """The round of the run's checkpoint (-1 before the first)."""
+    path = out / CHECKPOINT
+    return int(stored_metadata(path).get("round", -1)) if path.exists() else -1
 
 
 def test_a_killed_supernode_rejoins_and_a_killed_server_resumes_with_one_row_per_round(tmp_path, data):
@@ -45,7 +54,8 @@ def test_a_killed_supernode_rejoins_and_a_killed_server_resumes_with_one_row_per
         wait_for(lambda: rounds_sampled(out) >= 2, 600, "round 2 to pick its sites")
         node_config = f"partition-id=1 num-partitions=2 data-dir='{data}' log-dir='{out / 'logs'}'"
         restarted = supernode(port, port + 2, node_config)
-        wait_for(lambda: rounds_done(out) >= 3, 600, "round 3")
+        # Round 3's checkpoint, not only its row: a server killed between the two resumes from round 2.
+        wait_for(lambda: checkpoint_round(out) >= 3, 600, "round 3's checkpoint")
         kill_tree(started_by(script, "flwr-serverapp"))  # this run's server only
         output, _ = script.communicate(timeout=300)
     finally:
