@@ -40,10 +40,7 @@ CROPS = ("head", "head-otsu", "none")  # how scans are framed: brainfl.data.fram
 STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
-BN_STATISTICS = (
-    "averaged",
-    "pooled",
-)  # the global model's BatchNorm statistics: brainfl.federation.statistics_query
+BN_STATISTICS = ("averaged", "pooled")  # the global BatchNorm statistics: federation.statistics_query
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Smallest image each model accepts: the CNNs halve it four times (stride-2 stem, three
 # poolings), Keras' VGG-16 refuses inputs under 32 x 32.
