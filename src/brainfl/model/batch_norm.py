@@ -5,6 +5,9 @@ drift of the weights during the epoch; :func:`recalibrate_batchnorm` runs one
 forward pass over up to ``PRECISE_BN_IMAGES`` of the site's images with
 BatchNorm normalizing by batch statistics, as in training, and sets each
 layer's moving mean and variance to their size-weighted batch averages.
+:func:`batch_statistics` measures those statistics without setting them, and
+:func:`pooled_statistics` combines several sites' as if their images were pooled
+(the federation's ``bn-statistics='pooled'``, :mod:`brainfl.federation.statistics_query`).
 :func:`minimize_entropy` goes one step further on unlabelled scans (TENT): it
 trains only the BatchNorm layers' scale and offset to make the model's
 predictions on them confident. Models that are not a chain of layers, or have
