@@ -82,14 +82,11 @@ def batch_statistics(
     batches = [used[start : start + batch_size] for start in range(0, len(used), batch_size)]
     if runs_eagerly(len(batches)):  # the same pass op by op: cheaper than tracing it
         batch_moments = batch_moments.python_function
-    per_batch = [batch_moments(tf.cast(batch, tf.float32)) for batch in batches]
-    sizes = [len(batch) for batch in batches]
-
-    def averaged(index: int, moment: int) -> np.ndarray:  # over the batches, weighted by their sizes
-        return np.average([m[index][moment] for m in per_batch], axis=0, weights=sizes)
-
-    layers = range(len(norms))
-    return BatchStatistics([averaged(i, 0) for i in layers], [averaged(i, 1) for i in layers], len(used))
+    per_batch = []
+    for batch in batches:
+        moments = batch_moments(tf.cast(batch, tf.float32))  # (mean, variance) per BN layer
+        per_batch.append(BatchStatistics([m for m, _ in moments], [v for _, v in moments], len(batch)))
+    return pooled_statistics(per_batch)  # the batches' averages, weighted by their sizes
 
 
 def moving_statistics(model: keras.Model) -> BatchStatistics | None:
