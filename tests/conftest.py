@@ -128,7 +128,6 @@ SLOWEST_MODULES = (
     "test_restarts.py",
     "test_e2e.py",
     "test_faults.py",
-    "test_dicom_site.py",
     "test_ray_cluster.py",
     "test_rehearsal.py",
     "test_benchmarks.py",

@@ -1,4 +1,14 @@
-"""End to end: run.sh starts a real SuperLink and SuperNodes on loopback and trains on real data."""
+"""End to end: run.sh starts a real SuperLink and SuperNodes on loopback and trains on real data.
+
+The deployment run is two hospitals as they hold their scans: site 0's folder holds
+12-bit DICOM files (Rescale Slope/Intercept, Window Center/Width) written from real
+scans, site 1's folder real JPEGs, and both keep their own BatchNorm
+(``fedbn=true``, the setting for sites whose scans are prepared differently): the
+SuperNodes start a fresh ClientApp process for every message, so a site's own
+BatchNorm reaches round 2 only through its ``Context.state``. After the last round
+each site fine-tunes and saves its own model, the sites answer the calibration
+query, and ``--baselines`` trains each site alone and the sites pooled for the report.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -14,18 +25,20 @@ import keras
 import pytest
 
 import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
-from brainfl.model.files import stored_metadata
+from brainfl.federation.personalization import PERSONALIZED_MODEL
+from brainfl.model.files import load_model, stored_metadata
 from brainfl.report.audit import read_audit
-from brainfl.report.results import AUDIT_JSONL
+from brainfl.report.results import AUDIT_JSONL, PERSONALIZATION_CSV
 from conftest import CLASSES, REPO_ROOT
 from harness import free_port_block  # benchmarks/harness.py (conftest puts benchmarks/ on the path)
+from scan_files import scan_to_dicom
 
 pytestmark = pytest.mark.e2e
-PER_CLASS = 40  # real images per class and split (a subset folder of symlinks)
+PER_CLASS = 40  # real images per class and split (a subset folder of symlinks), half of them per site
 SMALL_PER_CLASS = 12  # the simulation run checks outputs, not learning: fewer images
 SMALL_RUN = "image-size=32 batch-size=16 local-epochs=1 learning-rate=0.003"  # VGG-16's smallest input
 # Local steps enough (18 a round) for the loss to fall in 2 rounds on a tiny subset.
-DEPLOY_RUN = "image-size=32 batch-size=8 local-epochs=2 learning-rate=0.002"
+DEPLOY_RUN = "image-size=32 batch-size=8 local-epochs=2 learning-rate=0.002 fedbn=true fine-tune-epochs=1"
 
 
 def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -48,11 +61,28 @@ def port_is_closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
+def make_sites(training: Path, root: Path) -> tuple[Path, Path]:
+    """Two site folders from ``training``'s scans, half each: ``dicom/`` (.dcm files), ``jpeg/`` (copies)."""
+    dicom, jpeg = root / "dicom", root / "jpeg"
+    for name in CLASSES:
+        scans = sorted((training / name).glob("*.jpg"))
+        half = len(scans) // 2
+        for source in scans[:half]:
+            scan_to_dicom(source, dicom / "Training" / name / f"{source.stem}.dcm")
+        (jpeg / "Training" / name).mkdir(parents=True)
+        for source in scans[half:]:
+            shutil.copy(source, jpeg / "Training" / name / source.name)
+    return dicom, jpeg
+
+
+def test_deployment_run_with_a_dicom_site_and_a_jpeg_site_on_real_data(tmp_path, real_subset):
     out = tmp_path / "run"
     port = free_port_block(3)
     data = real_subset(PER_CLASS)
+    dicom, jpeg = make_sites(data / "Training", tmp_path / "sites")
+    assert len(list(dicom.rglob("*.dcm"))) == len(CLASSES) * PER_CLASS // 2
     args = ["--sites", "2", "--rounds", "2", "--data-dir", str(data), "--output-dir", str(out)]
+    args += ["--site-data-dir", str(dicom), "--site-data-dir", str(jpeg)]
     result = run_script(*args, "--port", str(port), "--run-config", DEPLOY_RUN, "--baselines")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"outputs: {out}" in result.stdout
@@ -74,6 +104,12 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
         ("2", "1"),
     ]
     assert all(row["val_accuracy"] and row["train_loss"] for row in sites)
+    partition = {row["site"]: row for row in read_rows(out / "partition.csv")}
+    assert sorted(partition) == ["0", "1"]
+    for row in partition.values():
+        num_train = int(row["num_train"])
+        assert num_train + int(row["num_val"]) == len(CLASSES) * PER_CLASS // 2
+        assert sum(int(row[name]) for name in CLASSES) == num_train and all(int(row[n]) > 0 for n in CLASSES)
 
     server_log = (out / "logs" / "server.log").read_text()
     assert "round 2/2 | sites 2 | test accuracy" in server_log
@@ -83,6 +119,11 @@ def test_deployment_run_with_two_supernodes_on_real_data(tmp_path, real_subset):
             f"site {site} round 2: trained on .*; the received model's validation accuracy", site_log
         )
         assert re.search(f"site {site}: \\d+ of the coordinator's 160 test images have a copy", site_log)
+        # Its own BatchNorm is missing in round 1 only: round 2's process found it in the context.
+        assert site_log.count("FedBN: no BatchNorm of its own yet") == 1, site_log[-3000:]
+        assert f"site {site} personalization: 1 fine-tuning epochs" in site_log
+        assert load_model(out / "sites" / f"site_{site}" / PERSONALIZED_MODEL).class_names == CLASSES
+    assert [row["site"] for row in read_rows(out / PERSONALIZATION_CSV)] == ["0", "1"]
 
     model = keras.models.load_model(out / "final_model.keras")
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 4)
@@ -120,7 +161,7 @@ def check_baselines(out: Path) -> None:
         assert config["local-epochs"] == 2 and config["image-size"] == 32  # the run's settings
     compared = read_rows(out / "site_comparison.csv")
     assert [row["site"] for row in compared][:2] == ["0", "1"]
-    assert {"alone", "federated, round 1 model", "pooled", "federated - alone"} <= set(compared[0])
+    assert {"alone", "FedBN", "FedBN, own BN + fine-tune", "pooled", "federated - alone"} <= set(compared[0])
     assert "Joining against going alone" in (out / "report.html").read_text()
 
 
