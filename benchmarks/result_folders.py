@@ -211,6 +211,7 @@ def setting(run: Run) -> str:
     words += [f"synthetic scanner shift {shift:g}"] if shift else []
     words += ["balanced softmax"] if run.get("balanced-softmax") else []
     words += [str(run.get("strategy"))] if run.get("strategy", "fedavg") != "fedavg" else []
+    words += ["pooled BN"] if run.get("bn-statistics") == "pooled" else []
     words += [f"{run.get('norm')} norm"] if run.get("norm", "batch") != "batch" else []
     if run.get("dp", "none") != "none":
         words.append(f"DP {run.get('dp')} z={run.get('dp-noise-multiplier')} C={run.get('dp-clipping-norm')}")

@@ -415,6 +415,15 @@ def test_a_run_with_synthetic_scanner_shift_says_so_in_its_setting(tmp_path):
     assert "synthetic scanner shift 0.5" in shifted and "synthetic" not in plain
 
 
+def test_a_run_with_pooled_statistics_names_its_strategy_and_the_pooling(tmp_path):
+    keep(tmp_path, "pooled-bn", [0.2, 0.9], [0, 10], strategy="fedavgm", **{"bn-statistics": "pooled"})
+    keep(tmp_path, "averaged-bn", [0.2, 0.9], [0, 10], strategy="fedavgm")
+    table = render("runs", tmp_path / "benchmarks" / "results")
+    pooled = next(line for line in table.splitlines() if line.startswith("| pooled-bn |"))
+    averaged = next(line for line in table.splitlines() if line.startswith("| averaged-bn |"))
+    assert "| 4 sites, IID, fedavgm, pooled BN |" in pooled and "pooled BN" not in averaged
+
+
 def test_calibration_table_shows_the_temperature_and_ece_before_and_after(tmp_path):
     folder = keep(tmp_path, "calibrated", [0.2, 0.9], [0, 10])
     keep(tmp_path, "uncalibrated", [0.2, 0.9], [0, 10])
