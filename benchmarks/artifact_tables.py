@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from result_folders import SHIFTED, Kept, Row, Run, in_a_run, overall, ratio
+from result_folders import SHIFTED, Kept, Row, Run, a_family, in_a_run, overall, ratio
 
 OVERALL = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_macro": "macro F1",
            "ece": "ECE (top label)"}  # fmt: skip
@@ -28,7 +28,8 @@ def interval(value: float, low: float, high: float) -> str:
 def evaluation_rows(kept: list[Kept]) -> list[Row]:
     """A row per metric (overall, then per-class sensitivity), a column per ``brainfl evaluate`` folder."""
     rows: dict[str, Row] = {}
-    for one in (one for one in kept if not in_a_run(one)):  # a run's shifted copy: the shifted table
+    # a run's shifted copy has the shifted table, a preparation family the families tables
+    for one in (one for one in kept if not in_a_run(one) and not a_family(one)):
         t = one.table[one.table["metric"].isin([*OVERALL, "sensitivity"])]
         labels = t["metric"].map(OVERALL).fillna("sensitivity, " + t["class"].astype(str))
         cells = dict(zip(labels, map(interval, t["value"], t["low"], t["high"]), strict=True))

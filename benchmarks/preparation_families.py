@@ -75,11 +75,10 @@ from brainfl.settings.run_config import toml_value
 from brainfl.settings.run_settings import CROPS
 from harness import RESULTS, add_keep, add_output_dir, this_command
 from preparation_shift import draw_shift, shift_image
+from result_folders import FAMILIES_FILES, LEFT_OUT_FILES
 from shifted_copy import testing_scans
 
 NOTUMOR = "notumor"
-FAMILIES_CSV = "families.csv"
-LEFT_OUT_CSV = "families_left_out.csv"  # what leave-out writes
 SHOWN = ("accuracy", "balanced_accuracy", "ece")  # the overall metrics of families.csv
 
 
@@ -342,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "make":
         make_families(args.data_dir.resolve(), args.output_dir, args.seed)
         return
-    csv_name = FAMILIES_CSV if args.command == "score" else LEFT_OUT_CSV
+    csv_name = FAMILIES_FILES[0] if args.command == "score" else LEFT_OUT_FILES[0]
     if args.command == "score":
         table = with_mean_and_worst(
             score_families(args.model, args.families, args.output_dir, args.evaluate_args.split())

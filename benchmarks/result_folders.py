@@ -41,6 +41,8 @@ EVALUATION_FILES = (
 )  # brainfl evaluate (brainfl.evaluation.external.CSV_NAME)
 SHIFTED = {"shifted": "shifted accuracy", "shifted-leak-free": "shifted leak-free accuracy"}  # in a run
 COPY_FILE = "copy.txt"  # beside a shifted evaluation: "command: <the shifted_copy.py make command>", ...
+FAMILIES_FILES = ("families.csv", "families.json")  # preparation_families.py score
+LEFT_OUT_FILES = ("families_left_out.csv", "families_left_out.json")  # preparation_families.py leave-out
 GRID_SUMMARY = "site_grid_summary.csv"  # site_grid.py: per setting and approach, over seeds
 GRID_CALIBRATION = "site_grid_calibration.csv"  # site_grid.py: per setting, ECE before and after
 Row = dict[str, object]
@@ -120,6 +122,11 @@ def shifted_evaluation(folder: Path, name: str) -> Kept:
 def in_a_run(one: Kept) -> bool:
     """Whether ``one`` is a run's shifted-copy evaluation (``<run>/shifted``), shown with the run."""
     return one.folder.name in SHIFTED and (one.folder.parent / RUN_FILES[0]).is_file()
+
+
+def a_family(one: Kept) -> bool:
+    """Whether ``one`` is a preparation family's evaluation (``<model>/<family>``), in the families tables."""
+    return any((one.folder.parent / csv).is_file() for csv, _ in (FAMILIES_FILES, LEFT_OUT_FILES))
 
 
 def overall(evaluation: pd.DataFrame, metric: str = "accuracy") -> tuple[float, float, float]:

@@ -200,6 +200,17 @@ def test_external_validation_shows_each_metric_with_its_interval_one_column_per_
     assert f"# eval/leak-free\n# machine: {CI_MACHINE}\n" in table  # no machine.txt: the CI machine
 
 
+def test_preparation_families_evaluations_stay_out_of_the_external_validation_table(tmp_path):
+    accuracy = [("accuracy", None, 0.9, 0.88, 0.92)]
+    evaluation(tmp_path, "eval/official", accuracy)
+    for model, csv in (("families/model", "families.csv"), ("families/left-out", "families_left_out.csv")):
+        (evaluation(tmp_path, f"{model}/histeq", accuracy).parent / csv).write_text("family,accuracy\n")
+    evaluation(tmp_path, "other/histeq", accuracy)  # no families table beside it: an external evaluation
+    table = render("external-validation", tmp_path / "benchmarks" / "results")
+    assert table.splitlines()[0] == "| metric | eval/official | other/histeq |"
+    assert "families/" not in table
+
+
 def test_decode_time_has_a_row_per_format_and_its_time_over_jpeg(tmp_path):
     folder = tmp_path / "benchmarks" / "results" / "decode-speed"
     folder.mkdir(parents=True)
