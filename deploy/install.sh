@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install brainfl (with Flower, TensorFlow and Keras; no development tools) from a checkout,
-# on a hospital's host or the coordinator: pip install -e CHECKOUT, without the [dev] extras.
+# on a hospital's host or the coordinator: pip install -e CHECKOUT -c CHECKOUT/constraints.txt, without
+# the [dev] extras.
 #
 #   deploy/install.sh [--venv DIR] [CHECKOUT]
 #
@@ -31,7 +32,7 @@ fi
 # the run settings and their defaults, read by brainfl) stays beside it. Flower imports the
 # apps' code from this installation, so the coordinator and every hospital install the same
 # commit (update with git pull in the checkout).
-"$python" -m pip install -e "$checkout"
+"$python" -m pip install -e "$checkout" -c "$checkout/constraints.txt"
 "$python" -m pip check
 for tool in brainfl flower-superlink flower-supernode flwr; do
   command -v "${venv:+$venv/bin/}$tool" >/dev/null || { echo "install.sh: error: $tool missing after install" >&2; exit 1; }
