@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from brainfl.core.errors import BrainFLError
 from brainfl.federation.validation import architecture
@@ -15,6 +15,7 @@ from brainfl.model.standardization import (
     STANDARDIZATION_LAYERS,
     ForegroundStandardization,
     HistogramEqualization,
+    OtsuHistogramEqualization,
     PercentileStandardization,
     PerImageStandardization,
     standardization_of,
@@ -63,6 +64,28 @@ def test_equalize_ignores_any_monotonic_change_of_intensity():
     assert np.all(out[~head] == 0) and out[head].min() > 0 and out[head].max() == 1
     # the head's values are spread evenly: their shares are the ranks
     assert np.allclose(np.sort(out[head]), np.arange(1, head.sum() + 1) / head.sum())
+
+
+def test_otsu_head_stays_the_head_under_a_contrast_stretch_and_an_equalization_of_a_noisy_background():
+    rng = np.random.default_rng(1)
+    image = np.rint(head_image(head=20, pad=4))  # the head about half the picture, as the head crop frames it
+    head = image > 0
+    image[~head] = rng.integers(0, 12, int((~head).sum()))  # a dark, noisy background, as JPEG leaves it
+    stretched = 1.7 * image + 20  # Otsu's bins span each image's own range: the same pixels in each
+    assert np.array_equal(*(standardized(OtsuHistogramEqualization, x) for x in (image, stretched)))
+    equalized = np.asarray(ImageOps.equalize(Image.fromarray(image[0, ..., 0].astype(np.uint8))), np.float32)
+    equalized = equalized[np.newaxis, ..., np.newaxis]
+    assert equalized[~head].max() > 0.1 * np.percentile(equalized, 99)  # the background lifted
+    otsu, lifted = (standardized(OtsuHistogramEqualization, x) for x in (image, equalized))
+    assert np.all(otsu[~head] == 0) and np.all(lifted[~head] == 0)
+    assert np.abs(otsu - lifted).max() < 0.05  # the same ranks, but where the equalization merged values
+    # the tenth of the 99th percentile takes the lifted background for head
+    assert not np.all(standardized(HistogramEqualization, equalized)[~head] == 0)
+
+
+def test_otsu_head_of_a_flat_image_is_empty():
+    flat = np.full((1, 8, 8, 1), 90.0, np.float32)
+    assert np.all(standardized(OtsuHistogramEqualization, flat) == 0)
 
 
 def test_percentile_ignores_brightness_and_contrast_of_the_head():

@@ -20,11 +20,16 @@ hold the ``image`` layer and decode as they did).
   its 1st to 99th percentile to ``[0, 1]``, clipped;
 - ``equalize``: histogram equalization over the head: each head pixel becomes
   the share of head pixels at or below it (in ``(0, 1]``), the background 0.
-  Every monotonic change of intensity (gamma, stretch, global equalization)
-  leaves it unchanged.
+  Every monotonic change of intensity (gamma, stretch) that keeps the head's
+  pixels the head leaves it unchanged;
+- ``equalize-otsu``: the same over the head found by Otsu's threshold.
 
 The head is every pixel above :data:`FOREGROUND_FRACTION` of the image's 99th
-percentile (the framing crops scans to the head; the rest is background).
+percentile (the framing crops scans to the head; the rest is background), or,
+for ``equalize-otsu``, above Otsu's threshold over :data:`OTSU_BINS` bins of
+the image's range: a preparation that lifts the dark background (histogram
+equalization, CLAHE, noise) lifts it above a tenth of the 99th percentile, and
+the head then takes in the background; Otsu's threshold moves with it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import tensorflow as tf
 
 FOREGROUND_FRACTION = 0.1  # of the image's 99th percentile: the head's darkest tissue is well above it
 PERCENTILES = (0.01, 0.99)  # of the head: the window ``percentile`` scales to [0, 1]
+OTSU_BINS = 256  # of each image's range, for Otsu's threshold
 
 
 def _flat(inputs):
@@ -51,14 +57,37 @@ def _at_fraction(sorted_values, fraction: float, start=0, count=None):
     return tf.gather(sorted_values, index, batch_dims=1)
 
 
-def head_pixels(inputs):
-    """Each image's head, the pixels above :data:`FOREGROUND_FRACTION` of its 99th percentile:
-    ``(flat, head, sorted_values, background)``, the pixels of each image in one row, the head mask
-    (both ``(batch, pixels)``), each row sorted (its background first: every value at or below the
-    threshold) and each row's background count (``(batch, 1)``)."""
+def above_fraction_of_99th_percentile(flat, sorted_values):
+    """``(batch, pixels)``: each pixel above :data:`FOREGROUND_FRACTION` of its image's 99th percentile."""
+    return flat > FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
+
+
+def above_otsu_threshold(flat, sorted_values):
+    """``(batch, pixels)``: each pixel above its image's Otsu threshold, the bin of
+    :data:`OTSU_BINS` bins over the image's range that best separates two classes of
+    intensity (the largest between-class variance). A flat image has no head."""
+    low, high = sorted_values[:, :1], sorted_values[:, -1:]
+    scale = (OTSU_BINS - 1) / tf.maximum(high - low, 1e-6)
+    bins = tf.clip_by_value(tf.cast(tf.floor((flat - low) * scale), tf.int32), 0, OTSU_BINS - 1)
+    counts = tf.math.bincount(bins, minlength=OTSU_BINS, maxlength=OTSU_BINS, axis=-1, dtype=flat.dtype)
+    share = counts / tf.reduce_sum(counts, axis=-1, keepdims=True)
+    below = tf.cumsum(share, axis=-1)  # the share of pixels in the dark class, by threshold bin
+    dark_sum = tf.cumsum(share * tf.range(OTSU_BINS, dtype=flat.dtype), axis=-1)
+    mean = dark_sum[:, -1:]
+    spread = below * (1.0 - below)
+    between = tf.where(spread > 0, tf.square(mean * below - dark_sum) / tf.maximum(spread, 1e-12), 0.0)
+    threshold = tf.argmax(between, axis=-1, output_type=tf.int32)[:, tf.newaxis]
+    return (bins > threshold) & (high > low)
+
+
+def head_pixels(inputs, head_mask=above_fraction_of_99th_percentile):
+    """Each image's head, the pixels ``head_mask`` picks (by default above :data:`FOREGROUND_FRACTION`
+    of the 99th percentile): ``(flat, head, sorted_values, background)``, the pixels of each image in
+    one row, the head mask (both ``(batch, pixels)``), each row sorted (its background first: a head
+    mask keeps every pixel above a threshold) and each row's background count (``(batch, 1)``)."""
     flat = _flat(inputs)
     sorted_values = tf.sort(flat, axis=-1)
-    head = flat > FOREGROUND_FRACTION * _at_fraction(sorted_values, 0.99)
+    head = head_mask(flat, sorted_values)
     background = tf.reduce_sum(tf.cast(~head, tf.int32), axis=-1, keepdims=True)
     return flat, head, sorted_values, background
 
@@ -103,12 +132,21 @@ class PercentileStandardization(keras.layers.Layer):
 class HistogramEqualization(keras.layers.Layer):
     """Each head pixel to the share of the head's pixels at or below it; the background to 0."""
 
+    head_mask = staticmethod(above_fraction_of_99th_percentile)
+
     def call(self, inputs):
-        flat, head, sorted_values, background = head_pixels(inputs)
+        flat, head, sorted_values, background = head_pixels(inputs, self.head_mask)
         count = tf.maximum(tf.shape(flat)[1] - background, 1)
         at_or_below = tf.searchsorted(sorted_values, flat, side="right") - background
         share = tf.cast(at_or_below, flat.dtype) / tf.cast(count, flat.dtype)
         return tf.reshape(tf.where(head, share, 0.0), tf.shape(inputs))
+
+
+@keras.saving.register_keras_serializable(package="brainfl")
+class OtsuHistogramEqualization(HistogramEqualization):
+    """:class:`HistogramEqualization` over the head above Otsu's threshold."""
+
+    head_mask = staticmethod(above_otsu_threshold)
 
 
 STANDARDIZATION_LAYERS: dict[str, Callable[[], keras.layers.Layer]] = {
@@ -116,6 +154,7 @@ STANDARDIZATION_LAYERS: dict[str, Callable[[], keras.layers.Layer]] = {
     "foreground": ForegroundStandardization,
     "percentile": PercentileStandardization,
     "equalize": HistogramEqualization,
+    "equalize-otsu": OtsuHistogramEqualization,
 }
 
 

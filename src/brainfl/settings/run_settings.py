@@ -37,7 +37,8 @@ PARTITIONINGS = ("iid", "dirichlet")
 NORMS = ("batch", "group")
 OPTIMIZERS = ("adamw", "sgd")  # brainfl.model.training.OPTIMIZERS
 CROPS = ("head", "head-otsu", "none")  # how scans are framed: brainfl.data.framing
-STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize")  # brainfl.model.standardization
+# how the CNN puts intensities on one scale: brainfl.model.standardization
+STANDARDIZATIONS = ("image", "foreground", "percentile", "equalize", "equalize-otsu")
 VALIDATE_SPLITS = ("all", "train", "val")  # which of a site's labelled scans --validate scores
 NOTUMOR_THRESHOLD_MODES = ("none", "fit")  # or a number in [0, 1)
 BN_STATISTICS = ("averaged", "pooled")  # the global BatchNorm statistics: federation.statistics_query
