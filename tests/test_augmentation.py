@@ -18,6 +18,7 @@ from brainfl.model.augmentation import (
     RandomGamma,
     RandomIntensityCurve,
     RandomNoise,
+    RandomTexture,
 )
 from brainfl.model.choices import (
     AUGMENTATION_NAMES,
@@ -49,7 +50,9 @@ def test_every_transform_is_the_identity_at_inference_and_changes_scans_in_train
     assert not np.allclose(out, images)
 
 
-@pytest.mark.parametrize("layer", [RandomNoise, RandomIntensityCurve, RandomBlur, RandomBiasField])
+@pytest.mark.parametrize(
+    "layer", [RandomNoise, RandomIntensityCurve, RandomBlur, RandomBiasField, RandomTexture]
+)
 def test_a_transform_with_a_probability_changes_about_that_share_of_images_and_leaves_the_rest(layer):
     images = scans(400, 16)
     out = np.asarray(layer(seed=5, probability=0.25)(images, training=True))
@@ -89,6 +92,21 @@ def test_blur_lowers_sharpness_and_noise_stays_within_its_sigma():
     assert stds.max() <= NOISE_SIGMA * 1.1 and stds.std() > 1  # per-image sigma in [0, NOISE_SIGMA]
     background = np.asarray(RandomNoise(seed=4)(np.zeros_like(black), training=True))
     assert (background > 0).mean() > 0.3  # noise over the black background too
+
+
+def test_texture_keeps_each_scans_brightness_and_contrast_and_its_bright_tissue_bright():
+    images = 60 + 0.5 * scans(16, 32, seed=1)  # a grey background: little is clipped at 0
+    layer = RandomTexture(seed=2)
+    first, second = (np.asarray(layer(images, training=True)) for _ in range(2))
+    flat, out = images.reshape(16, -1), first.reshape(16, -1)
+    np.testing.assert_allclose(out.mean(axis=1), flat.mean(axis=1), rtol=0.06)  # clipping moves it a little
+    contrast = out.std(axis=1) / flat.std(axis=1)  # a blend of two images of equal spread, not identical
+    assert (contrast > 0.4).all() and (contrast < 1.05).all()
+    correlations = [np.corrcoef(a, b)[0, 1] for a, b in zip(flat, out, strict=True)]
+    assert min(correlations) > 0  # never a contrast inversion
+    blend = np.abs(out - flat).mean(axis=1)
+    assert blend.std() > 0.2 * blend.mean()  # the blend weight is drawn per image
+    assert not np.allclose(first, second)  # a new random network for each batch
 
 
 def test_gamma_augmentation_changes_contrast_per_image_in_training_only():

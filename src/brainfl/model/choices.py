@@ -5,7 +5,7 @@ and without TensorFlow, which :mod:`brainfl.model.augmentation` and
 :mod:`brainfl.model.architectures` import.
 
 :data:`AUGMENTATION_NAMES` are the transforms of the ``augmentation`` setting
-in the order they are applied (intensity, then geometry, then blur and noise;
+in the order they are applied (intensity, then geometry, then blur, texture and noise;
 :mod:`brainfl.model.augmentation` describes each); the setting names the ones
 a model trains with, in any order. :data:`DEFAULT_AUGMENTATION` is every
 transform and :data:`GEOMETRY_AND_GAMMA` the earlier recipe (flip, gamma,
@@ -19,7 +19,7 @@ from pathlib import Path
 from brainfl.core.errors import BrainFLError
 from brainfl.settings.run_settings import ModelSettings
 
-AUGMENTATION_NAMES = ("flip", "gamma", "curve", "bias", "rotate", "zoom", "shift", "blur", "noise")
+AUGMENTATION_NAMES = ("flip", "gamma", "curve", "bias", "rotate", "zoom", "shift", "blur", "texture", "noise")
 GEOMETRY_AND_GAMMA = "flip,gamma,rotate,zoom,shift"
 DEFAULT_AUGMENTATION = ",".join(AUGMENTATION_NAMES)
 
