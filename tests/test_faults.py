@@ -1,12 +1,11 @@
-"""Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites,
-a site sending NaN weights.
+"""Fault tolerance with real processes on loopback: dropouts, restarts, intruders, crashes, bad sites.
 
 Each test runs a federation on 12 real images per class and split with one
 local epoch and no calibration query (each message a site answers starts a
 ClientApp process), and injects the fault from outside, as an operator would see
-it: ``run.sh`` (deployment engine) for the process faults, Flower's
-simulation engine with a poisoning mod (``benchmarks/poisoning.py``) for the
-NaN site. A test stops only processes it started, found by PID in the
+it: ``run.sh`` (deployment engine). A site sending NaN weights is tested in
+process (``test_robustness``), where the audit trail can be checked against the
+messages themselves. A test stops only processes it started, found by PID in the
 process tree of its own ``run.sh``, never by name: other Flower runs may
 share the machine.
 """
@@ -17,18 +16,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
 import psutil
 import pytest
 
 import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
-from brainfl.report.audit import read_audit
-from brainfl.report.results import AUDIT_JSONL
 from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows
 
@@ -178,23 +172,3 @@ def test_secure_run_refuses_intruders_and_survives_a_site_with_bad_data(tmp_path
         assert "round 1" not in (tmp_path / f"{name}.log").read_text()
     site_ids = {r["site"] for r in read_rows(out / "site_metrics.csv")}
     assert site_ids == {"0"}, f"an intruder took part: {site_ids}"
-
-
-def test_site_sending_nan_weights_is_dropped_and_the_global_model_stays_finite(tmp_path, data):
-    out = tmp_path / "run"
-    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "poisoning.py"), "--data-dir", str(data)]
-    command += ["--output-dir", str(out), "--sites", "2", "--rounds", "1", "--run-config", TINY]
-    command += ["--poison", "nan", "--poisoned-sites", "0"]  # Flower's simulation engine, site 0 poisoned
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = read_rows(out / "federated_learning_results.csv")
-    assert [r["round"] for r in rows] == ["0", "1"]
-    assert (rows[1]["sites_trained"], rows[1]["sites_failed"]) == ("1", "1"), rows
-    server_log = (out / "logs" / "server.log").read_text()
-    assert server_log.count("dropped the reply of site 0: array 0 contains NaN") == 1
-    dropped = [e["dropped"] for e in read_audit(out / AUDIT_JSONL) if e["event"] == "round" and e["round"]]
-    assert [[(d["site"], d["reason"]) for d in round_] for round_ in dropped] == [
-        [(0, "unusable update: array 0 contains NaN or infinite values")]
-    ]
-    weights = keras.models.load_model(out / "final_model.keras").get_weights()
-    assert all(np.all(np.isfinite(w)) for w in weights)

@@ -23,6 +23,7 @@ from brainfl.data.sites import load_run_dataset
 from brainfl.federation.audit import arrays_sha256
 from brainfl.federation.client_app import client_app_with
 from brainfl.federation.strategy import build_strategy, round_settings
+from brainfl.model.files import load_model
 from brainfl.model.process_cache import initial_weights, model_for
 from brainfl.model.training import predict_proba, train
 from brainfl.report.audit import read_audit
@@ -192,6 +193,8 @@ def test_a_site_sending_nan_is_dropped_and_the_global_model_stays_finite(tmp_pat
     assert np.isfinite(float(rows[1]["loss"]))
     server_log = (tmp_path / "logs" / "server.log").read_text()
     assert "dropped the reply of site 0: array 0 contains NaN" in server_log
+    saved = load_model(tmp_path / "final_model.keras").model.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in saved)
     check_the_deployment_clock(rows)
     check_the_audit_trail(tmp_path, grid, replies)
 
