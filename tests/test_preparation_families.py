@@ -15,6 +15,7 @@ from brainfl.model.choices import AUGMENTATION_NAMES, augmentation_names
 from conftest import CLASSES, REPO_ROOT
 from preparation_families import (
     FAMILY_NAMES,
+    LEAVE_OUT_TRANSFORMS,
     NOTUMOR,
     TRAINED_WITHOUT,
     augmentation_without,
@@ -77,13 +78,16 @@ def test_every_family_names_a_transform_of_the_augmentation_its_model_leaves_out
     for family, transform in TRAINED_WITHOUT.items():
         kept = augmentation_names(augmentation_without(transform))
         if transform is None:
-            assert kept == AUGMENTATION_NAMES, family
+            assert kept == LEAVE_OUT_TRANSFORMS, family
         else:
             assert (
-                transform in AUGMENTATION_NAMES
+                transform in LEAVE_OUT_TRANSFORMS
                 and transform not in kept
-                and len(kept) == len(AUGMENTATION_NAMES) - 1
+                and len(kept) == len(LEAVE_OUT_TRANSFORMS) - 1
             )
+    # The protocol's transform set is what the committed leave-out models were trained with, in order.
+    assert set(LEAVE_OUT_TRANSFORMS) < set(AUGMENTATION_NAMES)
+    assert augmentation_names(",".join(LEAVE_OUT_TRANSFORMS)) == LEAVE_OUT_TRANSFORMS
 
 
 def test_a_trained_model_is_reused_only_when_trained_with_the_same_settings(tmp_path, monkeypatch):
