@@ -7,8 +7,8 @@ transform below draws its parameters per image (seeded, restarted by
 inference, so a saved model predicts the same with or without it.
 
 :data:`AUGMENTATIONS` is the registry: each transform's layer, in the order
-the transforms are applied (intensity, then geometry, then blur and noise, so
-noise also covers the background the geometry filled in), which
+the transforms are applied (intensity, then geometry, then blur, texture and
+noise, so noise also covers the background the geometry filled in), which
 :data:`brainfl.model.choices.AUGMENTATION_NAMES` holds; the ``augmentation``
 setting names the ones a model trains with, in any order
 (:func:`brainfl.model.choices.augmentation_names` reads it without Keras).
