@@ -216,7 +216,7 @@ class RandomNoise(_PerImageRandom):
 @keras.saving.register_keras_serializable(package="brainfl")
 class RandomTexture(_PerImageRandom):
     """``x + w * (g(x) - x)``: ``g`` a random convolutional network of ``layers`` 3x3 layers
-    (``width`` hidden channels, leaky ReLU between, He-scaled normal weights and normal biases
+    (``width`` hidden channels, leaky ReLU between, normal weights scaled by 1 / sqrt(fan-in), normal biases,
     drawn for each batch), its output given each image's own mean and standard deviation and the
     sign that keeps it positively correlated with the image (bright tissue stays bright);
     ``w`` uniform in [0, 1] per image (GIN, Ouyang et al. 2022)."""
