@@ -22,7 +22,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-import brainfl.model.architectures  # noqa: F401 - registers the custom layers for loading
 from conftest import REPO_ROOT
 from test_e2e import free_port_block, read_rows
 
