@@ -55,13 +55,9 @@ def batchnorm_statistics(layer: keras.layers.Layer) -> list[int]:
     return [i for i, name in enumerate(names) if name in ("moving_mean", "moving_variance")]
 
 
-def test_adapt_changes_only_the_batchnorm_statistics_and_records_what_it_saw(
-    model_file, other_hospital, tmp_path, capsys
-):
-    out = tmp_path / "adapted"
-    assert cli.main(["adapt", "--model", str(model_file), str(other_hospital), "--output-dir", str(out)]) == 0
-    assert "re-estimated on 32 of the 32 scans" in capsys.readouterr().out
-    source, adapted = load_model(model_file).model, load_model(out / ADAPTED_MODEL).model
+def assert_only_batchnorm_statistics_changed(source_file: Path, adapted_file: Path) -> None:
+    """Every BatchNorm layer's moving mean and variance changed, every other weight kept bit for bit."""
+    source, adapted = load_model(source_file).model, load_model(adapted_file).model
     changed = 0
     for before, after in zip(source.layers, adapted.layers, strict=True):
         statistics = batchnorm_statistics(before)
@@ -74,6 +70,15 @@ def test_adapt_changes_only_the_batchnorm_statistics_and_records_what_it_saw(
     assert (
         changed == 2 * sum(isinstance(layer, keras.layers.BatchNormalization) for layer in source.layers) > 0
     )
+
+
+def test_adapt_changes_only_the_batchnorm_statistics_and_records_what_it_saw(
+    model_file, other_hospital, tmp_path, capsys
+):
+    out = tmp_path / "adapted"
+    assert cli.main(["adapt", "--model", str(model_file), str(other_hospital), "--output-dir", str(out)]) == 0
+    assert "re-estimated on 32 of the 32 scans" in capsys.readouterr().out
+    assert_only_batchnorm_statistics_changed(model_file, out / ADAPTED_MODEL)
     metadata = stored_metadata(out / ADAPTED_MODEL)
     record = metadata["adapted"]
     assert record["folder"] == other_hospital.name and "/" not in json.dumps(record["folder"])
@@ -157,6 +162,16 @@ def test_evaluate_adapt_scores_the_model_adapted_on_the_scored_scans_without_the
     np.testing.assert_allclose(evaluation.probabilities, flat[names].to_numpy(), atol=1e-6)
     plain = evaluate.evaluate_model(model_file, labelled, resamples=10)
     assert plain.adapted is None and not np.allclose(plain.probabilities, evaluation.probabilities, atol=1e-4)
+
+
+def test_adapt_reaches_the_batchnorm_layers_of_the_residual_cnn(other_hospital, tmp_path, capsys):
+    source = tmp_path / "rescnn.keras"
+    metadata = model_metadata("rescnn", ["a", "b", "c", "d"], IMAGE_SIZE, 1)
+    save_model(build_model("rescnn", IMAGE_SIZE, 4).inference_model(), source, metadata)
+    out = tmp_path / "adapted"
+    assert cli.main(["adapt", "--model", str(source), str(other_hospital), "--output-dir", str(out)]) == 0
+    assert "13 BatchNorm layers" in capsys.readouterr().out  # each block's two, the projections', the stem's
+    assert_only_batchnorm_statistics_changed(source, out / ADAPTED_MODEL)
 
 
 def no_batchnorm_model(folder: Path) -> Path:

@@ -53,8 +53,9 @@ def test_pooled_statistics_are_the_sites_weighted_by_images_and_nothing_else_cha
     for index, layer in enumerate(batchnorm_layers(model)):
         mean = (32 * parts[0].means[index] + 96 * parts[1].means[index]) / 128
         variance = (32 * parts[0].variances[index] + 96 * parts[1].variances[index]) / 128
-        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5)
-        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-5)
+        # the same passes again: equal but for the order of multithreaded sums (means near 0)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-5, atol=1e-6)
     # The second layer's statistics follow the first's input shift (-2 and 4 pooled: mostly 4).
     assert batchnorm_layers(model)[0].moving_mean.numpy().mean() == pytest.approx(2.5, abs=0.5)
     statistics = {

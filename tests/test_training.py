@@ -232,16 +232,40 @@ def test_a_precise_batchnorm_pass_of_a_few_batches_runs_eagerly_with_the_same_st
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_precise_batchnorm_leaves_models_without_a_layer_chain_or_batchnorm_alone():
-    inputs = keras.Input((4,))
-    branch = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
-    two_paths = keras.Model(inputs, keras.layers.Add()([branch, inputs]))
+def _residual_bn_model() -> keras.Model:
+    """Two BatchNorm layers, the second after a shortcut joins the first's normalized output."""
+    inputs = keras.Input((6,))
+    x = keras.layers.BatchNormalization(name="bn1")(keras.layers.Dense(4, name="d1")(inputs))
+    x = keras.layers.Add()([x, keras.layers.Dense(4, name="shortcut")(inputs)])
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_precise_batchnorm_walks_every_branch_of_a_residual_graph():
+    model = _residual_bn_model()
+    inputs = np.random.default_rng(5).normal(loc=2.0, size=(40, 6)).astype("float32")
+    assert recalibrate_batchnorm(model, inputs, batch_size=40) == 2  # one batch: its own statistics
+
+    def dense(name: str) -> np.ndarray:
+        kernel, bias = model.get_layer(name).get_weights()
+        return inputs @ kernel + bias
+
+    first = dense("d1")
+    bn1, bn2 = model.get_layer("bn1"), model.get_layer("bn2")
+    np.testing.assert_allclose(bn1.moving_mean.numpy(), first.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn1.moving_variance.numpy(), first.var(axis=0), rtol=1e-4)
+    # bn2 sees bn1's output normalized by the batch's own statistics plus the shortcut
+    normalized = (first - first.mean(axis=0)) / np.sqrt(first.var(axis=0) + bn1.epsilon)
+    second = normalized + dense("shortcut")
+    np.testing.assert_allclose(bn2.moving_mean.numpy(), second.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn2.moving_variance.numpy(), second.var(axis=0), rtol=1e-4)
+
+
+def test_precise_batchnorm_leaves_models_without_batchnorm_alone():
     no_norm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    data = np.ones((8, 4), dtype="float32")
-    before = [w.copy() for w in two_paths.get_weights()]
-    assert recalibrate_batchnorm(two_paths, data, 4) == 0
-    assert recalibrate_batchnorm(no_norm, data, 4) == 0
-    assert all(np.array_equal(a, b) for a, b in zip(before, two_paths.get_weights(), strict=True))
+    before = [w.copy() for w in no_norm.get_weights()]
+    assert recalibrate_batchnorm(no_norm, np.ones((8, 4), dtype="float32"), 4) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, no_norm.get_weights(), strict=True))
 
 
 def test_train_is_reproducible_for_a_seed_whatever_ran_before() -> None:

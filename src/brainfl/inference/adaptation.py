@@ -108,7 +108,7 @@ def adapt_loaded(
     if not batchnorm_layers(loaded.model):
         raise BrainFLError(
             f"model {loaded.path} ({loaded.model_name}) has no BatchNorm layers to adapt "
-            "(adapting needs model=cnn with norm=batch)"
+            "(adapting needs model=cnn or rescnn with norm=batch)"
         )
     if not files:
         raise BrainFLError(f"no scans in {folder} to adapt on")

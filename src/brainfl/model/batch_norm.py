@@ -10,20 +10,21 @@ layer's moving mean and variance to their size-weighted batch averages.
 (the federation's ``bn-statistics='pooled'``, :mod:`brainfl.federation.statistics_query`).
 :func:`minimize_entropy` goes one step further on unlabelled scans (TENT): it
 trains only the BatchNorm layers' scale and offset to make the model's
-predictions on them confident. Models that are not a chain of layers, or have
-no BatchNorm, are left alone.
+predictions on them confident. Each pass walks the model's functional graph
+(a chain of layers or a residual network alike); models that are not a Keras
+functional graph, or have no BatchNorm, are left alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import weakref
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.models.functional import Functional  # the graph walk Keras' own call uses
 
 from brainfl.model.training import runs_eagerly
 
@@ -31,17 +32,39 @@ PRECISE_BN_IMAGES = 1024
 ENTROPY_LEARNING_RATE = 1e-3  # TENT's Adam rate for BatchNorm's scale and offset
 
 
-def _is_chain(model: keras.Model) -> bool:
-    """Whether each layer of a functional model consumes the previous layer's output alone."""
-    layers = model.layers
-    return all(current.input is previous.output for previous, current in itertools.pairwise(layers))
+def _graph(model: keras.Model) -> Functional | None:
+    """The functional graph the passes below walk: the model's own, or a Sequential model's."""
+    graph = model if isinstance(model, Functional) else getattr(model, "_functional", None)
+    return graph if isinstance(graph, Functional) else None
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """The BatchNorm layers whose statistics :func:`recalibrate_batchnorm` sets (none when the model is
-    not a plain chain of layers)."""
+    """The BatchNorm layers whose statistics :func:`recalibrate_batchnorm` sets, in the model's layer
+    order (none when the model is not a functional graph)."""
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    return norms if norms and _is_chain(model) else []
+    return norms if norms and _graph(model) is not None else []
+
+
+def _test_time_forward(
+    model: keras.Model, x: tf.Tensor, batchnorm_inputs: dict[int, tf.Tensor] | None = None
+) -> tf.Tensor:
+    """The model's output with BatchNorm normalizing by the batch's statistics, augmentation and dropout
+    off (the forward pass of precise BN and of test-time adaptation), through every branch of its
+    graph; each BatchNorm layer's input goes into ``batchnorm_inputs`` by ``id`` of the layer."""
+
+    def operation_fn(operation):
+        norm = isinstance(operation, keras.layers.BatchNormalization)
+
+        def call(*args, **kwargs):
+            if "training" in getattr(operation, "_call_context_args", ()):
+                kwargs["training"] = norm
+            if norm and batchnorm_inputs is not None:
+                batchnorm_inputs[id(operation)] = args[0]
+            return operation(*args, **kwargs)
+
+        return call
+
+    return _graph(model)._run_through_graph(x, operation_fn=operation_fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +162,7 @@ def recalibrate_batchnorm(
     are a random sample (``seed``) in random order: datasets are stored sorted
     by class, and the first images, or batches of one class, would describe
     one class instead of the mix the model is trained and tested on. Models that
-    are not a plain chain of layers, or have no BN layer, are left as they are.
+    are not a functional graph, or have no BN layer, are left as they are.
     A pass of a few batches runs eagerly (:func:`brainfl.model.training.runs_eagerly`).
     """
     statistics = batch_statistics(model, inputs, batch_size, max_images, seed)
@@ -159,25 +182,17 @@ def _batch_moments_function(model: keras.Model):
 
         @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
         def batch_moments(x):
+            traced = model_ref()
+            inputs: dict[int, tf.Tensor] = {}
+            _test_time_forward(traced, x, inputs)
             moments = []
-            for layer in model_ref().layers[1:]:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    moments.append(tf.nn.moments(x, axes=list(range(len(x.shape) - 1))))
-                    x = layer(x, training=True)  # normalize with the batch's statistics, as in training
-                else:
-                    x = layer(x, training=False)  # augmentation and dropout off, as at test time
+            for layer in batchnorm_layers(traced):
+                batch = inputs[id(layer)]
+                moments.append(tf.nn.moments(batch, axes=list(range(batch.shape.rank - 1))))
             return moments
 
         _BATCH_MOMENTS[model] = batch_moments
     return _BATCH_MOMENTS[model]
-
-
-def _test_time_forward(layers: list[keras.layers.Layer], x: tf.Tensor) -> tf.Tensor:
-    """The model's output with BatchNorm normalizing by the batch's statistics, augmentation and dropout
-    off: the forward pass of test-time adaptation."""
-    for layer in layers:
-        x = layer(x, training=isinstance(layer, keras.layers.BatchNormalization))
-    return x
 
 
 def minimize_entropy(
@@ -204,12 +219,11 @@ def minimize_entropy(
         return []
     variables = [variable for layer in norms for variable in (layer.gamma, layer.beta)]
     optimizer = keras.optimizers.Adam(learning_rate)
-    layers = model.layers[1:]
 
     @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
     def step(x):
         with tf.GradientTape() as tape:
-            probabilities = _test_time_forward(layers, x)
+            probabilities = _test_time_forward(model, x)
             per_scan = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-7), axis=1)
             entropy = tf.reduce_mean(per_scan)
         gradients = tape.gradient(entropy, [variable.value for variable in variables])
